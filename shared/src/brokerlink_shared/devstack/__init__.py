@@ -1,0 +1,1 @@
+"""Local runtime: embedded NATS and PostgreSQL, and the `make run` supervisor."""

