@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
-from faststream import FastStream
-from nats.js.api import ConsumerConfig
-
 from brokerlink_shared.contracts.events import BalanceUpdated, IntegrationConfigured
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -18,7 +14,12 @@ from brokerlink_shared.messaging import (
     ensure_streams,
     make_broker,
 )
-from brokerlink_shared.subjects import BALANCE_UPDATED, CONNECTOR_EVENTS, Broker, Topology
+from brokerlink_shared.subjects import (
+    BALANCE_UPDATED,
+    CONNECTOR_EVENTS,
+    Broker,
+    Topology,
+)
 from brokerlink_shared.testing import wait_until
 
 

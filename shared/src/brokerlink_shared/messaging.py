@@ -30,7 +30,13 @@ from pydantic import BaseModel, ValidationError
 
 from brokerlink_shared.contracts.events import EVENT_TYPES, Event
 from brokerlink_shared.logging import correlation_id
-from brokerlink_shared.subjects import DEAD_LETTERS, STREAMS, Broker, StreamSpec, Topology
+from brokerlink_shared.subjects import (
+    DEAD_LETTERS,
+    STREAMS,
+    Broker,
+    StreamSpec,
+    Topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ class PermanentFailure(Exception):
 def backoff_delay(delivery: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Capped exponential backoff with full jitter for the n-th failed delivery (1-based)."""
     ceiling = min(cap, base * (2 ** max(0, delivery - 1)))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+    return random.uniform(ceiling / 2, ceiling)
 
 
 class DeadLetterMiddleware(BaseMiddleware):  # type: ignore[type-arg]
@@ -165,8 +171,13 @@ def durable_subscriber(
     batch_size: int = 64,
     ack_wait_s: float = 30.0,
     max_ack_pending: int = 1000,
+    max_workers: int = 1,
 ) -> Any:
-    """A durable pull consumer on `family` (optionally for some brokers), shared by replicas."""
+    """A durable pull consumer on `family` (optionally for some brokers), shared by replicas.
+
+    `max_workers` > 1 handles that many messages at once, so one slow message does not hold
+    back the next fetch (with 1, a fetched batch is awaited as a whole).
+    """
     tokens = [b.token for b in brokers] if brokers else [">"]
     subjects = [topology.subject(family, t) for t in tokens]
     return broker.subscriber(
@@ -181,6 +192,7 @@ def durable_subscriber(
             max_deliver=-1,
         ),
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_workers=max_workers,
     )
 
 

@@ -35,6 +35,14 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("BROKERLINK_MAX_DELIVER", "max_deliver"),
     )
 
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        validation_alias=AliasChoices("BROKERLINK_STREAM_REPLICAS", "stream_replicas"),
+        description="JetStream replicas per stream (3 on a clustered NATS)",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

@@ -76,7 +76,7 @@ class EmbeddedNats:
             "max_payload: 4MB\n"
         )
         log = (self.data_dir / "nats.log").open("ab")
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=log,
             stderr=subprocess.STDOUT,

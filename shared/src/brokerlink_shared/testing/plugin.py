@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import EmbeddedNats, EmbeddedPostgres, sqlalchemy_url
+from brokerlink_shared.devstack.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    sqlalchemy_url,
+)
 
 
 def _docker_answers() -> bool:

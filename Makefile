@@ -1,0 +1,32 @@
+# Two commands: `make run` starts everything, `make test` runs the whole suite.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON_PREFERENCE := only-system
+UV = $(shell ./scripts/bootstrap.sh | tail -n 1)
+
+.PHONY: run test lint format bootstrap browser asyncapi bench
+
+bootstrap:
+	@./scripts/bootstrap.sh >/dev/null
+
+run:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && exec "$$uv_bin" run --frozen brokerlink-run
+
+test:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && \
+	  ./scripts/install-browser.sh && \
+	  $(MAKE) --no-print-directory lint UV_BIN="$$uv_bin" && \
+	  "$$uv_bin" run --frozen pytest
+
+lint:
+	@uv_bin="$${UV_BIN:-$$(./scripts/bootstrap.sh | tail -n 1)}" && \
+	  "$$uv_bin" run --frozen ruff check . && \
+	  "$$uv_bin" run --frozen ruff format --check . && \
+	  "$$uv_bin" run --frozen mypy shared/src && \
+	  "$$uv_bin" run --frozen lint-imports
+
+format:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run ruff check --fix . && "$$uv_bin" run ruff format .
+
+asyncapi:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python -m brokerlink_shared.asyncapi > docs/asyncapi.json

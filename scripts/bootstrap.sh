@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Make sure uv exists (installing it from PyPI if needed) and sync the workspace from the lock.
+# Prints the path of the uv binary on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system
+
+find_uv() {
+  if command -v uv >/dev/null 2>&1; then command -v uv; return 0; fi
+  for candidate in .tools/bin/uv "$HOME/.local/bin/uv"; do
+    [ -x "$candidate" ] && { echo "$candidate"; return 0; }
+  done
+  return 1
+}
+
+if ! UV=$(find_uv); then
+  echo "bootstrap: uv not found, installing it from PyPI into .tools/" >&2
+  PY=$(command -v python3 || command -v python)
+  if "$PY" -m venv .tools >/dev/null 2>&1 && .tools/bin/python -m pip install --quiet --disable-pip-version-check uv >&2; then
+    UV=.tools/bin/uv
+  else
+    rm -rf .tools
+    "$PY" -m pip install --quiet --user uv >&2 || "$PY" -m pip install --quiet --user --break-system-packages uv >&2
+    UV="$HOME/.local/bin/uv"
+  fi
+fi
+"$UV" sync --frozen --quiet >&2
+echo "$UV"

@@ -1,0 +1,31 @@
+"""Alembic environment: the URL comes from account-api's Settings (DATABASE_URL), or from
+`config.attributes["url"]` when a caller (tests, the migrator) passes one."""
+
+from __future__ import annotations
+
+from account_api.tables import Base
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+config = context.config
+url = config.attributes.get("url")
+if url is None:
+    from account_api.config import Settings
+
+    url = Settings().database_url
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection, target_metadata=Base.metadata, compare_type=True
+        )
+        with context.begin_transaction():
+            # One migrator at a time, even with several replicas starting together.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations_online()

@@ -1,0 +1,1 @@
+"""Accounts feature of account-api."""

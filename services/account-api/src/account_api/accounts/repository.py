@@ -1,0 +1,68 @@
+"""Account queries: ORM for writes, one prepared psycopg query for the hot reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_api.tables import Account
+
+_COLUMNS = """id, name, currency, account_type, account_number, original_capital, current_balance,
+    last_updated, integration_type, integration_config, integration_status, last_error,
+    last_refresh_at, created_at, updated_at"""
+
+
+class AccountRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def owned(self, user_id: int, account_id: int, *, for_update: bool = False) -> Account | None:
+        """The account if it belongs to `user_id` (another user's is indistinguishable from none)."""
+        query = select(Account).where(Account.id == account_id, Account.user_id == user_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def integrated(self, user_id: int | None = None) -> list[Account]:
+        query = select(Account).where(Account.integration_type.is_not(None)).order_by(Account.id)
+        if user_id is not None:
+            query = query.where(Account.user_id == user_id)
+        return list((await self._session.execute(query)).scalars())
+
+    async def add(self, account: Account) -> Account:
+        self._session.add(account)
+        await self._session.flush()
+        await self._session.refresh(account)
+        return account
+
+    async def delete(self, account: Account) -> None:
+        await self._session.delete(account)
+        await self._session.flush()
+
+
+class AccountReadModel:
+    """Hot read paths straight from psycopg: rows as dicts, no ORM session."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def list_for_user(self, user_id: int) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM accounts WHERE user_id = %s ORDER BY id",
+                (user_id,),
+                prepare=True,
+            )
+            return await cur.fetchall()  # type: ignore[return-value]
+
+    async def one_for_user(self, user_id: int, account_id: int) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM accounts WHERE id = %s AND user_id = %s",
+                (account_id, user_id),
+                prepare=True,
+            )
+            return await cur.fetchone()  # type: ignore[return-value]

@@ -1,0 +1,65 @@
+"""API models of the account routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from account_api.currencies import validate_currency
+from account_api.integrations.schemas import IntegrationIn
+
+Money = Annotated[Decimal, Field(max_digits=20, decimal_places=4, ge=Decimal("-1e15"), le=Decimal("1e15"))]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class AccountCreate(_In):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    currency: Annotated[str, Field(min_length=3, max_length=3)]
+    account_type: Literal["INVESTMENT", "BANK"] = "INVESTMENT"
+    account_number: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None = None
+    original_capital: Money = Decimal(0)
+    current_balance: Money | None = None
+
+    _currency = field_validator("currency")(classmethod(lambda cls, v: validate_currency(v)))
+
+
+class AccountUpdate(_In):
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    currency: Annotated[str, Field(min_length=3, max_length=3)] | None = None
+    account_type: Literal["INVESTMENT", "BANK"] | None = None
+    account_number: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None = None
+    original_capital: Money | None = None
+    current_balance: Money | None = None
+    integration: IntegrationIn | None = Field(
+        default=None, description="same body as PUT /api/accounts/{id}/integration"
+    )
+    remove_integration: bool = False
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        return None if value is None else validate_currency(value)
+
+
+class AccountOut(BaseModel):
+    id: int
+    name: str
+    currency: str
+    account_type: str
+    account_number: str | None
+    original_capital: Decimal
+    current_balance: Decimal
+    last_updated: datetime | None
+    integration_type: str | None
+    integration_config: dict[str, Any] | None
+    integration_status: str
+    last_error: str | None
+    last_refresh_at: datetime | None
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,113 @@
+"""Account use cases. Reads go through the psycopg read model; writes through the unit of work."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from account_api.accounts.repository import AccountReadModel, AccountRepository
+from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.audit.repository import AuditRepository
+from account_api.db import UnitOfWork
+from account_api.deps import Actor
+from account_api.errors import AccountNotFound, IntegrationNotConfigured
+from account_api.integrations import rules
+from account_api.integrations.service import IntegrationService
+from account_api.tables import Account
+
+
+def account_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of the read model as the API shows it (secrets masked)."""
+    row["integration_config"] = rules.public_config(row["integration_type"], row["integration_config"])
+    return row
+
+
+def _out(account: Account) -> AccountOut:
+    return AccountOut.model_validate(
+        account_view({k: getattr(account, k) for k in AccountOut.model_fields})
+    )
+
+
+async def list_accounts(reads: AccountReadModel, actor: Actor) -> list[dict[str, Any]]:
+    return [account_view(r) for r in await reads.list_for_user(actor.user_id)]
+
+
+async def get_account(reads: AccountReadModel, actor: Actor, account_id: int) -> dict[str, Any]:
+    row = await reads.one_for_user(actor.user_id, account_id)
+    if row is None:
+        raise AccountNotFound()
+    return account_view(row)
+
+
+async def create_account(uow: UnitOfWork, actor: Actor, body: AccountCreate) -> AccountOut:
+    async with uow:
+        account = await AccountRepository(uow.session).add(
+            Account(
+                user_id=actor.user_id,
+                name=body.name,
+                currency=body.currency,
+                account_type=body.account_type,
+                account_number=body.account_number or None,
+                original_capital=body.original_capital,
+                current_balance=body.current_balance if body.current_balance is not None else body.original_capital,
+                last_updated=datetime.now(UTC),
+            )
+        )
+        await AuditRepository(uow.session).record(
+            actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id, action="account.create",
+            changed_fields=sorted(body.model_fields_set), request_id=actor.request_id,
+        )
+        await uow.commit()
+        return _out(account)
+
+
+async def update_account(
+    uow: UnitOfWork, integrations: IntegrationService, actor: Actor, account_id: int, body: AccountUpdate
+) -> AccountOut:
+    async with uow:
+        account = await AccountRepository(uow.session).owned(actor.user_id, account_id, for_update=True)
+        if account is None:
+            raise AccountNotFound()
+        changed: list[str] = []
+        for field in ("name", "currency", "account_type", "account_number", "original_capital", "current_balance"):
+            value = getattr(body, field)
+            if field in body.model_fields_set and value is not None and getattr(account, field) != value:
+                setattr(account, field, value)
+                changed.append(field)
+        if "current_balance" in changed:
+            account.last_updated = datetime.now(UTC)
+        audit = AuditRepository(uow.session)
+        if body.remove_integration:
+            if account.integration_type is None:
+                raise IntegrationNotConfigured()
+            integrations.apply_removal(uow, actor, account)
+            await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
+                               action="integration.delete", changed_fields=["type"], request_id=actor.request_id)
+        elif body.integration is not None:
+            action = "integration.update" if account.integration_type else "integration.create"
+            integration_changes = integrations.apply_configuration(uow, actor, account, body.integration)
+            if integration_changes:
+                await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
+                                   action=action, changed_fields=integration_changes, request_id=actor.request_id)
+        if changed:
+            account.updated_at = datetime.now(UTC)
+            await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
+                               action="account.update", changed_fields=changed, request_id=actor.request_id)
+        await uow.commit()
+        return _out(account)
+
+
+async def delete_account(uow: UnitOfWork, integrations: IntegrationService, actor: Actor, account_id: int) -> None:
+    async with uow:
+        repo = AccountRepository(uow.session)
+        account = await repo.owned(actor.user_id, account_id, for_update=True)
+        if account is None:
+            raise AccountNotFound()
+        if account.integration_type is not None:
+            integrations.apply_removal(uow, actor, account)
+        await AuditRepository(uow.session).record(
+            actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id, action="account.delete",
+            request_id=actor.request_id, detail={"name": account.name},
+        )
+        await repo.delete(account)
+        await uow.commit()

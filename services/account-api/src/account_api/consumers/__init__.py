@@ -1,0 +1,1 @@
+"""Consumers feature of account-api."""

@@ -1,0 +1,1 @@
+"""History feature of account-api."""

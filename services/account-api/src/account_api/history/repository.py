@@ -1,0 +1,72 @@
+"""Balance history queries: one row per account per calendar day."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_api.tables import BalanceHistory
+
+
+class HistoryRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def for_account(self, account_id: int, limit: int = 3660) -> list[BalanceHistory]:
+        query = (
+            select(BalanceHistory)
+            .where(BalanceHistory.account_id == account_id)
+            .order_by(BalanceHistory.date.desc())
+            .limit(limit)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+    async def get(self, account_id: int, history_id: int) -> BalanceHistory | None:
+        query = select(BalanceHistory).where(BalanceHistory.id == history_id, BalanceHistory.account_id == account_id)
+        return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def upsert(
+        self,
+        account_id: int,
+        day: dt.date,
+        balance: Decimal,
+        *,
+        note: str | None = None,
+        source: str = "MANUAL",
+        as_of: dt.datetime | None = None,
+    ) -> BalanceHistory:
+        """Insert or replace the day's row; a broker update never replaces a newer one."""
+        stmt = insert(BalanceHistory).values(
+            account_id=account_id, date=day, balance=balance, note=note, source=source, as_of=as_of
+        )
+        newer_only = (
+            BalanceHistory.as_of.is_(None) | (BalanceHistory.as_of <= stmt.excluded.as_of)
+            if as_of is not None
+            else None
+        )
+        stmt = stmt.on_conflict_do_update(
+            constraint="uq_history_account_day",
+            set_={
+                "balance": stmt.excluded.balance,
+                "note": func.coalesce(stmt.excluded.note, BalanceHistory.note),
+                "source": stmt.excluded.source,
+                "as_of": stmt.excluded.as_of,
+                "updated_at": func.now(),
+            },
+            where=newer_only,
+        ).returning(BalanceHistory)
+        row = (await self._session.execute(stmt)).scalar_one_or_none()
+        if row is None:  # an older broker update: keep the stored row
+            row = (
+                await self._session.execute(
+                    select(BalanceHistory).where(BalanceHistory.account_id == account_id, BalanceHistory.date == day)
+                )
+            ).scalar_one()
+        return row
+
+    async def delete(self, row: BalanceHistory) -> None:
+        await self._session.delete(row)

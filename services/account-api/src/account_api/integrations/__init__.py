@@ -1,0 +1,1 @@
+"""Integrations feature of account-api."""

@@ -1,0 +1,163 @@
+"""Composition root of account-api: builds every long-lived object and wires the routes.
+
+`account-api` serves HTTP; `account-api migrate` applies migrations; `account-api rekey`
+re-encrypts every stored secret under the newest key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from brokerlink_shared.crypto import SecretBox
+from brokerlink_shared.logging import configure_logging
+from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
+from brokerlink_shared.subjects import Topology
+from fastapi import FastAPI
+from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from account_api import accounts, auth, health, history, integrations
+from account_api.accounts.routes import router as accounts_router
+from account_api.auth.routes import router as auth_router
+from account_api.auth.tokens import TokenIssuer
+from account_api.config import Settings
+from account_api.consumers.handlers import SERVICE, register_consumers
+from account_api.db import UnitOfWork, make_engine, make_read_pool
+from account_api.deps import Container
+from account_api.errors import add_exception_handlers
+from account_api.history.routes import router as history_router
+from account_api.integrations.routes import router as integrations_router
+from account_api.integrations.service import IntegrationService
+from account_api.integrations.waiter import RefreshWaiter
+from account_api.outbox.relay import OutboxRelay
+from account_api.scheduling.scheduler import RefreshScheduler
+from account_api.ui.routes import router as ui_router
+
+log = logging.getLogger(__name__)
+_ = (accounts, auth, health, history, integrations)
+
+
+async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) -> None:
+    """Connect, declare streams and start consumers; retried in the background while NATS is down."""
+    attempt = 0
+    while True:
+        try:
+            await broker.connect()
+            await ensure_streams(broker, topology, replicas=replicas)
+            await broker.start()
+            log.info("connected to NATS")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempt += 1
+            log.warning("NATS not reachable yet; retrying", extra={"error": repr(exc), "attempt": attempt})
+            await asyncio.sleep(min(5.0, 0.5 * attempt))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app; everything long-lived is created in its lifespan."""
+    settings = settings or Settings()
+    if not settings.jwt_secret.get_secret_value():
+        raise SystemExit("ACCOUNT_API_JWT_SECRET is required (at least 32 random characters)")
+    secrets = SecretBox.from_setting(settings.encryption_keys.get_secret_value())
+    topology = Topology(settings.namespace)
+    engine = make_engine(settings)
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    read_pool = make_read_pool(settings)
+    broker = make_broker(settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver)
+    publisher = EventPublisher(broker, topology)
+    waiter = RefreshWaiter(settings.libpq_url)
+    integrations_service = IntegrationService(settings, secrets, publisher, broker, topology, waiter)
+    relay = OutboxRelay(settings.libpq_url, sessionmaker, publisher, batch_size=settings.outbox_batch_size)
+
+    def new_uow() -> UnitOfWork:
+        return UnitOfWork(sessionmaker)
+
+    register_consumers(broker, topology, new_uow)
+    scheduler = RefreshScheduler(new_uow, integrations_service, settings.scheduled_refresh_interval_s)
+    container = Container(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        read_pool=read_pool,
+        issuer=TokenIssuer(settings.jwt_secret.get_secret_value(), settings.access_token_minutes, settings.refresh_token_days),
+        secrets=secrets,
+        broker=broker,
+        topology=topology,
+        integrations=integrations_service,
+        relay=relay,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await read_pool.open()
+        bus = asyncio.create_task(_connect_bus(broker, topology, settings.stream_replicas))
+        waiter.start()
+        relay.start()
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await relay.stop()
+            await waiter.stop()
+            bus.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bus
+            await broker.stop()
+            await read_pool.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="brokerlink account-api",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    add_exception_handlers(app)
+    for router in (health.router, auth_router, accounts_router, history_router, integrations_router, ui_router):
+        app.include_router(router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Factory used by uvicorn's workers (each builds its own app from the environment)."""
+    settings = Settings()
+    configure_logging("account-api", settings.log_level)
+    return create_app(settings)
+
+
+def run() -> None:
+    """Console entry point: `account-api [serve|migrate|rekey]`."""
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    settings = Settings()
+    configure_logging("account-api", settings.log_level)
+    if command == "migrate":
+        from account_api.migrate import upgrade
+
+        upgrade(settings.database_url)
+        log.info("database migrated to head")
+    elif command == "rekey":
+        from account_api.rekey import main as rekey_main
+
+        rekey_main()
+    elif command == "serve":
+        import uvicorn
+
+        uvicorn.run(
+            "account_api.main:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+        )
+    else:
+        sys.stderr.write(f"account-api: unknown command {command!r} (serve, migrate, rekey)\n")
+        sys.exit(2)

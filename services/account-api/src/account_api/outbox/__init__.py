@@ -1,0 +1,1 @@
+"""Outbox feature of account-api."""

@@ -1,0 +1,57 @@
+"""The transactional outbox: events are added in the caller's transaction and published later
+by `OutboxRelay`. Rows hold validated JSON; the relay never re-validates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from brokerlink_shared.contracts.events import Event
+from brokerlink_shared.messaging import EventPublisher
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_api.tables import OutboxMessage
+
+
+class OutboxRepository:
+    def __init__(self, session: AsyncSession, publisher: EventPublisher) -> None:
+        self._session = session
+        self._publisher = publisher
+
+    def add(self, event: Event) -> None:
+        """Stage `event` for publication; validation errors surface here, before commit."""
+        subject, body = self._publisher.encode(event)
+        self._session.add(
+            OutboxMessage(
+                event_id=event.event_id,
+                family=event.family,
+                subject=subject,
+                partition_key=str(event.account_id or ""),
+                body=body,
+                correlation_id=event.correlation_id,
+            )
+        )
+
+
+CLAIM = text(
+    """SELECT seq, event_id, family, subject, body, correlation_id FROM outbox
+       WHERE published_at IS NULL ORDER BY seq LIMIT :limit"""
+)
+MARK = text("UPDATE outbox SET published_at = :now WHERE seq = ANY(:seqs)")
+PENDING = text("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+PURGE = text(
+    "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - interval '7 days'"
+)
+
+
+async def claim(session: AsyncSession, limit: int) -> list[Any]:
+    return list((await session.execute(CLAIM, {"limit": limit})).all())
+
+
+async def mark_published(session: AsyncSession, seqs: list[int]) -> None:
+    await session.execute(MARK, {"now": datetime.now(UTC), "seqs": seqs})
+
+
+async def pending_count(session: AsyncSession) -> int:
+    return int((await session.execute(PENDING)).scalar_one())

@@ -1,0 +1,1 @@
+"""Scheduling feature of account-api."""

@@ -1,0 +1,1 @@
+"""Ui feature of account-api."""

@@ -1,0 +1,92 @@
+"""account-api fixtures: a migrated database of its own and the real app served by uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from account_api.config import Settings
+from account_api.main import create_app
+from account_api.migrate import upgrade
+from brokerlink_shared.devstack.embedded import free_port
+
+
+@dataclass
+class RunningApi:
+    base_url: str
+    settings: Settings
+    app: object
+
+
+async def start_api(settings: Settings) -> tuple[RunningApi, uvicorn.Server, asyncio.Task[None]]:
+    """Serve account-api in this event loop on `settings.port`; returns once it accepts requests."""
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return RunningApi(f"http://127.0.0.1:{settings.port}", settings, app), server, task
+
+
+def api_settings_for(infra, database_url: str, namespace: str, **overrides: object) -> Settings:  # type: ignore[no-untyped-def]
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "nats_url": infra.nats_url,
+        "namespace": namespace,
+        "encryption_keys": infra.encryption_keys,
+        "jwt_secret": secrets.token_urlsafe(32),
+        "port": free_port(),
+        "scheduled_refresh_interval_s": 0,
+        "refresh_wait_default_s": 2.0,
+        "integration_test_timeout_s": 2.0,
+    }
+    values.update(overrides)
+    settings = Settings.model_validate(values)
+    settings.public_url = f"http://127.0.0.1:{settings.port}"
+    return settings
+
+
+@pytest.fixture(scope="session")
+def api_database(infra) -> str:  # type: ignore[no-untyped-def]
+    url = infra.new_database("api")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def api(infra, api_database: str) -> AsyncIterator[RunningApi]:  # type: ignore[no-untyped-def]
+    settings = api_settings_for(infra, api_database, f"{infra.namespace}api")
+    running, server, task = await start_api(settings)
+    yield running
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def client(api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def new_user():  # type: ignore[no-untyped-def]
+    """`await new_user(client)` registers and logs in a fresh user; returns auth headers."""
+    return register_user
+
+
+async def register_user(client: httpx.AsyncClient) -> dict[str, str]:
+    """Register and log in a fresh user; returns auth headers."""
+    email = f"u{secrets.token_hex(6)}@example.com"
+    password = "correct horse battery"
+    r = await client.post("/api/auth/register", json={"email": email, "password": password, "name": "Test User"})
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

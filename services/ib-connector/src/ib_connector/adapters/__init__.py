@@ -1,0 +1,1 @@
+"""The connector's edges: the ib_async gateway client and the NATS KV session ownership."""

@@ -1,0 +1,1 @@
+"""Pure logic of the connector: no sockets, no bus, no clocks of its own."""

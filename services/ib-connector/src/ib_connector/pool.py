@@ -1,0 +1,402 @@
+"""`GatewaySessionPool`: one supervised ib_async session per (host, port, client_id).
+
+Accounts configured against the same gateway and client id share one session (IB refuses a
+second connection with the same client id). Each session runs its own supervisor task that
+connects (with failover to backups), reconnects with backoff when dropped, and probes the
+primary while on a backup. Sessions never wait on each other: timeouts are per session and
+reads are serialised per session only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from brokerlink_shared.contracts.values import IBConnection
+
+from ib_connector.adapters.ib_gateway import GatewayError, GatewayClosed, GatewayNotice, IBGatewayClient
+from ib_connector.domain.accounts import AccountSelectionError, select_account
+from ib_connector.domain.backoff import ReconnectBackoff
+from ib_connector.domain.endpoints import failover_order
+from ib_connector.domain.session_state import Endpoint, Phase, SessionState, StatusView, status_for
+from ib_connector.domain.snapshot import AccountSnapshot, AccountValueRow, Holding, IncompleteAccountData, build_snapshot
+
+log = logging.getLogger(__name__)
+
+SessionKey = tuple[str, int, int]
+
+
+class GatewayClient(Protocol):
+    """What a session needs from a gateway connection (ib_async in production, fakes in tests)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self, host: str, port: int, client_id: int, timeout_s: float) -> list[str]: ...
+
+    async def read_account(self, code: str, timeout_s: float) -> tuple[list[AccountValueRow], list[Holding]]: ...
+
+    async def close(self) -> None: ...
+
+
+GatewayClientFactory = Callable[[GatewayNotice, GatewayClosed], GatewayClient]
+
+
+class RefreshError(Exception):
+    """A refresh could not be done; `code` and `message` go into `refresh.failed`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class AccountBinding:
+    """One brokerlink account served by a session."""
+
+    account_id: int
+    user_id: int | None
+    account_code: str | None
+    last_status: StatusView | None = None
+
+
+StatusSink = Callable[[AccountBinding, StatusView], None]
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    primary_retry_s: float = 30.0
+
+
+@dataclass
+class GatewaySession:
+    """One gateway connection shared by every account with the same session key."""
+
+    key: SessionKey
+    config: IBConnection
+    settings: SessionSettings
+    sink: StatusSink
+    client_factory: GatewayClientFactory
+    connect_slots: asyncio.Semaphore
+    bindings: dict[int, AccountBinding] = field(default_factory=dict)
+    state: SessionState = field(default_factory=SessionState)
+    last_used: float = field(default_factory=time.monotonic)
+    _client: GatewayClient | None = None
+    _task: asyncio.Task[None] | None = None
+    _lost: asyncio.Event = field(default_factory=asyncio.Event)
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _backoff: ReconnectBackoff = field(default_factory=ReconnectBackoff)
+
+    def __post_init__(self) -> None:
+        self._backoff = ReconnectBackoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+
+    @property
+    def label(self) -> str:
+        return f"{self.key[0]}:{self.key[1]}/{self.key[2]}"
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"ib-session {self.label}")
+
+    async def close(self) -> None:
+        """Stop the supervisor and disconnect (no status events)."""
+        self._closed.set()
+        self._settled.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop_client()
+        self.state = self.state.closed()
+
+    def attach(self, binding: AccountBinding, config: IBConnection) -> AccountBinding:
+        """Serve one more account (or update it); returns the live binding."""
+        self.config = config  # the newest config wins (backups may have changed)
+        self.last_used = time.monotonic()
+        current = self.bindings.get(binding.account_id)
+        if current is None:
+            self.bindings[binding.account_id] = current = binding
+        else:
+            current.user_id, current.account_code = binding.user_id, binding.account_code
+        self._emit(current)
+        return current
+
+    def detach(self, account_id: int) -> bool:
+        """Stop serving an account; returns True when no account is left."""
+        self.bindings.pop(account_id, None)
+        return not self.bindings
+
+    async def refresh(self, binding: AccountBinding, timeout_s: float) -> AccountSnapshot:
+        """Read one account's balance and positions, waiting for a connection up to the timeout."""
+        self.last_used = time.monotonic()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        client = await self._usable_client(deadline)
+        try:
+            code = select_account(self.state.managed_accounts, binding.account_code)
+        except AccountSelectionError as exc:
+            raise RefreshError(exc.code, str(exc)) from None
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(remaining):
+                async with self._read_lock:
+                    rows, holdings = await client.read_account(code, max(0.01, deadline - asyncio.get_running_loop().time()))
+        except (TimeoutError, asyncio.TimeoutError):
+            raise RefreshError("timeout", f"gateway {self.label} did not answer within {timeout_s:g}s") from None
+        except GatewayError as exc:
+            raise RefreshError(exc.code, exc.message) from None
+        try:
+            return build_snapshot(code, rows, holdings)
+        except IncompleteAccountData as exc:
+            raise RefreshError(exc.code, str(exc)) from None
+
+    async def test(self, account_code: str | None, timeout_s: float) -> str:
+        """Connect (or reuse the session) and read the summary; returns a user-facing message."""
+        binding = AccountBinding(account_id=-1, user_id=None, account_code=account_code)
+        snapshot = await self.refresh(binding, timeout_s)
+        endpoint = self.state.endpoint
+        return (
+            f"connected to {endpoint}; account {snapshot.account_code} net liquidation "
+            f"{snapshot.net_liquidation} {snapshot.currency}"
+        )
+
+    async def _usable_client(self, deadline: float) -> GatewayClient:
+        loop = asyncio.get_running_loop()
+        while True:
+            state = self.state
+            if state.usable and self._client is not None:
+                return self._client
+            if self._closed.is_set():
+                raise RefreshError("closed", "the gateway session was closed")
+            if state.phase is Phase.FAILED:
+                raise RefreshError(state.code or "error", state.message or "gateway unavailable")
+            if state.phase is Phase.CONNECTED and state.gateway_link_down:
+                raise RefreshError(state.code or "1100", state.message or "gateway lost its link to IB")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RefreshError("timeout", f"gateway {self.label} not connected in time")
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._settled.wait()
+            except TimeoutError:
+                raise RefreshError("timeout", f"gateway {self.label} not connected in time") from None
+
+    # ---- supervisor ------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._closed.is_set():
+            if not await self._connect_round():
+                delay = self._backoff.next_delay()
+                log.debug("reconnect backoff", extra={"session": self.label, "delay_s": round(delay, 2)})
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._closed.wait()
+                continue
+            self._backoff.reset()
+            await self._while_connected()
+
+    async def _connect_round(self) -> bool:
+        """Try the primary, then each backup; True once one answers."""
+        primary = Endpoint(self.config.host, self.config.port)
+        backups = [Endpoint(b.host, b.port, backup=True) for b in self.config.backups]
+        failure: GatewayError | None = None
+        for endpoint in failover_order(primary, backups):
+            self._set_state(self.state.connecting(endpoint))
+            try:
+                await self._connect(endpoint)
+                return True
+            except GatewayError as exc:
+                failure = exc if failure is None else failure  # the primary's reason is the useful one
+                log.debug("connect failed", extra={"session": self.label, "endpoint": str(endpoint), "ib_code": exc.code})
+        assert failure is not None
+        if self.state.phase is not Phase.FAILED or self.state.code != failure.code:
+            log.info("gateway session failed", extra={"session": self.label, "ib_code": failure.code, "reason": failure.message})
+        self._set_state(self.state.failed(failure.code, failure.message))
+        return False
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        self._lost.clear()
+        client = self.client_factory(self._on_notice, self._on_closed)
+        async with self.connect_slots:
+            try:
+                managed = await client.connect(endpoint.host, endpoint.port, self.key[2], self.settings.connect_timeout_s)
+            except BaseException:
+                await client.close()
+                raise
+        await self._drop_client()
+        self._client = client
+        log.info("gateway session connected", extra={"session": self.label, "endpoint": str(endpoint), "accounts": managed})
+        self._set_state(self.state.connected(endpoint, tuple(managed), datetime.now(UTC)))
+
+    async def _while_connected(self) -> None:
+        """Wait for the connection to drop; while on a backup, move back when the primary answers."""
+        while not self._closed.is_set():
+            on_backup = self.state.endpoint is not None and self.state.endpoint.backup
+            try:
+                async with asyncio.timeout(self.settings.primary_retry_s if on_backup else None):
+                    await self._lost.wait()
+                break
+            except TimeoutError:
+                await self._try_primary()
+        if not self._closed.is_set():
+            await self._drop_client()
+
+    async def _try_primary(self) -> None:
+        primary = Endpoint(self.config.host, self.config.port)
+        client = self.client_factory(self._on_notice, self._on_closed)
+        try:
+            async with self.connect_slots:
+                managed = await client.connect(primary.host, primary.port, self.key[2], self.settings.connect_timeout_s)
+        except GatewayError:
+            await client.close()
+            return
+        previous = self._client
+        self._client = client
+        if previous is not None:
+            await previous.close()
+        self._lost.clear()
+        log.info("gateway session back on primary", extra={"session": self.label, "endpoint": str(primary)})
+        self._set_state(self.state.connected(primary, tuple(managed), datetime.now(UTC)))
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def _on_closed(self, reason: str) -> None:
+        if self._closed.is_set() or self.state.phase is not Phase.CONNECTED:
+            return
+        log.info("gateway session lost", extra={"session": self.label, "reason": reason})
+        self._set_state(self.state.lost(f"{reason} ({self.state.endpoint})"))
+        self._lost.set()
+
+    def _on_notice(self, code: int, text: str) -> None:
+        log.info("gateway notice", extra={"session": self.label, "ib_code": code, "ib_text": text})
+        self._set_state(self.state.notice(code, text))
+
+    def _set_state(self, state: SessionState) -> None:
+        self.state = state
+        # waiting requests wake once an attempt has an outcome
+        if state.phase in (Phase.CONNECTED, Phase.FAILED, Phase.CLOSED):
+            self._settled.set()
+        else:
+            self._settled.clear()
+        for binding in self.bindings.values():
+            self._emit(binding)
+
+    def _emit(self, binding: AccountBinding) -> None:
+        view = status_for(self.state, binding.account_code)
+        if view is not None and not view.same_as(binding.last_status):
+            binding.last_status = view
+            self.sink(binding, view)
+
+
+@dataclass
+class PoolSettings:
+    session: SessionSettings = field(default_factory=SessionSettings)
+    idle_close_s: float = 900.0
+    max_concurrent_connects: int = 64
+
+
+class GatewaySessionPool:
+    """All sessions of this replica, keyed by (host, port, client_id)."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        sink: StatusSink,
+        client_factory: GatewayClientFactory = IBGatewayClient,
+        on_idle_close: Callable[[SessionKey], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sink = sink
+        self._client_factory = client_factory
+        self._on_idle_close = on_idle_close
+        self.sessions: dict[SessionKey, GatewaySession] = {}
+        self._connect_slots = asyncio.Semaphore(settings.max_concurrent_connects)
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle(), name="ib-session-reaper")
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        self.sessions.clear()
+
+    def session(self, config: IBConnection) -> GatewaySession:
+        """The session for a config's key, created and started on first use."""
+        key = config.session_key
+        session = self.sessions.get(key)
+        if session is None:
+            session = GatewaySession(
+                key=key,
+                config=config,
+                settings=self.settings.session,
+                sink=self._sink,
+                client_factory=self._client_factory,
+                connect_slots=self._connect_slots,
+            )
+            self.sessions[key] = session
+            session.start()
+            log.info("gateway session opened", extra={"session": session.label})
+        return session
+
+    def attach(self, config: IBConnection, account_id: int, user_id: int | None) -> tuple[GatewaySession, AccountBinding]:
+        session = self.session(config)
+        binding = session.attach(AccountBinding(account_id, user_id, config.account_code), config)
+        return session, binding
+
+    async def detach(self, config: IBConnection | None, account_id: int) -> SessionKey | None:
+        """Stop serving an account; closes its session when it was the last. Returns a closed key."""
+        candidates = [self.sessions[config.session_key]] if config and config.session_key in self.sessions else [
+            s for s in self.sessions.values() if account_id in s.bindings
+        ]
+        for session in candidates:
+            if session.detach(account_id):
+                await self.close_session(session.key)
+                return session.key
+        return None
+
+    async def close_session(self, key: SessionKey) -> None:
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            await session.close()
+            log.info("gateway session closed", extra={"session": session.label})
+
+    def counts(self) -> dict[str, int]:
+        phases = [s.state.phase for s in self.sessions.values()]
+        return {
+            "sessions": len(phases),
+            "connected": sum(p is Phase.CONNECTED for p in phases),
+            "failed": sum(p is Phase.FAILED for p in phases),
+            "reconnecting": sum(p in (Phase.LOST, Phase.CONNECTING, Phase.NEW) for p in phases),
+            "accounts": sum(len(s.bindings) for s in self.sessions.values()),
+        }
+
+    async def _reap_idle(self) -> None:
+        idle = self.settings.idle_close_s
+        while True:
+            await asyncio.sleep(max(0.5, min(idle / 4, 30.0)))
+            cutoff = time.monotonic() - idle
+            for key, session in list(self.sessions.items()):
+                if session.last_used < cutoff:
+                    log.info("closing idle gateway session", extra={"session": session.label})
+                    await self.close_session(key)
+                    if self._on_idle_close is not None:
+                        self._on_idle_close(key)

@@ -1,0 +1,57 @@
+"""Settings of the Schwab connector (environment prefix `SCHWAB_CONNECTOR_`)."""
+
+from __future__ import annotations
+
+from brokerlink_shared.settings import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+SERVICE = "schwab-connector"
+
+
+class Settings(ServiceSettings):
+    """Everything the connector needs; the base class brings NATS, namespace, logging and keys."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCHWAB_CONNECTOR_", extra="ignore", populate_by_name=True
+    )
+
+    api_base_url: str = Field(
+        default="https://api.schwabapi.com",
+        description="Schwab API origin; the simulator's base URL in demo mode and tests",
+    )
+    requests_per_minute: int = Field(
+        default=120, ge=1, description="Trader API budget per app key"
+    )
+    rate_slices_per_minute: int = Field(
+        default=12,
+        ge=1,
+        le=60,
+        description="budget granularity; see domain.rate for the arithmetic",
+    )
+    health_host: str = "0.0.0.0"
+    health_port: int = Field(
+        default=8082, ge=0, le=65535, description="0 picks a free port"
+    )
+    access_refresh_margin_s: float = Field(
+        default=600.0, ge=0, description="refresh this long before expiry"
+    )
+    refresh_token_ttl_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Schwab's refresh-token life"
+    )
+    expiring_soon_threshold_s: float = Field(default=24 * 3600.0, ge=0)
+    lifecycle_check_interval_s: float = Field(default=300.0, gt=0)
+    batch_window_s: float = Field(
+        default=0.05, ge=0, description="coalesce refreshes of one login this long"
+    )
+    http_timeout_s: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(
+        default=4, ge=1, description="per Schwab call, for 429/5xx/transport errors"
+    )
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_cap_s: float = Field(default=30.0, ge=0)
+    lease_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a crashed replica's refresh lease lapses after this",
+    )

@@ -1,0 +1,65 @@
+"""Durable JetStream consumers of account-api's commands (Schwab only)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from brokerlink_shared.contracts.events import (
+    IntegrationConfigured,
+    IntegrationRemoved,
+    RefreshRequested,
+)
+from brokerlink_shared.messaging import durable_subscriber
+from brokerlink_shared.subjects import (
+    COMMANDS,
+    INTEGRATION_CONFIGURED,
+    INTEGRATION_REMOVED,
+    REFRESH_REQUESTED,
+    Broker,
+    Topology,
+)
+from faststream.nats import NatsBroker
+
+from schwab_connector.config import SERVICE
+from schwab_connector.service import SchwabConnector
+
+log = logging.getLogger(__name__)
+
+
+def register_command_handlers(
+    broker: NatsBroker, topology: Topology, connector: Callable[[], SchwabConnector]
+) -> None:
+    """Subscribe to integration.configured/removed and refresh.requested for Schwab."""
+
+    def subscriber(family: str, purpose: str) -> object:
+        return durable_subscriber(
+            broker,
+            topology,
+            family=family,
+            spec=COMMANDS,
+            service=SERVICE,
+            purpose=purpose,
+            brokers=[Broker.SCHWAB],
+        )
+
+    @subscriber(INTEGRATION_CONFIGURED, "configured")  # type: ignore[operator]
+    async def on_configured(event: IntegrationConfigured) -> None:
+        log.debug("integration.configured", extra={"account": event.account_id})
+        await connector().on_configured(event)
+
+    @subscriber(INTEGRATION_REMOVED, "removed")  # type: ignore[operator]
+    async def on_removed(event: IntegrationRemoved) -> None:
+        log.debug("integration.removed", extra={"account": event.account_id})
+        await connector().on_removed(event)
+
+    @subscriber(REFRESH_REQUESTED, "refresh")  # type: ignore[operator]
+    async def on_refresh(event: RefreshRequested) -> None:
+        log.debug(
+            "refresh.requested",
+            extra={
+                "account": event.account_id,
+                "refresh_id": str(event.payload.refresh_id),
+            },
+        )
+        await connector().on_refresh(event)

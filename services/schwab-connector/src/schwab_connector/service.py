@@ -1,0 +1,482 @@
+"""The connector's use cases: code exchange, integration test, batched refresh, token lifecycle.
+
+Handlers call these; they hold no FastStream code. Failures that retrying cannot fix become
+`integration.status` / `refresh.failed` events, never exceptions out of a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from brokerlink_shared.contracts.events import (
+    BalanceUpdated,
+    BalanceUpdatedPayload,
+    IntegrationConfigured,
+    IntegrationRemoved,
+    IntegrationStatusChanged,
+    IntegrationStatusPayload,
+    IntegrationTestReply,
+    IntegrationTestRequest,
+    RefreshFailed,
+    RefreshFailedPayload,
+    RefreshRequested,
+    SchwabOAuthExchangeReply,
+    SchwabOAuthExchangeRequest,
+    SchwabTokensRotated,
+    SchwabTokensRotatedPayload,
+)
+from brokerlink_shared.contracts.values import IntegrationStatus, SchwabConnection
+from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
+from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.subjects import Broker
+from schwab.client import AsyncClient
+
+from schwab_connector.adapters.schwab_http import (
+    ReauthRequiredError,
+    SchwabCallError,
+    SchwabGateway,
+)
+from schwab_connector.adapters.token_vault import (
+    LoginCoordinator,
+    LoginKey,
+    LoginState,
+    TokenVault,
+)
+from schwab_connector.domain.batching import LoginBatcher
+from schwab_connector.domain.clock import Clock
+from schwab_connector.domain.mapping import (
+    AccountDataError,
+    pick_account,
+    resolve_hash,
+    snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+POSITIONS = [AsyncClient.Account.Fields.POSITIONS]
+
+
+@dataclass
+class AccountBinding:
+    """An account of ours linked to a Schwab login, and the last status we reported for it."""
+
+    account_id: int
+    user_id: int
+    config: SchwabConnection
+    reported: tuple[IntegrationStatus, str | None] | None = None
+
+    @property
+    def login(self) -> LoginKey:
+        return (self.user_id, self.config.app_key)
+
+
+class SchwabConnector:
+    """Everything the Schwab connector does, behind the handlers."""
+
+    def __init__(
+        self,
+        box: SecretBox,
+        vault: TokenVault,
+        gateway: SchwabGateway,
+        coordinator: LoginCoordinator,
+        publisher: EventPublisher,
+        clock: Clock,
+        batch_window_s: float,
+    ) -> None:
+        self._box = box
+        self.vault = vault
+        self.gateway = gateway
+        self._coordinator = coordinator
+        self._publisher = publisher
+        self._clock = clock
+        self.batcher: LoginBatcher[LoginKey, list[dict[str, Any]]] = LoginBatcher(
+            batch_window_s
+        )
+        self.accounts: dict[int, AccountBinding] = {}
+        self._numbers: dict[LoginKey, dict[str, str]] = {}  # hash -> account number
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def _bind(
+        self, user_id: int | None, account_id: int | None, config: object
+    ) -> AccountBinding | None:
+        if (
+            user_id is None
+            or account_id is None
+            or not isinstance(config, SchwabConnection)
+        ):
+            log.warning(
+                "ignoring a Schwab command without user, account or Schwab config"
+            )
+            return None
+        binding = self.accounts.get(account_id)
+        if binding is None or binding.config != config or binding.user_id != user_id:
+            reported = (
+                binding.reported
+                if binding and binding.login == (user_id, config.app_key)
+                else None
+            )
+            binding = self.accounts[account_id] = AccountBinding(
+                account_id, user_id, config, reported
+            )
+        self.vault.observe(user_id, account_id, config)
+        return binding
+
+    async def on_configured(self, event: IntegrationConfigured) -> None:
+        """Remember the account and report its token status (no Schwab call)."""
+        binding = self._bind(event.user_id, event.account_id, event.payload.config)
+        if binding is not None and binding.config.token_enc:
+            await self._report(binding, self.vault.logins[binding.login])
+
+    async def on_removed(self, event: IntegrationRemoved) -> None:
+        if event.account_id is not None:
+            self.accounts.pop(event.account_id, None)
+            self.vault.forget_account(event.account_id)
+            log.info("schwab account removed", extra={"account": event.account_id})
+
+    async def on_refresh(self, event: RefreshRequested) -> None:
+        """Read the account (one call per login, shared by concurrent requests) and publish it."""
+        payload = event.payload
+        binding = self._bind(event.user_id, event.account_id, payload.config)
+        if binding is None:
+            return
+        state = self.vault.logins[binding.login]
+        code: str | None
+        try:
+            elements = await self.batcher.run(
+                state.key, lambda: self._fetch_accounts(state)
+            )
+            numbers = None
+            if (
+                not binding.config.account_number
+                and binding.config.account_hash
+                and len(elements) > 1
+            ):
+                numbers = await self._account_numbers(state)
+            picked = pick_account(
+                elements,
+                binding.config.account_number,
+                binding.config.account_hash,
+                numbers,
+            )
+            if isinstance(picked, str):
+                raise AccountDataError(picked)
+            snap = snapshot(picked)
+        except ReauthRequiredError as exc:
+            status, code, reason = (
+                IntegrationStatus.REAUTH_REQUIRED,
+                "reauth_required",
+                exc.reason,
+            )
+        except SchwabCallError as exc:
+            status, code, reason = (
+                IntegrationStatus.ERROR,
+                f"http_{exc.status}" if exc.status else "schwab_error",
+                exc.reason,
+            )
+        except AccountDataError as exc:
+            status, code, reason = IntegrationStatus.ERROR, "account_data", str(exc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            status, code, reason = (
+                IntegrationStatus.ERROR,
+                "bad_answer",
+                f"unexpected answer from Schwab ({type(exc).__name__})",
+            )
+        else:
+            balance = BalanceUpdated(
+                user_id=binding.user_id,
+                account_id=binding.account_id,
+                correlation_id=event.correlation_id,
+                payload=BalanceUpdatedPayload(
+                    broker=Broker.SCHWAB,
+                    refresh_id=payload.refresh_id,
+                    job_id=payload.job_id,
+                    as_of=self._clock.now(),
+                    currency="USD",
+                    balance=snap.balance,
+                    cash_balance=snap.cash_balance,
+                    positions=snap.positions,
+                    broker_account=snap.account_number,
+                ),
+            )
+            await self._publisher.publish(
+                balance, msg_id=f"{binding.account_id}:{payload.refresh_id}"
+            )
+            log.debug("balance published", extra={"account": binding.account_id})
+            await self._report(binding, state)
+            return
+        log.info(
+            "schwab refresh failed",
+            extra={"account": binding.account_id, "code": code, "reason": reason},
+        )
+        failed = RefreshFailed(
+            user_id=binding.user_id,
+            account_id=binding.account_id,
+            correlation_id=event.correlation_id,
+            payload=RefreshFailedPayload(
+                broker=Broker.SCHWAB,
+                refresh_id=payload.refresh_id,
+                job_id=payload.job_id,
+                code=code,
+                message=reason,
+            ),
+        )
+        await self._publisher.publish(
+            failed, msg_id=f"{binding.account_id}:{payload.refresh_id}:failed"
+        )
+        await self._report(binding, state, status, reason, code)
+
+    # ---- Schwab calls -----------------------------------------------------------------------
+
+    async def _call(
+        self,
+        state: LoginState,
+        what: str,
+        request: Callable[[AsyncClient], Awaitable[httpx.Response]],
+    ) -> Any:
+        await self.vault.ensure_fresh(state)
+        generation = state.generation
+
+        async def on_unauthorized() -> None:
+            await self.vault.ensure_fresh(state, force_from_generation=generation)
+
+        data = await self.gateway.call_json(
+            state.app_key,
+            what,
+            lambda: request(self.vault.current_client(state)),
+            on_unauthorized,
+        )
+        await self.vault.flush_rotation(state)
+        return data
+
+    async def _fetch_accounts(self, state: LoginState) -> list[dict[str, Any]]:
+        data = await self._call(
+            state, "accounts", lambda c: c.get_accounts(fields=POSITIONS)
+        )
+        if not isinstance(data, list):
+            raise SchwabCallError(
+                "accounts: Schwab answered something other than a list"
+            )
+        log.debug(
+            "fetched schwab accounts", extra={"user": state.user_id, "count": len(data)}
+        )
+        return data
+
+    async def _account_numbers(self, state: LoginState) -> dict[str, str]:
+        data = await self._call(
+            state, "accountNumbers", lambda c: c.get_account_numbers()
+        )
+        if not isinstance(data, list):
+            raise SchwabCallError(
+                "accountNumbers: Schwab answered something other than a list"
+            )
+        numbers = {
+            str(n["hashValue"]): str(n["accountNumber"])
+            for n in data
+            if isinstance(n, dict) and n.get("hashValue")
+        }
+        self._numbers[state.key] = numbers
+        return numbers
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    async def test_integration(
+        self, request: IntegrationTestRequest
+    ) -> IntegrationTestReply:
+        """Check the config can be used: secret readable, signed in, account visible."""
+        config = request.config
+        if not isinstance(config, SchwabConnection):
+            return IntegrationTestReply(
+                success=False, message="not a Schwab integration"
+            )
+        try:
+            self._box.decrypt(config.app_secret_enc)
+        except SecretDecryptionError:
+            return IntegrationTestReply(
+                success=False, message="the app secret could not be decrypted"
+            )
+        if not config.token_enc:
+            return IntegrationTestReply(
+                success=False, message="app key saved: sign in with Schwab to finish"
+            )
+        binding = self._bind(request.user_id, request.account_id, config)
+        assert binding is not None
+        state = self.vault.logins[binding.login]
+        try:
+            numbers = await asyncio.wait_for(
+                self._account_numbers(state), request.timeout_s
+            )
+        except TimeoutError:
+            return IntegrationTestReply(
+                success=False, message="Schwab did not answer in time"
+            )
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            return IntegrationTestReply(success=False, message=exc.reason)
+        listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
+        account_hash, message = resolve_hash(
+            listed, config.account_number or numbers.get(config.account_hash or "")
+        )
+        return IntegrationTestReply(success=account_hash is not None, message=message)
+
+    async def exchange_code(
+        self, request: SchwabOAuthExchangeRequest
+    ) -> SchwabOAuthExchangeReply:
+        """Trade the code for tokens, adopt them for the login and resolve the account hash."""
+        try:
+            secret = self._box.decrypt(request.app_secret_enc)
+        except SecretDecryptionError:
+            return SchwabOAuthExchangeReply(
+                success=False, message="the app secret could not be decrypted"
+            )
+        try:
+            token = await self.gateway.exchange_code(
+                request.app_key, secret, request.code, request.redirect_uri
+            )
+        except SchwabCallError as exc:
+            return SchwabOAuthExchangeReply(success=False, message=exc.reason)
+        config = SchwabConnection(
+            app_key=request.app_key,
+            app_secret_enc=request.app_secret_enc,
+            account_number=request.account_number,
+        )
+        state = self.vault.observe(request.user_id, request.account_id, config)
+        self.vault.adopt(state, self.vault.stamp({"token": token}))
+        assert state.token_enc is not None and state.times is not None
+        await self._coordinator.store_token(state.login_id, state.token_enc)
+        log.info(
+            "schwab login authorised",
+            extra={"user": request.user_id, "account": request.account_id},
+        )
+        try:
+            numbers = await self._account_numbers(state)
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            account_hash, message = (
+                None,
+                f"signed in, but the account list failed: {exc.reason}",
+            )
+        else:
+            listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
+            account_hash, message = resolve_hash(listed, request.account_number)
+            if account_hash is None and request.account_number:
+                return SchwabOAuthExchangeReply(success=False, message=message)
+        await self.publish_rotated(state)
+        for binding in self._bindings_of(state.key):
+            if binding.account_id != request.account_id:
+                await self._report(binding, state)
+        return SchwabOAuthExchangeReply(
+            success=True,
+            message=message,
+            token_enc=state.token_enc,
+            account_hash=account_hash,
+            access_expires_at=state.times.access_expires_at,
+            refresh_expires_at=state.times.refresh_expires_at,
+        )
+
+    # ---- lifecycle and events ---------------------------------------------------------------
+
+    def _hash_of(self, binding: AccountBinding) -> str | None:
+        if binding.config.account_hash:
+            return binding.config.account_hash
+        numbers = self._numbers.get(binding.login, {})
+        return next(
+            (h for h, n in numbers.items() if n == binding.config.account_number), None
+        )
+
+    def _bindings_of(self, login: LoginKey) -> list[AccountBinding]:
+        return [b for b in self.accounts.values() if b.login == login]
+
+    async def check_lifecycle(self) -> None:
+        """Report expiring_soon / reauth_required (or recovery) for every known login."""
+        for state in list(self.vault.logins.values()):
+            status = self.vault.status(state)
+            for binding in self._bindings_of(state.key):
+                # an error stays until a refresh succeeds, unless the login itself ran out
+                previous = binding.reported[0] if binding.reported else None
+                if (
+                    previous != IntegrationStatus.ERROR
+                    or status != IntegrationStatus.CONNECTED
+                ):
+                    await self._report(binding, state)
+
+    async def run_lifecycle(self, interval_s: float) -> None:
+        """Background task: `check_lifecycle` every `interval_s`; never dies of one failure."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.check_lifecycle()
+            except Exception:
+                log.exception("lifecycle check failed")
+
+    async def publish_rotated(self, state: LoginState) -> None:
+        """Tell account-api to store the login's new token for every account that shares it."""
+        if state.token_enc is None or state.times is None:
+            return
+        event = SchwabTokensRotated(
+            user_id=state.user_id,
+            payload=SchwabTokensRotatedPayload(
+                app_key=state.app_key,
+                account_ids=sorted(state.account_ids),
+                token_enc=state.token_enc,
+                access_expires_at=state.times.access_expires_at,
+                refresh_expires_at=state.times.refresh_expires_at,
+            ),
+        )
+        digest = hashlib.sha256(state.token_enc.encode()).hexdigest()[:24]
+        await self._publisher.publish(
+            event, msg_id=f"rotated:{state.login_id}:{digest}"
+        )
+        log.info(
+            "schwab token rotated",
+            extra={"user": state.user_id, "accounts": len(state.account_ids)},
+        )
+
+    async def _report(
+        self,
+        binding: AccountBinding,
+        state: LoginState,
+        status: IntegrationStatus | None = None,
+        message: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        """Publish the account's status when it differs from the last one reported."""
+        if status is None:
+            status = self.vault.status(state)
+            if status == IntegrationStatus.REAUTH_REQUIRED:
+                message = "the Schwab login has expired or was refused: sign in again"
+                code = "reauth_required"
+            elif status == IntegrationStatus.EXPIRING_SOON:
+                message = "the Schwab login expires within a day: sign in again to keep syncing"
+        if binding.reported == (status, message):
+            return
+        binding.reported = (status, message)
+        times = state.times
+        now: datetime = self._clock.now()
+        event = IntegrationStatusChanged(
+            user_id=binding.user_id,
+            account_id=binding.account_id,
+            payload=IntegrationStatusPayload(
+                broker=Broker.SCHWAB,
+                status=status,
+                code=code,
+                message=message,
+                last_connected=now
+                if status
+                in (IntegrationStatus.CONNECTED, IntegrationStatus.EXPIRING_SOON)
+                else None,
+                access_expires_at=times.access_expires_at if times else None,
+                refresh_expires_at=times.refresh_expires_at if times else None,
+                account_hash=self._hash_of(binding),
+            ),
+        )
+        await self._publisher.publish(event)
+        log.info(
+            "schwab status changed",
+            extra={"account": binding.account_id, "status": status.value},
+        )
