@@ -1,18 +1,19 @@
-"""Apply account-api's Alembic migrations (used by `account-api migrate`, tests and the migrator)."""
+"""Apply account-api's Alembic migrations (used by `account-api migrate`, tests and the migrator).
+The migration scripts ship inside the package, so an installed service can migrate itself."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+SCRIPT_LOCATION = "account_api:migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:
     """Alembic config for this service; `url` overrides DATABASE_URL."""
-    config = Config(str(ALEMBIC_INI))
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("path_separator", "os")
     if url is not None:
         config.attributes["url"] = url
     return config
