@@ -27,7 +27,12 @@ def _balance(account_id: int, balance: str = "100.50") -> BalanceUpdated:
     return BalanceUpdated(
         user_id=1,
         account_id=account_id,
-        payload={"broker": "IB", "as_of": "2026-11-24T10:00:00Z", "currency": "USD", "balance": balance},
+        payload={
+            "broker": "IB",
+            "as_of": "2026-11-24T10:00:00Z",
+            "currency": "USD",
+            "balance": balance,
+        },
     )
 
 
@@ -37,10 +42,24 @@ async def test_invalid_payload_is_rejected_before_the_bus(infra) -> None:
     with pytest.raises(InvalidEventError, match=r"payload\.config\.IB\.port"):
         publisher.build(
             "integration.configured",
-            {"payload": {"broker": "IB", "version": 1, "config": {"type": "IB", "host": "gw", "port": 70000, "client_id": 1}}},
+            {
+                "payload": {
+                    "broker": "IB",
+                    "version": 1,
+                    "config": {
+                        "type": "IB",
+                        "host": "gw",
+                        "port": 70000,
+                        "client_id": 1,
+                    },
+                }
+            },
         )
     bad = IntegrationConfigured.model_construct(
-        event_id=uuid.uuid4(), type="integration.configured", schema_version=1, payload={"broker": "IB"}
+        event_id=uuid.uuid4(),
+        type="integration.configured",
+        schema_version=1,
+        payload={"broker": "IB"},
     )
     with pytest.raises(InvalidEventError, match="payload"):
         await publisher.publish(bad)
@@ -53,7 +72,13 @@ async def test_failing_handler_is_retried_then_parked(infra) -> None:
     handled: list[int] = []
 
     @durable_subscriber(
-        broker, topology, family=BALANCE_UPDATED, spec=CONNECTOR_EVENTS, service="svc", purpose="balances", brokers=[Broker.IB]
+        broker,
+        topology,
+        family=BALANCE_UPDATED,
+        spec=CONNECTOR_EVENTS,
+        service="svc",
+        purpose="balances",
+        brokers=[Broker.IB],
     )
     async def on_balance(event: BalanceUpdated) -> None:
         assert event.account_id is not None
@@ -75,8 +100,14 @@ async def test_failing_handler_is_retried_then_parked(infra) -> None:
         dup = _balance(2)
         await publisher.publish(dup)
         await publisher.publish(dup)
-        await wait_until(lambda: sorted(handled) == [1, 2, 7], timeout_s=20, message="handled")
-        await wait_until(lambda: dead_letter_count(broker, topology, "svc"), timeout_s=20, message="parked")
+        await wait_until(
+            lambda: sorted(handled) == [1, 2, 7], timeout_s=20, message="handled"
+        )
+        await wait_until(
+            lambda: dead_letter_count(broker, topology, "svc"),
+            timeout_s=20,
+            message="parked",
+        )
         assert attempts[666] == 3
         assert attempts[7] == 2
         assert await dead_letter_count(broker, topology, "svc") == 1

@@ -23,10 +23,16 @@ class RunningApi:
     app: object
 
 
-async def start_api(settings: Settings) -> tuple[RunningApi, uvicorn.Server, asyncio.Task[None]]:
+async def start_api(
+    settings: Settings,
+) -> tuple[RunningApi, uvicorn.Server, asyncio.Task[None]]:
     """Serve account-api in this event loop on `settings.port`; returns once it accepts requests."""
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"
+        )
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -35,7 +41,9 @@ async def start_api(settings: Settings) -> tuple[RunningApi, uvicorn.Server, asy
     return RunningApi(f"http://127.0.0.1:{settings.port}", settings, app), server, task
 
 
-def api_settings_for(infra, database_url: str, namespace: str, **overrides: object) -> Settings:  # type: ignore[no-untyped-def]
+def api_settings_for(
+    infra, database_url: str, namespace: str, **overrides: object
+) -> Settings:  # type: ignore[no-untyped-def]
     values: dict[str, object] = {
         "database_url": database_url,
         "nats_url": infra.nats_url,
@@ -85,8 +93,32 @@ async def register_user(client: httpx.AsyncClient) -> dict[str, str]:
     """Register and log in a fresh user; returns auth headers."""
     email = f"u{secrets.token_hex(6)}@example.com"
     password = "correct horse battery"
-    r = await client.post("/api/auth/register", json={"email": email, "password": password, "name": "Test User"})
+    r = await client.post(
+        "/api/auth/register",
+        json={"email": email, "password": password, "name": "Test User"},
+    )
     assert r.status_code == 201, r.text
-    r = await client.post("/api/auth/login", json={"email": email, "password": password})
+    r = await client.post(
+        "/api/auth/login", json={"email": email, "password": password}
+    )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@dataclass
+class ApiFactory:
+    """Start more account-api instances (own database or NATS) inside a test."""
+
+    infra: object
+
+    def settings(
+        self, database_url: str, namespace: str, **overrides: object
+    ) -> Settings:
+        return api_settings_for(self.infra, database_url, namespace, **overrides)
+
+    start = staticmethod(start_api)
+
+
+@pytest.fixture(scope="session")
+def api_factory(infra) -> ApiFactory:  # type: ignore[no-untyped-def]
+    return ApiFactory(infra)

@@ -20,14 +20,23 @@ async def test_healthz_reports_db_and_bus(client: httpx.AsyncClient, new_user) -
 async def test_account_crud_and_isolation(client: httpx.AsyncClient, new_user) -> None:
     alice = await new_user(client)
     bob = await new_user(client)
-    r = await client.post("/api/accounts", headers=alice, json={"name": "Main", "currency": "usd", "original_capital": "1000.50"})
+    r = await client.post(
+        "/api/accounts",
+        headers=alice,
+        json={"name": "Main", "currency": "usd", "original_capital": "1000.50"},
+    )
     assert r.status_code == 201, r.text
     account = r.json()
     assert account["currency"] == "USD"
-    assert account["current_balance"] == "1000.5000" or float(account["current_balance"]) == 1000.5
+    assert (
+        account["current_balance"] == "1000.5000"
+        or float(account["current_balance"]) == 1000.5
+    )
     aid = account["id"]
     assert (await client.get(f"/api/accounts/{aid}", headers=alice)).status_code == 200
-    assert [a["id"] for a in (await client.get("/api/accounts", headers=alice)).json()] == [aid]
+    assert [
+        a["id"] for a in (await client.get("/api/accounts", headers=alice)).json()
+    ] == [aid]
     for method, path in [
         ("GET", f"/api/accounts/{aid}"),
         ("PUT", f"/api/accounts/{aid}"),
@@ -36,33 +45,62 @@ async def test_account_crud_and_isolation(client: httpx.AsyncClient, new_user) -
         ("GET", f"/api/accounts/{aid}/integration"),
         ("GET", f"/api/accounts/{aid}/audit"),
     ]:
-        r = await client.request(method, path, headers=bob, json={} if method == "PUT" else None)
+        r = await client.request(
+            method, path, headers=bob, json={} if method == "PUT" else None
+        )
         assert r.status_code == 404, (method, path, r.status_code)
     assert (await client.get("/api/accounts", headers=bob)).json() == []
-    r = await client.put(f"/api/accounts/{aid}", headers=alice, json={"name": "Renamed"})
+    r = await client.put(
+        f"/api/accounts/{aid}", headers=alice, json={"name": "Renamed"}
+    )
     assert r.json()["name"] == "Renamed"
-    assert (await client.delete(f"/api/accounts/{aid}", headers=alice)).status_code == 204
+    assert (
+        await client.delete(f"/api/accounts/{aid}", headers=alice)
+    ).status_code == 204
     assert (await client.get(f"/api/accounts/{aid}", headers=alice)).status_code == 404
 
 
 async def test_history_one_row_per_day(client: httpx.AsyncClient, new_user) -> None:
     h = await new_user(client)
-    aid = (await client.post("/api/accounts", headers=h, json={"name": "A", "currency": "EUR"})).json()["id"]
-    r1 = await client.post(f"/api/accounts/{aid}/history", headers=h, json={"date": "2026-11-01", "balance": "10"})
-    r2 = await client.post(f"/api/accounts/{aid}/history", headers=h, json={"date": "2026-11-01", "balance": "12"})
+    aid = (
+        await client.post(
+            "/api/accounts", headers=h, json={"name": "A", "currency": "EUR"}
+        )
+    ).json()["id"]
+    r1 = await client.post(
+        f"/api/accounts/{aid}/history",
+        headers=h,
+        json={"date": "2026-11-01", "balance": "10"},
+    )
+    r2 = await client.post(
+        f"/api/accounts/{aid}/history",
+        headers=h,
+        json={"date": "2026-11-01", "balance": "12"},
+    )
     assert r1.status_code == r2.status_code == 201
     rows = (await client.get(f"/api/accounts/{aid}/history", headers=h)).json()
     assert len(rows) == 1 and float(rows[0]["balance"]) == 12
     hid = rows[0]["id"]
-    assert (await client.put(f"/api/accounts/{aid}/history/{hid}", headers=h, json={"note": "x"})).json()["note"] == "x"
-    assert (await client.delete(f"/api/accounts/{aid}/history/{hid}", headers=h)).status_code == 204
+    assert (
+        await client.put(
+            f"/api/accounts/{aid}/history/{hid}", headers=h, json={"note": "x"}
+        )
+    ).json()["note"] == "x"
+    assert (
+        await client.delete(f"/api/accounts/{aid}/history/{hid}", headers=h)
+    ).status_code == 204
 
 
 async def test_auth_flow(client: httpx.AsyncClient, new_user) -> None:
-    r = await client.post("/api/auth/register", json={"email": "not-an-email", "password": "longenough", "name": "x"})
+    r = await client.post(
+        "/api/auth/register",
+        json={"email": "not-an-email", "password": "longenough", "name": "x"},
+    )
     assert r.status_code == 422
     assert (await client.get("/api/accounts")).status_code == 401
-    assert (await client.get("/api/accounts", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (
+        await client.get("/api/accounts", headers={"Authorization": "Bearer nope"})
+    ).status_code == 401
     h = await new_user(client)
     me = (await client.get("/api/auth/me", headers=h)).json()
     assert me["email"].endswith("@example.com")

@@ -11,7 +11,9 @@ class SecretDecryptionError(Exception):
     """A ciphertext could not be decrypted with any configured key."""
 
     def __init__(self) -> None:
-        super().__init__("stored secret could not be decrypted with the configured keys")
+        super().__init__(
+            "stored secret could not be decrypted with the configured keys"
+        )
 
 
 class EncryptionKeyError(ValueError):
@@ -33,11 +35,15 @@ class SecretBox:
 
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
-            raise EncryptionKeyError("BROKERLINK_ENCRYPTION_KEYS is empty: set at least one Fernet key")
+            raise EncryptionKeyError(
+                "BROKERLINK_ENCRYPTION_KEYS is empty: set at least one Fernet key"
+            )
         try:
             self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
         except (ValueError, TypeError) as exc:
-            raise EncryptionKeyError("BROKERLINK_ENCRYPTION_KEYS holds a malformed key") from exc
+            raise EncryptionKeyError(
+                "BROKERLINK_ENCRYPTION_KEYS holds a malformed key"
+            ) from exc
 
     @classmethod
     def from_setting(cls, raw: str) -> SecretBox:

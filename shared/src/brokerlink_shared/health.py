@@ -17,13 +17,23 @@ HealthProbe = Callable[[], Awaitable[HealthReply]]
 async def serve_http_health(host: str, port: int, probe: HealthProbe) -> asyncio.Server:
     """Serve `GET /healthz` (200 when ok, 503 when degraded) with the probe's JSON."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
                 pass
             parts = request_line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[1].split("?")[0] in ("/healthz", "/livez", "/readyz"):
+            if len(parts) >= 2 and parts[1].split("?")[0] in (
+                "/healthz",
+                "/livez",
+                "/readyz",
+            ):
                 reply = await probe()
                 status = "200 OK" if reply.status == "ok" else "503 Service Unavailable"
                 body = orjson.dumps(reply.model_dump(mode="json"))

@@ -40,7 +40,11 @@ def redact(value: Any) -> Any:
     """Recursively mask values stored under secret-looking keys."""
     if isinstance(value, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and SECRET_KEYS.search(k) and v else redact(v))
+            k: (
+                REDACTED
+                if isinstance(k, str) and SECRET_KEYS.search(k) and v
+                else redact(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -62,7 +66,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -85,7 +91,14 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("faststream", "nats", "ib_async", "httpx", "httpcore", "uvicorn.access"):
+    for noisy in (
+        "faststream",
+        "nats",
+        "ib_async",
+        "httpx",
+        "httpcore",
+        "uvicorn.access",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # uvicorn installs its own handlers; route them through ours.
     for name in ("uvicorn", "uvicorn.error"):

@@ -49,7 +49,8 @@ class InvalidEventError(ValueError):
 
     def __init__(self, event_type: str, error: ValidationError) -> None:
         fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in error.errors()
         )
         super().__init__(f"invalid {event_type} event: {fields}")
         self.event_type = event_type
@@ -84,28 +85,47 @@ class DeadLetterMiddleware(BaseMiddleware):  # type: ignore[type-arg]
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         raw = msg.raw_message
         token = None
-        if isinstance(raw, Msg) and raw.headers and (cid := raw.headers.get(CORRELATION_HEADER)):
+        if (
+            isinstance(raw, Msg)
+            and raw.headers
+            and (cid := raw.headers.get(CORRELATION_HEADER))
+        ):
             token = correlation_id.set(cid)
         try:
             return await call_next(msg)
         except (AckMessage, NackMessage):
             raise
         except Exception as exc:
-            if not isinstance(raw, Msg) or not raw.reply or not raw.reply.startswith("$JS.ACK"):
+            if (
+                not isinstance(raw, Msg)
+                or not raw.reply
+                or not raw.reply.startswith("$JS.ACK")
+            ):
                 raise  # core NATS request: nothing to redeliver
             delivered = raw.metadata.num_delivered
-            permanent = isinstance(exc, ValidationError | PermanentFailure | InvalidEventError)
+            permanent = isinstance(
+                exc, ValidationError | PermanentFailure | InvalidEventError
+            )
             if permanent or delivered >= self._max_deliver:
                 log.error(
                     "message parked in dead letters",
-                    extra={"subject": raw.subject, "delivered": delivered, "error": repr(exc)},
+                    extra={
+                        "subject": raw.subject,
+                        "delivered": delivered,
+                        "error": repr(exc),
+                    },
                 )
                 await self._publish_dead_letter(raw, exc)
                 raise AckMessage() from exc
             delay = backoff_delay(delivered)
             log.warning(
                 "handler failed, redelivering",
-                extra={"subject": raw.subject, "delivered": delivered, "delay_s": round(delay, 2), "error": repr(exc)},
+                extra={
+                    "subject": raw.subject,
+                    "delivered": delivered,
+                    "delay_s": round(delay, 2),
+                    "error": repr(exc),
+                },
             )
             raise NackMessage(delay=delay) from exc
         finally:
@@ -142,7 +162,9 @@ def make_broker(
         )
 
     middleware = functools.partial(
-        DeadLetterMiddleware, publish_dead_letter=publish_dead_letter, max_deliver=max_deliver
+        DeadLetterMiddleware,
+        publish_dead_letter=publish_dead_letter,
+        max_deliver=max_deliver,
     )
     broker = NatsBroker(
         nats_url,
@@ -225,7 +247,9 @@ async def ensure_streams(
 class EventPublisher:
     """Validates and publishes events to JetStream with broker-side de-duplication."""
 
-    def __init__(self, broker: NatsBroker, topology: Topology, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, broker: NatsBroker, topology: Topology, timeout_s: float = 5.0
+    ) -> None:
         self._broker = broker
         self._topology = topology
         self._timeout = timeout_s
@@ -245,17 +269,28 @@ class EventPublisher:
         """Re-validate an event (guards against `model_construct`) and return (subject, body)."""
         body = event.model_dump(mode="json")
         checked = self.build(event.type, body)
-        return self._topology.subject(checked.family, checked.subject_broker()), orjson.dumps(body)
+        return self._topology.subject(
+            checked.family, checked.subject_broker()
+        ), orjson.dumps(body)
 
     async def publish(self, event: Event, *, msg_id: str | None = None) -> None:
         """Publish one event; `msg_id` defaults to the event id."""
         subject, body = self.encode(event)
         await self.publish_encoded(
-            event.family, subject, body, msg_id or str(event.event_id), event.correlation_id
+            event.family,
+            subject,
+            body,
+            msg_id or str(event.event_id),
+            event.correlation_id,
         )
 
     async def publish_encoded(
-        self, family: str, subject: str, body: bytes, msg_id: str, correlation: str | None = None
+        self,
+        family: str,
+        subject: str,
+        body: bytes,
+        msg_id: str,
+        correlation: str | None = None,
     ) -> None:
         """Publish already validated bytes (the outbox relay stores them that way)."""
         headers = {"Nats-Msg-Id": msg_id}
@@ -278,16 +313,22 @@ async def request_model(
     timeout_s: float,
 ) -> ModelT:
     """Core NATS request/reply with pydantic models on both ends."""
-    reply = await broker.request(request.model_dump_json().encode(), subject, timeout=timeout_s)
+    reply = await broker.request(
+        request.model_dump_json().encode(), subject, timeout=timeout_s
+    )
     return reply_model.model_validate_json(reply.body)
 
 
-async def dead_letter_count(broker: NatsBroker, topology: Topology, service: str) -> int:
+async def dead_letter_count(
+    broker: NatsBroker, topology: Topology, service: str
+) -> int:
     """How many messages this service has parked."""
     js = broker.connection.jetstream()
     subject = topology.dead_letter_subject(service)
     try:
-        info = await js.stream_info(topology.stream_name(DEAD_LETTERS), subjects_filter=subject)
+        info = await js.stream_info(
+            topology.stream_name(DEAD_LETTERS), subjects_filter=subject
+        )
     except NotFoundError:
         return 0
     return int((info.state.subjects or {}).get(subject, 0))

@@ -12,7 +12,8 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     nats_url: str = Field(
-        default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "nats_url")
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("NATS_URL", "nats_url"),
     )
     namespace: str = Field(
         default="brokerlink",
@@ -21,7 +22,8 @@ class ServiceSettings(BaseSettings):
         description="Prefix of every subject and stream; tests use a fresh one per session.",
     )
     log_level: str = Field(
-        default="INFO", validation_alias=AliasChoices("BROKERLINK_LOG_LEVEL", "log_level")
+        default="INFO",
+        validation_alias=AliasChoices("BROKERLINK_LOG_LEVEL", "log_level"),
     )
     encryption_keys: SecretStr = Field(
         default=SecretStr(""),

@@ -55,14 +55,24 @@ COMMANDS = StreamSpec(
 )
 CONNECTOR_EVENTS = StreamSpec(
     name="CONNECTOR_EVENTS",
-    families=(BALANCE_UPDATED, REFRESH_FAILED, INTEGRATION_STATUS, SCHWAB_TOKENS_ROTATED),
+    families=(
+        BALANCE_UPDATED,
+        REFRESH_FAILED,
+        INTEGRATION_STATUS,
+        SCHWAB_TOKENS_ROTATED,
+    ),
     owner="connectors",
 )
 DEAD_LETTERS = StreamSpec(
-    name="DEAD_LETTERS", families=(DEAD_LETTER,), owner="every service", max_age_s=30 * 24 * 3600.0
+    name="DEAD_LETTERS",
+    families=(DEAD_LETTER,),
+    owner="every service",
+    max_age_s=30 * 24 * 3600.0,
 )
 STREAMS: tuple[StreamSpec, ...] = (COMMANDS, CONNECTOR_EVENTS, DEAD_LETTERS)
-STREAM_OF_FAMILY: dict[str, StreamSpec] = {f: spec for spec in STREAMS for f in spec.families}
+STREAM_OF_FAMILY: dict[str, StreamSpec] = {
+    f: spec for spec in STREAMS for f in spec.families
+}
 
 
 @dataclass(frozen=True, slots=True)

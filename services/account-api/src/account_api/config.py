@@ -14,8 +14,12 @@ class Settings(ServiceSettings):
         default="postgresql+psycopg://postgres@127.0.0.1:5432/brokerlink",
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),
     )
-    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("API_HOST", "host"))
-    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "port"))
+    host: str = Field(
+        default="127.0.0.1", validation_alias=AliasChoices("API_HOST", "host")
+    )
+    port: int = Field(
+        default=8000, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "port")
+    )
     workers: int = Field(default=2, ge=1, le=64)
     public_url: str = "http://127.0.0.1:8000"
     jwt_secret: SecretStr = SecretStr("")
@@ -24,7 +28,9 @@ class Settings(ServiceSettings):
     refresh_wait_default_s: float = Field(default=5.0, ge=0, le=60)
     integration_test_timeout_s: float = Field(default=10.0, gt=0, le=60)
     scheduled_refresh_interval_s: float = Field(
-        default=900.0, ge=0, description="0 disables the scheduled refresh of every integrated account"
+        default=900.0,
+        ge=0,
+        description="0 disables the scheduled refresh of every integrated account",
     )
     schwab_authorize_url: str = "https://api.schwabapi.com/v1/oauth/authorize"
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
@@ -36,7 +42,9 @@ class Settings(ServiceSettings):
     def _jwt_secret_strong(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value()
         if raw and (len(raw) < 32 or raw in {"changethis", "secret"}):
-            raise ValueError("ACCOUNT_API_JWT_SECRET must be at least 32 random characters")
+            raise ValueError(
+                "ACCOUNT_API_JWT_SECRET must be at least 32 random characters"
+            )
         return value
 
     @property

@@ -29,7 +29,9 @@ async def healthz(c: ContainerDep) -> JSONBytes:
     body["bus"] = "connected" if connected else "disconnected"
     if connected:
         try:
-            body["dead_letters"] = await asyncio.wait_for(dead_letter_count(c.broker, c.topology, "account-api"), 2)
+            body["dead_letters"] = await asyncio.wait_for(
+                dead_letter_count(c.broker, c.topology, "account-api"), 2
+            )
         except Exception:
             body["dead_letters"] = None
     body["outbox_relay_leader"] = c.relay.is_leader

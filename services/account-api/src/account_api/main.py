@@ -54,7 +54,10 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
             raise
         except Exception as exc:
             attempt += 1
-            log.warning("NATS not reachable yet; retrying", extra={"error": repr(exc), "attempt": attempt})
+            log.warning(
+                "NATS not reachable yet; retrying",
+                extra={"error": repr(exc), "attempt": attempt},
+            )
             await asyncio.sleep(min(5.0, 0.5 * attempt))
 
 
@@ -62,28 +65,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app; everything long-lived is created in its lifespan."""
     settings = settings or Settings()
     if not settings.jwt_secret.get_secret_value():
-        raise SystemExit("ACCOUNT_API_JWT_SECRET is required (at least 32 random characters)")
+        raise SystemExit(
+            "ACCOUNT_API_JWT_SECRET is required (at least 32 random characters)"
+        )
     secrets = SecretBox.from_setting(settings.encryption_keys.get_secret_value())
     topology = Topology(settings.namespace)
     engine = make_engine(settings)
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     read_pool = make_read_pool(settings)
-    broker = make_broker(settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver)
+    broker = make_broker(
+        settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver
+    )
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
-    integrations_service = IntegrationService(settings, secrets, publisher, broker, topology, waiter)
-    relay = OutboxRelay(settings.libpq_url, sessionmaker, publisher, batch_size=settings.outbox_batch_size)
+    integrations_service = IntegrationService(
+        settings, secrets, publisher, broker, topology, waiter
+    )
+    relay = OutboxRelay(
+        settings.libpq_url,
+        sessionmaker,
+        publisher,
+        batch_size=settings.outbox_batch_size,
+    )
 
     def new_uow() -> UnitOfWork:
         return UnitOfWork(sessionmaker)
 
     register_consumers(broker, topology, new_uow)
-    scheduler = RefreshScheduler(new_uow, integrations_service, settings.scheduled_refresh_interval_s)
+    scheduler = RefreshScheduler(
+        new_uow, integrations_service, settings.scheduled_refresh_interval_s
+    )
     container = Container(
         settings=settings,
         sessionmaker=sessionmaker,
         read_pool=read_pool,
-        issuer=TokenIssuer(settings.jwt_secret.get_secret_value(), settings.access_token_minutes, settings.refresh_token_days),
+        issuer=TokenIssuer(
+            settings.jwt_secret.get_secret_value(),
+            settings.access_token_minutes,
+            settings.refresh_token_days,
+        ),
         secrets=secrets,
         broker=broker,
         topology=topology,
@@ -94,7 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await read_pool.open()
-        bus = asyncio.create_task(_connect_bus(broker, topology, settings.stream_replicas))
+        bus = asyncio.create_task(
+            _connect_bus(broker, topology, settings.stream_replicas)
+        )
         waiter.start()
         relay.start()
         scheduler.start()
@@ -118,7 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.container = container
     add_exception_handlers(app)
-    for router in (health.router, auth_router, accounts_router, history_router, integrations_router, ui_router):
+    for router in (
+        health.router,
+        auth_router,
+        accounts_router,
+        history_router,
+        integrations_router,
+        ui_router,
+    ):
         app.include_router(router)
     return app
 
@@ -159,5 +188,7 @@ def run() -> None:
             http="httptools",
         )
     else:
-        sys.stderr.write(f"account-api: unknown command {command!r} (serve, migrate, rekey)\n")
+        sys.stderr.write(
+            f"account-api: unknown command {command!r} (serve, migrate, rekey)\n"
+        )
         sys.exit(2)

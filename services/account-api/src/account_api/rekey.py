@@ -21,9 +21,17 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
     counts = {"accounts": 0, "users": 0, "pending_links": 0}
     with Session(engine) as session:
         last = 0
-        while rows := session.execute(
-            select(Account).where(Account.id > last, Account.integration_config.is_not(None)).order_by(Account.id).limit(batch).with_for_update()
-        ).scalars().all():
+        while (
+            rows := session.execute(
+                select(Account)
+                .where(Account.id > last, Account.integration_config.is_not(None))
+                .order_by(Account.id)
+                .limit(batch)
+                .with_for_update()
+            )
+            .scalars()
+            .all()
+        ):
             for account in rows:
                 config = dict(account.integration_config or {})
                 touched = False
@@ -37,9 +45,17 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
                 last = account.id
             session.commit()
         last = 0
-        while users := session.execute(
-            select(User).where(User.id > last, User.two_factor_secret_enc.is_not(None)).order_by(User.id).limit(batch).with_for_update()
-        ).scalars().all():
+        while (
+            users := session.execute(
+                select(User)
+                .where(User.id > last, User.two_factor_secret_enc.is_not(None))
+                .order_by(User.id)
+                .limit(batch)
+                .with_for_update()
+            )
+            .scalars()
+            .all()
+        ):
             for user in users:
                 assert user.two_factor_secret_enc is not None
                 user.two_factor_secret_enc = secrets.rotate(user.two_factor_secret_enc)
@@ -54,7 +70,12 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
                     config[key] = secrets.rotate(config[key])
                     changed = True
             if changed:
-                session.execute(text("UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"), {"c": __import__("json").dumps(config), "id": row.id})
+                session.execute(
+                    text(
+                        "UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"
+                    ),
+                    {"c": __import__("json").dumps(config), "id": row.id},
+                )
                 counts["pending_links"] += 1
         session.commit()
     engine.dispose()
@@ -67,6 +88,8 @@ def main() -> None:
         secrets = SecretBox.from_setting(settings.encryption_keys.get_secret_value())
         counts = rekey(settings.database_url, secrets)
     except SecretDecryptionError:
-        sys.stderr.write("rekey: a stored secret matches none of BROKERLINK_ENCRYPTION_KEYS; keep the old key in the list\n")
+        sys.stderr.write(
+            "rekey: a stored secret matches none of BROKERLINK_ENCRYPTION_KEYS; keep the old key in the list\n"
+        )
         sys.exit(2)
     sys.stdout.write(f"rekey: re-encrypted {counts}\n")

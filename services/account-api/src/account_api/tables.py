@@ -55,10 +55,16 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     base_currency: Mapped[str] = mapped_column(String(3), server_default="USD")
     two_factor_secret_enc: Mapped[str | None] = mapped_column(Text)
-    two_factor_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    two_factor_enabled: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("false")
+    )
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     __table_args__ = (
         Index("uq_users_email_lower", func.lower(email), unique=True),
         Index("uq_users_legacy_id", legacy_id, unique=True),
@@ -68,7 +74,9 @@ class User(Base):
 class Account(Base):
     __tablename__ = "accounts"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     currency: Mapped[str] = mapped_column(String(3))
     account_type: Mapped[str] = mapped_column(String(16), server_default="INVESTMENT")
@@ -80,20 +88,36 @@ class Account(Base):
     integration_type: Mapped[str | None] = mapped_column(String(16))
     integration_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     integration_version: Mapped[int] = mapped_column(Integer, server_default="0")
-    integration_status: Mapped[str] = mapped_column(String(32), server_default="not_configured")
-    integration_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    integration_status: Mapped[str] = mapped_column(
+        String(32), server_default="not_configured"
+    )
+    integration_status_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    token_access_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    token_refresh_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    token_access_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
+    token_refresh_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     __table_args__ = (
-        Index("ix_accounts_integrated", integration_type, postgresql_where=text("integration_type IS NOT NULL")),
+        Index(
+            "ix_accounts_integrated",
+            integration_type,
+            postgresql_where=text("integration_type IS NOT NULL"),
+        ),
         Index("uq_accounts_legacy_id", legacy_id, unique=True),
     )
 
@@ -101,21 +125,31 @@ class Account(Base):
 class BalanceHistory(Base):
     __tablename__ = "account_balance_history"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE")
+    )
     date: Mapped[date] = mapped_column(Date)
     balance: Mapped[Decimal] = mapped_column(MONEY)
     note: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), server_default="MANUAL")
     as_of: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    __table_args__ = (UniqueConstraint("account_id", "date", name="uq_history_account_day"),)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    __table_args__ = (
+        UniqueConstraint("account_id", "date", name="uq_history_account_day"),
+    )
 
 
 class PositionSnapshot(Base):
     __tablename__ = "positions"
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
     symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
     sec_type: Mapped[str] = mapped_column(String(16), primary_key=True)
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
@@ -129,7 +163,9 @@ class PositionSnapshot(Base):
 
 class CashSnapshot(Base):
     __tablename__ = "cash_balances"
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     amount: Mapped[Decimal] = mapped_column(MONEY)
     as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -138,12 +174,16 @@ class CashSnapshot(Base):
 class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     actor: Mapped[str] = mapped_column(String(254))
     user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     account_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     action: Mapped[str] = mapped_column(String(64))
-    changed_fields: Mapped[list[str]] = mapped_column(ARRAY(String), server_default="{}")
+    changed_fields: Mapped[list[str]] = mapped_column(
+        ARRAY(String), server_default="{}"
+    )
     request_id: Mapped[str | None] = mapped_column(String(128))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
@@ -157,17 +197,25 @@ class OutboxMessage(Base):
     partition_key: Mapped[str] = mapped_column(String(64))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     correlation_id: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    __table_args__ = (Index("ix_outbox_unpublished", seq, postgresql_where=text("published_at IS NULL")),)
+    __table_args__ = (
+        Index(
+            "ix_outbox_unpublished", seq, postgresql_where=text("published_at IS NULL")
+        ),
+    )
 
 
 class ProcessedEvent(Base):
     __tablename__ = "processed_events"
     event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class RefreshJob(Base):
@@ -176,18 +224,24 @@ class RefreshJob(Base):
     user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     total: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(16), server_default="user")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class Refresh(Base):
     __tablename__ = "refreshes"
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), index=True)
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
     balance: Mapped[Decimal | None] = mapped_column(MONEY)
     message: Mapped[str | None] = mapped_column(Text)
-    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -195,7 +249,9 @@ class OAuthState(Base):
     __tablename__ = "oauth_states"
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE")
+    )
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -205,15 +261,23 @@ class PendingLink(Base):
 
     __tablename__ = "pending_links"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     integration_type: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict[str, Any]] = mapped_column(JSONB)
     reason: Mapped[str] = mapped_column(Text)
-    suggestions: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default="{}")
+    suggestions: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), server_default="{}"
+    )
     legacy_table: Mapped[str | None] = mapped_column(String(64))
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    __table_args__ = (UniqueConstraint("legacy_table", "legacy_id", name="uq_pending_links_legacy"),)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    __table_args__ = (
+        UniqueConstraint("legacy_table", "legacy_id", name="uq_pending_links_legacy"),
+    )
 
 
 class SchedulerState(Base):

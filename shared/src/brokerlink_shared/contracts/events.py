@@ -88,7 +88,9 @@ class Event(BaseModel):
 class IntegrationConfiguredPayload(Strict):
     broker: Broker
     config: IntegrationConnection
-    version: int = Field(ge=1, description="increases with every change of this account's integration")
+    version: int = Field(
+        ge=1, description="increases with every change of this account's integration"
+    )
 
 
 class IntegrationConfigured(Event):
@@ -112,7 +114,9 @@ class RefreshRequestedPayload(Strict):
     broker: Broker
     refresh_id: uuid.UUID
     job_id: uuid.UUID | None = None
-    config: IntegrationConnection = Field(description="the config in force when the refresh was asked")
+    config: IntegrationConnection = Field(
+        description="the config in force when the refresh was asked"
+    )
 
 
 class RefreshRequested(Event):
@@ -134,7 +138,9 @@ class BalanceUpdatedPayload(Strict):
     cash_balance: Decimal | None = None
     cash: list[CashBalance] = []
     positions: list[Position] = []
-    broker_account: str | None = Field(default=None, description="IB account code / Schwab number")
+    broker_account: str | None = Field(
+        default=None, description="IB account code / Schwab number"
+    )
 
 
 class BalanceUpdated(Event):
@@ -160,7 +166,9 @@ class RefreshFailed(Event):
 class IntegrationStatusPayload(Strict):
     broker: Broker
     status: IntegrationStatus
-    code: str | None = Field(default=None, max_length=64, description="e.g. IB 326, 1100, 502")
+    code: str | None = Field(
+        default=None, max_length=64, description="e.g. IB 326, 1100, 502"
+    )
     message: str | None = Field(default=None, max_length=2000)
     last_connected: datetime | None = None
     access_expires_at: datetime | None = None
@@ -177,7 +185,9 @@ class IntegrationStatusChanged(Event):
 class SchwabTokensRotatedPayload(Strict):
     broker: Literal[Broker.SCHWAB] = Broker.SCHWAB
     app_key: str
-    account_ids: list[int] = Field(description="accounts sharing this login that should store it")
+    account_ids: list[int] = Field(
+        description="accounts sharing this login that should store it"
+    )
     token_enc: str = Field(description="schwab-py token object as JSON, encrypted")
     access_expires_at: datetime
     refresh_expires_at: datetime

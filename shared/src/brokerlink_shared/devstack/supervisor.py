@@ -58,7 +58,9 @@ class Child:
             start_new_session=True,  # own process group: we signal the whole group
         )
         assert self.process.stdout is not None
-        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
+        threading.Thread(
+            target=self._pump, args=(self.process.stdout,), daemon=True
+        ).start()
 
     def _pump(self, stream: IO[bytes]) -> None:
         prefix = f"\033[{self.colour}m{self.name:>16} |\033[0m "
@@ -122,14 +124,20 @@ def main() -> None:
     api_host = env.get("API_HOST", "127.0.0.1")
     api_port = int(env.get("API_PORT", "8000"))
     if not port_is_free(api_port, api_host):
-        say(f"port {api_host}:{api_port} is already in use: stop what uses it or set API_PORT; exiting")
+        say(
+            f"port {api_host}:{api_port} is already in use: stop what uses it or set API_PORT; exiting"
+        )
         sys.exit(1)
 
     exit_code = 0
     try:
-        env.setdefault("BROKERLINK_ENCRYPTION_KEYS", _read_or_create(data / "encryption.key", generate_key()))
         env.setdefault(
-            "ACCOUNT_API_JWT_SECRET", _read_or_create(data / "jwt.secret", generate_key())
+            "BROKERLINK_ENCRYPTION_KEYS",
+            _read_or_create(data / "encryption.key", generate_key()),
+        )
+        env.setdefault(
+            "ACCOUNT_API_JWT_SECRET",
+            _read_or_create(data / "jwt.secret", generate_key()),
         )
         if "NATS_URL" not in env:
             port_file = data / "nats.port"
@@ -145,31 +153,52 @@ def main() -> None:
         if "DATABASE_URL" not in env:
             embedded_pg = EmbeddedPostgres(data / "pg")
             embedded_pg.start()
-            env["DATABASE_URL"] = sqlalchemy_url(embedded_pg.ensure_database("brokerlink"))
+            env["DATABASE_URL"] = sqlalchemy_url(
+                embedded_pg.ensure_database("brokerlink")
+            )
             say("embedded PostgreSQL 16 (pgserver), data in .data/pg")
         else:
             say("using PostgreSQL from DATABASE_URL")
         env["API_HOST"], env["API_PORT"] = api_host, str(api_port)
-        public_url = env.setdefault("ACCOUNT_API_PUBLIC_URL", f"http://{api_host}:{api_port}")
+        public_url = env.setdefault(
+            "ACCOUNT_API_PUBLIC_URL", f"http://{api_host}:{api_port}"
+        )
 
         say("applying database migrations")
         subprocess.run([_bin("account-api"), "migrate"], env=env, check=True)
 
         demo_default = "0" if env.get("SCHWAB_CONNECTOR_API_BASE_URL") else "1"
-        demo = env.get("BROKERLINK_DEMO", demo_default).lower() in ("1", "true", "yes", "on")
+        demo = env.get("BROKERLINK_DEMO", demo_default).lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+        )
         colour = iter(COLOURS)
         demo_gateways: dict[str, int] = {}
         if demo:
             sims = [
                 Child(
                     "ib-gateway-sim",
-                    [_bin("ib-gateway-sim"), "--scenario", str(root / "simulators/scenarios/ib_demo.json"), "--admin-port", "0"],
+                    [
+                        _bin("ib-gateway-sim"),
+                        "--scenario",
+                        str(root / "simulators/scenarios/ib_demo.json"),
+                        "--admin-port",
+                        "0",
+                    ],
                     env,
                     next(colour),
                 ),
                 Child(
                     "schwab-api-sim",
-                    [_bin("schwab-api-sim"), "--scenario", str(root / "simulators/scenarios/schwab_demo.json"), "--port", "0"],
+                    [
+                        _bin("schwab-api-sim"),
+                        "--scenario",
+                        str(root / "simulators/scenarios/schwab_demo.json"),
+                        "--port",
+                        "0",
+                    ],
                     env,
                     next(colour),
                 ),
@@ -184,10 +213,14 @@ def main() -> None:
             schwab_info = orjson.loads(sims[1].first_line[0])
             demo_gateways = ib_info["gateways"]
             env["SCHWAB_CONNECTOR_API_BASE_URL"] = schwab_info["base_url"]
-            env["ACCOUNT_API_SCHWAB_AUTHORIZE_URL"] = schwab_info["base_url"] + "/v1/oauth/authorize"
+            env["ACCOUNT_API_SCHWAB_AUTHORIZE_URL"] = (
+                schwab_info["base_url"] + "/v1/oauth/authorize"
+            )
             env["IB_GATEWAY_SIM_ADMIN_URL"] = ib_info["admin_url"]
             env["SCHWAB_API_SIM_ADMIN_URL"] = schwab_info["base_url"] + "/admin"
-            say(f"demo mode: simulated IB gateways {demo_gateways}, Schwab API at {schwab_info['base_url']}")
+            say(
+                f"demo mode: simulated IB gateways {demo_gateways}, Schwab API at {schwab_info['base_url']}"
+            )
 
         for name in ("account-api", "ib-connector", "schwab-connector"):
             child = Child(name, [_bin(name)], env, next(colour))

@@ -42,8 +42,12 @@ class Infra:
     """What the session's tests run against."""
 
     nats_url: str
-    database_url: str  # SQLAlchemy URL (postgresql+psycopg://) of the session's fresh database
-    admin_database_url: str  # libpq URI of the maintenance database, for creating more databases
+    database_url: (
+        str  # SQLAlchemy URL (postgresql+psycopg://) of the session's fresh database
+    )
+    admin_database_url: (
+        str  # libpq URI of the maintenance database, for creating more databases
+    )
     namespace: str
     encryption_keys: str
     source: str

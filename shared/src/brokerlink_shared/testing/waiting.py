@@ -27,5 +27,7 @@ async def wait_until(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}; last={last!r}")
+            raise AssertionError(
+                f"timed out after {timeout_s}s waiting for {message}; last={last!r}"
+            )
         await asyncio.sleep(interval_s)

@@ -19,15 +19,23 @@ class AccountRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def owned(self, user_id: int, account_id: int, *, for_update: bool = False) -> Account | None:
+    async def owned(
+        self, user_id: int, account_id: int, *, for_update: bool = False
+    ) -> Account | None:
         """The account if it belongs to `user_id` (another user's is indistinguishable from none)."""
-        query = select(Account).where(Account.id == account_id, Account.user_id == user_id)
+        query = select(Account).where(
+            Account.id == account_id, Account.user_id == user_id
+        )
         if for_update:
             query = query.with_for_update()
         return (await self._session.execute(query)).scalar_one_or_none()
 
     async def integrated(self, user_id: int | None = None) -> list[Account]:
-        query = select(Account).where(Account.integration_type.is_not(None)).order_by(Account.id)
+        query = (
+            select(Account)
+            .where(Account.integration_type.is_not(None))
+            .order_by(Account.id)
+        )
         if user_id is not None:
             query = query.where(Account.user_id == user_id)
         return list((await self._session.execute(query)).scalars())
@@ -58,7 +66,9 @@ class AccountReadModel:
             )
             return await cur.fetchall()  # type: ignore[return-value]
 
-    async def one_for_user(self, user_id: int, account_id: int) -> dict[str, Any] | None:
+    async def one_for_user(
+        self, user_id: int, account_id: int
+    ) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM accounts WHERE id = %s AND user_id = %s",

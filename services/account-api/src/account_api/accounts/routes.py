@@ -22,29 +22,51 @@ async def list_accounts(actor: CurrentActor, c: ContainerDep) -> JSONBytes:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
-async def create_account(body: AccountCreate, actor: CurrentActor, uow: UowDep) -> AccountOut:
+async def create_account(
+    body: AccountCreate, actor: CurrentActor, uow: UowDep
+) -> AccountOut:
     return await service.create_account(uow, actor, body)
 
 
 @router.get("/{account_id}", response_model=AccountOut, response_class=JSONBytes)
-async def get_account(account_id: int, actor: CurrentActor, c: ContainerDep) -> JSONBytes:
-    return JSONBytes(await service.get_account(AccountReadModel(c.read_pool), actor, account_id))
+async def get_account(
+    account_id: int, actor: CurrentActor, c: ContainerDep
+) -> JSONBytes:
+    return JSONBytes(
+        await service.get_account(AccountReadModel(c.read_pool), actor, account_id)
+    )
 
 
 @router.put("/{account_id}", response_model=AccountOut)
-async def update_account(account_id: int, body: AccountUpdate, actor: CurrentActor, uow: UowDep, c: ContainerDep) -> AccountOut:
+async def update_account(
+    account_id: int,
+    body: AccountUpdate,
+    actor: CurrentActor,
+    uow: UowDep,
+    c: ContainerDep,
+) -> AccountOut:
     return await service.update_account(uow, c.integrations, actor, account_id, body)
 
 
 @router.delete("/{account_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_account(account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep) -> Response:
+async def delete_account(
+    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+) -> Response:
     await service.delete_account(uow, c.integrations, actor, account_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{account_id}/audit", response_model=list[AuditOut])
-async def audit(account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep) -> list[AuditOut]:
+async def audit(
+    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+) -> list[AuditOut]:
     async with uow:
-        if await AccountReadModel(c.read_pool).one_for_user(actor.user_id, account_id) is None:
+        if (
+            await AccountReadModel(c.read_pool).one_for_user(actor.user_id, account_id)
+            is None
+        ):
             raise AccountNotFound()
-        return [AuditOut.model_validate(e) for e in await AuditRepository(uow.session).for_account(account_id)]
+        return [
+            AuditOut.model_validate(e)
+            for e in await AuditRepository(uow.session).for_account(account_id)
+        ]

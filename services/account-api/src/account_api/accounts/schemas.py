@@ -11,7 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from account_api.currencies import validate_currency
 from account_api.integrations.schemas import IntegrationIn
 
-Money = Annotated[Decimal, Field(max_digits=20, decimal_places=4, ge=Decimal("-1e15"), le=Decimal("1e15"))]
+Money = Annotated[
+    Decimal,
+    Field(max_digits=20, decimal_places=4, ge=Decimal("-1e15"), le=Decimal("1e15")),
+]
 
 
 class _In(BaseModel):
@@ -22,18 +25,24 @@ class AccountCreate(_In):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     account_type: Literal["INVESTMENT", "BANK"] = "INVESTMENT"
-    account_number: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None = None
+    account_number: (
+        Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None
+    ) = None
     original_capital: Money = Decimal(0)
     current_balance: Money | None = None
 
-    _currency = field_validator("currency")(classmethod(lambda cls, v: validate_currency(v)))
+    _currency = field_validator("currency")(
+        classmethod(lambda cls, v: validate_currency(v))
+    )
 
 
 class AccountUpdate(_In):
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     currency: Annotated[str, Field(min_length=3, max_length=3)] | None = None
     account_type: Literal["INVESTMENT", "BANK"] | None = None
-    account_number: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None = None
+    account_number: (
+        Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9-]*$")] | None
+    ) = None
     original_capital: Money | None = None
     current_balance: Money | None = None
     integration: IntegrationIn | None = Field(

@@ -18,7 +18,9 @@ from account_api.tables import Account
 
 def account_view(row: dict[str, Any]) -> dict[str, Any]:
     """A row of the read model as the API shows it (secrets masked)."""
-    row["integration_config"] = rules.public_config(row["integration_type"], row["integration_config"])
+    row["integration_config"] = rules.public_config(
+        row["integration_type"], row["integration_config"]
+    )
     return row
 
 
@@ -32,14 +34,18 @@ async def list_accounts(reads: AccountReadModel, actor: Actor) -> list[dict[str,
     return [account_view(r) for r in await reads.list_for_user(actor.user_id)]
 
 
-async def get_account(reads: AccountReadModel, actor: Actor, account_id: int) -> dict[str, Any]:
+async def get_account(
+    reads: AccountReadModel, actor: Actor, account_id: int
+) -> dict[str, Any]:
     row = await reads.one_for_user(actor.user_id, account_id)
     if row is None:
         raise AccountNotFound()
     return account_view(row)
 
 
-async def create_account(uow: UnitOfWork, actor: Actor, body: AccountCreate) -> AccountOut:
+async def create_account(
+    uow: UnitOfWork, actor: Actor, body: AccountCreate
+) -> AccountOut:
     async with uow:
         account = await AccountRepository(uow.session).add(
             Account(
@@ -49,29 +55,52 @@ async def create_account(uow: UnitOfWork, actor: Actor, body: AccountCreate) -> 
                 account_type=body.account_type,
                 account_number=body.account_number or None,
                 original_capital=body.original_capital,
-                current_balance=body.current_balance if body.current_balance is not None else body.original_capital,
+                current_balance=body.current_balance
+                if body.current_balance is not None
+                else body.original_capital,
                 last_updated=datetime.now(UTC),
             )
         )
         await AuditRepository(uow.session).record(
-            actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id, action="account.create",
-            changed_fields=sorted(body.model_fields_set), request_id=actor.request_id,
+            actor=str(actor.user_id),
+            user_id=actor.user_id,
+            account_id=account.id,
+            action="account.create",
+            changed_fields=sorted(body.model_fields_set),
+            request_id=actor.request_id,
         )
         await uow.commit()
         return _out(account)
 
 
 async def update_account(
-    uow: UnitOfWork, integrations: IntegrationService, actor: Actor, account_id: int, body: AccountUpdate
+    uow: UnitOfWork,
+    integrations: IntegrationService,
+    actor: Actor,
+    account_id: int,
+    body: AccountUpdate,
 ) -> AccountOut:
     async with uow:
-        account = await AccountRepository(uow.session).owned(actor.user_id, account_id, for_update=True)
+        account = await AccountRepository(uow.session).owned(
+            actor.user_id, account_id, for_update=True
+        )
         if account is None:
             raise AccountNotFound()
         changed: list[str] = []
-        for field in ("name", "currency", "account_type", "account_number", "original_capital", "current_balance"):
+        for field in (
+            "name",
+            "currency",
+            "account_type",
+            "account_number",
+            "original_capital",
+            "current_balance",
+        ):
             value = getattr(body, field)
-            if field in body.model_fields_set and value is not None and getattr(account, field) != value:
+            if (
+                field in body.model_fields_set
+                and value is not None
+                and getattr(account, field) != value
+            ):
                 setattr(account, field, value)
                 changed.append(field)
         if "current_balance" in changed:
@@ -81,23 +110,49 @@ async def update_account(
             if account.integration_type is None:
                 raise IntegrationNotConfigured()
             integrations.apply_removal(uow, actor, account)
-            await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                               action="integration.delete", changed_fields=["type"], request_id=actor.request_id)
+            await audit.record(
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account.id,
+                action="integration.delete",
+                changed_fields=["type"],
+                request_id=actor.request_id,
+            )
         elif body.integration is not None:
-            action = "integration.update" if account.integration_type else "integration.create"
-            integration_changes = integrations.apply_configuration(uow, actor, account, body.integration)
+            action = (
+                "integration.update"
+                if account.integration_type
+                else "integration.create"
+            )
+            integration_changes = integrations.apply_configuration(
+                uow, actor, account, body.integration
+            )
             if integration_changes:
-                await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                                   action=action, changed_fields=integration_changes, request_id=actor.request_id)
+                await audit.record(
+                    actor=str(actor.user_id),
+                    user_id=actor.user_id,
+                    account_id=account.id,
+                    action=action,
+                    changed_fields=integration_changes,
+                    request_id=actor.request_id,
+                )
         if changed:
             account.updated_at = datetime.now(UTC)
-            await audit.record(actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                               action="account.update", changed_fields=changed, request_id=actor.request_id)
+            await audit.record(
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account.id,
+                action="account.update",
+                changed_fields=changed,
+                request_id=actor.request_id,
+            )
         await uow.commit()
         return _out(account)
 
 
-async def delete_account(uow: UnitOfWork, integrations: IntegrationService, actor: Actor, account_id: int) -> None:
+async def delete_account(
+    uow: UnitOfWork, integrations: IntegrationService, actor: Actor, account_id: int
+) -> None:
     async with uow:
         repo = AccountRepository(uow.session)
         account = await repo.owned(actor.user_id, account_id, for_update=True)
@@ -106,8 +161,12 @@ async def delete_account(uow: UnitOfWork, integrations: IntegrationService, acto
         if account.integration_type is not None:
             integrations.apply_removal(uow, actor, account)
         await AuditRepository(uow.session).record(
-            actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id, action="account.delete",
-            request_id=actor.request_id, detail={"name": account.name},
+            actor=str(actor.user_id),
+            user_id=actor.user_id,
+            account_id=account.id,
+            action="account.delete",
+            request_id=actor.request_id,
+            detail={"name": account.name},
         )
         await repo.delete(account)
         await uow.commit()

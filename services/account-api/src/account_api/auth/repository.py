@@ -14,7 +14,9 @@ class UserRepository:
 
     async def by_email(self, email: str) -> User | None:
         return (
-            await self._session.execute(select(User).where(func.lower(User.email) == email.lower()))
+            await self._session.execute(
+                select(User).where(func.lower(User.email) == email.lower())
+            )
         ).scalar_one_or_none()
 
     async def get(self, user_id: int) -> User | None:

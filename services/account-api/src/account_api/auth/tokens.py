@@ -22,7 +22,13 @@ class TokenPair:
 class TokenIssuer:
     """Issues and verifies tokens; verified access tokens are cached until they expire."""
 
-    def __init__(self, secret: str, access_minutes: int, refresh_days: int, cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        secret: str,
+        access_minutes: int,
+        refresh_days: int,
+        cache_size: int = 10_000,
+    ) -> None:
         self._secret = secret
         self._access_s = access_minutes * 60
         self._refresh_s = refresh_days * 86400
@@ -32,12 +38,24 @@ class TokenIssuer:
     def issue(self, user_id: int) -> TokenPair:
         now = int(time.time())
         access = jwt.encode(
-            {"sub": str(user_id), "typ": "access", "iat": now, "exp": now + self._access_s, "jti": uuid.uuid4().hex},
+            {
+                "sub": str(user_id),
+                "typ": "access",
+                "iat": now,
+                "exp": now + self._access_s,
+                "jti": uuid.uuid4().hex,
+            },
             self._secret,
             algorithm="HS256",
         )
         refresh = jwt.encode(
-            {"sub": str(user_id), "typ": "refresh", "iat": now, "exp": now + self._refresh_s, "jti": uuid.uuid4().hex},
+            {
+                "sub": str(user_id),
+                "typ": "refresh",
+                "iat": now,
+                "exp": now + self._refresh_s,
+                "jti": uuid.uuid4().hex,
+            },
             self._secret,
             algorithm="HS256",
         )
@@ -50,7 +68,12 @@ class TokenIssuer:
             if cached and cached[1] > time.time():
                 return cached[0]
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub", "typ"]})
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "sub", "typ"]},
+            )
         except jwt.PyJWTError:
             raise NotAuthenticated("invalid or expired token") from None
         if claims.get("typ") != expected_type:

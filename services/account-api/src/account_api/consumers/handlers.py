@@ -29,12 +29,19 @@ SERVICE = "account-api"
 UowFactory = Callable[[], UnitOfWork]
 
 
-def register_consumers(broker: NatsBroker, topology: Topology, new_uow: UowFactory) -> None:
+def register_consumers(
+    broker: NatsBroker, topology: Topology, new_uow: UowFactory
+) -> None:
     """Declare the four durable consumers of connector events on `broker`."""
 
     def sub(family: str, purpose: str):  # type: ignore[no-untyped-def]
         return durable_subscriber(
-            broker, topology, family=family, spec=CONNECTOR_EVENTS, service=SERVICE, purpose=purpose
+            broker,
+            topology,
+            family=family,
+            spec=CONNECTOR_EVENTS,
+            service=SERVICE,
+            purpose=purpose,
         )
 
     @sub(BALANCE_UPDATED, "balances")
@@ -52,4 +59,3 @@ def register_consumers(broker: NatsBroker, topology: Topology, new_uow: UowFacto
     @sub(SCHWAB_TOKENS_ROTATED, "tokens")
     async def on_tokens(event: SchwabTokensRotated) -> None:
         await results.store_tokens(new_uow(), event)
-

@@ -16,7 +16,9 @@ class HistoryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def for_account(self, account_id: int, limit: int = 3660) -> list[BalanceHistory]:
+    async def for_account(
+        self, account_id: int, limit: int = 3660
+    ) -> list[BalanceHistory]:
         query = (
             select(BalanceHistory)
             .where(BalanceHistory.account_id == account_id)
@@ -26,7 +28,9 @@ class HistoryRepository:
         return list((await self._session.execute(query)).scalars())
 
     async def get(self, account_id: int, history_id: int) -> BalanceHistory | None:
-        query = select(BalanceHistory).where(BalanceHistory.id == history_id, BalanceHistory.account_id == account_id)
+        query = select(BalanceHistory).where(
+            BalanceHistory.id == history_id, BalanceHistory.account_id == account_id
+        )
         return (await self._session.execute(query)).scalar_one_or_none()
 
     async def upsert(
@@ -41,10 +45,16 @@ class HistoryRepository:
     ) -> BalanceHistory:
         """Insert or replace the day's row; a broker update never replaces a newer one."""
         stmt = insert(BalanceHistory).values(
-            account_id=account_id, date=day, balance=balance, note=note, source=source, as_of=as_of
+            account_id=account_id,
+            date=day,
+            balance=balance,
+            note=note,
+            source=source,
+            as_of=as_of,
         )
         newer_only = (
-            BalanceHistory.as_of.is_(None) | (BalanceHistory.as_of <= stmt.excluded.as_of)
+            BalanceHistory.as_of.is_(None)
+            | (BalanceHistory.as_of <= stmt.excluded.as_of)
             if as_of is not None
             else None
         )
@@ -63,7 +73,10 @@ class HistoryRepository:
         if row is None:  # an older broker update: keep the stored row
             row = (
                 await self._session.execute(
-                    select(BalanceHistory).where(BalanceHistory.account_id == account_id, BalanceHistory.date == day)
+                    select(BalanceHistory).where(
+                        BalanceHistory.account_id == account_id,
+                        BalanceHistory.date == day,
+                    )
                 )
             ).scalar_one()
         return row

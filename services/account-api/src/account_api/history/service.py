@@ -18,26 +18,41 @@ async def _check_owner(uow: UnitOfWork, actor: Actor, account_id: int) -> None:
         raise AccountNotFound()
 
 
-async def list_history(uow: UnitOfWork, actor: Actor, account_id: int) -> list[HistoryOut]:
+async def list_history(
+    uow: UnitOfWork, actor: Actor, account_id: int
+) -> list[HistoryOut]:
     async with uow:
         await _check_owner(uow, actor, account_id)
-        return [HistoryOut.model_validate(r) for r in await HistoryRepository(uow.session).for_account(account_id)]
+        return [
+            HistoryOut.model_validate(r)
+            for r in await HistoryRepository(uow.session).for_account(account_id)
+        ]
 
 
-async def add_history(uow: UnitOfWork, actor: Actor, account_id: int, body: HistoryIn) -> HistoryOut:
+async def add_history(
+    uow: UnitOfWork, actor: Actor, account_id: int, body: HistoryIn
+) -> HistoryOut:
     async with uow:
         await _check_owner(uow, actor, account_id)
-        row = await HistoryRepository(uow.session).upsert(account_id, body.date, body.balance, note=body.note)
+        row = await HistoryRepository(uow.session).upsert(
+            account_id, body.date, body.balance, note=body.note
+        )
         await AuditRepository(uow.session).record(
-            actor=str(actor.user_id), user_id=actor.user_id, account_id=account_id, action="history.upsert",
-            changed_fields=sorted(body.model_fields_set), request_id=actor.request_id,
+            actor=str(actor.user_id),
+            user_id=actor.user_id,
+            account_id=account_id,
+            action="history.upsert",
+            changed_fields=sorted(body.model_fields_set),
+            request_id=actor.request_id,
         )
         out = HistoryOut.model_validate(row)
         await uow.commit()
         return out
 
 
-async def update_history(uow: UnitOfWork, actor: Actor, account_id: int, history_id: int, body: HistoryUpdate) -> HistoryOut:
+async def update_history(
+    uow: UnitOfWork, actor: Actor, account_id: int, history_id: int, body: HistoryUpdate
+) -> HistoryOut:
     async with uow:
         await _check_owner(uow, actor, account_id)
         row = await HistoryRepository(uow.session).get(account_id, history_id)
@@ -49,19 +64,27 @@ async def update_history(uow: UnitOfWork, actor: Actor, account_id: int, history
                 setattr(row, field, getattr(body, field))
                 changed.append(field)
         await AuditRepository(uow.session).record(
-            actor=str(actor.user_id), user_id=actor.user_id, account_id=account_id, action="history.update",
-            changed_fields=changed, request_id=actor.request_id,
+            actor=str(actor.user_id),
+            user_id=actor.user_id,
+            account_id=account_id,
+            action="history.update",
+            changed_fields=changed,
+            request_id=actor.request_id,
         )
         try:
             await uow.session.flush()
         except IntegrityError:
-            raise Conflict("another entry already exists for that date", field="date") from None
+            raise Conflict(
+                "another entry already exists for that date", field="date"
+            ) from None
         out = HistoryOut.model_validate(row)
         await uow.commit()
         return out
 
 
-async def delete_history(uow: UnitOfWork, actor: Actor, account_id: int, history_id: int) -> None:
+async def delete_history(
+    uow: UnitOfWork, actor: Actor, account_id: int, history_id: int
+) -> None:
     async with uow:
         await _check_owner(uow, actor, account_id)
         repo = HistoryRepository(uow.session)
@@ -70,7 +93,11 @@ async def delete_history(uow: UnitOfWork, actor: Actor, account_id: int, history
             raise NotFound("history entry not found")
         await repo.delete(row)
         await AuditRepository(uow.session).record(
-            actor=str(actor.user_id), user_id=actor.user_id, account_id=account_id, action="history.delete",
-            request_id=actor.request_id, detail={"date": row.date.isoformat()},
+            actor=str(actor.user_id),
+            user_id=actor.user_id,
+            account_id=account_id,
+            action="history.delete",
+            request_id=actor.request_id,
+            detail={"date": row.date.isoformat()},
         )
         await uow.commit()

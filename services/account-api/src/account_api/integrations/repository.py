@@ -23,29 +23,43 @@ class RefreshRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    def add(self, refresh_id: uuid.UUID, account_id: int, job_id: uuid.UUID | None = None) -> None:
+    def add(
+        self, refresh_id: uuid.UUID, account_id: int, job_id: uuid.UUID | None = None
+    ) -> None:
         self._session.add(Refresh(id=refresh_id, account_id=account_id, job_id=job_id))
 
-    def add_job(self, job_id: uuid.UUID, user_id: int | None, total: int, trigger: str) -> None:
-        self._session.add(RefreshJob(id=job_id, user_id=user_id, total=total, trigger=trigger))
+    def add_job(
+        self, job_id: uuid.UUID, user_id: int | None, total: int, trigger: str
+    ) -> None:
+        self._session.add(
+            RefreshJob(id=job_id, user_id=user_id, total=total, trigger=trigger)
+        )
 
-    async def get_for_account(self, refresh_id: uuid.UUID, account_id: int) -> Refresh | None:
+    async def get_for_account(
+        self, refresh_id: uuid.UUID, account_id: int
+    ) -> Refresh | None:
         return (
             await self._session.execute(
-                select(Refresh).where(Refresh.id == refresh_id, Refresh.account_id == account_id)
+                select(Refresh).where(
+                    Refresh.id == refresh_id, Refresh.account_id == account_id
+                )
             )
         ).scalar_one_or_none()
 
     async def job(self, job_id: uuid.UUID, user_id: int) -> RefreshJob | None:
         return (
             await self._session.execute(
-                select(RefreshJob).where(RefreshJob.id == job_id, RefreshJob.user_id == user_id)
+                select(RefreshJob).where(
+                    RefreshJob.id == job_id, RefreshJob.user_id == user_id
+                )
             )
         ).scalar_one_or_none()
 
     async def job_counts(self, job_id: uuid.UUID) -> dict[str, int]:
         rows = await self._session.execute(
-            select(Refresh.status, func.count()).where(Refresh.job_id == job_id).group_by(Refresh.status)
+            select(Refresh.status, func.count())
+            .where(Refresh.job_id == job_id)
+            .group_by(Refresh.status)
         )
         return {status: int(count) for status, count in rows.all()}
 
@@ -55,11 +69,19 @@ class SnapshotRepository:
         self._session = session
 
     async def positions(self, account_id: int) -> list[PositionSnapshot]:
-        query = select(PositionSnapshot).where(PositionSnapshot.account_id == account_id).order_by(PositionSnapshot.symbol)
+        query = (
+            select(PositionSnapshot)
+            .where(PositionSnapshot.account_id == account_id)
+            .order_by(PositionSnapshot.symbol)
+        )
         return list((await self._session.execute(query)).scalars())
 
     async def cash(self, account_id: int) -> list[CashSnapshot]:
-        query = select(CashSnapshot).where(CashSnapshot.account_id == account_id).order_by(CashSnapshot.currency)
+        query = (
+            select(CashSnapshot)
+            .where(CashSnapshot.account_id == account_id)
+            .order_by(CashSnapshot.currency)
+        )
         return list((await self._session.execute(query)).scalars())
 
 
@@ -67,21 +89,36 @@ class OAuthStateRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    def add(self, nonce: str, user_id: int, account_id: int, expires_at: datetime) -> None:
-        self._session.add(OAuthState(nonce=nonce, user_id=user_id, account_id=account_id, expires_at=expires_at))
+    def add(
+        self, nonce: str, user_id: int, account_id: int, expires_at: datetime
+    ) -> None:
+        self._session.add(
+            OAuthState(
+                nonce=nonce,
+                user_id=user_id,
+                account_id=account_id,
+                expires_at=expires_at,
+            )
+        )
 
     async def consume(self, nonce: str, now: datetime) -> OAuthState | None:
         """Mark the state used, once; None when unknown, expired or already used."""
         result = await self._session.execute(
             update(OAuthState)
-            .where(OAuthState.nonce == nonce, OAuthState.used_at.is_(None), OAuthState.expires_at > now)
+            .where(
+                OAuthState.nonce == nonce,
+                OAuthState.used_at.is_(None),
+                OAuthState.expires_at > now,
+            )
             .values(used_at=now)
             .returning(OAuthState)
         )
         return result.scalar_one_or_none()
 
 
-async def accounts_sharing_login(session: AsyncSession, user_id: int, app_key: str) -> list[Account]:
+async def accounts_sharing_login(
+    session: AsyncSession, user_id: int, app_key: str
+) -> list[Account]:
     query = select(Account).where(
         Account.user_id == user_id,
         Account.integration_type == "SCHWAB",

@@ -55,7 +55,10 @@ async def _account(uow: UnitOfWork, event: Event) -> Account | None:
 
 
 async def _notify_refresh(uow: UnitOfWork, refresh_id: object) -> None:
-    await uow.session.execute(text("SELECT pg_notify(:ch, :id)"), {"ch": REFRESH_CHANNEL, "id": str(refresh_id)})
+    await uow.session.execute(
+        text("SELECT pg_notify(:ch, :id)"),
+        {"ch": REFRESH_CHANNEL, "id": str(refresh_id)},
+    )
 
 
 async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
@@ -65,7 +68,10 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
             return
         account = await _account(uow, event)
         if account is None:
-            log.info("balance for an unknown or deleted account ignored", extra={"account_id": event.account_id})
+            log.info(
+                "balance for an unknown or deleted account ignored",
+                extra={"account_id": event.account_id},
+            )
             await uow.commit()
             return
         now = datetime.now(UTC)
@@ -83,20 +89,45 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
                 account.integration_status = IntegrationStatus.CONNECTED.value
                 account.integration_status_at = now
             account.last_error = account.last_error_code = None
-            await uow.session.execute(delete(PositionSnapshot).where(PositionSnapshot.account_id == account.id))
-            await uow.session.execute(delete(CashSnapshot).where(CashSnapshot.account_id == account.id))
+            await uow.session.execute(
+                delete(PositionSnapshot).where(
+                    PositionSnapshot.account_id == account.id
+                )
+            )
+            await uow.session.execute(
+                delete(CashSnapshot).where(CashSnapshot.account_id == account.id)
+            )
             for pos in p.positions:
-                uow.session.add(PositionSnapshot(account_id=account.id, as_of=p.as_of, **pos.model_dump()))
+                uow.session.add(
+                    PositionSnapshot(
+                        account_id=account.id, as_of=p.as_of, **pos.model_dump()
+                    )
+                )
             for cash in p.cash:
-                uow.session.add(CashSnapshot(account_id=account.id, currency=cash.currency, amount=cash.amount, as_of=p.as_of))
+                uow.session.add(
+                    CashSnapshot(
+                        account_id=account.id,
+                        currency=cash.currency,
+                        amount=cash.amount,
+                        as_of=p.as_of,
+                    )
+                )
         # The day's history row follows its own as_of rule (an older event can still fill an empty day).
         await HistoryRepository(uow.session).upsert(
-            account.id, p.as_of.astimezone(UTC).date(), p.balance, source=p.broker.value, as_of=p.as_of
+            account.id,
+            p.as_of.astimezone(UTC).date(),
+            p.balance,
+            source=p.broker.value,
+            as_of=p.as_of,
         )
         if p.refresh_id:
             refresh = await uow.session.get(Refresh, p.refresh_id)
             if refresh is not None and refresh.status == "pending":
-                refresh.status, refresh.balance, refresh.completed_at = "succeeded", p.balance, now
+                refresh.status, refresh.balance, refresh.completed_at = (
+                    "succeeded",
+                    p.balance,
+                    now,
+                )
                 await _notify_refresh(uow, p.refresh_id)
         await uow.commit()
 
@@ -112,7 +143,11 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
         if p.refresh_id:
             refresh = await uow.session.get(Refresh, p.refresh_id)
             if refresh is not None and refresh.status == "pending":
-                refresh.status, refresh.message, refresh.completed_at = "failed", p.message, datetime.now(UTC)
+                refresh.status, refresh.message, refresh.completed_at = (
+                    "failed",
+                    p.message,
+                    datetime.now(UTC),
+                )
                 await _notify_refresh(uow, p.refresh_id)
         await uow.commit()
 
@@ -126,15 +161,24 @@ async def record_status(uow: UnitOfWork, event: IntegrationStatusChanged) -> Non
         if account is None or account.integration_type != p.broker.value:
             await uow.commit()
             return
-        if account.integration_status_at is None or account.integration_status_at <= event.occurred_at:
+        if (
+            account.integration_status_at is None
+            or account.integration_status_at <= event.occurred_at
+        ):
             account.integration_status = p.status.value
             account.integration_status_at = event.occurred_at
-            if p.status in (IntegrationStatus.ERROR, IntegrationStatus.REAUTH_REQUIRED, IntegrationStatus.DISCONNECTED):
+            if p.status in (
+                IntegrationStatus.ERROR,
+                IntegrationStatus.REAUTH_REQUIRED,
+                IntegrationStatus.DISCONNECTED,
+            ):
                 account.last_error, account.last_error_code = p.message, p.code
             elif p.status == IntegrationStatus.CONNECTED:
                 account.last_error = account.last_error_code = None
         if p.last_connected:
-            account.last_connected_at = max(filter(None, [account.last_connected_at, p.last_connected]))
+            account.last_connected_at = max(
+                filter(None, [account.last_connected_at, p.last_connected])
+            )
         if p.access_expires_at:
             account.token_access_expires_at = p.access_expires_at
         if p.refresh_expires_at:
@@ -156,11 +200,18 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         if event.user_id is None:
             await uow.commit()
             return
-        for account in await accounts_sharing_login(uow.session, event.user_id, p.app_key):
-            if account.token_access_expires_at and account.token_access_expires_at > p.access_expires_at:
+        for account in await accounts_sharing_login(
+            uow.session, event.user_id, p.app_key
+        ):
+            if (
+                account.token_access_expires_at
+                and account.token_access_expires_at > p.access_expires_at
+            ):
                 continue  # a newer token is already stored
             config = dict(account.integration_config or {})
-            config["token_enc"] = p.token_enc  # already ciphertext under the shared keys
+            config["token_enc"] = (
+                p.token_enc
+            )  # already ciphertext under the shared keys
             account.integration_config = config
             account.token_access_expires_at = p.access_expires_at
             account.token_refresh_expires_at = p.refresh_expires_at

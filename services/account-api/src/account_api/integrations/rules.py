@@ -12,12 +12,16 @@ from account_api.errors import InvalidField
 from account_api.integrations.schemas import IBConfigIn, SchwabConfigIn
 
 MASK = "********"
-SECRET_FIELDS = frozenset({"app_secret", "app_secret_enc", "token_enc", "access_token", "refresh_token"})
+SECRET_FIELDS = frozenset(
+    {"app_secret", "app_secret_enc", "token_enc", "access_token", "refresh_token"}
+)
 
 
 def merge_ib(config: IBConfigIn) -> dict[str, Any]:
     """Stored form of an IB config (it holds no secrets)."""
-    return IBConnection.model_validate(config.model_dump()).model_dump(mode="json", exclude={"type"})
+    return IBConnection.model_validate(config.model_dump()).model_dump(
+        mode="json", exclude={"type"}
+    )
 
 
 def merge_schwab(
@@ -28,12 +32,16 @@ def merge_schwab(
     previous = stored or {}
     app_key = incoming.app_key or previous.get("app_key")
     if not app_key:
-        raise InvalidField("app_key is required when Schwab is first configured", field="config.app_key")
+        raise InvalidField(
+            "app_key is required when Schwab is first configured",
+            field="config.app_key",
+        )
     secret = incoming.app_secret.get_secret_value() if incoming.app_secret else None
     if secret in (None, "", MASK):
         if not previous.get("app_secret_enc"):
             raise InvalidField(
-                "app_secret is required when Schwab is first configured", field="config.app_secret"
+                "app_secret is required when Schwab is first configured",
+                field="config.app_secret",
             )
         secret_enc = previous["app_secret_enc"]
     else:
@@ -55,7 +63,9 @@ def merge_schwab(
     return merged
 
 
-def changed_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+def changed_fields(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> list[str]:
     """Names of fields whose value changed (secret values are compared, never recorded)."""
     before, after = before or {}, after or {}
     names = sorted(set(before) | set(after))
@@ -66,7 +76,9 @@ def changed_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) 
     return out
 
 
-def public_config(integration_type: str | None, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+def public_config(
+    integration_type: str | None, stored: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """The config as a client may see it: secrets masked, tokens reduced to a flag."""
     if integration_type is None or stored is None:
         return None
@@ -88,11 +100,17 @@ def _mask_key(key: str | None) -> str | None:
     return key[:4] + "…" if len(key) > 8 else "…"
 
 
-def bus_connection(integration_type: str, stored: dict[str, Any]) -> IBConnection | SchwabConnection:
+def bus_connection(
+    integration_type: str, stored: dict[str, Any]
+) -> IBConnection | SchwabConnection:
     """The config as it travels to connectors (secrets stay ciphertext)."""
     if integration_type == "IB":
         return IBConnection.model_validate(
-            {k: v for k, v in stored.items() if k in IBConnection.model_fields and k != "type"}
+            {
+                k: v
+                for k, v in stored.items()
+                if k in IBConnection.model_fields and k != "type"
+            }
         )
     return SchwabConnection(
         app_key=stored["app_key"],

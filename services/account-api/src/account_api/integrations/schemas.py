@@ -44,10 +44,18 @@ class IBConfigIn(_In):
 
 
 class SchwabConfigIn(_In):
-    app_key: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    app_key: (
+        Annotated[
+            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+        ]
+        | None
+    ) = None
     app_secret: Annotated[SecretStr, Field(min_length=1, max_length=256)] | None = None
     account_number: Annotated[str, Field(pattern=r"^\d{4,12}$")] | None = None
-    account_hash: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]+$")] | None = None
+    account_hash: (
+        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]+$")]
+        | None
+    ) = None
 
 
 class IBIntegrationIn(_In):
@@ -60,7 +68,9 @@ class SchwabIntegrationIn(_In):
     config: SchwabConfigIn
 
 
-IntegrationIn = Annotated[IBIntegrationIn | SchwabIntegrationIn, Field(discriminator="type")]
+IntegrationIn = Annotated[
+    IBIntegrationIn | SchwabIntegrationIn, Field(discriminator="type")
+]
 
 
 class IntegrationOut(BaseModel):

@@ -80,7 +80,9 @@ CALLBACK_PATH = "/api/integrations/schwab/callback"
 def integration_out(account: Account) -> IntegrationOut:
     return IntegrationOut(
         type=account.integration_type,  # type: ignore[arg-type]
-        config=rules.public_config(account.integration_type, account.integration_config),
+        config=rules.public_config(
+            account.integration_type, account.integration_config
+        ),
         status=account.integration_status,
         last_error=account.last_error,
         last_error_code=account.last_error_code,
@@ -111,13 +113,19 @@ class IntegrationService:
 
     # ---- configuration -------------------------------------------------------------------
 
-    async def _owned(self, uow: UnitOfWork, actor: Actor, account_id: int, *, lock: bool = False) -> Account:
-        account = await AccountRepository(uow.session).owned(actor.user_id, account_id, for_update=lock)
+    async def _owned(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, *, lock: bool = False
+    ) -> Account:
+        account = await AccountRepository(uow.session).owned(
+            actor.user_id, account_id, for_update=lock
+        )
         if account is None:
             raise AccountNotFound()
         return account
 
-    def apply_configuration(self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn) -> list[str]:
+    def apply_configuration(
+        self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
+    ) -> list[str]:
         """Change the account's integration in the open transaction; returns changed field names."""
         before_type, before = account.integration_type, account.integration_config
         if isinstance(body, IBIntegrationIn):
@@ -125,12 +133,17 @@ class IntegrationService:
         else:
             previous = before if before_type == "SCHWAB" else None
             stored = rules.merge_schwab(body.config, previous, self._secrets)
-        changed = rules.changed_fields(before if before_type == body.type else None, stored)
+        changed = rules.changed_fields(
+            before if before_type == body.type else None, stored
+        )
         if before_type != body.type:
             changed = ["type", *changed]
         if not changed:
             return []
-        if before_type == "SCHWAB" and (body.type != "SCHWAB" or (before or {}).get("app_key") != stored.get("app_key")):
+        if before_type == "SCHWAB" and (
+            body.type != "SCHWAB"
+            or (before or {}).get("app_key") != stored.get("app_key")
+        ):
             account.token_access_expires_at = account.token_refresh_expires_at = None
         account.integration_type = body.type
         account.integration_config = stored
@@ -162,7 +175,12 @@ class IntegrationService:
                 user_id=actor.user_id,
                 account_id=account.id,
                 correlation_id=actor.request_id,
-                payload={"broker": kind, "config": rules.bus_connection(kind, account.integration_config or {})},
+                payload={
+                    "broker": kind,
+                    "config": rules.bus_connection(
+                        kind, account.integration_config or {}
+                    ),
+                },
             )
         )
         account.integration_type = None
@@ -177,20 +195,32 @@ class IntegrationService:
     def _outbox(self, uow: UnitOfWork) -> OutboxRepository:
         return OutboxRepository(uow.session, self._publisher)
 
-    async def configure(self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn) -> IntegrationOut:
+    async def configure(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn
+    ) -> IntegrationOut:
         async with uow:
             account = await self._owned(uow, actor, account_id, lock=True)
-            action = "integration.update" if account.integration_type else "integration.create"
+            action = (
+                "integration.update"
+                if account.integration_type
+                else "integration.create"
+            )
             changed = self.apply_configuration(uow, actor, account, body)
             if changed:
                 await AuditRepository(uow.session).record(
-                    actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                    action=action, changed_fields=changed, request_id=actor.request_id,
+                    actor=str(actor.user_id),
+                    user_id=actor.user_id,
+                    account_id=account.id,
+                    action=action,
+                    changed_fields=changed,
+                    request_id=actor.request_id,
                 )
                 await uow.commit()
             return integration_out(account)
 
-    async def get(self, uow: UnitOfWork, actor: Actor, account_id: int) -> IntegrationOut:
+    async def get(
+        self, uow: UnitOfWork, actor: Actor, account_id: int
+    ) -> IntegrationOut:
         async with uow:
             return integration_out(await self._owned(uow, actor, account_id))
 
@@ -201,14 +231,20 @@ class IntegrationService:
                 raise IntegrationNotConfigured()
             self.apply_removal(uow, actor, account)
             await AuditRepository(uow.session).record(
-                actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                action="integration.delete", changed_fields=["type"], request_id=actor.request_id,
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account.id,
+                action="integration.delete",
+                changed_fields=["type"],
+                request_id=actor.request_id,
             )
             await uow.commit()
 
     # ---- test ----------------------------------------------------------------------------
 
-    async def test(self, uow: UnitOfWork, actor: Actor, account_id: int) -> TestResultOut:
+    async def test(
+        self, uow: UnitOfWork, actor: Actor, account_id: int
+    ) -> TestResultOut:
         async with uow:
             account = await self._owned(uow, actor, account_id)
             if account.integration_type is None:
@@ -218,7 +254,9 @@ class IntegrationService:
                 broker=kind,
                 account_id=account.id,
                 user_id=actor.user_id,
-                config=rules.bus_connection(kind.value, account.integration_config or {}),
+                config=rules.bus_connection(
+                    kind.value, account.integration_config or {}
+                ),
                 timeout_s=self._settings.integration_test_timeout_s,
             )
         try:
@@ -231,11 +269,17 @@ class IntegrationService:
             )
             result = TestResultOut(success=reply.success, message=reply.message)
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            result = TestResultOut(success=False, message=f"no {kind.value} connector answered; is it running?")
+            result = TestResultOut(
+                success=False,
+                message=f"no {kind.value} connector answered; is it running?",
+            )
         async with uow:
             await AuditRepository(uow.session).record(
-                actor=str(actor.user_id), user_id=actor.user_id, account_id=account_id,
-                action="integration.test", request_id=actor.request_id,
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account_id,
+                action="integration.test",
+                request_id=actor.request_id,
                 detail={"success": result.success},
             )
             await uow.commit()
@@ -267,13 +311,17 @@ class IntegrationService:
                     "broker": kind,
                     "refresh_id": refresh_id,
                     "job_id": job_id,
-                    "config": rules.bus_connection(kind, account.integration_config or {}),
+                    "config": rules.bus_connection(
+                        kind, account.integration_config or {}
+                    ),
                 },
             )
         )
         return refresh_id
 
-    async def refresh(self, uow: UnitOfWork, actor: Actor, account_id: int, wait_s: float) -> RefreshOut:
+    async def refresh(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, wait_s: float
+    ) -> RefreshOut:
         refresh_id = uuid.uuid4()
         async with self._waiter.watch(refresh_id) as done:
             async with uow:
@@ -281,11 +329,20 @@ class IntegrationService:
                 if account.integration_type is None:
                     raise IntegrationNotConfigured()
                 self._stage_refresh(
-                    uow, account, user_id=actor.user_id, correlation=actor.request_id, job_id=None, refresh_id=refresh_id
+                    uow,
+                    account,
+                    user_id=actor.user_id,
+                    correlation=actor.request_id,
+                    job_id=None,
+                    refresh_id=refresh_id,
                 )
                 await AuditRepository(uow.session).record(
-                    actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                    action="integration.refresh", request_id=actor.request_id, detail={"refresh_id": str(refresh_id)},
+                    actor=str(actor.user_id),
+                    user_id=actor.user_id,
+                    account_id=account.id,
+                    action="integration.refresh",
+                    request_id=actor.request_id,
+                    detail={"refresh_id": str(refresh_id)},
                 )
                 await uow.commit()
             if wait_s > 0:
@@ -293,25 +350,42 @@ class IntegrationService:
         return await self.refresh_status(uow, actor, account_id, refresh_id)
 
     async def _wait_for(
-        self, uow: UnitOfWork, account_id: int, refresh_id: uuid.UUID, done: asyncio.Event, wait_s: float
+        self,
+        uow: UnitOfWork,
+        account_id: int,
+        refresh_id: uuid.UUID,
+        done: asyncio.Event,
+        wait_s: float,
     ) -> None:
         deadline = asyncio.get_running_loop().time() + wait_s
         while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
             try:
                 # Re-check now and then in case a notification was lost with a connection.
-                await asyncio.wait_for(done.wait(), min(remaining, 1.0 if not self._waiter.listening.is_set() else remaining))
+                await asyncio.wait_for(
+                    done.wait(),
+                    min(
+                        remaining,
+                        1.0 if not self._waiter.listening.is_set() else remaining,
+                    ),
+                )
             except TimeoutError:
                 pass
             done.clear()
             async with uow:
-                refresh = await RefreshRepository(uow.session).get_for_account(refresh_id, account_id)
+                refresh = await RefreshRepository(uow.session).get_for_account(
+                    refresh_id, account_id
+                )
                 if refresh is not None and refresh.status != "pending":
                     return
 
-    async def refresh_status(self, uow: UnitOfWork, actor: Actor, account_id: int, refresh_id: uuid.UUID) -> RefreshOut:
+    async def refresh_status(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, refresh_id: uuid.UUID
+    ) -> RefreshOut:
         async with uow:
             await self._owned(uow, actor, account_id)
-            refresh = await RefreshRepository(uow.session).get_for_account(refresh_id, account_id)
+            refresh = await RefreshRepository(uow.session).get_for_account(
+                refresh_id, account_id
+            )
             if refresh is None:
                 raise NotFound("refresh not found")
             if refresh.status == "failed":
@@ -324,27 +398,48 @@ class IntegrationService:
                 message=refresh.message,
             )
 
-    async def refresh_all(self, uow: UnitOfWork, actor: Actor | None, trigger: str = "user") -> RefreshJobOut:
+    async def refresh_all(
+        self, uow: UnitOfWork, actor: Actor | None, trigger: str = "user"
+    ) -> RefreshJobOut:
         """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
         job_id = uuid.uuid4()
         async with uow:
-            accounts = await AccountRepository(uow.session).integrated(actor.user_id if actor else None)
-            RefreshRepository(uow.session).add_job(job_id, actor.user_id if actor else None, len(accounts), trigger)
+            accounts = await AccountRepository(uow.session).integrated(
+                actor.user_id if actor else None
+            )
+            RefreshRepository(uow.session).add_job(
+                job_id, actor.user_id if actor else None, len(accounts), trigger
+            )
             for account in accounts:
                 self._stage_refresh(
-                    uow, account, user_id=account.user_id,
-                    correlation=actor.request_id if actor else f"scheduled-{job_id}", job_id=job_id,
+                    uow,
+                    account,
+                    user_id=account.user_id,
+                    correlation=actor.request_id if actor else f"scheduled-{job_id}",
+                    job_id=job_id,
                 )
             if actor:
                 await AuditRepository(uow.session).record(
-                    actor=str(actor.user_id), user_id=actor.user_id, account_id=None,
-                    action="integration.refresh_all", request_id=actor.request_id,
+                    actor=str(actor.user_id),
+                    user_id=actor.user_id,
+                    account_id=None,
+                    action="integration.refresh_all",
+                    request_id=actor.request_id,
                     detail={"job_id": str(job_id), "accounts": len(accounts)},
                 )
             await uow.commit()
-            return RefreshJobOut(job_id=job_id, total=len(accounts), done=0, failed=0, pending=len(accounts), created_at=datetime.now(UTC))
+            return RefreshJobOut(
+                job_id=job_id,
+                total=len(accounts),
+                done=0,
+                failed=0,
+                pending=len(accounts),
+                created_at=datetime.now(UTC),
+            )
 
-    async def job(self, uow: UnitOfWork, actor: Actor, job_id: uuid.UUID) -> RefreshJobOut:
+    async def job(
+        self, uow: UnitOfWork, actor: Actor, job_id: uuid.UUID
+    ) -> RefreshJobOut:
         async with uow:
             repo = RefreshRepository(uow.session)
             job = await repo.job(job_id, actor.user_id)
@@ -353,8 +448,12 @@ class IntegrationService:
             counts = await repo.job_counts(job_id)
             done, failed = counts.get("succeeded", 0), counts.get("failed", 0)
             return RefreshJobOut(
-                job_id=job.id, total=job.total, done=done, failed=failed,
-                pending=job.total - done - failed, created_at=job.created_at,
+                job_id=job.id,
+                total=job.total,
+                done=done,
+                failed=failed,
+                pending=job.total - done - failed,
+                created_at=job.created_at,
             )
 
     # ---- read models ---------------------------------------------------------------------
@@ -364,22 +463,31 @@ class IntegrationService:
             accounts = await AccountRepository(uow.session).integrated(actor.user_id)
             return [
                 HealthRowOut(
-                    account_id=a.id, account_name=a.name, type=a.integration_type or "", status=a.integration_status,
-                    last_success_at=a.last_success_at, last_refresh_at=a.last_refresh_at,
-                    last_error=a.last_error, last_error_code=a.last_error_code,
+                    account_id=a.id,
+                    account_name=a.name,
+                    type=a.integration_type or "",
+                    status=a.integration_status,
+                    last_success_at=a.last_success_at,
+                    last_refresh_at=a.last_refresh_at,
+                    last_error=a.last_error,
+                    last_error_code=a.last_error_code,
                     token_access_expires_at=a.token_access_expires_at,
                     token_refresh_expires_at=a.token_refresh_expires_at,
                 )
                 for a in accounts
             ]
 
-    async def positions(self, uow: UnitOfWork, actor: Actor, account_id: int) -> list[PositionOut]:
+    async def positions(
+        self, uow: UnitOfWork, actor: Actor, account_id: int
+    ) -> list[PositionOut]:
         async with uow:
             await self._owned(uow, actor, account_id)
             rows = await SnapshotRepository(uow.session).positions(account_id)
             return [PositionOut.model_validate(r, from_attributes=True) for r in rows]
 
-    async def cash(self, uow: UnitOfWork, actor: Actor, account_id: int) -> list[CashOut]:
+    async def cash(
+        self, uow: UnitOfWork, actor: Actor, account_id: int
+    ) -> list[CashOut]:
         async with uow:
             await self._owned(uow, actor, account_id)
             rows = await SnapshotRepository(uow.session).cash(account_id)
@@ -398,17 +506,29 @@ class IntegrationService:
             return None
         return nonce
 
-    async def oauth_start(self, uow: UnitOfWork, actor: Actor, account_id: int) -> OAuthStartOut:
+    async def oauth_start(
+        self, uow: UnitOfWork, actor: Actor, account_id: int
+    ) -> OAuthStartOut:
         async with uow:
             account = await self._owned(uow, actor, account_id)
             if account.integration_type != "SCHWAB":
-                raise Conflict("OAuth applies to Schwab integrations; configure one first", field="type")
+                raise Conflict(
+                    "OAuth applies to Schwab integrations; configure one first",
+                    field="type",
+                )
             nonce = pysecrets.token_urlsafe(24)
-            expires = datetime.now(UTC) + timedelta(seconds=self._settings.oauth_state_ttl_s)
-            OAuthStateRepository(uow.session).add(nonce, actor.user_id, account.id, expires)
+            expires = datetime.now(UTC) + timedelta(
+                seconds=self._settings.oauth_state_ttl_s
+            )
+            OAuthStateRepository(uow.session).add(
+                nonce, actor.user_id, account.id, expires
+            )
             await AuditRepository(uow.session).record(
-                actor=str(actor.user_id), user_id=actor.user_id, account_id=account.id,
-                action="integration.reauth_start", request_id=actor.request_id,
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account.id,
+                action="integration.reauth_start",
+                request_id=actor.request_id,
             )
             await uow.commit()
             query = urlencode(
@@ -419,19 +539,26 @@ class IntegrationService:
                     "state": self._sign(nonce),
                 }
             )
-            return OAuthStartOut(authorize_url=f"{self._settings.schwab_authorize_url}?{query}", expires_at=expires)
+            return OAuthStartOut(
+                authorize_url=f"{self._settings.schwab_authorize_url}?{query}",
+                expires_at=expires,
+            )
 
     @property
     def callback_url(self) -> str:
         return self._settings.public_url.rstrip("/") + CALLBACK_PATH
 
-    async def oauth_callback(self, uow: UnitOfWork, code: str, state: str, request_id: str) -> tuple[int, bool, str]:
+    async def oauth_callback(
+        self, uow: UnitOfWork, code: str, state: str, request_id: str
+    ) -> tuple[int, bool, str]:
         """Finish the OAuth dance; returns (account id, success, message)."""
         nonce = self._verify(state)
         if nonce is None:
             raise InvalidField("invalid OAuth state", field="state")
         async with uow:
-            row = await OAuthStateRepository(uow.session).consume(nonce, datetime.now(UTC))
+            row = await OAuthStateRepository(uow.session).consume(
+                nonce, datetime.now(UTC)
+            )
             if row is None:
                 raise InvalidField("OAuth state expired or already used", field="state")
             user_id, account_id = row.user_id, row.account_id
@@ -441,17 +568,26 @@ class IntegrationService:
             config = dict(account.integration_config or {})
             await uow.commit()  # the state is spent whatever happens next
         request = SchwabOAuthExchangeRequest(
-            user_id=user_id, account_id=account_id, app_key=config["app_key"],
-            app_secret_enc=config["app_secret_enc"], code=code, redirect_uri=self.callback_url,
+            user_id=user_id,
+            account_id=account_id,
+            app_key=config["app_key"],
+            app_secret_enc=config["app_secret_enc"],
+            code=code,
+            redirect_uri=self.callback_url,
             account_number=config.get("account_number"),
         )
         try:
             reply = await request_model(
-                self._broker, self._topology.subject(SCHWAB_OAUTH_EXCHANGE), request,
-                SchwabOAuthExchangeReply, timeout_s=self._settings.integration_test_timeout_s + 5,
+                self._broker,
+                self._topology.subject(SCHWAB_OAUTH_EXCHANGE),
+                request,
+                SchwabOAuthExchangeReply,
+                timeout_s=self._settings.integration_test_timeout_s + 5,
             )
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            reply = SchwabOAuthExchangeReply(success=False, message="the Schwab connector did not answer")
+            reply = SchwabOAuthExchangeReply(
+                success=False, message="the Schwab connector did not answer"
+            )
         actor = Actor(user_id=user_id, request_id=request_id)
         async with uow:
             account = await self._owned(uow, actor, account_id, lock=True)
@@ -459,12 +595,25 @@ class IntegrationService:
             if not reply.success or not reply.token_enc:
                 account.integration_status = IntegrationStatus.REAUTH_REQUIRED.value
                 account.last_error = reply.message
-                await audit.record(actor=str(user_id), user_id=user_id, account_id=account_id,
-                                   action="integration.reauth", request_id=request_id, detail={"success": False})
+                await audit.record(
+                    actor=str(user_id),
+                    user_id=user_id,
+                    account_id=account_id,
+                    action="integration.reauth",
+                    request_id=request_id,
+                    detail={"success": False},
+                )
                 await uow.commit()
                 return account_id, False, reply.message
-            for sibling in await accounts_sharing_login(uow.session, user_id, config["app_key"]):
-                self._store_tokens(sibling, reply.token_enc, reply.access_expires_at, reply.refresh_expires_at)
+            for sibling in await accounts_sharing_login(
+                uow.session, user_id, config["app_key"]
+            ):
+                self._store_tokens(
+                    sibling,
+                    reply.token_enc,
+                    reply.access_expires_at,
+                    reply.refresh_expires_at,
+                )
             stored = dict(account.integration_config or {})
             if reply.account_hash:
                 stored["account_hash"] = reply.account_hash
@@ -477,18 +626,35 @@ class IntegrationService:
             account.last_error = account.last_error_code = None
             self._outbox(uow).add(
                 IntegrationConfigured(
-                    user_id=user_id, account_id=account_id, correlation_id=request_id,
-                    payload={"broker": "SCHWAB", "config": rules.bus_connection("SCHWAB", stored), "version": account.integration_version},
+                    user_id=user_id,
+                    account_id=account_id,
+                    correlation_id=request_id,
+                    payload={
+                        "broker": "SCHWAB",
+                        "config": rules.bus_connection("SCHWAB", stored),
+                        "version": account.integration_version,
+                    },
                 )
             )
-            await audit.record(actor=str(user_id), user_id=user_id, account_id=account_id,
-                               action="integration.reauth", changed_fields=["tokens"], request_id=request_id,
-                               detail={"success": True})
+            await audit.record(
+                actor=str(user_id),
+                user_id=user_id,
+                account_id=account_id,
+                action="integration.reauth",
+                changed_fields=["tokens"],
+                request_id=request_id,
+                detail={"success": True},
+            )
             await uow.commit()
             return account_id, True, reply.message
 
     @staticmethod
-    def _store_tokens(account: Account, token_enc: str, access_exp: datetime | None, refresh_exp: datetime | None) -> None:
+    def _store_tokens(
+        account: Account,
+        token_enc: str,
+        access_exp: datetime | None,
+        refresh_exp: datetime | None,
+    ) -> None:
         config: dict[str, Any] = dict(account.integration_config or {})
         config["token_enc"] = token_enc
         account.integration_config = config

@@ -34,7 +34,9 @@ class RefreshWaiter:
     async def _run(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     async for note in conn.notifies():
@@ -45,7 +47,9 @@ class RefreshWaiter:
                 raise
             except Exception as exc:
                 self.listening.clear()
-                log.warning("refresh listener lost its connection", extra={"error": repr(exc)})
+                log.warning(
+                    "refresh listener lost its connection", extra={"error": repr(exc)}
+                )
                 # Wake everyone so they re-read the state instead of waiting out a lost notify.
                 for events in self._waiters.values():
                     for event in events:

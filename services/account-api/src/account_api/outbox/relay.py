@@ -55,7 +55,9 @@ class OutboxRelay:
         failures = 0
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True
+                ) as conn:
                     await self._lead(conn)
                 failures = 0
             except asyncio.CancelledError:
@@ -63,12 +65,20 @@ class OutboxRelay:
             except Exception as exc:
                 failures += 1
                 self.is_leader = False
-                log.warning("outbox relay connection failed", extra={"error": repr(exc)})
+                log.warning(
+                    "outbox relay connection failed", extra={"error": repr(exc)}
+                )
                 await asyncio.sleep(backoff_delay(failures, cap=10))
 
     async def _lead(self, conn: psycopg.AsyncConnection) -> None:
-        while not (await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_ID,))).fetchone())[0]:  # type: ignore[index]
-            await asyncio.sleep(2.0)  # another replica relays; take over if it goes away
+        while not (
+            await (
+                await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_ID,))
+            ).fetchone()
+        )[0]:  # type: ignore[index]
+            await asyncio.sleep(
+                2.0
+            )  # another replica relays; take over if it goes away
         self.is_leader = True
         log.info("outbox relay is the leader")
         await conn.execute(f"LISTEN {CHANNEL}")
@@ -96,7 +106,10 @@ class OutboxRelay:
             except Exception as exc:
                 failures += 1
                 delay = backoff_delay(failures, cap=5)
-                log.warning("outbox publish failed; will retry", extra={"error": repr(exc), "retry_in_s": round(delay, 2)})
+                log.warning(
+                    "outbox publish failed; will retry",
+                    extra={"error": repr(exc), "retry_in_s": round(delay, 2)},
+                )
                 await asyncio.sleep(delay)
                 continue
             if moved:
@@ -119,7 +132,11 @@ class OutboxRelay:
             try:
                 for row in rows:
                     await self._publisher.publish_encoded(
-                        row.family, row.subject, bytes(row.body), str(row.event_id), row.correlation_id
+                        row.family,
+                        row.subject,
+                        bytes(row.body),
+                        str(row.event_id),
+                        row.correlation_id,
                     )
                     done.append(row.seq)
             finally:

@@ -26,7 +26,12 @@ CLAIM = text(
 
 
 class RefreshScheduler:
-    def __init__(self, new_uow: Callable[[], UnitOfWork], integrations: IntegrationService, interval_s: float) -> None:
+    def __init__(
+        self,
+        new_uow: Callable[[], UnitOfWork],
+        integrations: IntegrationService,
+        interval_s: float,
+    ) -> None:
         self._new_uow = new_uow
         self._integrations = integrations
         self._interval = interval_s
@@ -49,14 +54,26 @@ class RefreshScheduler:
         uow = self._new_uow()
         async with uow:
             won = (
-                await uow.session.execute(CLAIM, {"name": JOB, "now": now, "next": now + timedelta(seconds=self._interval)})
+                await uow.session.execute(
+                    CLAIM,
+                    {
+                        "name": JOB,
+                        "now": now,
+                        "next": now + timedelta(seconds=self._interval),
+                    },
+                )
             ).scalar_one_or_none()
             await uow.commit()
         if not won:
             return False
-        job = await self._integrations.refresh_all(self._new_uow(), None, trigger="schedule")
+        job = await self._integrations.refresh_all(
+            self._new_uow(), None, trigger="schedule"
+        )
         self.runs += 1
-        log.info("scheduled refresh queued", extra={"job_id": str(job.job_id), "accounts": job.total})
+        log.info(
+            "scheduled refresh queued",
+            extra={"job_id": str(job.job_id), "accounts": job.total},
+        )
         return True
 
     async def _loop(self) -> None:

@@ -1,0 +1,91 @@
+"""The outbox survives a NATS outage: changes are accepted while NATS is down and arrive once,
+in per-account order, when it returns."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import httpx
+import nats
+import orjson
+from account_api.migrate import upgrade
+from brokerlink_shared.devstack.embedded import EmbeddedNats
+from brokerlink_shared.subjects import COMMANDS, Topology
+from brokerlink_shared.testing import wait_until
+
+
+async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
+    infra, tmp_path, new_user, api_factory
+) -> None:  # type: ignore[no-untyped-def]
+    private_nats = EmbeddedNats(tmp_path / "nats")
+    private_nats.start()
+    db = infra.new_database("outbox")
+    upgrade(db)
+    settings = api_factory.settings(
+        db, f"{infra.namespace}ob", nats_url=private_nats.url
+    )
+    running, server, task = await api_factory.start(settings)
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            await wait_until(
+                lambda: _bus_up(client), timeout_s=20, message="API connected to NATS"
+            )
+            h = await new_user(client)
+            ids = []
+            for i in range(5):
+                r = await client.post(
+                    "/api/accounts",
+                    headers=h,
+                    json={"name": f"A{i}", "currency": "USD"},
+                )
+                ids.append(r.json()["id"])
+            private_nats.stop()
+            for n in range(20):
+                for aid in ids:
+                    body = {
+                        "type": "IB",
+                        "config": {"host": "gw", "port": 4000 + n + 1, "client_id": 1},
+                    }
+                    r = await client.put(
+                        f"/api/accounts/{aid}/integration", headers=h, json=body
+                    )
+                    assert r.status_code == 200, r.text
+            private_nats.start()
+            await wait_until(
+                lambda: _outbox_drained(client), timeout_s=60, message="outbox drained"
+            )
+        topology = Topology(settings.namespace)
+        nc = await nats.connect(private_nats.url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(topology.stream_name(COMMANDS))
+            assert info.state.messages == 100
+            sub = await js.pull_subscribe(
+                f"{settings.namespace}.>", stream=topology.stream_name(COMMANDS)
+            )
+            events = []
+            while len(events) < 100:
+                for msg in await sub.fetch(100, timeout=5):
+                    events.append(orjson.loads(msg.data))
+                    await msg.ack()
+        finally:
+            await nc.close()
+        assert len({e["event_id"] for e in events}) == 100
+        versions: dict[int, list[int]] = defaultdict(list)
+        for e in events:
+            versions[e["account_id"]].append(e["payload"]["version"])
+        for aid in ids:
+            assert versions[aid] == list(range(1, 21)), versions[aid]
+    finally:
+        server.should_exit = True
+        await task
+        private_nats.stop()
+
+
+async def _bus_up(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/healthz")).json().get("bus") == "connected"
+
+
+async def _outbox_drained(client: httpx.AsyncClient) -> bool:
+    body = (await client.get("/healthz")).json()
+    return body.get("bus") == "connected" and body.get("outbox_pending") == 0
