@@ -31,8 +31,8 @@ REDACTED = "***"
 
 def redact_text(text: str) -> str:
     """Mask secret-looking values in free text (key=value pairs, bearer tokens, ciphertexts)."""
-    text = _PAIR.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _PAIR.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
     return _FERNET.sub(REDACTED, text)
 
 

@@ -66,7 +66,7 @@ def backoff_delay(delivery: int, base: float = 0.5, cap: float = 30.0) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-class DeadLetterMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class DeadLetterMiddleware(BaseMiddleware):
     """Retry with backoff, then park: the consumer half of the convention."""
 
     def __init__(
@@ -238,7 +238,7 @@ async def ensure_streams(
             num_replicas=replicas,
         )
         try:
-            await js.stream_info(config.name)
+            await js.stream_info(topology.stream_name(spec))
             await js.update_stream(config)
         except NotFoundError:
             await js.add_stream(config)

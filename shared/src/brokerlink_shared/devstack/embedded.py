@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from pgserver.postgres_server import PostgresServer, get_server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,16 +109,14 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._server: object | None = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         """Start (or reuse) the server; returns a libpq URI for the `postgres` database."""
-        import pgserver
-
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+        self._server = get_server(self.data_dir, cleanup_mode=None)
         self._tune()
-        return str(self._server.get_uri())  # type: ignore[attr-defined]
+        return self._server.get_uri()
 
     def _tune(self) -> None:
         # A dozen services, pools and test sessions share this server: lift the default of 100.
@@ -127,14 +126,12 @@ class EmbeddedPostgres:
         with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET max_connections = 400")
         self.stop()
-        import pgserver
-
-        pgserver.PostgresServer._instances.pop(self.data_dir.resolve(), None)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+        PostgresServer._instances.pop(self.data_dir.resolve(), None)
+        self._server = get_server(self.data_dir, cleanup_mode=None)
 
     def uri(self, database: str) -> str:
         assert self._server is not None
-        return str(self._server.get_uri(database))  # type: ignore[attr-defined]
+        return self._server.get_uri(database)
 
     def ensure_database(self, name: str) -> str:
         """Create `name` if missing; return its libpq URI."""
@@ -152,13 +149,14 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the postmaster (fast shutdown)."""
-        from pgserver._commands import pg_ctl
-
         if self._server is None:
             return
-        info = self._server.get_postmaster_info()  # type: ignore[attr-defined]
+        from pgserver import _commands
+
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # built at import time
+        info = self._server.get_postmaster_info()
         if info is not None and info.is_running():
-            user = getattr(self._server, "system_user", None)
+            user = self._server.system_user
             try:
                 pg_ctl(
                     ["-w", "-m", "fast", "stop"],

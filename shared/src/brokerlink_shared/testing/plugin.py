@@ -90,7 +90,7 @@ def infra() -> Iterator[Infra]:
     if nats_url:
         sources.append("NATS_URL")
     elif docker:
-        from testcontainers.nats import NatsContainer  # type: ignore[import-untyped]
+        from testcontainers.nats import NatsContainer
 
         container = stack.enter_context(NatsContainer().with_command("-js"))
         nats_url = container.nats_uri()
@@ -104,7 +104,7 @@ def infra() -> Iterator[Infra]:
         admin_uri = admin_uri.replace("postgresql+psycopg://", "postgresql://")
         sources.append("DATABASE_URL")
     elif docker:
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+        from testcontainers.postgres import PostgresContainer
 
         pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
         admin_uri = pg.get_connection_url()

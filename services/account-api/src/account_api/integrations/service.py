@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -359,17 +360,12 @@ class IntegrationService:
     ) -> None:
         deadline = asyncio.get_running_loop().time() + wait_s
         while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-            try:
-                # Re-check now and then in case a notification was lost with a connection.
-                await asyncio.wait_for(
-                    done.wait(),
-                    min(
-                        remaining,
-                        1.0 if not self._waiter.listening.is_set() else remaining,
-                    ),
-                )
-            except TimeoutError:
-                pass
+            # Re-check now and then in case a notification was lost with a connection.
+            timeout = (
+                remaining if self._waiter.listening.is_set() else min(remaining, 1.0)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
             done.clear()
             async with uow:
                 refresh = await RefreshRepository(uow.session).get_for_account(

@@ -71,14 +71,10 @@ class OutboxRelay:
                 await asyncio.sleep(backoff_delay(failures, cap=10))
 
     async def _lead(self, conn: psycopg.AsyncConnection) -> None:
-        while not (
-            await (
-                await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_ID,))
-            ).fetchone()
-        )[0]:  # type: ignore[index]
+        while not await self._try_lock(conn):  # noqa: ASYNC110
             await asyncio.sleep(
                 2.0
-            )  # another replica relays; take over if it goes away
+            )  # another replica relays; poll to take over if it goes away
         self.is_leader = True
         log.info("outbox relay is the leader")
         await conn.execute(f"LISTEN {CHANNEL}")
@@ -88,6 +84,13 @@ class OutboxRelay:
         finally:
             listener.cancel()
             self.is_leader = False
+
+    @staticmethod
+    async def _try_lock(conn: psycopg.AsyncConnection) -> bool:
+        row = await (
+            await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_ID,))
+        ).fetchone()
+        return bool(row and row[0])
 
     async def _listen(self, conn: psycopg.AsyncConnection) -> None:
         async for _ in conn.notifies():
