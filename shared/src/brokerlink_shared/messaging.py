@@ -133,6 +133,22 @@ class DeadLetterMiddleware(BaseMiddleware):
                 correlation_id.reset(token)
 
 
+class _EmptyFetchFilter(logging.Filter):
+    """Drop FastStream's 'raised an exception, retrying' for an empty JetStream fetch.
+
+    nats-py 2.16 can raise the builtin `TimeoutError` from an empty `fetch()`, while FastStream
+    0.7.8 only suppresses nats' own subclass, so its supervisor logs an ERROR and restarts the
+    (healthy) pull loop. Nothing is lost; the record is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (type(exc) is TimeoutError and "retrying" in record.getMessage())
+
+
+_bus_log = logging.getLogger("brokerlink.bus")
+_bus_log.addFilter(_EmptyFetchFilter())
+
+
 def make_broker(
     nats_url: str,
     topology: Topology,
@@ -173,6 +189,7 @@ def make_broker(
         reconnect_time_wait=1,
         connect_timeout=5,
         middlewares=[middleware],
+        logger=_bus_log,
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
         **kwargs,

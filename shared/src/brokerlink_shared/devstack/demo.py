@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-DEMO_EMAIL = "demo@brokerlink.local"
+DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password-2026"
 
 

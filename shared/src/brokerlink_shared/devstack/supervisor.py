@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import httpx
 import orjson
 
 from brokerlink_shared.crypto import generate_key
@@ -26,7 +27,6 @@ from brokerlink_shared.devstack.embedded import (
     EmbeddedPostgres,
     port_is_free,
     sqlalchemy_url,
-    wait_for_port,
 )
 
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -104,6 +104,20 @@ def _read_or_create(path: Path, factory: str) -> str:
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def wait_for_healthy(url: str, children: list[Child], timeout_s: float) -> None:
+    """Poll account-api's /healthz until it answers 200 (database and bus up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in children:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited during start-up")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become healthy in {timeout_s:.0f}s")
 
 
 def main() -> None:
@@ -226,7 +240,7 @@ def main() -> None:
             child = Child(name, [_bin(name)], env, next(colour))
             child.start()
             children.append(child)
-        wait_for_port(api_port, api_host, timeout_s=60)
+        wait_for_healthy(f"{public_url}/healthz", children, timeout_s=90)
         if demo:
             from brokerlink_shared.devstack.demo import seed_demo
 
@@ -241,7 +255,7 @@ def main() -> None:
             time.sleep(0.5)
     except Stop as stop:
         say(f"{stop}: stopping")
-    except (RuntimeError, subprocess.CalledProcessError, TimeoutError, OSError) as exc:
+    except (RuntimeError, subprocess.CalledProcessError, TimeoutError, OSError, httpx.HTTPError) as exc:
         say(f"error: {exc}; stopping")
         exit_code = 1
     finally:
