@@ -247,7 +247,10 @@ def main() -> None:
             login = seed_demo(public_url, demo_gateways)
             say(f"demo login: {login[0]} / {login[1]}")
         say(f"brokerlink is up: open {public_url}  (Ctrl-C stops everything)")
+        parent = os.getppid()
         while True:
+            if os.getppid() != parent:  # `make` (or the terminal) went away without signalling us
+                raise Stop("parent process exited")
             for child in children:
                 if not child.alive():
                     code = child.process.returncode if child.process else "?"
