@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from brokerlink_shared.asyncapi import render
 from brokerlink_shared.contracts.events import parse_event
 from brokerlink_shared.contracts.values import IBConnection
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError, generate_key
 from brokerlink_shared.logging import redact, redact_text
+from pydantic import ValidationError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 
 
 def test_asyncapi_document_is_current() -> None:
-    assert DOC.read_bytes() == render(), "docs/asyncapi.json is stale: run `make asyncapi`"
+    assert DOC.read_bytes() == render(), (
+        "docs/asyncapi.json is stale: run `make asyncapi`"
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,5 +60,7 @@ def test_redaction() -> None:
         "nested": {"refresh_token": "***"},
         "port": 1,
     }
-    text = redact_text('failed with app_secret=hunter2 and Authorization: Bearer abc.def "access_token": "zzz"')
+    text = redact_text(
+        'failed with app_secret=hunter2 and Authorization: Bearer abc.def "access_token": "zzz"'
+    )
     assert "hunter2" not in text and "abc.def" not in text and "zzz" not in text

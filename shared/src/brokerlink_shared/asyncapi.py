@@ -51,7 +51,9 @@ def build(namespace: str = "brokerlink") -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for event_type, model in sorted(EVENT_TYPES.items()):
         name = model.__name__
-        schemas[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas[name] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
         schemas.update(schemas[name].pop("$defs", {}))
         producer, consumers = PRODUCERS[event_type]
         channel = event_type.replace(".", "_")
@@ -67,23 +69,31 @@ def build(namespace: str = "brokerlink") -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{channel}"},
             "summary": f"{producer} publishes {event_type}",
         }
-    messages = {name: {"name": name, "payload": {"$ref": f"#/components/schemas/{name}"}} for name in sorted(
-        m.__name__ for m in EVENT_TYPES.values()
-    )}
+    messages = {
+        name: {"name": name, "payload": {"$ref": f"#/components/schemas/{name}"}}
+        for name in sorted(m.__name__ for m in EVENT_TYPES.values())
+    }
     for family, (request, reply, suffix) in sorted(REQUESTS.items()):
         channel = family.replace(".", "_")
         address = topology.subject(family) + (f".{suffix}" if suffix else "")
         for model in (request, reply):
             if model is BaseModel:
                 continue
-            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
             schemas.update(schemas[model.__name__].pop("$defs", {}))
-            messages[model.__name__] = {"name": model.__name__, "payload": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            messages[model.__name__] = {
+                "name": model.__name__,
+                "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+            }
         channels[channel] = {
             "address": address,
             "description": "core NATS request/reply (not persisted)",
             "messages": {
-                m.__name__: {"$ref": f"#/components/messages/{m.__name__}"} for m in (request, reply) if m is not BaseModel
+                m.__name__: {"$ref": f"#/components/messages/{m.__name__}"}
+                for m in (request, reply)
+                if m is not BaseModel
             },
         }
         operations[f"request_{channel}"] = {
@@ -107,7 +117,9 @@ def build(namespace: str = "brokerlink") -> dict[str, Any]:
 
 
 def render() -> bytes:
-    return orjson.dumps(build(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    return (
+        orjson.dumps(build(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
 
 
 if __name__ == "__main__":

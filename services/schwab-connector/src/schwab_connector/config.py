@@ -42,7 +42,21 @@ class Settings(ServiceSettings):
     expiring_soon_threshold_s: float = Field(default=24 * 3600.0, ge=0)
     lifecycle_check_interval_s: float = Field(default=300.0, gt=0)
     batch_window_s: float = Field(
-        default=0.05, ge=0, description="coalesce refreshes of one login this long"
+        default=0.05,
+        ge=0,
+        description="a login's batch stays open while refreshes keep arriving this close together",
+    )
+    batch_max_wait_s: float = Field(
+        default=1.0, ge=0, description="a batch waits at most this long before its call"
+    )
+    refresh_workers: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description=(
+            "refresh requests in flight at once (<= the consumer's max_ack_pending); they mostly "
+            "wait for their login's batch, and a batch only coalesces requests already in flight"
+        ),
     )
     http_timeout_s: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(

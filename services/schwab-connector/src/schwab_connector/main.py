@@ -47,7 +47,9 @@ class ConnectorRuntime:
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
         self._lifecycle: asyncio.Task[None] | None = None
-        register_command_handlers(self.broker, self.topology, self.connector)
+        register_command_handlers(
+            self.broker, self.topology, self.connector, settings.refresh_workers
+        )
         register_request_handlers(
             self.broker, self.topology, self.connector, self.probe
         )
@@ -109,6 +111,7 @@ class ConnectorRuntime:
             publisher,
             self.clock,
             s.batch_window_s,
+            s.batch_max_wait_s,
         )
         self._health = await serve_http_health(s.health_host, s.health_port, self.probe)
         self._lifecycle = asyncio.create_task(

@@ -89,6 +89,7 @@ class SchwabConnector:
         publisher: EventPublisher,
         clock: Clock,
         batch_window_s: float,
+        batch_max_wait_s: float = 1.0,
     ) -> None:
         self._box = box
         self.vault = vault
@@ -97,7 +98,7 @@ class SchwabConnector:
         self._publisher = publisher
         self._clock = clock
         self.batcher: LoginBatcher[LoginKey, list[dict[str, Any]]] = LoginBatcher(
-            batch_window_s
+            batch_window_s, batch_max_wait_s
         )
         self.accounts: dict[int, AccountBinding] = {}
         self._numbers: dict[LoginKey, dict[str, str]] = {}  # hash -> account number
@@ -331,13 +332,14 @@ class SchwabConnector:
         """Trade the code for tokens, adopt them for the login and resolve the account hash."""
         try:
             secret = self._box.decrypt(request.app_secret_enc)
+            code = self._box.decrypt(request.code_enc)
         except SecretDecryptionError:
             return SchwabOAuthExchangeReply(
-                success=False, message="the app secret could not be decrypted"
+                success=False, message="the app secret or code could not be decrypted"
             )
         try:
             token = await self.gateway.exchange_code(
-                request.app_key, secret, request.code, request.redirect_uri
+                request.app_key, secret, code, request.redirect_uri
             )
         except SchwabCallError as exc:
             return SchwabOAuthExchangeReply(success=False, message=exc.reason)
@@ -383,7 +385,7 @@ class SchwabConnector:
 
     def _hash_of(self, binding: AccountBinding) -> str | None:
         if binding.config.account_hash:
-            return binding.config.account_hash
+            return str(binding.config.account_hash)
         numbers = self._numbers.get(binding.login, {})
         return next(
             (h for h, n in numbers.items() if n == binding.config.account_number), None

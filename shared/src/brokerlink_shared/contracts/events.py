@@ -248,7 +248,7 @@ class SchwabOAuthExchangeRequest(Strict):
     account_id: int
     app_key: str
     app_secret_enc: str
-    code: str
+    code_enc: str = Field(description="the one-time authorization code, encrypted")
     redirect_uri: str
     account_number: str | None = None
 

@@ -249,7 +249,9 @@ def main() -> None:
         say(f"brokerlink is up: open {public_url}  (Ctrl-C stops everything)")
         parent = os.getppid()
         while True:
-            if os.getppid() != parent:  # `make` (or the terminal) went away without signalling us
+            if (
+                os.getppid() != parent
+            ):  # `make` (or the terminal) went away without signalling us
                 raise Stop("parent process exited")
             for child in children:
                 if not child.alive():
@@ -258,7 +260,13 @@ def main() -> None:
             time.sleep(0.5)
     except Stop as stop:
         say(f"{stop}: stopping")
-    except (RuntimeError, subprocess.CalledProcessError, TimeoutError, OSError, httpx.HTTPError) as exc:
+    except (
+        RuntimeError,
+        subprocess.CalledProcessError,
+        TimeoutError,
+        OSError,
+        httpx.HTTPError,
+    ) as exc:
         say(f"error: {exc}; stopping")
         exit_code = 1
     finally:

@@ -330,8 +330,7 @@ def create_app(state: SimulatorState) -> FastAPI:
                 401,
                 _trader_error(401, "Unauthorized", "access token invalid or expired"),
             )
-        state.count(endpoint, app_key, 200)
-        return grant, None
+        return grant, None  # the endpoint counts its own outcome
 
     def login_accounts(grant: AccessGrant) -> list[SimAccount]:
         login = state.logins.get(grant.login_id)
@@ -345,6 +344,7 @@ def create_app(state: SimulatorState) -> FastAPI:
         grant, denied = await trader_gate(request, "accountNumbers")
         if denied is not None or grant is None:
             return denied or _err(401, {})
+        state.count("accountNumbers", grant.app_key, 200)
         return JSONResponse(
             [
                 {"accountNumber": a.account_number, "hashValue": a.account_hash()}
@@ -358,6 +358,7 @@ def create_app(state: SimulatorState) -> FastAPI:
         if denied is not None or grant is None:
             return denied or _err(401, {})
         positions = wants_positions(request)
+        state.count("accounts", grant.app_key, 200)
         return JSONResponse([account_json(a, positions) for a in login_accounts(grant)])
 
     @app.get("/trader/v1/accounts/{account_hash}")
@@ -367,7 +368,9 @@ def create_app(state: SimulatorState) -> FastAPI:
             return denied or _err(401, {})
         for acc in login_accounts(grant):
             if acc.account_hash() == account_hash:
+                state.count("account", grant.app_key, 200)
                 return JSONResponse(account_json(acc, wants_positions(request)))
+        state.count("account", grant.app_key, 404)
         return _err(
             404, _trader_error(404, "Not Found", "no such account for this token")
         )

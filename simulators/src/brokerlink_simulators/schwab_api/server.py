@@ -48,7 +48,6 @@ class SchwabApiSimulator:
             access_log=False,
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():

@@ -72,6 +72,9 @@ class SimulatorState:
     apps: dict[str, SimApp] = field(default_factory=dict)
     logins: dict[str, SimLogin] = field(default_factory=dict)
     codes: dict[str, PendingCode] = field(default_factory=dict)
+    issued_codes: list[str] = field(
+        default_factory=list
+    )  # every code ever issued, for leak checks
     access_tokens: dict[str, AccessGrant] = field(default_factory=dict)
     refresh_tokens: dict[str, AccessGrant] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
@@ -132,6 +135,7 @@ class SimulatorState:
         self.codes[code] = PendingCode(
             app_key, login_id, redirect_uri, self.now() + self.scenario.code_ttl_s
         )
+        self.issued_codes.append(code)
         return code
 
     def redeem_code(

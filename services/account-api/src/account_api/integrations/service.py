@@ -568,7 +568,7 @@ class IntegrationService:
             account_id=account_id,
             app_key=config["app_key"],
             app_secret_enc=config["app_secret_enc"],
-            code=code,
+            code_enc=self._secrets.encrypt(code),
             redirect_uri=self.callback_url,
             account_number=config.get("account_number"),
         )

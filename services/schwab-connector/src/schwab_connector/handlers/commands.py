@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
@@ -28,11 +29,17 @@ log = logging.getLogger(__name__)
 
 
 def register_command_handlers(
-    broker: NatsBroker, topology: Topology, connector: Callable[[], SchwabConnector]
+    broker: NatsBroker,
+    topology: Topology,
+    connector: Callable[[], SchwabConnector],
+    refresh_workers: int,
 ) -> None:
-    """Subscribe to integration.configured/removed and refresh.requested for Schwab."""
+    """Subscribe to integration.configured/removed and refresh.requested for Schwab.
 
-    def subscriber(family: str, purpose: str) -> object:
+    Refreshes run `refresh_workers` at a time so that requests for one login can coalesce;
+    config changes run one at a time, in order."""
+
+    def subscriber(family: str, purpose: str, workers: int = 1) -> Any:
         return durable_subscriber(
             broker,
             topology,
@@ -41,19 +48,20 @@ def register_command_handlers(
             service=SERVICE,
             purpose=purpose,
             brokers=[Broker.SCHWAB],
+            max_workers=workers,
         )
 
-    @subscriber(INTEGRATION_CONFIGURED, "configured")  # type: ignore[operator]
+    @subscriber(INTEGRATION_CONFIGURED, "configured")
     async def on_configured(event: IntegrationConfigured) -> None:
         log.debug("integration.configured", extra={"account": event.account_id})
         await connector().on_configured(event)
 
-    @subscriber(INTEGRATION_REMOVED, "removed")  # type: ignore[operator]
+    @subscriber(INTEGRATION_REMOVED, "removed")
     async def on_removed(event: IntegrationRemoved) -> None:
         log.debug("integration.removed", extra={"account": event.account_id})
         await connector().on_removed(event)
 
-    @subscriber(REFRESH_REQUESTED, "refresh")  # type: ignore[operator]
+    @subscriber(REFRESH_REQUESTED, "refresh", refresh_workers)
     async def on_refresh(event: RefreshRequested) -> None:
         log.debug(
             "refresh.requested",

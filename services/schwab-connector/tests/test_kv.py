@@ -1,0 +1,72 @@
+"""Cross-replica coordination in real NATS KV: the shared rate budget and the refresh lease."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from nats.js.kv import KeyValue
+from schwab_connector.adapters.kv import KvLoginCoordinator, KvRateBudget, open_bucket
+from schwab_connector.domain.rate import RatePlan
+
+
+@pytest.fixture
+async def kv(infra: Any) -> AsyncIterator[KeyValue]:
+    nc = await nats.connect(infra.nats_url)
+    name = f"{infra.namespace}kvtest_{time.monotonic_ns()}"
+    bucket = await open_bucket(nc.jetstream(), name, ttl_s=120)
+    try:
+        yield bucket
+    finally:
+        await nc.jetstream().delete_key_value(name)
+        await nc.close()
+
+
+async def test_two_replicas_share_one_budget(kv: KeyValue) -> None:
+    plan = RatePlan(
+        requests_per_minute=124, slices_per_minute=60
+    )  # 1-second slices, 2 each
+    replicas = [KvRateBudget(kv, plan), KvRateBudget(kv, plan)]
+    stamps: list[float] = []
+
+    async def spend(budget: KvRateBudget) -> None:
+        await budget.acquire("app-x")
+        stamps.append(time.time())
+
+    await asyncio.gather(*(spend(replicas[i % 2]) for i in range(6)))
+    per_slice = Counter(plan.slice_index(t) for t in stamps)
+    assert max(per_slice.values()) <= plan.per_slice
+    assert len(per_slice) >= 3
+    other_app = time.monotonic()
+    await replicas[0].acquire("app-y")  # another app key has its own budget
+    assert time.monotonic() - other_app < 0.5
+
+
+async def test_lease_is_exclusive_and_lapses(kv: KeyValue) -> None:
+    first, second = (
+        KvLoginCoordinator(kv, lease_ttl_s=0.5),
+        KvLoginCoordinator(kv, lease_ttl_s=0.5),
+    )
+    order: list[str] = []
+
+    async def hold(coordinator: KvLoginCoordinator, name: str) -> None:
+        async with coordinator.lease("login1"):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.1)
+            order.append(f"{name}-")
+
+    await asyncio.gather(hold(first, "a"), hold(second, "b"))
+    assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+
+    # a holder that never releases (crashed) loses the lease at its deadline
+    await kv.create("lease.login2", f"dead:{time.time() + 0.3}".encode())
+    started = time.monotonic()
+    async with second.lease("login2"):
+        assert time.monotonic() - started >= 0.2
+    await first.store_token("login1", "gAAAAA-ciphertext")
+    assert await second.latest_token("login1") == "gAAAAA-ciphertext"
