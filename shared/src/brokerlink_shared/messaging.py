@@ -183,7 +183,7 @@ def make_broker(
         max_deliver=max_deliver,
     )
     broker = NatsBroker(
-        nats_url,
+        [url.strip() for url in nats_url.split(",") if url.strip()],  # a cluster: comma-separated
         name=service,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

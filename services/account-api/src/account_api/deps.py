@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.subjects import Topology
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.nats import NatsBroker
 from psycopg_pool import AsyncConnectionPool
@@ -76,3 +76,7 @@ def current_actor(
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+# Database ids are BIGINT: bound path ids so an out-of-range id is a 422, not a database error.
+DbId = Annotated[int, Path(ge=1, le=9_223_372_036_854_775_807)]

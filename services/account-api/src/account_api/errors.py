@@ -68,6 +68,10 @@ def add_exception_handlers(app: FastAPI) -> None:
         body: dict[str, object] = {"detail": exc.message, "code": exc.code}
         if exc.field:
             body["field"] = exc.field
+        if exc.status_code == 422:
+            # Same shape as FastAPI's own validation errors, so clients handle one format.
+            loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
+            body["detail"] = [{"loc": loc, "msg": exc.message, "type": exc.code}]
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONBytes(body, status_code=exc.status_code, headers=headers)
 

@@ -121,9 +121,9 @@ def wait_for_healthy(url: str, children: list[Child], timeout_s: float) -> None:
 
 
 def main() -> None:
-    root = Path.cwd()
-    data = root / ".data"
-    data.mkdir(exist_ok=True)
+    root = Path(os.environ.get("BROKERLINK_ROOT", Path.cwd()))
+    data = Path(os.environ.get("BROKERLINK_DATA_DIR", root / ".data"))
+    data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     children: list[Child] = []
     embedded_nats: EmbeddedNats | None = None
@@ -161,7 +161,7 @@ def main() -> None:
             embedded_nats = EmbeddedNats(data / "nats", port=port or None)
             env["NATS_URL"] = embedded_nats.start()
             port_file.write_text(str(embedded_nats.port))
-            say(f"embedded NATS (JetStream) at {env['NATS_URL']}, data in .data/nats")
+            say(f"embedded NATS (JetStream) at {env['NATS_URL']}, data in {data / 'nats'}")
         else:
             say(f"using NATS at {env['NATS_URL']}")
         if "DATABASE_URL" not in env:
@@ -170,7 +170,7 @@ def main() -> None:
             env["DATABASE_URL"] = sqlalchemy_url(
                 embedded_pg.ensure_database("brokerlink")
             )
-            say("embedded PostgreSQL 16 (pgserver), data in .data/pg")
+            say(f"embedded PostgreSQL 16 (pgserver), data in {data / 'pg'}")
         else:
             say("using PostgreSQL from DATABASE_URL")
         env["API_HOST"], env["API_PORT"] = api_host, str(api_port)

@@ -9,14 +9,14 @@ from account_api.accounts.repository import AccountReadModel
 from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
 from account_api.audit.repository import AuditRepository
 from account_api.audit.schemas import AuditOut
-from account_api.deps import ContainerDep, CurrentActor, UowDep
+from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
 from account_api.errors import AccountNotFound
 from account_api.responses import JSONBytes
 
 router = APIRouter(prefix="/api/accounts", tags=["accounts"])
 
 
-@router.get("", response_model=list[AccountOut], response_class=JSONBytes)
+@router.get("", response_model=list[AccountOut])
 async def list_accounts(actor: CurrentActor, c: ContainerDep) -> JSONBytes:
     return JSONBytes(await service.list_accounts(AccountReadModel(c.read_pool), actor))
 
@@ -28,9 +28,9 @@ async def create_account(
     return await service.create_account(uow, actor, body)
 
 
-@router.get("/{account_id}", response_model=AccountOut, response_class=JSONBytes)
+@router.get("/{account_id}", response_model=AccountOut)
 async def get_account(
-    account_id: int, actor: CurrentActor, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, c: ContainerDep
 ) -> JSONBytes:
     return JSONBytes(
         await service.get_account(AccountReadModel(c.read_pool), actor, account_id)
@@ -39,7 +39,7 @@ async def get_account(
 
 @router.put("/{account_id}", response_model=AccountOut)
 async def update_account(
-    account_id: int,
+    account_id: DbId,
     body: AccountUpdate,
     actor: CurrentActor,
     uow: UowDep,
@@ -50,7 +50,7 @@ async def update_account(
 
 @router.delete("/{account_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_account(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> Response:
     await service.delete_account(uow, c.integrations, actor, account_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -58,7 +58,7 @@ async def delete_account(
 
 @router.get("/{account_id}/audit", response_model=list[AuditOut])
 async def audit(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[AuditOut]:
     async with uow:
         if (

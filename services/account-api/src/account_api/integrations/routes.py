@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
 
-from account_api.deps import ContainerDep, CurrentActor, UowDep
+from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
 from account_api.errors import AccountApiError
 from account_api.integrations.schemas import (
     CashOut,
@@ -28,7 +28,7 @@ ACCOUNT = "/api/accounts/{account_id}/integration"
 
 @router.put(ACCOUNT, response_model=IntegrationOut)
 async def put_integration(
-    account_id: int,
+    account_id: DbId,
     body: IntegrationIn,
     actor: CurrentActor,
     uow: UowDep,
@@ -39,14 +39,14 @@ async def put_integration(
 
 @router.get(ACCOUNT, response_model=IntegrationOut)
 async def get_integration(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> IntegrationOut:
     return await c.integrations.get(uow, actor, account_id)
 
 
 @router.delete(ACCOUNT, status_code=status.HTTP_204_NO_CONTENT)
 async def delete_integration(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> Response:
     await c.integrations.remove(uow, actor, account_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -54,7 +54,7 @@ async def delete_integration(
 
 @router.post(f"{ACCOUNT}/test", response_model=TestResultOut)
 async def test_integration(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> TestResultOut:
     return await c.integrations.test(uow, actor, account_id)
 
@@ -67,7 +67,7 @@ async def test_integration(
     },
 )
 async def refresh_integration(
-    account_id: int,
+    account_id: DbId,
     actor: CurrentActor,
     uow: UowDep,
     c: ContainerDep,
@@ -93,7 +93,7 @@ async def refresh_integration(
 
 @router.get(f"{ACCOUNT}/refresh/{{refresh_id}}", response_model=RefreshOut)
 async def get_refresh(
-    account_id: int,
+    account_id: DbId,
     refresh_id: uuid.UUID,
     actor: CurrentActor,
     uow: UowDep,
@@ -104,21 +104,21 @@ async def get_refresh(
 
 @router.get(f"{ACCOUNT}/portfolio", response_model=list[PositionOut])
 async def portfolio(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[PositionOut]:
     return await c.integrations.positions(uow, actor, account_id)
 
 
 @router.get(f"{ACCOUNT}/cash", response_model=list[CashOut])
 async def cash(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[CashOut]:
     return await c.integrations.cash(uow, actor, account_id)
 
 
 @router.post(f"{ACCOUNT}/oauth/start", response_model=OAuthStartOut)
 async def oauth_start(
-    account_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> OAuthStartOut:
     return await c.integrations.oauth_start(uow, actor, account_id)
 
