@@ -16,7 +16,9 @@ PAGES = {
 
 
 @pytest.mark.parametrize(("path", "page"), PAGES.items())
-async def test_page_shell_renders(client: httpx.AsyncClient, path: str, page: str) -> None:
+async def test_page_shell_renders(
+    client: httpx.AsyncClient, path: str, page: str
+) -> None:
     r = await client.get(path)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -74,7 +76,9 @@ async def test_static_files_served(
 @pytest.mark.parametrize(
     "path", ["/static/nope.js", "/static/../routes.py", "/static/%2e%2e/routes.py"]
 )
-async def test_static_never_leaves_its_folder(client: httpx.AsyncClient, path: str) -> None:
+async def test_static_never_leaves_its_folder(
+    client: httpx.AsyncClient, path: str
+) -> None:
     r = await client.get(path)
     assert r.status_code == 404
 

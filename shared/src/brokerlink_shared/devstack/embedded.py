@@ -4,6 +4,7 @@ PostgreSQL (from pgserver). Neither is a fake; both run as child processes."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -113,6 +114,8 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server; returns a libpq URI for the `postgres` database."""
+        # pgserver logs from an atexit hook, after pytest/our supervisor closed the streams.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = get_server(self.data_dir, cleanup_mode=None)
         self._tune()

@@ -565,6 +565,7 @@ async function openDialog(accountId, tab = "details") {
   details.account_type.value = account.account_type;
   details.account_number.value = account.account_number || "";
   await loadIntegration();
+  $("#toast").classList.remove("show"); // the dialog covers it anyway
   if (!dialog.open) dialog.showModal();
   selectTab(tab, { focus: true });
 }
@@ -861,7 +862,7 @@ function oauthText(m) {
 }
 
 async function handleOAuth(m) {
-  toast(oauthText(m));
+  if (!m.account) toast(oauthText(m));
   await loadAccounts();
   if (m.account) {
     await openDialog(m.account, "integration");
@@ -898,7 +899,7 @@ async function loadHistory() {
   const rows = [...data].sort((a, b) => a.date.localeCompare(b.date));
   $("#history-chart").replaceChildren(lineChart(rows, account.currency));
   $("#history-rows").replaceChildren(
-    ...[...rows].reverse().map((r) => el("tr", {}, el("td", { text: r.date }), el("td", { class: "num", text: money(r.balance, account.currency) }), el("td", { text: r.source }))),
+    ...[...rows].reverse().map((r) => el("tr", {}, el("td", { text: r.date }), el("td", { class: "num", text: money(r.balance, account.currency) }), el("td", { text: SOURCES[r.source] || r.source }))),
   );
   $("#history-empty").hidden = rows.length > 0;
   const holdings = $("#holdings");
@@ -928,6 +929,7 @@ async function loadHistory() {
   );
 }
 
+const SOURCES = { MANUAL: "Manual", IB: "IB", SCHWAB: "Schwab" };
 const SVG = "http://www.w3.org/2000/svg";
 
 function svg(tag, attrs = {}, text) {
@@ -988,7 +990,9 @@ async function loadHealthPage() {
         el("td", { text: row.type === "SCHWAB" ? "Schwab" : row.type }),
         el("td", {}, badge(row.status)),
         el("td", {}, timeElement(row.last_success_at)),
-        el("td", { class: "error-text", text: row.last_error ? `${row.last_error}${row.last_error_code ? ` (code ${row.last_error_code})` : ""}` : "—" }),
+        row.last_error
+          ? el("td", { class: "error-text", text: `${row.last_error}${row.last_error_code ? ` (code ${row.last_error_code})` : ""}` })
+          : el("td", { class: "muted", text: "—" }),
         el("td", { class: "expiry" }, row.type === "SCHWAB" ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
       ),
     ),
