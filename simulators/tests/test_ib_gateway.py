@@ -14,8 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ib_async import IB
-
 from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import (
     AccountSpec,
@@ -24,18 +22,25 @@ from brokerlink_simulators.ib_gateway import (
     PositionSpec,
     Scenario,
 )
+from ib_async import IB
 
 DEMO = Path(__file__).resolve().parents[1] / "scenarios" / "ib_demo.json"
 
 
-def _account(code: str, cash: str = "1000", positions: list[PositionSpec] | None = None) -> AccountSpec:
-    return AccountSpec(code=code, cash={"USD": Decimal(cash)}, positions=positions or [])
+def _account(
+    code: str, cash: str = "1000", positions: list[PositionSpec] | None = None
+) -> AccountSpec:
+    return AccountSpec(
+        code=code, cash={"USD": Decimal(cash)}, positions=positions or []
+    )
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[IBGatewaySimulator]:
     scenario = Scenario.load(DEMO)
-    scenario.gateways.append(GatewaySpec(name="solo", accounts=[_account("U1000001", "5000")]))
+    scenario.gateways.append(
+        GatewaySpec(name="solo", accounts=[_account("U1000001", "5000")])
+    )
     simulator = IBGatewaySimulator(scenario)
     await simulator.start()
     try:
@@ -54,7 +59,10 @@ async def test_connect_and_account_summary(sim: IBGatewaySimulator) -> None:
     ib = await _connect(sim.gateway_port("solo"))
     try:
         assert ib.managedAccounts() == ["U1000001"]
-        summary = {(v.tag, v.currency): v.value for v in await ib.accountSummaryAsync("U1000001")}
+        summary = {
+            (v.tag, v.currency): v.value
+            for v in await ib.accountSummaryAsync("U1000001")
+        }
         assert summary[("NetLiquidation", "USD")] == "5000"
         assert summary[("TotalCashValue", "USD")] == "5000"
         values = {(v.tag, v.currency) for v in ib.accountValues("U1000001")}
@@ -77,16 +85,26 @@ async def test_positions_and_portfolio_multi_account(sim: IBGatewaySimulator) ->
         assert set(items) == {"VTI", "BND"}
         assert items["VTI"].marketValue == pytest.approx(210 * 262.13)
         assert items["BND"].unrealizedPNL == pytest.approx(300 * (72.45 - 74.10))
-        cash = {v.currency: v.value for v in ib.accountValues("U1234567") if v.tag == "CashBalance"}
+        cash = {
+            v.currency: v.value
+            for v in ib.accountValues("U1234567")
+            if v.tag == "CashBalance"
+        }
         assert cash["HKD"] == "120000.00"
-        net_liq = {v.account: v.value for v in await ib.accountSummaryAsync() if v.tag == "NetLiquidation"}
+        net_liq = {
+            v.account: v.value
+            for v in await ib.accountSummaryAsync()
+            if v.tag == "NetLiquidation"
+        }
         assert set(net_liq) == {"U1234567", "U7654321"}
     finally:
         ib.disconnect()
 
 
 async def test_many_clients_with_distinct_ids(sim: IBGatewaySimulator) -> None:
-    clients = await asyncio.gather(*(_connect(sim.gateway_port("demo"), cid) for cid in range(10, 20)))
+    clients = await asyncio.gather(
+        *(_connect(sim.gateway_port("demo"), cid) for cid in range(10, 20))
+    )
     try:
         assert sim.gateway("demo").api_session_count() == 10
     finally:
@@ -94,14 +112,18 @@ async def test_many_clients_with_distinct_ids(sim: IBGatewaySimulator) -> None:
             ib.disconnect()
 
 
-async def test_second_session_with_same_client_id_gets_326(sim: IBGatewaySimulator) -> None:
+async def test_second_session_with_same_client_id_gets_326(
+    sim: IBGatewaySimulator,
+) -> None:
     first = await _connect(sim.gateway_port("demo"), 7)
     codes: list[int] = []
     second = IB()
     second.errorEvent += lambda req_id, code, text, contract: codes.append(code)
     try:
         with pytest.raises((TimeoutError, ConnectionError)):
-            await second.connectAsync("127.0.0.1", sim.gateway_port("demo"), 7, readonly=True, timeout=1)
+            await second.connectAsync(
+                "127.0.0.1", sim.gateway_port("demo"), 7, readonly=True, timeout=1
+            )
         assert 326 in codes
         assert first.isConnected()
         assert sim.gateway("demo").counters.rejected_client_id == 1
@@ -111,7 +133,9 @@ async def test_second_session_with_same_client_id_gets_326(sim: IBGatewaySimulat
 
 async def test_refused_connections_and_recovery(sim: IBGatewaySimulator) -> None:
     async with httpx.AsyncClient(base_url=sim.admin_url) as admin:
-        r = await admin.patch("/gateways/solo/faults", json={"refuse_connections": True})
+        r = await admin.patch(
+            "/gateways/solo/faults", json={"refuse_connections": True}
+        )
         assert r.status_code == 200
         with pytest.raises(ConnectionRefusedError):
             await _connect(sim.gateway_port("solo"))
@@ -126,10 +150,15 @@ async def test_daily_restart_drops_every_session(sim: IBGatewaySimulator) -> Non
     async with httpx.AsyncClient(base_url=sim.admin_url) as admin:
         r = await admin.post("/gateways/demo/restart", json={"down_for_s": 0.3})
         assert r.json() == {"dropped": 2}
-        await wait_until(lambda: not ib.isConnected() and not other.isConnected(), message="sessions dropped")
+        await wait_until(
+            lambda: not ib.isConnected() and not other.isConnected(),
+            message="sessions dropped",
+        )
         with pytest.raises(ConnectionRefusedError):
             await _connect(sim.gateway_port("demo"), 3)
-        again = await wait_until(lambda: _try_connect(sim.gateway_port("demo"), 3), message="gateway back")
+        again = await wait_until(
+            lambda: _try_connect(sim.gateway_port("demo"), 3), message="gateway back"
+        )
         again.disconnect()
         counters = (await admin.get("/gateways/demo/counters")).json()
         assert counters["restarts"] == 1
@@ -145,26 +174,42 @@ async def _try_connect(port: int, client_id: int) -> IB | None:
 
 async def test_drop_after_and_delay_faults(sim: IBGatewaySimulator) -> None:
     async with httpx.AsyncClient(base_url=sim.admin_url) as admin:
-        await admin.patch("/gateways/solo/faults", json={"drop_after_s": 0.5, "delay_ms": 50})
+        await admin.patch(
+            "/gateways/solo/faults", json={"drop_after_s": 0.5, "delay_ms": 50}
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
         ib = await _connect(sim.gateway_port("solo"))
         assert loop.time() - started >= 0.1  # handshake and sync answers were delayed
-        await wait_until(lambda: not ib.isConnected(), timeout_s=5, message="session dropped")
-        await admin.patch("/gateways/solo/faults", json={"drop_after_s": 0, "delay_ms": 0})
+        await wait_until(
+            lambda: not ib.isConnected(), timeout_s=5, message="session dropped"
+        )
+        await admin.patch(
+            "/gateways/solo/faults", json={"drop_after_s": 0, "delay_ms": 0}
+        )
 
 
-async def test_admin_changes_accounts_and_pushes_updates(sim: IBGatewaySimulator) -> None:
+async def test_admin_changes_accounts_and_pushes_updates(
+    sim: IBGatewaySimulator,
+) -> None:
     ib = await _connect(sim.gateway_port("solo"))
     try:
         async with httpx.AsyncClient(base_url=sim.admin_url) as admin:
-            r = await admin.patch("/gateways/solo/accounts/U1000001", json={"cash": {"USD": "7000", "EUR": "10"}, "fx_rates": {"EUR": "1.1"}})
+            r = await admin.patch(
+                "/gateways/solo/accounts/U1000001",
+                json={"cash": {"USD": "7000", "EUR": "10"}, "fx_rates": {"EUR": "1.1"}},
+            )
             assert r.status_code == 200
             await wait_until(
-                lambda: any(v.tag == "NetLiquidation" and v.value == "7011.00" for v in ib.accountValues("U1000001")),
+                lambda: any(
+                    v.tag == "NetLiquidation" and v.value == "7011.00"
+                    for v in ib.accountValues("U1000001")
+                ),
                 message="pushed account update",
             )
-            r = await admin.post("/gateways", json={"name": "extra", "accounts": [{"code": "U2000002"}]})
+            r = await admin.post(
+                "/gateways", json={"name": "extra", "accounts": [{"code": "U2000002"}]}
+            )
             assert r.status_code == 201
             extra = await _connect(r.json()["port"], 1)
             assert extra.managedAccounts() == ["U2000002"]
@@ -178,8 +223,16 @@ async def test_admin_changes_accounts_and_pushes_updates(sim: IBGatewaySimulator
 
 def test_cli_prints_ready_line_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "brokerlink_simulators.ib_gateway", "--scenario", str(DEMO), "--admin-port", "0"],
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "brokerlink_simulators.ib_gateway",
+            "--scenario",
+            str(DEMO),
+            "--admin-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         env=env,
     )

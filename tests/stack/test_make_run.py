@@ -3,6 +3,7 @@ the bus, SIGINT leaves no process behind, and a second start reuses the data."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,7 +15,6 @@ import httpx
 import nats
 import psutil
 import pytest
-
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.devstack.embedded import free_port
 from brokerlink_shared.subjects import Topology
@@ -23,9 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "BROKERLINK_NAMESPACE")}
-    env.update({"BROKERLINK_DATA_DIR": str(data_dir), "BROKERLINK_ROOT": str(ROOT), "API_PORT": str(port)})
-    return subprocess.Popen(  # noqa: S603
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NATS_URL", "DATABASE_URL", "BROKERLINK_NAMESPACE")
+    }
+    env.update(
+        {
+            "BROKERLINK_DATA_DIR": str(data_dir),
+            "BROKERLINK_ROOT": str(ROOT),
+            "API_PORT": str(port),
+        }
+    )
+    return subprocess.Popen(
         [str(Path(sys.executable).parent / "brokerlink-run")],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -44,10 +54,19 @@ def _wait_up(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120) -
             if r.status_code == 405:  # up; now wait for the demo user (seeded last)
                 login = httpx.post(
                     f"http://127.0.0.1:{port}/api/auth/login",
-                    json={"email": "demo@example.com", "password": "demo-password-2026"},
+                    json={
+                        "email": "demo@example.com",
+                        "password": "demo-password-2026",
+                    },
                     timeout=5,
                 )
-                if login.status_code == 200 and httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                if (
+                    login.status_code == 200
+                    and httpx.get(
+                        f"http://127.0.0.1:{port}/healthz", timeout=5
+                    ).status_code
+                    == 200
+                ):
                     return login.json()
         except httpx.HTTPError:
             pass
@@ -64,22 +83,37 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     assert not alive, f"left behind: {[p.pid for p in alive]}"
 
 
+async def _connector_health(nats_url: str) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        answered = []
+        for service in ("ib-connector", "schwab-connector"):
+            reply = await nc.request(
+                Topology("brokerlink").health_subject(service), b"", timeout=10
+            )
+            answered.append(HealthReply.model_validate_json(reply.data).service)
+        return answered
+    finally:
+        await nc.close()
+
+
 @pytest.mark.slow
-async def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
+def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     proc = _start(tmp_path / "data", port)
     try:
         tokens = _wait_up(proc, port)
-        nats_url = f"nats://127.0.0.1:{(tmp_path / 'data' / 'nats.port').read_text().strip()}"
-        nc = await nats.connect(nats_url)
-        try:
-            for service in ("ib-connector", "schwab-connector"):
-                reply = await nc.request(Topology("brokerlink").health_subject(service), b"", timeout=10)
-                assert HealthReply.model_validate_json(reply.data).service == service
-        finally:
-            await nc.close()
+        nats_url = (
+            f"nats://127.0.0.1:{(tmp_path / 'data' / 'nats.port').read_text().strip()}"
+        )
+        assert asyncio.run(_connector_health(nats_url)) == [
+            "ib-connector",
+            "schwab-connector",
+        ]
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-        accounts = httpx.get(f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5).json()
+        accounts = httpx.get(
+            f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5
+        ).json()
         assert len(accounts) == 4
     finally:
         if proc.poll() is None:
@@ -89,7 +123,14 @@ async def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> N
     try:
         tokens = _wait_up(proc, port)
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-        assert len(httpx.get(f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5).json()) == 4
+        assert (
+            len(
+                httpx.get(
+                    f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5
+                ).json()
+            )
+            == 4
+        )
     finally:
         if proc.poll() is None:
             _stop(proc)
@@ -102,9 +143,18 @@ def test_taken_port_is_refused(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        env = {**os.environ, "BROKERLINK_DATA_DIR": str(tmp_path), "API_PORT": str(port)}
-        out = subprocess.run(  # noqa: S603
-            [str(Path(sys.executable).parent / "brokerlink-run")], env=env, capture_output=True, text=True, timeout=60, check=False
+        env = {
+            **os.environ,
+            "BROKERLINK_DATA_DIR": str(tmp_path),
+            "API_PORT": str(port),
+        }
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "brokerlink-run")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert out.returncode == 1
     assert "already in use" in out.stdout

@@ -183,7 +183,9 @@ def make_broker(
         max_deliver=max_deliver,
     )
     broker = NatsBroker(
-        [url.strip() for url in nats_url.split(",") if url.strip()],  # a cluster: comma-separated
+        [
+            url.strip() for url in nats_url.split(",") if url.strip()
+        ],  # a cluster: comma-separated
         name=service,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

@@ -20,12 +20,29 @@ from typing import Protocol
 
 from brokerlink_shared.contracts.values import IBConnection
 
-from ib_connector.adapters.ib_gateway import GatewayError, GatewayClosed, GatewayNotice, IBGatewayClient
+from ib_connector.adapters.ib_gateway import (
+    GatewayClosed,
+    GatewayError,
+    GatewayNotice,
+    IBGatewayClient,
+)
 from ib_connector.domain.accounts import AccountSelectionError, select_account
 from ib_connector.domain.backoff import ReconnectBackoff
 from ib_connector.domain.endpoints import failover_order
-from ib_connector.domain.session_state import Endpoint, Phase, SessionState, StatusView, status_for
-from ib_connector.domain.snapshot import AccountSnapshot, AccountValueRow, Holding, IncompleteAccountData, build_snapshot
+from ib_connector.domain.session_state import (
+    Endpoint,
+    Phase,
+    SessionState,
+    StatusView,
+    status_for,
+)
+from ib_connector.domain.snapshot import (
+    AccountSnapshot,
+    AccountValueRow,
+    Holding,
+    IncompleteAccountData,
+    build_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +55,13 @@ class GatewayClient(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    async def connect(self, host: str, port: int, client_id: int, timeout_s: float) -> list[str]: ...
+    async def connect(
+        self, host: str, port: int, client_id: int, timeout_s: float
+    ) -> list[str]: ...
 
-    async def read_account(self, code: str, timeout_s: float) -> tuple[list[AccountValueRow], list[Holding]]: ...
+    async def read_account(
+        self, code: str, timeout_s: float
+    ) -> tuple[list[AccountValueRow], list[Holding]]: ...
 
     async def close(self) -> None: ...
 
@@ -77,6 +98,7 @@ class SessionSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     primary_retry_s: float = 30.0
+    subscription_max_age_s: float = 60.0
 
 
 @dataclass
@@ -101,7 +123,9 @@ class GatewaySession:
     _backoff: ReconnectBackoff = field(default_factory=ReconnectBackoff)
 
     def __post_init__(self) -> None:
-        self._backoff = ReconnectBackoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        self._backoff = ReconnectBackoff(
+            self.settings.backoff_initial_s, self.settings.backoff_max_s
+        )
 
     @property
     def label(self) -> str:
@@ -109,7 +133,9 @@ class GatewaySession:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._supervise(), name=f"ib-session {self.label}")
+            self._task = asyncio.create_task(
+                self._supervise(), name=f"ib-session {self.label}"
+            )
 
     async def close(self) -> None:
         """Stop the supervisor and disconnect (no status events)."""
@@ -130,7 +156,10 @@ class GatewaySession:
         if current is None:
             self.bindings[binding.account_id] = current = binding
         else:
-            current.user_id, current.account_code = binding.user_id, binding.account_code
+            current.user_id, current.account_code = (
+                binding.user_id,
+                binding.account_code,
+            )
         self._emit(current)
         return current
 
@@ -139,7 +168,9 @@ class GatewaySession:
         self.bindings.pop(account_id, None)
         return not self.bindings
 
-    async def refresh(self, binding: AccountBinding, timeout_s: float) -> AccountSnapshot:
+    async def refresh(
+        self, binding: AccountBinding, timeout_s: float
+    ) -> AccountSnapshot:
         """Read one account's balance and positions, waiting for a connection up to the timeout."""
         self.last_used = time.monotonic()
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -152,9 +183,13 @@ class GatewaySession:
         try:
             async with asyncio.timeout(remaining):
                 async with self._read_lock:
-                    rows, holdings = await client.read_account(code, max(0.01, deadline - asyncio.get_running_loop().time()))
-        except (TimeoutError, asyncio.TimeoutError):
-            raise RefreshError("timeout", f"gateway {self.label} did not answer within {timeout_s:g}s") from None
+                    rows, holdings = await client.read_account(
+                        code, max(0.01, deadline - asyncio.get_running_loop().time())
+                    )
+        except TimeoutError:
+            raise RefreshError(
+                "timeout", f"gateway {self.label} did not answer within {timeout_s:g}s"
+            ) from None
         except GatewayError as exc:
             raise RefreshError(exc.code, exc.message) from None
         try:
@@ -181,17 +216,25 @@ class GatewaySession:
             if self._closed.is_set():
                 raise RefreshError("closed", "the gateway session was closed")
             if state.phase is Phase.FAILED:
-                raise RefreshError(state.code or "error", state.message or "gateway unavailable")
+                raise RefreshError(
+                    state.code or "error", state.message or "gateway unavailable"
+                )
             if state.phase is Phase.CONNECTED and state.gateway_link_down:
-                raise RefreshError(state.code or "1100", state.message or "gateway lost its link to IB")
+                raise RefreshError(
+                    state.code or "1100", state.message or "gateway lost its link to IB"
+                )
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise RefreshError("timeout", f"gateway {self.label} not connected in time")
+                raise RefreshError(
+                    "timeout", f"gateway {self.label} not connected in time"
+                )
             try:
                 async with asyncio.timeout(remaining):
                     await self._settled.wait()
             except TimeoutError:
-                raise RefreshError("timeout", f"gateway {self.label} not connected in time") from None
+                raise RefreshError(
+                    "timeout", f"gateway {self.label} not connected in time"
+                ) from None
 
     # ---- supervisor ------------------------------------------------------------------------
 
@@ -199,7 +242,10 @@ class GatewaySession:
         while not self._closed.is_set():
             if not await self._connect_round():
                 delay = self._backoff.next_delay()
-                log.debug("reconnect backoff", extra={"session": self.label, "delay_s": round(delay, 2)})
+                log.debug(
+                    "reconnect backoff",
+                    extra={"session": self.label, "delay_s": round(delay, 2)},
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._closed.wait()
@@ -218,11 +264,27 @@ class GatewaySession:
                 await self._connect(endpoint)
                 return True
             except GatewayError as exc:
-                failure = exc if failure is None else failure  # the primary's reason is the useful one
-                log.debug("connect failed", extra={"session": self.label, "endpoint": str(endpoint), "ib_code": exc.code})
+                failure = (
+                    exc if failure is None else failure
+                )  # the primary's reason is the useful one
+                log.debug(
+                    "connect failed",
+                    extra={
+                        "session": self.label,
+                        "endpoint": str(endpoint),
+                        "ib_code": exc.code,
+                    },
+                )
         assert failure is not None
         if self.state.phase is not Phase.FAILED or self.state.code != failure.code:
-            log.info("gateway session failed", extra={"session": self.label, "ib_code": failure.code, "reason": failure.message})
+            log.info(
+                "gateway session failed",
+                extra={
+                    "session": self.label,
+                    "ib_code": failure.code,
+                    "reason": failure.message,
+                },
+            )
         self._set_state(self.state.failed(failure.code, failure.message))
         return False
 
@@ -231,21 +293,37 @@ class GatewaySession:
         client = self.client_factory(self._on_notice, self._on_closed)
         async with self.connect_slots:
             try:
-                managed = await client.connect(endpoint.host, endpoint.port, self.key[2], self.settings.connect_timeout_s)
+                managed = await client.connect(
+                    endpoint.host,
+                    endpoint.port,
+                    self.key[2],
+                    self.settings.connect_timeout_s,
+                )
             except BaseException:
                 await client.close()
                 raise
         await self._drop_client()
         self._client = client
-        log.info("gateway session connected", extra={"session": self.label, "endpoint": str(endpoint), "accounts": managed})
-        self._set_state(self.state.connected(endpoint, tuple(managed), datetime.now(UTC)))
+        log.info(
+            "gateway session connected",
+            extra={
+                "session": self.label,
+                "endpoint": str(endpoint),
+                "accounts": managed,
+            },
+        )
+        self._set_state(
+            self.state.connected(endpoint, tuple(managed), datetime.now(UTC))
+        )
 
     async def _while_connected(self) -> None:
         """Wait for the connection to drop; while on a backup, move back when the primary answers."""
         while not self._closed.is_set():
             on_backup = self.state.endpoint is not None and self.state.endpoint.backup
             try:
-                async with asyncio.timeout(self.settings.primary_retry_s if on_backup else None):
+                async with asyncio.timeout(
+                    self.settings.primary_retry_s if on_backup else None
+                ):
                     await self._lost.wait()
                 break
             except TimeoutError:
@@ -258,7 +336,12 @@ class GatewaySession:
         client = self.client_factory(self._on_notice, self._on_closed)
         try:
             async with self.connect_slots:
-                managed = await client.connect(primary.host, primary.port, self.key[2], self.settings.connect_timeout_s)
+                managed = await client.connect(
+                    primary.host,
+                    primary.port,
+                    self.key[2],
+                    self.settings.connect_timeout_s,
+                )
         except GatewayError:
             await client.close()
             return
@@ -267,8 +350,13 @@ class GatewaySession:
         if previous is not None:
             await previous.close()
         self._lost.clear()
-        log.info("gateway session back on primary", extra={"session": self.label, "endpoint": str(primary)})
-        self._set_state(self.state.connected(primary, tuple(managed), datetime.now(UTC)))
+        log.info(
+            "gateway session back on primary",
+            extra={"session": self.label, "endpoint": str(primary)},
+        )
+        self._set_state(
+            self.state.connected(primary, tuple(managed), datetime.now(UTC))
+        )
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -278,12 +366,17 @@ class GatewaySession:
     def _on_closed(self, reason: str) -> None:
         if self._closed.is_set() or self.state.phase is not Phase.CONNECTED:
             return
-        log.info("gateway session lost", extra={"session": self.label, "reason": reason})
+        log.info(
+            "gateway session lost", extra={"session": self.label, "reason": reason}
+        )
         self._set_state(self.state.lost(f"{reason} ({self.state.endpoint})"))
         self._lost.set()
 
     def _on_notice(self, code: int, text: str) -> None:
-        log.info("gateway notice", extra={"session": self.label, "ib_code": code, "ib_text": text})
+        log.info(
+            "gateway notice",
+            extra={"session": self.label, "ib_code": code, "ib_text": text},
+        )
         self._set_state(self.state.notice(code, text))
 
     def _set_state(self, state: SessionState) -> None:
@@ -357,16 +450,24 @@ class GatewaySessionPool:
             log.info("gateway session opened", extra={"session": session.label})
         return session
 
-    def attach(self, config: IBConnection, account_id: int, user_id: int | None) -> tuple[GatewaySession, AccountBinding]:
+    def attach(
+        self, config: IBConnection, account_id: int, user_id: int | None
+    ) -> tuple[GatewaySession, AccountBinding]:
         session = self.session(config)
-        binding = session.attach(AccountBinding(account_id, user_id, config.account_code), config)
+        binding = session.attach(
+            AccountBinding(account_id, user_id, config.account_code), config
+        )
         return session, binding
 
-    async def detach(self, config: IBConnection | None, account_id: int) -> SessionKey | None:
+    async def detach(
+        self, config: IBConnection | None, account_id: int
+    ) -> SessionKey | None:
         """Stop serving an account; closes its session when it was the last. Returns a closed key."""
-        candidates = [self.sessions[config.session_key]] if config and config.session_key in self.sessions else [
-            s for s in self.sessions.values() if account_id in s.bindings
-        ]
+        candidates = (
+            [self.sessions[config.session_key]]
+            if config and config.session_key in self.sessions
+            else [s for s in self.sessions.values() if account_id in s.bindings]
+        )
         for session in candidates:
             if session.detach(account_id):
                 await self.close_session(session.key)
@@ -385,7 +486,9 @@ class GatewaySessionPool:
             "sessions": len(phases),
             "connected": sum(p is Phase.CONNECTED for p in phases),
             "failed": sum(p is Phase.FAILED for p in phases),
-            "reconnecting": sum(p in (Phase.LOST, Phase.CONNECTING, Phase.NEW) for p in phases),
+            "reconnecting": sum(
+                p in (Phase.LOST, Phase.CONNECTING, Phase.NEW) for p in phases
+            ),
             "accounts": sum(len(s.bindings) for s in self.sessions.values()),
         }
 
@@ -396,7 +499,9 @@ class GatewaySessionPool:
             cutoff = time.monotonic() - idle
             for key, session in list(self.sessions.items()):
                 if session.last_used < cutoff:
-                    log.info("closing idle gateway session", extra={"session": session.label})
+                    log.info(
+                        "closing idle gateway session", extra={"session": session.label}
+                    )
                     await self.close_session(key)
                     if self._on_idle_close is not None:
                         self._on_idle_close(key)

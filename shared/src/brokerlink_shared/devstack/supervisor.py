@@ -161,7 +161,9 @@ def main() -> None:
             embedded_nats = EmbeddedNats(data / "nats", port=port or None)
             env["NATS_URL"] = embedded_nats.start()
             port_file.write_text(str(embedded_nats.port))
-            say(f"embedded NATS (JetStream) at {env['NATS_URL']}, data in {data / 'nats'}")
+            say(
+                f"embedded NATS (JetStream) at {env['NATS_URL']}, data in {data / 'nats'}"
+            )
         else:
             say(f"using NATS at {env['NATS_URL']}")
         if "DATABASE_URL" not in env:

@@ -37,13 +37,18 @@ def create_admin_app(sim: IBGatewaySimulator) -> FastAPI:
         try:
             return sim.gateway(name)
         except KeyError:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {name!r}") from None
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"no gateway {name!r}"
+            ) from None
 
     def account(gw: SimulatedGateway, code: str) -> AccountSpec:
         try:
             return gw.accounts[code]
         except KeyError:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"gateway {gw.name!r} has no account {code!r}") from None
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"gateway {gw.name!r} has no account {code!r}",
+            ) from None
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -56,11 +61,15 @@ def create_admin_app(sim: IBGatewaySimulator) -> FastAPI:
     @app.post("/gateways", status_code=status.HTTP_201_CREATED)
     async def add_gateway(spec: GatewaySpec) -> dict[str, Any]:
         if spec.name in sim.gateways:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"gateway {spec.name!r} exists")
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"gateway {spec.name!r} exists"
+            )
         try:
             gw = await sim.add_gateway(spec)
         except OSError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"cannot listen on port {spec.port}: {exc}") from None
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"cannot listen on port {spec.port}: {exc}"
+            ) from None
         return {"name": gw.name, "port": gw.port}
 
     @app.get("/gateways/{name}")
@@ -75,7 +84,10 @@ def create_admin_app(sim: IBGatewaySimulator) -> FastAPI:
     @app.put("/gateways/{name}/accounts")
     async def set_accounts(name: str, accounts: list[AccountSpec]) -> dict[str, Any]:
         if not accounts:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "a gateway must manage at least one account")
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                "a gateway must manage at least one account",
+            )
         gw = gateway(name)
         gw.set_accounts(accounts)
         return gw.describe()
@@ -83,23 +95,34 @@ def create_admin_app(sim: IBGatewaySimulator) -> FastAPI:
     @app.put("/gateways/{name}/accounts/{code}")
     async def put_account(name: str, code: str, spec: AccountSpec) -> dict[str, Any]:
         if spec.code != code:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "code in the path and the body differ")
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                "code in the path and the body differ",
+            )
         gateway(name).put_account(spec)
         return spec.model_dump(mode="json")
 
     @app.patch("/gateways/{name}/accounts/{code}")
-    async def patch_account(name: str, code: str, patch: AccountValuesPatch) -> dict[str, Any]:
+    async def patch_account(
+        name: str, code: str, patch: AccountValuesPatch
+    ) -> dict[str, Any]:
         gw = gateway(name)
         account(gw, code)
         return gw.patch_account(code, patch).model_dump(mode="json")
 
     @app.put("/gateways/{name}/accounts/{code}/positions")
-    async def put_positions(name: str, code: str, positions: list[PositionSpec]) -> dict[str, Any]:
+    async def put_positions(
+        name: str, code: str, positions: list[PositionSpec]
+    ) -> dict[str, Any]:
         gw = gateway(name)
         account(gw, code)
-        return gw.patch_account(code, AccountValuesPatch(positions=positions)).model_dump(mode="json")
+        return gw.patch_account(
+            code, AccountValuesPatch(positions=positions)
+        ).model_dump(mode="json")
 
-    @app.delete("/gateways/{name}/accounts/{code}", status_code=status.HTTP_204_NO_CONTENT)
+    @app.delete(
+        "/gateways/{name}/accounts/{code}", status_code=status.HTTP_204_NO_CONTENT
+    )
     async def remove_account(name: str, code: str) -> None:
         gw = gateway(name)
         account(gw, code)

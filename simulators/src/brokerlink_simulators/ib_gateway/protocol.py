@@ -202,14 +202,21 @@ def summary_rows(account: AccountSpec, tags: set[str]) -> list[tuple[str, Field,
 
 def account_updates(account: AccountSpec, now: datetime | None = None) -> bytes:
     """The full answer to `reqAccountUpdates`: values, portfolio, update time, download end."""
-    parts = [frame(Out.ACCT_VALUE, 2, k, v, c, account.code) for k, v, c in account_value_rows(account)]
+    parts = [
+        frame(Out.ACCT_VALUE, 2, k, v, c, account.code)
+        for k, v, c in account_value_rows(account)
+    ]
     parts += [portfolio_value(account.code, p) for p in account.positions]
-    parts.append(frame(Out.ACCT_UPDATE_TIME, 1, (now or datetime.now(UTC)).strftime("%H:%M")))
+    parts.append(
+        frame(Out.ACCT_UPDATE_TIME, 1, (now or datetime.now(UTC)).strftime("%H:%M"))
+    )
     parts.append(frame(Out.ACCT_DOWNLOAD_END, 1, account.code))
     return b"".join(parts)
 
 
-def portfolio_value(code: str, p: PositionSpec, quantity: Decimal | None = None) -> bytes:
+def portfolio_value(
+    code: str, p: PositionSpec, quantity: Decimal | None = None
+) -> bytes:
     """One `updatePortfolio` message (quantity 0 tells the client a holding is gone)."""
     qty = p.quantity if quantity is None else quantity
     return frame(

@@ -48,12 +48,19 @@ class PositionSpec(_Model):
         """The contract id sent on the wire (stable per symbol/type/currency when not given)."""
         if self.con_id is not None:
             return self.con_id
-        return zlib.crc32(f"{self.symbol}:{self.sec_type}:{self.currency}".encode()) & 0x3FFFFFFF
+        return (
+            zlib.crc32(f"{self.symbol}:{self.sec_type}:{self.currency}".encode())
+            & 0x3FFFFFFF
+        )
 
     @property
     def value(self) -> Decimal:
         """Market value in the position's currency."""
-        return self.market_value if self.market_value is not None else _cents(self.quantity * self.market_price)
+        return (
+            self.market_value
+            if self.market_value is not None
+            else _cents(self.quantity * self.market_price)
+        )
 
     @property
     def pnl(self) -> Decimal:
@@ -91,11 +98,15 @@ class AccountSpec(_Model):
 
     @property
     def stock_market_value(self) -> Decimal:
-        return sum((self.to_base(p.value, p.currency) for p in self.positions), Decimal(0))
+        return sum(
+            (self.to_base(p.value, p.currency) for p in self.positions), Decimal(0)
+        )
 
     @property
     def unrealized_pnl(self) -> Decimal:
-        return sum((self.to_base(p.pnl, p.currency) for p in self.positions), Decimal(0))
+        return sum(
+            (self.to_base(p.pnl, p.currency) for p in self.positions), Decimal(0)
+        )
 
     @property
     def net_liq(self) -> Decimal:
@@ -119,12 +130,19 @@ class AccountValuesPatch(_Model):
 class FaultSpec(_Model):
     """Faults a gateway shows on demand; the defaults behave like a healthy real gateway."""
 
-    refuse_connections: bool = Field(default=False, description="stop listening: connects are refused")
-    drop_after_s: float | None = Field(default=None, gt=0, description="close each session this long after it opens")
-    allow_duplicate_client_id: bool = Field(
-        default=False, description="accept a second session with a client id already connected (real IB answers 326)"
+    refuse_connections: bool = Field(
+        default=False, description="stop listening: connects are refused"
     )
-    delay_ms: int = Field(default=0, ge=0, le=600_000, description="delay every answer by this much")
+    drop_after_s: float | None = Field(
+        default=None, gt=0, description="close each session this long after it opens"
+    )
+    allow_duplicate_client_id: bool = Field(
+        default=False,
+        description="accept a second session with a client id already connected (real IB answers 326)",
+    )
+    delay_ms: int = Field(
+        default=0, ge=0, le=600_000, description="delay every answer by this much"
+    )
 
 
 class FaultPatch(_Model):
@@ -142,7 +160,9 @@ class GatewaySpec(_Model):
 
     name: GatewayName
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
-    max_clients: int = Field(default=32, ge=1, le=100_000, description="real IB accepts 32")
+    max_clients: int = Field(
+        default=32, ge=1, le=100_000, description="real IB accepts 32"
+    )
     accounts: list[AccountSpec] = Field(min_length=1)
     faults: FaultSpec = FaultSpec()
 

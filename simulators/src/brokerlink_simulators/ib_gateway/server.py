@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from brokerlink_simulators.ib_gateway import protocol
 from brokerlink_simulators.ib_gateway.protocol import In, Out
@@ -74,36 +74,57 @@ class GatewaySession(asyncio.Protocol):
         self.summary_subscriptions: dict[int, set[str]] = {}
         self.multi_subscriptions: dict[int, tuple[str, str]] = {}
         self.positions_subscribed = False
-        self._handlers: dict[int, Callable[[list[str]], None]] = {
+        self._handlers: dict[int, Callable[[list[str]], object]] = {
             In.REQ_ACCOUNT_UPDATES: self._account_updates,
             In.REQ_ACCOUNT_SUMMARY: self._account_summary,
-            In.CANCEL_ACCOUNT_SUMMARY: lambda f: self.summary_subscriptions.pop(int(f[2]), None),
+            In.CANCEL_ACCOUNT_SUMMARY: lambda f: self.summary_subscriptions.pop(
+                int(f[2]), None
+            ),
             In.REQ_POSITIONS: self._positions,
             In.CANCEL_POSITIONS: self._cancel_positions,
             In.REQ_ACCOUNT_UPDATES_MULTI: self._account_updates_multi,
-            In.CANCEL_ACCOUNT_UPDATES_MULTI: lambda f: self.multi_subscriptions.pop(int(f[2]), None),
+            In.CANCEL_ACCOUNT_UPDATES_MULTI: lambda f: self.multi_subscriptions.pop(
+                int(f[2]), None
+            ),
             In.REQ_POSITIONS_MULTI: self._positions_multi,
             In.CANCEL_POSITIONS_MULTI: lambda f: None,
-            In.REQ_EXECUTIONS: lambda f: self.send(protocol.frame(Out.EXECUTION_DATA_END, 1, f[2])),
-            In.REQ_OPEN_ORDERS: lambda f: self.send(protocol.frame(Out.OPEN_ORDER_END, 1)),
-            In.REQ_ALL_OPEN_ORDERS: lambda f: self.send(protocol.frame(Out.OPEN_ORDER_END, 1)),
-            In.REQ_COMPLETED_ORDERS: lambda f: self.send(protocol.frame(Out.COMPLETED_ORDERS_END)),
+            In.REQ_EXECUTIONS: lambda f: self.send(
+                protocol.frame(Out.EXECUTION_DATA_END, 1, f[2])
+            ),
+            In.REQ_OPEN_ORDERS: lambda f: self.send(
+                protocol.frame(Out.OPEN_ORDER_END, 1)
+            ),
+            In.REQ_ALL_OPEN_ORDERS: lambda f: self.send(
+                protocol.frame(Out.OPEN_ORDER_END, 1)
+            ),
+            In.REQ_COMPLETED_ORDERS: lambda f: self.send(
+                protocol.frame(Out.COMPLETED_ORDERS_END)
+            ),
             In.REQ_AUTO_OPEN_ORDERS: lambda f: None,
             In.REQ_MARKET_DATA_TYPE: lambda f: None,
-            In.REQ_MANAGED_ACCTS: lambda f: self.send(protocol.managed_accounts(self.gateway.accounts)),
-            In.REQ_CURRENT_TIME: lambda f: self.send(protocol.frame(Out.CURRENT_TIME, 1, int(time.time()))),
-            In.REQ_IDS: lambda f: self.send(protocol.next_valid_id(self._next_order_id)),
+            In.REQ_MANAGED_ACCTS: lambda f: self.send(
+                protocol.managed_accounts(self.gateway.accounts)
+            ),
+            In.REQ_CURRENT_TIME: lambda f: self.send(
+                protocol.frame(Out.CURRENT_TIME, 1, int(time.time()))
+            ),
+            In.REQ_IDS: lambda f: self.send(
+                protocol.next_valid_id(self._next_order_id)
+            ),
         }
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's transports are not subclasses
         self.gateway.sessions.add(self)
         self.gateway.counters.connections_total += 1
         if drop_after := self.gateway.spec.faults.drop_after_s:
-            self._drop_timer = asyncio.get_running_loop().call_later(drop_after, self._drop)
+            self._drop_timer = asyncio.get_running_loop().call_later(
+                drop_after, self._drop
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drop_timer:
@@ -121,7 +142,10 @@ class GatewaySession(asyncio.Protocol):
         try:
             messages = self._decoder.feed(data)
         except ValueError as exc:
-            log.warning("malformed client stream, closing", extra={"gateway": self.gateway.name, "error": str(exc)})
+            log.warning(
+                "malformed client stream, closing",
+                extra={"gateway": self.gateway.name, "error": str(exc)},
+            )
             self.close()
             return
         for fields in messages:
@@ -147,7 +171,10 @@ class GatewaySession(asyncio.Protocol):
 
     def _drop(self) -> None:
         self.gateway.counters.sessions_dropped += 1
-        log.info("dropping session (fault)", extra={"gateway": self.gateway.name, "client_id": self.client_id})
+        log.info(
+            "dropping session (fault)",
+            extra={"gateway": self.gateway.name, "client_id": self.client_id},
+        )
         self.close()
 
     # ---- requests --------------------------------------------------------------------------
@@ -181,7 +208,10 @@ class GatewaySession(asyncio.Protocol):
             try:
                 handler(fields)
             except (IndexError, ValueError):
-                log.warning("bad request fields", extra={"gateway": self.gateway.name, "msg_id": msg_id})
+                log.warning(
+                    "bad request fields",
+                    extra={"gateway": self.gateway.name, "msg_id": msg_id},
+                )
 
     def _start_api(self, fields: list[str]) -> None:
         client_id = int(fields[2])
@@ -194,7 +224,13 @@ class GatewaySession(asyncio.Protocol):
             return
         if gateway.api_session_count() >= gateway.spec.max_clients:
             gateway.counters.rejected_max_clients += 1
-            self.send(protocol.error(-1, ERR_NOT_CONNECTED, f"Maximum number of API clients ({gateway.spec.max_clients}) reached"))
+            self.send(
+                protocol.error(
+                    -1,
+                    ERR_NOT_CONNECTED,
+                    f"Maximum number of API clients ({gateway.spec.max_clients}) reached",
+                )
+            )
             self.gateway.loop_call_soon(self.close)
             return
         holders.append(self)
@@ -210,9 +246,17 @@ class GatewaySession(asyncio.Protocol):
         if not subscribe:
             self.account_updates_code = None
             return
-        account = self.gateway.accounts.get(code) if code else next(iter(self.gateway.accounts.values()))
+        account = (
+            self.gateway.accounts.get(code)
+            if code
+            else next(iter(self.gateway.accounts.values()))
+        )
         if account is None:
-            self.send(protocol.error(-1, 321, f"Error validating request: unknown account {code}"))
+            self.send(
+                protocol.error(
+                    -1, 321, f"Error validating request: unknown account {code}"
+                )
+            )
             self.send(protocol.frame(Out.ACCT_DOWNLOAD_END, 1, code))
             return
         self.account_updates_code = account.code
@@ -225,7 +269,9 @@ class GatewaySession(asyncio.Protocol):
 
     def _summary(self, req_id: int, tags: set[str]) -> bytes:
         parts = [
-            protocol.frame(Out.ACCOUNT_SUMMARY, 1, req_id, account.code, tag, value, currency)
+            protocol.frame(
+                Out.ACCOUNT_SUMMARY, 1, req_id, account.code, tag, value, currency
+            )
             for account in self.gateway.accounts.values()
             for tag, value, currency in protocol.summary_rows(account, tags)
         ]
@@ -252,9 +298,22 @@ class GatewaySession(asyncio.Protocol):
 
     def _multi(self, req_id: int, code: str, model_code: str) -> bytes:
         accounts = self.gateway.accounts
-        chosen = list(accounts.values()) if code in ("", "All") else [a for c, a in accounts.items() if c == code]
+        chosen = (
+            list(accounts.values())
+            if code in ("", "All")
+            else [a for c, a in accounts.items() if c == code]
+        )
         parts = [
-            protocol.frame(Out.ACCOUNT_UPDATE_MULTI, 1, req_id, account.code, model_code, key, value, currency)
+            protocol.frame(
+                Out.ACCOUNT_UPDATE_MULTI,
+                1,
+                req_id,
+                account.code,
+                model_code,
+                key,
+                value,
+                currency,
+            )
             for account in chosen
             for key, value, currency in protocol.account_value_rows(account)
         ]
@@ -264,8 +323,16 @@ class GatewaySession(asyncio.Protocol):
     def _positions_multi(self, fields: list[str]) -> None:
         req_id, code, model_code = int(fields[2]), fields[3], fields[4]
         accounts = self.gateway.accounts
-        chosen = list(accounts.values()) if code in ("", "All") else [a for c, a in accounts.items() if c == code]
-        parts = [protocol.position_multi(req_id, a.code, model_code, p) for a in chosen for p in a.positions]
+        chosen = (
+            list(accounts.values())
+            if code in ("", "All")
+            else [a for c, a in accounts.items() if c == code]
+        )
+        parts = [
+            protocol.position_multi(req_id, a.code, model_code, p)
+            for a in chosen
+            for p in a.positions
+        ]
         parts.append(protocol.frame(Out.POSITION_MULTI_END, 1, req_id))
         self.send(b"".join(parts))
 
@@ -277,8 +344,14 @@ class GatewaySession(asyncio.Protocol):
             return
         if self.account_updates_code == new.code:
             current = {p.contract_id for p in new.positions}
-            gone = [p for p in (old.positions if old else []) if p.contract_id not in current]
-            closed = [protocol.portfolio_value(new.code, p, quantity=Decimal(0)) for p in gone]
+            gone = [
+                p
+                for p in (old.positions if old else [])
+                if p.contract_id not in current
+            ]
+            closed = [
+                protocol.portfolio_value(new.code, p, quantity=Decimal(0)) for p in gone
+            ]
             full = protocol.account_updates(new)
             self.send(b"".join(closed) + full)
         if self.positions_subscribed:
@@ -328,7 +401,11 @@ class SimulatedGateway:
             return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: GatewaySession(self), self.host, self.port, reuse_address=True, backlog=2048
+            lambda: GatewaySession(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=2048,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("gateway listening", extra={"gateway": self.name, "port": self.port})
@@ -338,7 +415,10 @@ class SimulatedGateway:
         if self._server is not None:
             self._server.close()  # not wait_closed: on 3.12+ it would wait for every session
             self._server = None
-            log.info("gateway stopped listening", extra={"gateway": self.name, "port": self.port})
+            log.info(
+                "gateway stopped listening",
+                extra={"gateway": self.name, "port": self.port},
+            )
 
     def drop_sessions(self) -> int:
         """Close every open session; returns how many."""
@@ -359,8 +439,13 @@ class SimulatedGateway:
         dropped = self.drop_sessions()
         if down_for_s > 0 and not self.spec.faults.refuse_connections:
             loop = asyncio.get_running_loop()
-            self._reopen = loop.call_later(down_for_s, lambda: loop.create_task(self.start()))
-        log.info("gateway restarted", extra={"gateway": self.name, "dropped": dropped, "down_for_s": down_for_s})
+            self._reopen = loop.call_later(
+                down_for_s, lambda: loop.create_task(self.start())
+            )
+        log.info(
+            "gateway restarted",
+            extra={"gateway": self.name, "dropped": dropped, "down_for_s": down_for_s},
+        )
         return dropped
 
     async def apply_faults(self, patch: FaultPatch) -> None:
@@ -371,7 +456,10 @@ class SimulatedGateway:
             changes["drop_after_s"] = None
         faults = self.spec.faults.model_copy(update=changes)
         self.spec = self.spec.model_copy(
-            update={"faults": faults, **({"max_clients": max_clients} if max_clients else {})}
+            update={
+                "faults": faults,
+                **({"max_clients": max_clients} if max_clients else {}),
+            }
         )
         if faults.refuse_connections:
             self.stop_listening()
@@ -389,12 +477,16 @@ class SimulatedGateway:
     def put_account(self, account: AccountSpec) -> None:
         old = self.accounts.get(account.code)
         self.accounts[account.code] = account
-        self.spec = self.spec.model_copy(update={"accounts": list(self.accounts.values())})
+        self.spec = self.spec.model_copy(
+            update={"accounts": list(self.accounts.values())}
+        )
         self._push(old, account)
 
     def patch_account(self, code: str, patch: AccountValuesPatch) -> AccountSpec:
         old = self.accounts[code]
-        new = AccountSpec.model_validate({**old.model_dump(), **patch.model_dump(exclude_unset=True)})
+        new = AccountSpec.model_validate(
+            {**old.model_dump(), **patch.model_dump(exclude_unset=True)}
+        )
         self.put_account(new)
         return new
 
@@ -402,7 +494,9 @@ class SimulatedGateway:
         if len(self.accounts) <= 1:
             raise ValueError("a gateway must manage at least one account")
         del self.accounts[code]
-        self.spec = self.spec.model_copy(update={"accounts": list(self.accounts.values())})
+        self.spec = self.spec.model_copy(
+            update={"accounts": list(self.accounts.values())}
+        )
 
     def _push(self, old: AccountSpec | None, new: AccountSpec) -> None:
         for session in list(self.sessions):

@@ -71,7 +71,10 @@ class IBGatewaySimulator:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -99,7 +102,9 @@ class IBGatewaySimulator:
             raise ValueError(f"gateway {spec.name!r} exists")
         gateway = SimulatedGateway(spec, self.host)
         if spec.faults.refuse_connections and spec.port == 0:
-            gateway.port = _free_port(self.host)  # a known port that refuses until the fault clears
+            gateway.port = _free_port(
+                self.host
+            )  # a known port that refuses until the fault clears
         await gateway.start()
         self.gateways[spec.name] = gateway
         return gateway
@@ -121,7 +126,11 @@ class IBGatewaySimulator:
         sock.setblocking(False)
         actual = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_admin_app(self), log_level="warning", access_log=False, lifespan="off", log_config=None
+            create_admin_app(self),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            log_config=None,
         )
         self._admin_server = _EmbeddedUvicorn(config)
         self._admin_task = asyncio.create_task(self._admin_server.serve(sockets=[sock]))

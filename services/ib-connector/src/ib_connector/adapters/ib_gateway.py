@@ -46,6 +46,10 @@ class IBGatewayClient:
         self._on_closed = on_closed
         self._closing = False
         self._connect_failure: asyncio.Future[GatewayError] | None = None
+        self._subscribed: str | None = (
+            None  # account of the live reqAccountUpdates subscription
+        )
+        self._downloaded_at = 0.0
         self._ib.errorEvent += self._error
         self._ib.disconnectedEvent += self._disconnected
 
@@ -56,32 +60,54 @@ class IBGatewayClient:
     def managed_accounts(self) -> list[str]:
         return list(self._ib.managedAccounts())
 
-    async def connect(self, host: str, port: int, client_id: int, timeout_s: float) -> list[str]:
+    async def connect(
+        self, host: str, port: int, client_id: int, timeout_s: float
+    ) -> list[str]:
         """Open the API session; returns the managed accounts or raises `GatewayError`."""
         loop = asyncio.get_running_loop()
         failure: asyncio.Future[GatewayError] = loop.create_future()
         self._connect_failure = failure
         attempt = asyncio.ensure_future(
             self._ib.connectAsync(
-                host, port, client_id, timeout=timeout_s, readonly=True, fetchFields=StartupFetch(0)
+                host,
+                port,
+                client_id,
+                timeout=timeout_s,
+                readonly=True,
+                fetchFields=StartupFetch(0),
             )
         )
         try:
-            done, _ = await asyncio.wait({attempt, failure}, timeout=timeout_s + 1, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {attempt, failure},
+                timeout=timeout_s + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if failure in done:
                 raise failure.result()
             if attempt in done:
                 attempt.result()
                 return self.managed_accounts()
-            raise GatewayError("timeout", f"no answer from {host}:{port} within {timeout_s:g}s")
+            raise GatewayError(
+                "timeout", f"no answer from {host}:{port} within {timeout_s:g}s"
+            )
         except ConnectionRefusedError:
-            raise GatewayError(str(NOT_CONNECTED), f"connection refused by {host}:{port}") from None
-        except (TimeoutError, asyncio.TimeoutError):
-            raise GatewayError("timeout", f"no answer from {host}:{port} within {timeout_s:g}s") from None
+            raise GatewayError(
+                str(NOT_CONNECTED), f"connection refused by {host}:{port}"
+            ) from None
+        except TimeoutError:
+            raise GatewayError(
+                "timeout", f"no answer from {host}:{port} within {timeout_s:g}s"
+            ) from None
         except OSError as exc:
-            raise GatewayError(str(NOT_CONNECTED), f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+            raise GatewayError(
+                str(NOT_CONNECTED),
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}",
+            ) from None
         except ConnectionError as exc:
-            raise GatewayError(str(NOT_CONNECTED), f"{host}:{port} closed the connection: {exc}") from None
+            raise GatewayError(
+                str(NOT_CONNECTED), f"{host}:{port} closed the connection: {exc}"
+            ) from None
         finally:
             self._connect_failure = None
             if not attempt.done():
@@ -92,30 +118,52 @@ class IBGatewayClient:
                 self._closing = True
                 self._ib.disconnect()
 
-    async def read_account(self, code: str, timeout_s: float) -> tuple[list[AccountValueRow], list[Holding]]:
-        """Fresh account values and portfolio of one account (one `reqAccountUpdates` round trip).
+    async def read_account(
+        self, code: str, timeout_s: float, max_age_s: float = 60.0
+    ) -> tuple[list[AccountValueRow], list[Holding]]:
+        """Account values and portfolio of one account.
 
-        Callers serialise reads per session: ib_async keys this request by name, not by id.
+        `reqAccountUpdates` subscribes: the gateway keeps pushing changes to the subscribed
+        account, so while the subscription is on `code` and its download is younger than
+        `max_age_s`, ib_async's cache is as fresh as asking again (TWS answers from the same
+        cache). Otherwise one round trip (re)subscribes. A session has one such subscription,
+        so callers serialise reads per session; ib_async also keys this request by name.
         """
+        loop = asyncio.get_running_loop()
+        if self._subscribed != code or loop.time() - self._downloaded_at > max_age_s:
+            await self._subscribe(code, timeout_s)
+        rows = [
+            AccountValueRow(v.tag, v.value, v.currency)
+            for v in self._ib.accountValues(code)
+            if not v.modelCode
+        ]
+        holdings = [_holding(item) for item in self._ib.portfolio(code)]
+        return rows, holdings
+
+    async def _subscribe(self, code: str, timeout_s: float) -> None:
         wrapper = self._ib.wrapper
+        self._subscribed = None
         # Drop cached rows first, so holdings and currencies that are gone do not linger.
         wrapper.portfolio.pop(code, None)
         for key in [k for k in wrapper.accountValues if k[0] == code]:
             del wrapper.accountValues[key]
         try:
             await asyncio.wait_for(self._ib.reqAccountUpdatesAsync(code), timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise GatewayError("timeout", f"gateway did not answer within {timeout_s:g}s") from None
+        except TimeoutError:
+            raise GatewayError(
+                "timeout", f"gateway did not answer within {timeout_s:g}s"
+            ) from None
         except ConnectionError as exc:
-            raise GatewayError("disconnected", f"gateway connection closed during the request: {exc}") from None
-        rows = [AccountValueRow(v.tag, v.value, v.currency) for v in self._ib.accountValues(code) if not v.modelCode]
-        holdings = [_holding(item) for item in self._ib.portfolio(code)]
-        return rows, holdings
+            raise GatewayError(
+                "disconnected", f"gateway connection closed during the request: {exc}"
+            ) from None
+        self._subscribed = code
+        self._downloaded_at = asyncio.get_running_loop().time()
 
     async def close(self) -> None:
         """Disconnect on purpose (no closed callback)."""
         self._closing = True
-        if self._ib.isConnected() or self._ib.client.isConnected():
+        if self.connected or self._ib.client.isConnected():  # type: ignore[no-untyped-call]
             self._ib.disconnect()
 
     def _error(self, req_id: int, code: int, text: str, contract: Any) -> None:
@@ -130,6 +178,7 @@ class IBGatewayClient:
             self._on_notice(code, text)
 
     def _disconnected(self) -> None:
+        self._subscribed = None
         if not self._closing and self._connect_failure is None:
             self._on_closed("connection to the gateway closed")
 

@@ -17,9 +17,13 @@ def select_account(managed: Sequence[str], account_code: str | None) -> str:
         if account_code in managed:
             return account_code
         listed = ", ".join(managed) or "no accounts"
-        raise AccountSelectionError(f"gateway does not manage {account_code} (it manages {listed})")
+        raise AccountSelectionError(
+            f"gateway does not manage {account_code} (it manages {listed})"
+        )
     if len(managed) == 1:
         return managed[0]
     if not managed:
         raise AccountSelectionError("gateway reports no managed accounts")
-    raise AccountSelectionError(f"gateway manages {', '.join(managed)}: set account_code")
+    raise AccountSelectionError(
+        f"gateway manages {', '.join(managed)}: set account_code"
+    )

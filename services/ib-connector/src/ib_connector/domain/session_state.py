@@ -72,12 +72,21 @@ class SessionState:
     code: str | None = None
     message: str | None = None
     gateway_link_down: bool = False
+    lost_message: str | None = (
+        None  # set once a working session dropped, until it is back
+    )
 
     def connecting(self, endpoint: Endpoint) -> SessionState:
         return replace(self, phase=Phase.CONNECTING, endpoint=endpoint)
 
-    def connected(self, endpoint: Endpoint, managed: tuple[str, ...], at: datetime) -> SessionState:
-        where = f"connected to backup gateway {endpoint}" if endpoint.backup else f"connected to {endpoint}"
+    def connected(
+        self, endpoint: Endpoint, managed: tuple[str, ...], at: datetime
+    ) -> SessionState:
+        where = (
+            f"connected to backup gateway {endpoint}"
+            if endpoint.backup
+            else f"connected to {endpoint}"
+        )
         return replace(
             self,
             phase=Phase.CONNECTED,
@@ -87,13 +96,16 @@ class SessionState:
             code=None,
             message=where,
             gateway_link_down=False,
+            lost_message=None,
         )
 
     def failed(self, code: str, message: str) -> SessionState:
         return replace(self, phase=Phase.FAILED, code=code, message=message)
 
     def lost(self, message: str) -> SessionState:
-        return replace(self, phase=Phase.LOST, code=None, message=message)
+        return replace(
+            self, phase=Phase.LOST, code=None, message=message, lost_message=message
+        )
 
     def notice(self, code: int, text: str) -> SessionState:
         """A gateway notice: 1100 (its link to IB lost), 1101/1102 (restored)."""
@@ -118,14 +130,39 @@ def status_for(state: SessionState, account_code: str | None) -> StatusView | No
     """The status one integration on this session shows, or None before the first attempt ends."""
     if state.phase is Phase.CONNECTED:
         if state.gateway_link_down:
-            return StatusView(IntegrationStatus.DISCONNECTED, state.code, state.message, state.last_connected)
+            return StatusView(
+                IntegrationStatus.DISCONNECTED,
+                state.code,
+                state.message,
+                state.last_connected,
+            )
         try:
             select_account(state.managed_accounts, account_code)
         except AccountSelectionError as exc:
-            return StatusView(IntegrationStatus.ERROR, exc.code, str(exc), state.last_connected)
-        return StatusView(IntegrationStatus.CONNECTED, state.code, state.message, state.last_connected)
+            return StatusView(
+                IntegrationStatus.ERROR, exc.code, str(exc), state.last_connected
+            )
+        return StatusView(
+            IntegrationStatus.CONNECTED, state.code, state.message, state.last_connected
+        )
     if state.phase is Phase.FAILED:
-        return StatusView(IntegrationStatus.ERROR, state.code, state.message, state.last_connected)
+        if state.lost_message is not None:
+            # a session that worked and dropped (e.g. the gateway's daily restart) stays
+            # "disconnected" while it retries; refreshes still report the precise reason
+            return StatusView(
+                IntegrationStatus.DISCONNECTED,
+                None,
+                state.lost_message,
+                state.last_connected,
+            )
+        return StatusView(
+            IntegrationStatus.ERROR, state.code, state.message, state.last_connected
+        )
     if state.phase is Phase.LOST:
-        return StatusView(IntegrationStatus.DISCONNECTED, state.code, state.message, state.last_connected)
+        return StatusView(
+            IntegrationStatus.DISCONNECTED,
+            state.code,
+            state.message,
+            state.last_connected,
+        )
     return None

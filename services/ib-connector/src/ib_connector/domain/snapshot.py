@@ -65,7 +65,9 @@ def to_decimal(value: str | float | None) -> Decimal | None:
     return number
 
 
-def build_snapshot(account_code: str, rows: list[AccountValueRow], holdings: list[Holding]) -> AccountSnapshot:
+def build_snapshot(
+    account_code: str, rows: list[AccountValueRow], holdings: list[Holding]
+) -> AccountSnapshot:
     """Balance = NetLiquidation in the account's base currency; cash per real currency."""
     net_liq = next(
         ((r.currency, v) for r in rows if r.tag == "NetLiquidation" and r.currency not in _NOT_CURRENCIES
@@ -73,15 +75,24 @@ def build_snapshot(account_code: str, rows: list[AccountValueRow], holdings: lis
         None,
     )  # fmt: skip
     if net_liq is None:
-        raise IncompleteAccountData(f"gateway sent no NetLiquidation for {account_code}")
+        raise IncompleteAccountData(
+            f"gateway sent no NetLiquidation for {account_code}"
+        )
     base, balance = net_liq
     total_cash = next(
-        (to_decimal(r.value) for r in rows if r.tag == "TotalCashValue" and r.currency == base), None
+        (
+            to_decimal(r.value)
+            for r in rows
+            if r.tag == "TotalCashValue" and r.currency == base
+        ),
+        None,
     )
     cash = {
         r.currency: amount
         for r in rows
-        if r.tag == "CashBalance" and r.currency not in _NOT_CURRENCIES and (amount := to_decimal(r.value)) is not None
+        if r.tag == "CashBalance"
+        and r.currency not in _NOT_CURRENCIES
+        and (amount := to_decimal(r.value)) is not None
     }
     positions = [
         Position(

@@ -1,0 +1,1 @@
+"""Integrations the legacy-data migrator could not attach to an account with certainty."""

@@ -1,0 +1,194 @@
+"""Pending links: list, attach to an account (same validation, outbox event and audit as
+`PUT /api/accounts/{id}/integration`, and the item is deleted in the same transaction), discard."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
+from pydantic import ValidationError
+
+from account_api.accounts.repository import AccountRepository
+from account_api.audit.repository import AuditRepository
+from account_api.db import UnitOfWork
+from account_api.deps import Actor
+from account_api.errors import AccountNotFound, InvalidField, NotFound
+from account_api.integrations import rules
+from account_api.integrations.schemas import (
+    IBIntegrationIn,
+    IntegrationOut,
+    SchwabIntegrationIn,
+)
+from account_api.integrations.service import IntegrationService, integration_out
+from account_api.pending_links.repository import PendingLinkRepository
+from account_api.pending_links.schemas import PendingLinkOut
+from account_api.tables import Account, PendingLink
+
+IB_FIELDS = ("host", "port", "client_id", "account_code", "read_only", "backups")
+REFRESH_TTL = timedelta(days=7)
+
+
+class PendingLinkNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("pending link not found")
+
+
+def _out(item: PendingLink) -> PendingLinkOut:
+    return PendingLinkOut(
+        id=item.id,
+        type=item.integration_type,
+        config=rules.public_config(item.integration_type, item.config),
+        reason=item.reason,
+        suggested_account_ids=list(item.suggestions or []),
+        legacy_table=item.legacy_table,
+        legacy_id=item.legacy_id,
+        created_at=item.created_at,
+    )
+
+
+def _validation_error(exc: ValidationError) -> InvalidField:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return InvalidField(
+        f"the stored settings are not valid ({where}: {first['msg']}); discard this item and configure the account instead",
+        field=where,
+    )
+
+
+def _schwab_number(account: Account) -> str | None:
+    digits = re.sub(r"[\s-]", "", account.account_number or "")
+    return digits if digits.isdigit() and 4 <= len(digits) <= 12 else None
+
+
+def build_integration_in(
+    item: PendingLink, account: Account, secrets: SecretBox
+) -> IBIntegrationIn | SchwabIntegrationIn:
+    """The request body `PUT .../integration` would take for this item, validated the same way."""
+    config = item.config or {}
+    try:
+        if item.integration_type == "IB":
+            return IBIntegrationIn.model_validate(
+                {
+                    "type": "IB",
+                    "config": {k: config[k] for k in IB_FIELDS if k in config},
+                }
+            )
+        secret_enc = config.get("app_secret_enc")
+        try:
+            secret = secrets.decrypt(secret_enc) if secret_enc else None
+        except SecretDecryptionError:
+            raise InvalidField(
+                "the stored app secret cannot be decrypted", field="config.app_secret"
+            ) from None
+        return SchwabIntegrationIn.model_validate(
+            {
+                "type": "SCHWAB",
+                "config": {
+                    "app_key": config.get("app_key"),
+                    "app_secret": secret,
+                    "account_number": _schwab_number(account),
+                },
+            }
+        )
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+class PendingLinkService:
+    def __init__(self, integrations: IntegrationService, secrets: SecretBox) -> None:
+        self._integrations = integrations
+        self._secrets = secrets
+
+    async def list(self, uow: UnitOfWork, actor: Actor) -> list[PendingLinkOut]:
+        async with uow:
+            return [
+                _out(i)
+                for i in await PendingLinkRepository(uow.session).for_user(
+                    actor.user_id
+                )
+            ]
+
+    async def link(
+        self, uow: UnitOfWork, actor: Actor, link_id: int, account_id: int
+    ) -> IntegrationOut:
+        async with uow:
+            repo = PendingLinkRepository(uow.session)
+            item = await repo.owned(actor.user_id, link_id, for_update=True)
+            if item is None:
+                raise PendingLinkNotFound()
+            account = await AccountRepository(uow.session).owned(
+                actor.user_id, account_id, for_update=True
+            )
+            if account is None:
+                raise AccountNotFound()
+            body = build_integration_in(item, account, self._secrets)
+            action = (
+                "integration.update"
+                if account.integration_type
+                else "integration.create"
+            )
+            changed = self._integrations.apply_configuration(uow, actor, account, body)
+            if item.integration_type == "SCHWAB":
+                self._keep_legacy_login(account, item.config or {})
+            await AuditRepository(uow.session).record(
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=account.id,
+                action=action,
+                changed_fields=changed,
+                request_id=actor.request_id,
+                detail={
+                    "pending_link_id": item.id,
+                    "legacy_table": item.legacy_table,
+                    "legacy_id": item.legacy_id,
+                },
+            )
+            await repo.delete(item)
+            await uow.commit()
+            return integration_out(account)
+
+    def _keep_legacy_login(self, account: Account, pending: dict[str, Any]) -> None:
+        """A Schwab item keeps the legacy login's tokens (they reach the connector with the next
+        refresh request) and stays unverified until Schwab confirms the account number."""
+        stored = dict(account.integration_config or {})
+        stored["unverified"] = not stored.get("account_hash")
+        token_enc = pending.get("token_enc")
+        if token_enc:
+            stored["token_enc"] = token_enc
+            try:
+                token = json.loads(self._secrets.decrypt(token_enc))
+                account.token_access_expires_at = datetime.fromtimestamp(
+                    token["token"]["expires_at"], UTC
+                )
+                account.token_refresh_expires_at = (
+                    datetime.fromtimestamp(token["creation_timestamp"], UTC)
+                    + REFRESH_TTL
+                )
+            except (SecretDecryptionError, ValueError, KeyError, TypeError):
+                pass
+        account.integration_config = stored
+
+    async def discard(self, uow: UnitOfWork, actor: Actor, link_id: int) -> None:
+        async with uow:
+            repo = PendingLinkRepository(uow.session)
+            item = await repo.owned(actor.user_id, link_id, for_update=True)
+            if item is None:
+                raise PendingLinkNotFound()
+            await AuditRepository(uow.session).record(
+                actor=str(actor.user_id),
+                user_id=actor.user_id,
+                account_id=None,
+                action="pending_link.discard",
+                request_id=actor.request_id,
+                detail={
+                    "pending_link_id": item.id,
+                    "type": item.integration_type,
+                    "legacy_table": item.legacy_table,
+                    "legacy_id": item.legacy_id,
+                },
+            )
+            await repo.delete(item)
+            await uow.commit()

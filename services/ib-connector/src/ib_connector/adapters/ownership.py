@@ -1,0 +1,394 @@
+"""Which replica owns which gateway session, kept in two NATS KV buckets.
+
+- `<ns>_ib_replicas`: one key per live replica, re-put every `lease_ttl/3`; the bucket's max
+  age is the lease TTL, so a replica that stops renewing disappears by itself.
+- `<ns>_ib_sessions`: one key per session (hash of host/port/client id) holding the owner and
+  what a new owner needs to re-open it (the IB config and the accounts attached). Claims are
+  compare-and-set on the entry's revision, so exactly one replica wins each session.
+
+Every replica watches the sessions bucket, so routing a message to a session's owner is a
+dictionary lookup; a takeover loop claims sessions whose owner is no longer live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from brokerlink_shared.contracts.values import IBConnection
+from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
+
+SessionKey = tuple[str, int, int]
+
+
+def session_kv_key(key: SessionKey) -> str:
+    """A KV-safe, stable name for a session key."""
+    digest = hashlib.sha256(f"{key[0]}|{key[1]}|{key[2]}".encode()).hexdigest()[:24]
+    return f"s{digest}"
+
+
+@dataclass
+class SessionRecord:
+    """What the sessions bucket holds for one session."""
+
+    owner: str
+    config: dict[str, Any]
+    accounts: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # account_id -> {user_id, account_code}
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"owner": self.owner, "config": self.config, "accounts": self.accounts}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SessionRecord:
+        data = orjson.loads(raw)
+        return cls(
+            owner=data["owner"],
+            config=data["config"],
+            accounts=data.get("accounts", {}),
+        )
+
+    @property
+    def ib_config(self) -> IBConnection:
+        return IBConnection.model_validate(self.config)
+
+
+AdoptSession = Callable[[SessionRecord], Awaitable[None]]
+ReleaseSession = Callable[[SessionKey], Awaitable[None]]
+
+
+class SessionOwnership:
+    """Leases on sessions for one replica."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        namespace: str,
+        replica_id: str,
+        lease_ttl_s: float,
+        adopt: AdoptSession,
+        release: ReleaseSession,
+    ) -> None:
+        self.replica_id = replica_id
+        self._nc = nc
+        self._namespace = namespace
+        self._ttl = lease_ttl_s
+        self._adopt = adopt
+        self._release = release
+        self._replicas: KeyValue | None = None
+        self._sessions: KeyValue | None = None
+        self._records: dict[
+            str, tuple[SessionRecord, int]
+        ] = {}  # kv key -> (record, revision)
+        self._owned: set[str] = set()
+        self._live: set[str] = {replica_id}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: Any = None
+        self._claim_lock: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        js = self._nc.jetstream()
+        self._replicas = await _bucket(
+            js, f"{self._namespace}_ib_replicas", ttl=self._ttl
+        )
+        self._sessions = await _bucket(js, f"{self._namespace}_ib_sessions", ttl=None)
+        await self._heartbeat_once()
+        self._watcher = await self._sessions.watchall()
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="ib-ownership-watch"),
+            asyncio.create_task(self._renew(), name="ib-ownership-renew"),
+        ]
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop renewing; with `release`, give up every session at once (graceful shutdown)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if release and self._replicas is not None:
+            with contextlib.suppress(Exception):
+                await self._replicas.delete(self.replica_id)
+            for kv_key in list(self._owned):
+                record, revision = self._records.get(kv_key, (None, 0))
+                if record is not None and record.owner == self.replica_id:
+                    # leave the record for the others to claim, marked as owned by nobody
+                    record.owner = ""
+                    with contextlib.suppress(Exception):
+                        await self._kv.update(kv_key, record.encode(), last=revision)
+        self._owned.clear()
+
+    def owns(self, key: SessionKey) -> bool:
+        return session_kv_key(key) in self._owned
+
+    def owned_count(self) -> int:
+        return len(self._owned)
+
+    def live_replicas(self) -> set[str]:
+        return set(self._live)
+
+    async def claim(
+        self,
+        key: SessionKey,
+        config: IBConnection,
+        account_id: int | None,
+        user_id: int | None,
+    ) -> str:
+        """The owner of `key` after making sure it has one (this replica when it was free)."""
+        kv_key = session_kv_key(key)
+        async with self._claim_lock.setdefault(kv_key, asyncio.Lock()):
+            for _ in range(5):
+                known = self._records.get(kv_key)
+                if known is None:
+                    known = await self._read(kv_key)
+                if known is None:
+                    record = SessionRecord(self.replica_id, _config_dict(config))
+                    _add_account(record, account_id, user_id, config)
+                    try:
+                        revision = await self._kv.create(kv_key, record.encode())
+                    except KeyWrongLastSequenceError:
+                        self._records.pop(kv_key, None)
+                        continue
+                    self._remember(kv_key, record, revision)
+                    return self.replica_id
+                record, revision = known
+                if record.owner == self.replica_id:
+                    self._owned.add(kv_key)
+                    if _add_account(
+                        record, account_id, user_id, config
+                    ) and not await self._write(kv_key, record, revision):
+                        continue
+                    return self.replica_id
+                if record.owner and await self._is_live(record.owner):
+                    return record.owner
+                # free or owned by a replica that is gone: take it over
+                taken = SessionRecord(
+                    self.replica_id, _config_dict(config), dict(record.accounts)
+                )
+                _add_account(taken, account_id, user_id, config)
+                if await self._write(kv_key, taken, revision):
+                    log.info(
+                        "claimed gateway session",
+                        extra={
+                            "previous_owner": record.owner or None,
+                            "session_key": kv_key,
+                        },
+                    )
+                    return self.replica_id
+            raise RuntimeError(f"could not settle the owner of session {kv_key}")
+
+    async def owner_if_known(self, key: SessionKey) -> str | None:
+        """The live owner of a session, if any replica holds it."""
+        kv_key = session_kv_key(key)
+        known = self._records.get(kv_key) or await self._read(kv_key)
+        if known is None or not await self._is_live(known[0].owner):
+            return None
+        return known[0].owner
+
+    async def forget_account(
+        self, key: SessionKey, account_id: int, *, session_closed: bool
+    ) -> None:
+        """Drop an account from a session record; delete the record when the session closed."""
+        kv_key = session_kv_key(key)
+        known = self._records.get(kv_key)
+        if known is None:
+            return
+        record, revision = known
+        record.accounts.pop(str(account_id), None)
+        if session_closed or not record.accounts:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(kv_key, last=revision)
+            self._owned.discard(kv_key)
+            self._records.pop(kv_key, None)
+        else:
+            await self._write(kv_key, record, revision)
+
+    async def release(self, key: SessionKey) -> None:
+        """Give a session up (closed for idleness): delete its record."""
+        kv_key = session_kv_key(key)
+        known = self._records.get(kv_key)
+        self._owned.discard(kv_key)
+        if known is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(kv_key, last=known[1])
+            self._records.pop(kv_key, None)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    @property
+    def _kv(self) -> KeyValue:
+        assert self._sessions is not None
+        return self._sessions
+
+    async def _read(self, kv_key: str) -> tuple[SessionRecord, int] | None:
+        try:
+            entry = await self._kv.get(kv_key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return None
+        known = (SessionRecord.decode(entry.value), int(entry.revision or 0))
+        self._records[kv_key] = known
+        return known
+
+    async def _write(self, kv_key: str, record: SessionRecord, revision: int) -> bool:
+        try:
+            new_revision = await self._kv.update(kv_key, record.encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            await self._read(kv_key)
+            return False
+        self._remember(kv_key, record, new_revision)
+        return True
+
+    def _remember(self, kv_key: str, record: SessionRecord, revision: int) -> None:
+        current = self._records.get(kv_key)
+        if current is None or current[1] <= revision:
+            self._records[kv_key] = (record, revision)
+        if record.owner == self.replica_id:
+            self._owned.add(kv_key)
+
+    async def _watch(self) -> None:
+        assert self._watcher is not None
+        while True:
+            try:
+                entry = await self._watcher.updates(timeout=max(1.0, self._ttl))
+            except (TimeoutError, NotFoundError):
+                continue
+            if entry is None:
+                continue  # end of the initial values
+            kv_key, revision = entry.key, int(entry.revision or 0)
+            if entry.operation in ("DEL", "PURGE") or entry.value is None:
+                self._records.pop(kv_key, None)
+                continue
+            record = SessionRecord.decode(entry.value)
+            current = self._records.get(kv_key)
+            if current is not None and current[1] > revision:
+                continue
+            self._records[kv_key] = (record, revision)
+            if kv_key in self._owned and record.owner != self.replica_id:
+                # another replica took this session over (we were presumed dead): let it go
+                self._owned.discard(kv_key)
+                log.warning(
+                    "gateway session taken over by another replica",
+                    extra={"owner": record.owner},
+                )
+                await self._release(record.ib_config.session_key)
+
+    async def _is_live(self, replica: str) -> bool:
+        """Whether a replica holds its lease; asks the bucket when the cached view says no
+        (a replica that started since our last renewal is not in the cache yet)."""
+        if not replica:
+            return False
+        if replica in self._live:
+            return True
+        assert self._replicas is not None
+        try:
+            entry = await self._replicas.get(replica)
+        except KeyNotFoundError:
+            return False
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return False
+        self._live.add(replica)
+        return True
+
+    async def _heartbeat_once(self) -> None:
+        assert self._replicas is not None
+        await self._replicas.put(self.replica_id, b"1")
+        keys: list[str] = []
+        with contextlib.suppress(NotFoundError, KeyNotFoundError, NoKeysError):
+            keys = await self._replicas.keys()
+        self._live = set(keys) | {self.replica_id}
+
+    async def _renew(self) -> None:
+        interval = self._ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat_once()
+                await self._take_over_orphans()
+            except Exception:
+                log.exception("ownership renewal failed")
+
+    async def _take_over_orphans(self) -> None:
+        orphans = [
+            (k, rec, rev)
+            for k, (rec, rev) in self._records.items()
+            if rec.owner != self.replica_id and not await self._is_live(rec.owner)
+        ]
+        if not orphans:
+            return
+        random.shuffle(orphans)
+        # share the orphans among the survivors instead of the fastest taking all
+        share = -(-len(orphans) // max(1, len(self._live)))
+        for kv_key, record, revision in orphans[:share]:
+            taken = SessionRecord(self.replica_id, record.config, dict(record.accounts))
+            if await self._write(kv_key, taken, revision):
+                log.info(
+                    "took over gateway session",
+                    extra={
+                        "previous_owner": record.owner or None,
+                        "session_key": kv_key,
+                    },
+                )
+                await self._adopt(taken)
+
+
+def _config_dict(config: IBConnection) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude={"account_code"})
+
+
+def _add_account(
+    record: SessionRecord,
+    account_id: int | None,
+    user_id: int | None,
+    config: IBConnection,
+) -> bool:
+    """Record an account on a session; True when that changed the record."""
+    if account_id is None or account_id < 0:
+        return False
+    entry = {"user_id": user_id, "account_code": config.account_code}
+    if record.accounts.get(str(account_id)) == entry:
+        return False
+    record.accounts[str(account_id)] = entry
+    return True
+
+
+async def _bucket(js: Any, name: str, ttl: float | None) -> KeyValue:
+    try:
+        kv: KeyValue = await js.key_value(name)
+        return kv
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    with contextlib.suppress(Exception):
+        created: KeyValue = await js.create_key_value(
+            KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=StorageType.FILE)
+        )
+        return created
+    existing: KeyValue = await js.key_value(
+        name
+    )  # created by another replica meanwhile
+    return existing

@@ -1,0 +1,72 @@
+"""ib-connector settings (environment variables prefixed `IB_CONNECTOR_`)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from brokerlink_shared.settings import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+SERVICE = "ib-connector"
+
+
+def _replica_id() -> str:
+    host = socket.gethostname().split(".")[0].lower()
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in host)[:40]
+    return f"{safe}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Settings(ServiceSettings):
+    """Everything the connector reads at start-up; factories take it as a parameter."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IB_CONNECTOR_", extra="ignore", populate_by_name=True
+    )
+
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="0 picks a free port"
+    )
+    health_enabled: bool = True
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="per refresh, including the wait for a connection",
+    )
+    idle_close_s: float = Field(
+        default=900.0, gt=0, description="close sessions nobody used for this long"
+    )
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    primary_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often a session on a backup tries the primary",
+    )
+    subscription_max_age_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="re-download an account whose live subscription is older than this",
+    )
+
+    max_concurrent_connects: int = Field(default=64, ge=1)
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="messages handled at once per subscriber"
+    )
+
+    replica_id: str = Field(
+        default_factory=_replica_id, pattern=r"^[A-Za-z0-9_-]{1,80}$"
+    )
+    lease_ttl_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        description="a replica silent this long loses its sessions",
+    )
+    forward_timeout_s: float = Field(
+        default=15.0, gt=0, description="wait for the owning replica's answer"
+    )

@@ -1,0 +1,1 @@
+"""Thin FastStream subscribers: decode, call the service, nothing else."""

@@ -1,0 +1,83 @@
+"""Subscribers for the IB commands, the test request, forwarded commands and health."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from brokerlink_shared.contracts.events import (
+    HealthReply,
+    IntegrationConfigured,
+    IntegrationRemoved,
+    IntegrationTestReply,
+    IntegrationTestRequest,
+    RefreshRequested,
+)
+from brokerlink_shared.messaging import durable_subscriber
+from brokerlink_shared.subjects import (
+    COMMANDS,
+    INTEGRATION_CONFIGURED,
+    INTEGRATION_REMOVED,
+    INTEGRATION_TEST,
+    REFRESH_REQUESTED,
+    Broker,
+    Topology,
+)
+from faststream.nats import NatsBroker
+
+from ib_connector.config import SERVICE, Settings
+from ib_connector.service import IBConnectorService, forward_subject
+
+
+def register_handlers(
+    broker: NatsBroker,
+    topology: Topology,
+    settings: Settings,
+    service: IBConnectorService,
+    health: Callable[[], Awaitable[HealthReply]],
+) -> None:
+    """Declare every subscriber of the connector on `broker`."""
+
+    def commands(family: str, purpose: str) -> object:
+        return durable_subscriber(
+            broker,
+            topology,
+            family=family,
+            spec=COMMANDS,
+            service=SERVICE,
+            purpose=purpose,
+            brokers=[Broker.IB],
+            ack_wait_s=max(
+                30.0, settings.request_timeout_s + settings.forward_timeout_s + 5
+            ),
+            max_workers=settings.max_concurrent_requests,
+        )
+
+    @commands(REFRESH_REQUESTED, "refresh")  # type: ignore[operator]
+    async def on_refresh(event: RefreshRequested) -> None:
+        await service.on_refresh(event)
+
+    @commands(INTEGRATION_CONFIGURED, "configured")  # type: ignore[operator]
+    async def on_configured(event: IntegrationConfigured) -> None:
+        await service.on_configured(event)
+
+    @commands(INTEGRATION_REMOVED, "removed")  # type: ignore[operator]
+    async def on_removed(event: IntegrationRemoved) -> None:
+        await service.on_removed(event)
+
+    @broker.subscriber(
+        topology.subject(INTEGRATION_TEST, Broker.IB), queue=SERVICE, max_workers=32
+    )
+    async def on_test(request: IntegrationTestRequest) -> IntegrationTestReply:
+        return await service.on_test(request)
+
+    @broker.subscriber(
+        forward_subject(topology, settings.replica_id),
+        max_workers=settings.max_concurrent_requests,
+    )
+    async def on_forwarded(command: dict[str, Any]) -> bytes:
+        return await service.on_forwarded(command)
+
+    @broker.subscriber(topology.health_subject(SERVICE))
+    async def on_health() -> HealthReply:
+        return await health()

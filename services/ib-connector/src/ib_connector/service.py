@@ -1,0 +1,379 @@
+"""What the connector does with each command: route it to the replica owning the session,
+then refresh / attach / detach / test on the local session pool and publish the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from brokerlink_shared.contracts.events import (
+    BalanceUpdated,
+    BalanceUpdatedPayload,
+    IntegrationConfigured,
+    IntegrationRemoved,
+    IntegrationTestReply,
+    IntegrationTestRequest,
+    RefreshFailed,
+    RefreshFailedPayload,
+    RefreshRequested,
+)
+from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.subjects import Broker, Topology
+from faststream.nats import NatsBroker
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ib_connector.adapters.ib_gateway import GatewayError, IBGatewayClient
+from ib_connector.adapters.ownership import SessionOwnership, SessionRecord
+from ib_connector.config import SERVICE, Settings
+from ib_connector.domain.accounts import AccountSelectionError, select_account
+from ib_connector.pool import GatewaySessionPool, RefreshError, SessionKey
+
+log = logging.getLogger(__name__)
+
+
+class ForwardFailed(Exception):
+    """The owning replica did not handle a forwarded command; the message will be redelivered."""
+
+
+def forward_subject(topology: Topology, replica_id: str) -> str:
+    """Core NATS subject on which one replica takes commands for the sessions it owns."""
+    return f"{topology.namespace}.{SERVICE}.replica.{replica_id}"
+
+
+class IBConnectorService:
+    """The connector's use cases, independent of how messages arrive."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        broker: NatsBroker,
+        publisher: EventPublisher,
+        pool: GatewaySessionPool,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.broker = broker
+        self.publisher = publisher
+        self.pool = pool
+        self.ownership: SessionOwnership | None = None
+        self.refreshes_ok = 0
+        self.refreshes_failed = 0
+
+    # ---- entry points (from handlers) ------------------------------------------------------
+
+    async def on_refresh(self, event: RefreshRequested) -> None:
+        config = _ib_config(event.payload.config)
+        if await self._route(
+            "refresh",
+            config,
+            event.account_id,
+            event.user_id,
+            event.model_dump(mode="json"),
+        ):
+            await self.refresh_local(event, config)
+
+    async def on_configured(self, event: IntegrationConfigured) -> None:
+        config = _ib_config(event.payload.config)
+        if event.account_id is None:
+            return
+        if await self._route(
+            "configured",
+            config,
+            event.account_id,
+            event.user_id,
+            event.model_dump(mode="json"),
+        ):
+            self.pool.attach(config, event.account_id, event.user_id)
+
+    async def on_removed(self, event: IntegrationRemoved) -> None:
+        if event.account_id is None:
+            return
+        config = (
+            _ib_config(event.payload.config)
+            if event.payload.config is not None
+            else None
+        )
+        if (
+            config is not None
+            and self.ownership is not None
+            and not self.ownership.owns(config.session_key)
+        ):
+            owner = await self.ownership.claim(config.session_key, config, None, None)
+            if owner != self.ownership.replica_id:
+                await self._forward(owner, "removed", event.model_dump(mode="json"))
+                return
+        await self.remove_local(event.account_id, config)
+
+    async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
+        budget = max(
+            0.5, request.timeout_s - 0.5
+        )  # answer inside the requester's deadline
+        try:
+            async with asyncio.timeout(budget):
+                return await self._test(request, budget)
+        except TimeoutError:
+            return IntegrationTestReply(
+                success=False, message=f"no answer from the gateway within {budget:g}s"
+            )
+
+    async def on_forwarded(self, message: dict[str, Any]) -> bytes:
+        """Handle a command another replica routed here because this replica owns the session."""
+        kind, data = message["kind"], message["data"]
+        try:
+            if kind == "refresh":
+                event = RefreshRequested.model_validate(data)
+                config = _ib_config(event.payload.config)
+                if not await self._owned_here(config, event.account_id, event.user_id):
+                    return _reply(ok=False, error="not the owner")
+                await self.refresh_local(event, config)
+            elif kind == "configured":
+                configured = IntegrationConfigured.model_validate(data)
+                config = _ib_config(configured.payload.config)
+                if not await self._owned_here(
+                    config, configured.account_id, configured.user_id
+                ):
+                    return _reply(ok=False, error="not the owner")
+                if configured.account_id is not None:
+                    self.pool.attach(config, configured.account_id, configured.user_id)
+            elif kind == "removed":
+                removed = IntegrationRemoved.model_validate(data)
+                cfg = removed.payload.config
+                if removed.account_id is not None:
+                    await self.remove_local(
+                        removed.account_id, _ib_config(cfg) if cfg is not None else None
+                    )
+            elif kind == "test":
+                request = IntegrationTestRequest.model_validate(data)
+                reply = await self._test_local(
+                    request, max(0.5, request.timeout_s - 1.0)
+                )
+                return _reply(ok=True, result=reply.model_dump(mode="json"))
+            else:
+                return _reply(ok=False, error=f"unknown kind {kind!r}")
+        except Exception as exc:
+            log.exception("forwarded command failed", extra={"kind": kind})
+            return _reply(ok=False, error=repr(exc)[:500])
+        return _reply(ok=True)
+
+    # ---- local work ------------------------------------------------------------------------
+
+    async def refresh_local(
+        self, event: RefreshRequested, config: IBConnection
+    ) -> None:
+        """Read the account on this replica's session and publish `balance.updated` or `refresh.failed`."""
+        assert event.account_id is not None
+        session, binding = self.pool.attach(config, event.account_id, event.user_id)
+        refresh_id = event.payload.refresh_id
+        try:
+            snapshot = await session.refresh(binding, self.settings.request_timeout_s)
+        except RefreshError as exc:
+            self.refreshes_failed += 1
+            log.info(
+                "refresh failed",
+                extra={
+                    "account_id": event.account_id,
+                    "ib_code": exc.code,
+                    "reason": exc.message,
+                },
+            )
+            failed = RefreshFailed(
+                user_id=event.user_id,
+                account_id=event.account_id,
+                correlation_id=event.correlation_id,
+                payload=RefreshFailedPayload(
+                    broker=Broker.IB,
+                    refresh_id=refresh_id,
+                    job_id=event.payload.job_id,
+                    code=exc.code[:64],
+                    message=exc.message[:2000],
+                ),
+            )
+            await self.publisher.publish(
+                failed, msg_id=f"{event.account_id}:{refresh_id}:failed"
+            )
+            return
+        balance = BalanceUpdated(
+            user_id=event.user_id,
+            account_id=event.account_id,
+            correlation_id=event.correlation_id,
+            payload=BalanceUpdatedPayload(
+                broker=Broker.IB,
+                refresh_id=refresh_id,
+                job_id=event.payload.job_id,
+                as_of=datetime.now(UTC),
+                currency=snapshot.currency,
+                balance=snapshot.net_liquidation,
+                cash_balance=snapshot.total_cash,
+                cash=snapshot.cash,
+                positions=snapshot.positions,
+                broker_account=snapshot.account_code,
+            ),
+        )
+        await self.publisher.publish(balance, msg_id=f"{event.account_id}:{refresh_id}")
+        self.refreshes_ok += 1
+        log.debug(
+            "refreshed",
+            extra={"account_id": event.account_id, "refresh_id": str(refresh_id)},
+        )
+
+    async def remove_local(self, account_id: int, config: IBConnection | None) -> None:
+        closed = await self.pool.detach(config, account_id)
+        if self.ownership is not None and config is not None:
+            await self.ownership.forget_account(
+                config.session_key, account_id, session_closed=closed is not None
+            )
+
+    async def adopt(self, record: SessionRecord) -> None:
+        """Open a session taken over from a replica that is gone, with the accounts it served."""
+        config = record.ib_config
+        if not record.accounts:
+            self.pool.session(config)
+            return
+        for account_id, info in record.accounts.items():
+            account_config = config.model_copy(
+                update={"account_code": info.get("account_code")}
+            )
+            self.pool.attach(account_config, int(account_id), info.get("user_id"))
+
+    async def release(self, key: SessionKey) -> None:
+        """Another replica owns this session now: close ours without status events."""
+        await self.pool.close_session(key)
+
+    async def _test(
+        self, request: IntegrationTestRequest, budget: float
+    ) -> IntegrationTestReply:
+        config = _ib_config(request.config)
+        if self.ownership is not None and not self.ownership.owns(config.session_key):
+            owner = await self.ownership.owner_if_known(config.session_key)
+            if owner is not None and owner != self.ownership.replica_id:
+                result = await self._forward(
+                    owner, "test", request.model_dump(mode="json"), timeout_s=budget
+                )
+                return IntegrationTestReply.model_validate(result)
+        return await self._test_local(request, budget)
+
+    async def _test_local(
+        self, request: IntegrationTestRequest, budget: float
+    ) -> IntegrationTestReply:
+        config = _ib_config(request.config)
+        session = self.pool.sessions.get(config.session_key)
+        try:
+            if session is not None:
+                message = await session.test(config.account_code, budget)
+            else:
+                message = await _one_shot_test(
+                    config, budget, self.settings.connect_timeout_s
+                )
+        except (RefreshError, GatewayError) as exc:
+            return IntegrationTestReply(
+                success=False, message=f"{exc.message} (code {exc.code})"
+            )
+        except AccountSelectionError as exc:
+            return IntegrationTestReply(success=False, message=str(exc))
+        return IntegrationTestReply(success=True, message=message)
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    async def _route(
+        self,
+        kind: str,
+        config: IBConnection,
+        account_id: int | None,
+        user_id: int | None,
+        data: dict[str, Any],
+    ) -> bool:
+        """True when this replica handles the command; otherwise it was forwarded to the owner."""
+        if self.ownership is None:
+            return True
+        key = config.session_key
+        session = self.pool.sessions.get(key)
+        if (
+            self.ownership.owns(key)
+            and session is not None
+            and account_id in session.bindings
+        ):
+            return True  # fast path: nothing new to record
+        owner = await self.ownership.claim(key, config, account_id, user_id)
+        if owner == self.ownership.replica_id:
+            return True
+        await self._forward(owner, kind, data)
+        return False
+
+    async def _owned_here(
+        self, config: IBConnection, account_id: int | None, user_id: int | None
+    ) -> bool:
+        if self.ownership is None:
+            return True
+        owner = await self.ownership.claim(
+            config.session_key, config, account_id, user_id
+        )
+        return owner == self.ownership.replica_id
+
+    async def _forward(
+        self,
+        owner: str,
+        kind: str,
+        data: dict[str, Any],
+        timeout_s: float | None = None,
+    ) -> Any:
+        body = orjson.dumps({"kind": kind, "data": data})
+        try:
+            reply = await self.broker.connection.request(
+                forward_subject(self.topology, owner),
+                body,
+                timeout=timeout_s or self.settings.forward_timeout_s,
+            )
+        except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
+            raise ForwardFailed(f"replica {owner} did not answer: {exc!r}") from None
+        answer = orjson.loads(reply.data)
+        if not answer.get("ok"):
+            raise ForwardFailed(
+                f"replica {owner} refused {kind}: {answer.get('error')}"
+            )
+        log.debug("forwarded", extra={"kind": kind, "owner": owner})
+        return answer.get("result")
+
+
+def _reply(*, ok: bool, error: str | None = None, result: Any = None) -> bytes:
+    return orjson.dumps({"ok": ok, "error": error, "result": result})
+
+
+def _ib_config(config: Any) -> IBConnection:
+    if not isinstance(config, IBConnection):
+        raise ValueError("not an IB integration config")
+    return config
+
+
+async def _one_shot_test(
+    config: IBConnection, budget: float, connect_timeout_s: float
+) -> str:
+    """Test a gateway no session uses yet: connect, read the summary, disconnect."""
+    client = IBGatewayClient(
+        on_notice=lambda code, text: None, on_closed=lambda reason: None
+    )
+    try:
+        managed = await client.connect(
+            config.host, config.port, config.client_id, min(budget, connect_timeout_s)
+        )
+        code = select_account(managed, config.account_code)
+        rows, _ = await client.read_account(code, max(0.5, budget / 2))
+        net_liq = next(
+            (
+                r
+                for r in rows
+                if r.tag == "NetLiquidation" and r.currency not in ("", "BASE")
+            ),
+            None,
+        )
+        figure = (
+            f" net liquidation {net_liq.value} {net_liq.currency}" if net_liq else ""
+        )
+        return f"connected to {config.host}:{config.port}; account {code}{figure}"
+    finally:
+        await client.close()

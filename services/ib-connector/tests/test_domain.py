@@ -1,0 +1,171 @@
+"""Pure logic, no network: account selection, backoff, session status, failover order, snapshots."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from brokerlink_shared.contracts.values import IntegrationStatus
+from ib_connector.domain.accounts import AccountSelectionError, select_account
+from ib_connector.domain.backoff import ReconnectBackoff
+from ib_connector.domain.endpoints import failover_order
+from ib_connector.domain.session_state import (
+    Endpoint,
+    SessionState,
+    StatusView,
+    status_for,
+)
+from ib_connector.domain.snapshot import (
+    AccountValueRow,
+    Holding,
+    IncompleteAccountData,
+    build_snapshot,
+)
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+class TestSelectAccount:
+    def test_configured_code_wins(self) -> None:
+        assert select_account(["U1", "U2"], "U2") == "U2"
+
+    def test_single_managed_account_without_code(self) -> None:
+        assert select_account(["U1"], None) == "U1"
+
+    def test_several_accounts_without_code(self) -> None:
+        with pytest.raises(
+            AccountSelectionError, match=r"^gateway manages U1, U2: set account_code$"
+        ):
+            select_account(["U1", "U2"], None)
+
+    def test_unknown_code(self) -> None:
+        with pytest.raises(AccountSelectionError, match="does not manage U9"):
+            select_account(["U1"], "U9")
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    backoff = ReconnectBackoff(initial_s=1, cap_s=8, uniform=lambda low, high: high)
+    assert [backoff.next_delay() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
+    backoff.reset()
+    assert backoff.next_delay() == 1
+    jittered = ReconnectBackoff(initial_s=1, cap_s=8)
+    assert all(0.5 <= jittered.next_delay() <= 8 for _ in range(20))
+
+
+class TestSessionStatus:
+    primary = Endpoint("gw", 4001)
+
+    def connected(self, managed: tuple[str, ...] = ("U1",)) -> SessionState:
+        return (
+            SessionState()
+            .connecting(self.primary)
+            .connected(self.primary, managed, NOW)
+        )
+
+    def test_nothing_before_the_first_outcome(self) -> None:
+        assert status_for(SessionState().connecting(self.primary), None) is None
+
+    def test_connected_and_account_errors_are_per_account(self) -> None:
+        state = self.connected(("U1", "U2"))
+        ok = status_for(state, "U1")
+        assert (
+            ok is not None
+            and ok.status is IntegrationStatus.CONNECTED
+            and ok.last_connected == NOW
+        )
+        bad = status_for(state, None)
+        assert bad is not None and (bad.status, bad.message) == (
+            IntegrationStatus.ERROR,
+            "gateway manages U1, U2: set account_code",
+        )
+
+    def test_first_connect_failure_is_an_error_with_ib_code(self) -> None:
+        view = status_for(SessionState().failed("326", "client id in use"), None)
+        assert view == StatusView(IntegrationStatus.ERROR, "326", "client id in use")
+
+    def test_a_dropped_session_stays_disconnected_while_it_retries(self) -> None:
+        lost = self.connected().lost("connection closed")
+        retrying = lost.connecting(self.primary).failed("502", "refused")
+        first, second = status_for(lost, None), status_for(retrying, None)
+        assert first is not None and first.status is IntegrationStatus.DISCONNECTED
+        assert first.same_as(second)  # no new event per failed retry
+        back = status_for(retrying.connected(self.primary, ("U1",), NOW), None)
+        assert back is not None and back.status is IntegrationStatus.CONNECTED
+
+    def test_gateway_notices_1100_and_1102(self) -> None:
+        down = self.connected().notice(
+            1100, "Connectivity between IB and TWS has been lost."
+        )
+        view = status_for(down, None)
+        assert view is not None and (view.status, view.code) == (
+            IntegrationStatus.DISCONNECTED,
+            "1100",
+        )
+        assert not down.usable
+        up = down.notice(1102, "Connectivity restored - data maintained.")
+        view = status_for(up, None)
+        assert view is not None and (view.status, view.code) == (
+            IntegrationStatus.CONNECTED,
+            "1102",
+        )
+        assert up.usable
+
+    def test_backup_is_named_in_the_message(self) -> None:
+        backup = Endpoint("gw2", 4002, backup=True)
+        view = status_for(SessionState().connected(backup, ("U1",), NOW), None)
+        assert (
+            view is not None and view.message == "connected to backup gateway gw2:4002"
+        )
+
+
+def test_failover_order_skips_duplicates_of_the_primary() -> None:
+    primary = Endpoint("a", 1)
+    order = failover_order(
+        primary,
+        [Endpoint("a", 1), Endpoint("b", 2), Endpoint("c", 3), Endpoint("b", 2)],
+    )
+    assert order == [
+        primary,
+        Endpoint("b", 2, backup=True),
+        Endpoint("c", 3, backup=True),
+    ]
+
+
+class TestSnapshot:
+    rows = [
+        AccountValueRow("NetLiquidation", "1000.50", "BASE"),
+        AccountValueRow("NetLiquidation", "1234.56", "EUR"),
+        AccountValueRow("TotalCashValue", "200.00", "EUR"),
+        AccountValueRow("CashBalance", "200.00", "BASE"),
+        AccountValueRow("CashBalance", "150.00", "EUR"),
+        AccountValueRow("CashBalance", "60.00", "USD"),
+    ]
+
+    def test_balance_in_base_currency_with_cash_per_currency(self) -> None:
+        holding = Holding(
+            "SAP",
+            "STK",
+            "EUR",
+            Decimal(3),
+            Decimal(100),
+            Decimal(120),
+            Decimal(360),
+            Decimal(60),
+        )
+        closed = Holding("OLD", "STK", "EUR", Decimal(0), None, None, None, None)
+        snap = build_snapshot("U1", self.rows, [holding, closed])
+        assert (snap.currency, snap.net_liquidation, snap.total_cash) == (
+            "EUR",
+            Decimal("1234.56"),
+            Decimal("200.00"),
+        )
+        assert [(c.currency, c.amount) for c in snap.cash] == [
+            ("EUR", Decimal(150)),
+            ("USD", Decimal(60)),
+        ]
+        assert [p.symbol for p in snap.positions] == ["SAP"]
+
+    def test_missing_net_liquidation(self) -> None:
+        with pytest.raises(IncompleteAccountData):
+            build_snapshot("U1", [AccountValueRow("CashBalance", "1", "USD")], [])
