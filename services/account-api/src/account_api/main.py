@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from account_api import accounts, auth, health, history, integrations
+from account_api import health
 from account_api.accounts.routes import router as accounts_router
 from account_api.auth.routes import router as auth_router
 from account_api.auth.tokens import TokenIssuer
@@ -37,7 +37,6 @@ from account_api.scheduling.scheduler import RefreshScheduler
 from account_api.ui.routes import router as ui_router
 
 log = logging.getLogger(__name__)
-_ = (accounts, auth, health, history, integrations)
 
 
 async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) -> None:

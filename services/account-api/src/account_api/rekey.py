@@ -3,6 +3,7 @@ batches, while the service keeps running (old keys stay in the list until this f
 
 from __future__ import annotations
 
+import json
 import sys
 
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
@@ -74,7 +75,7 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
                     text(
                         "UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"
                     ),
-                    {"c": __import__("json").dumps(config), "id": row.id},
+                    {"c": json.dumps(config), "id": row.id},
                 )
                 counts["pending_links"] += 1
         session.commit()

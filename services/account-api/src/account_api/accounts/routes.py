@@ -7,10 +7,9 @@ from fastapi import APIRouter, Response, status
 from account_api.accounts import service
 from account_api.accounts.repository import AccountReadModel
 from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
-from account_api.audit.repository import AuditRepository
+from account_api.audit import service as audit_service
 from account_api.audit.schemas import AuditOut
 from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
-from account_api.errors import AccountNotFound
 from account_api.responses import JSONBytes
 
 router = APIRouter(prefix="/api/accounts", tags=["accounts"])
@@ -57,16 +56,5 @@ async def delete_account(
 
 
 @router.get("/{account_id}/audit", response_model=list[AuditOut])
-async def audit(
-    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
-) -> list[AuditOut]:
-    async with uow:
-        if (
-            await AccountReadModel(c.read_pool).one_for_user(actor.user_id, account_id)
-            is None
-        ):
-            raise AccountNotFound()
-        return [
-            AuditOut.model_validate(e)
-            for e in await AuditRepository(uow.session).for_account(account_id)
-        ]
+async def audit(account_id: DbId, actor: CurrentActor, uow: UowDep) -> list[AuditOut]:
+    return await audit_service.account_audit(uow, actor, account_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -125,7 +124,3 @@ async def accounts_sharing_login(
         Account.integration_config["app_key"].astext == app_key,
     )
     return list((await session.execute(query)).scalars())
-
-
-def as_dict(row: Any) -> dict[str, Any]:
-    return {c: getattr(row, c) for c in row.__table__.columns.keys()}  # noqa: SIM118
