@@ -6,21 +6,9 @@ import logging
 
 import httpx
 import pytest
-from account_api.compat.routes import router as compat_router
 from account_api.compat.service import usage
 
 IB_SETTINGS = {"host": "gw.local", "port": 4001, "client_id": 7}
-
-
-def _mounted(app, router, path: str) -> None:  # type: ignore[no-untyped-def]
-    """Mount the router on the running test app unless main.py already does."""
-    if not any(getattr(r, "path", None) == path for r in app.routes):
-        app.include_router(router)
-
-
-@pytest.fixture
-def compat(api) -> None:  # type: ignore[no-untyped-def]
-    _mounted(api.app, compat_router, "/api/ib/settings")
 
 
 def _assert_deprecated(r: httpx.Response, successor: str | None = None) -> None:
@@ -41,9 +29,7 @@ async def _account(
     return int(r.json()["id"])
 
 
-async def test_ib_settings_round_trip(
-    client: httpx.AsyncClient, new_user, compat
-) -> None:
+async def test_ib_settings_round_trip(client: httpx.AsyncClient, new_user) -> None:
     alice, bob = await new_user(client), await new_user(client)
     aid = await _account(client, alice, account_number="U1234567")
 
@@ -93,9 +79,7 @@ async def test_ib_settings_round_trip(
     ]["host"] == "gw.local"
 
 
-async def test_ib_balance_and_refresh(
-    client: httpx.AsyncClient, new_user, compat
-) -> None:
+async def test_ib_balance_and_refresh(client: httpx.AsyncClient, new_user) -> None:
     h = await new_user(client)
     aid = await _account(client, h, original_capital="10", current_balance="12.5")
     assert (
@@ -124,7 +108,7 @@ async def test_ib_balance_and_refresh(
 
 
 async def test_schwab_settings_and_token_status(
-    client: httpx.AsyncClient, new_user, compat
+    client: httpx.AsyncClient, new_user
 ) -> None:
     alice, bob = await new_user(client), await new_user(client)
     r = await client.post(
@@ -179,9 +163,7 @@ async def test_schwab_settings_and_token_status(
     ] is False
 
 
-async def test_unauthenticated_still_deprecated(
-    client: httpx.AsyncClient, compat
-) -> None:
+async def test_unauthenticated_still_deprecated(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/schwab/settings")
     assert r.status_code == 401
     _assert_deprecated(r)

@@ -7,18 +7,7 @@ import time
 
 import httpx
 import psycopg
-import pytest
-from account_api.pending_links.routes import router as pending_router
 from brokerlink_shared.crypto import SecretBox
-
-
-@pytest.fixture
-def pending(api) -> None:  # type: ignore[no-untyped-def]
-    if not any(
-        getattr(r, "path", None) == "/api/integrations/pending-links"
-        for r in api.app.routes
-    ):
-        api.app.include_router(pending_router)
 
 
 def _libpq(url: str) -> str:
@@ -62,7 +51,7 @@ async def _account(client: httpx.AsyncClient, h: dict[str, str], number: str) ->
     return int(r.json()["id"])
 
 
-async def test_link_ib_item(api, client: httpx.AsyncClient, new_user, pending) -> None:
+async def test_link_ib_item(api, client: httpx.AsyncClient, new_user) -> None:
     alice, bob = await new_user(client), await new_user(client)
     aid = await _account(client, alice, "U7654321")
     legacy_id = int(time.time() * 1000) % 10**9
@@ -145,7 +134,7 @@ async def test_link_ib_item(api, client: httpx.AsyncClient, new_user, pending) -
 
 
 async def test_link_schwab_item_keeps_login_and_discard(
-    api, client: httpx.AsyncClient, new_user, pending
+    api, client: httpx.AsyncClient, new_user
 ) -> None:
     box = SecretBox.from_setting(api.settings.encryption_keys.get_secret_value())
     h = await new_user(client)

@@ -76,16 +76,14 @@ def build(namespace: str = "brokerlink") -> dict[str, Any]:
     for family, (request, reply, suffix) in sorted(REQUESTS.items()):
         channel = family.replace(".", "_")
         address = topology.subject(family) + (f".{suffix}" if suffix else "")
-        for model in (request, reply):
-            if model is BaseModel:
-                continue
-            schemas[model.__name__] = model.model_json_schema(
+        for part in (m for m in (request, reply) if m is not BaseModel):
+            schemas[part.__name__] = part.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )
-            schemas.update(schemas[model.__name__].pop("$defs", {}))
-            messages[model.__name__] = {
-                "name": model.__name__,
-                "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+            schemas.update(schemas[part.__name__].pop("$defs", {}))
+            messages[part.__name__] = {
+                "name": part.__name__,
+                "payload": {"$ref": f"#/components/schemas/{part.__name__}"},
             }
         channels[channel] = {
             "address": address,

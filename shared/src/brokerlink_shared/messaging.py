@@ -28,7 +28,12 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
-from brokerlink_shared.contracts.events import EVENT_TYPES, Event
+from brokerlink_shared.contracts.events import (
+    EVENT_TYPES,
+    Event,
+    RefreshFailed,
+    RefreshRequested,
+)
 from brokerlink_shared.logging import correlation_id
 from brokerlink_shared.subjects import (
     DEAD_LETTERS,
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ParkedHook = Callable[[NatsBroker, Msg, BaseException], Awaitable[None]]
 
 
 class InvalidEventError(ValueError):
@@ -58,6 +64,19 @@ class InvalidEventError(ValueError):
 
 class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help; the message goes straight to dead letters."""
+
+
+class RetryLater(Exception):
+    """Raised by a handler for a condition it knows will clear (e.g. a dead owner's lease
+    expiring): redeliver after `delay_s` without spending one of the bounded attempts."""
+
+    def __init__(self, delay_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+# Even "retry later" ends somewhere: past this many deliveries the message is parked.
+RETRY_LATER_CEILING = 50
 
 
 def backoff_delay(delivery: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -103,6 +122,17 @@ class DeadLetterMiddleware(BaseMiddleware):
             ):
                 raise  # core NATS request: nothing to redeliver
             delivered = raw.metadata.num_delivered
+            if isinstance(exc, RetryLater) and delivered < RETRY_LATER_CEILING:
+                log.info(
+                    "handler asked to retry later",
+                    extra={
+                        "subject": raw.subject,
+                        "delivered": delivered,
+                        "delay_s": exc.delay_s,
+                        "reason": str(exc),
+                    },
+                )
+                raise NackMessage(delay=exc.delay_s) from exc
             permanent = isinstance(
                 exc, ValidationError | PermanentFailure | InvalidEventError
             )
@@ -155,9 +185,11 @@ def make_broker(
     service: str,
     *,
     max_deliver: int = 5,
+    on_parked: ParkedHook | None = None,
     **kwargs: Any,
 ) -> NatsBroker:
-    """Build the service's broker with the dead-letter convention installed."""
+    """Build the service's broker with the dead-letter convention installed; `on_parked` runs
+    after a message was parked (e.g. to tell the requester it failed)."""
     holder: dict[str, NatsBroker] = {}
 
     async def publish_dead_letter(raw: Msg, exc: BaseException) -> None:
@@ -176,6 +208,8 @@ def make_broker(
             headers=headers,
             stream=topology.stream_name(DEAD_LETTERS),
         )
+        if on_parked is not None:
+            await on_parked(holder["broker"], raw, exc)
 
     middleware = functools.partial(
         DeadLetterMiddleware,
@@ -322,6 +356,36 @@ class EventPublisher:
             timeout=self._timeout,
             stream=self._topology.stream_for(family),
         )
+
+
+def fail_parked_refreshes(topology: Topology, service: str) -> ParkedHook:
+    """A `make_broker(on_parked=...)` hook: a parked `refresh.requested` becomes `refresh.failed`,
+    so whoever waits on the refresh (a user, a bulk job) learns it will not happen."""
+
+    async def hook(broker: NatsBroker, raw: Msg, exc: BaseException) -> None:
+        publisher = EventPublisher(broker, topology)
+        try:
+            event = RefreshRequested.model_validate_json(raw.data)
+        except ValidationError:
+            return
+        await publisher.publish(
+            RefreshFailed(
+                user_id=event.user_id,
+                account_id=event.account_id,
+                correlation_id=event.correlation_id,
+                payload={
+                    "broker": event.payload.broker,
+                    "refresh_id": event.payload.refresh_id,
+                    "job_id": event.payload.job_id,
+                    "code": "parked",
+                    "message": f"{service} could not process the refresh ({type(exc).__name__}); "
+                    "it was parked for inspection",
+                },
+            ),
+            msg_id=f"parked:{event.event_id}",
+        )
+
+    return hook
 
 
 async def request_model(

@@ -23,6 +23,7 @@ from account_api import health
 from account_api.accounts.routes import router as accounts_router
 from account_api.auth.routes import router as auth_router
 from account_api.auth.tokens import TokenIssuer
+from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
 from account_api.db import UnitOfWork, make_engine, make_read_pool
@@ -33,6 +34,7 @@ from account_api.integrations.routes import router as integrations_router
 from account_api.integrations.service import IntegrationService
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.outbox.relay import OutboxRelay
+from account_api.pending_links.routes import router as pending_links_router
 from account_api.scheduling.scheduler import RefreshScheduler
 from account_api.ui.routes import router as ui_router
 
@@ -145,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         accounts_router,
         history_router,
         integrations_router,
+        pending_links_router,
+        compat_router,
         ui_router,
     ):
         app.include_router(router)

@@ -12,6 +12,7 @@ from brokerlink_shared.messaging import (
     EventPublisher,
     dead_letter_count,
     ensure_streams,
+    fail_parked_refreshes,
     make_broker,
 )
 from brokerlink_shared.subjects import Topology
@@ -31,7 +32,11 @@ def create_app(settings: Settings) -> FastStream:
     """The connector as a FastStream app; `app.start()` / `app.stop()` run it inside any loop."""
     topology = Topology(settings.namespace)
     broker = make_broker(
-        settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver
+        settings.nats_url,
+        topology,
+        SERVICE,
+        max_deliver=settings.max_deliver,
+        on_parked=fail_parked_refreshes(topology, SERVICE),
     )
     publisher = EventPublisher(broker, topology)
     statuses = StatusPublisher(publisher)
@@ -90,7 +95,7 @@ def create_app(settings: Settings) -> FastStream:
     @app.on_startup
     async def start_runtime() -> None:
         await broker.connect()
-        await ensure_streams(broker, topology)
+        await ensure_streams(broker, topology, replicas=settings.stream_replicas)
         statuses.start()
         await pool.start()
         service.ownership = SessionOwnership(
@@ -100,6 +105,7 @@ def create_app(settings: Settings) -> FastStream:
             settings.lease_ttl_s,
             adopt=service.adopt,
             release=service.release,
+            replicas=settings.stream_replicas,
         )
         await service.ownership.start()
         if settings.health_enabled:

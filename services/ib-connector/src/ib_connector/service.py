@@ -21,7 +21,7 @@ from brokerlink_shared.contracts.events import (
     RefreshRequested,
 )
 from brokerlink_shared.contracts.values import IBConnection
-from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.messaging import EventPublisher, RetryLater
 from brokerlink_shared.subjects import Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -120,6 +120,10 @@ class IBConnectorService:
         except TimeoutError:
             return IntegrationTestReply(
                 success=False, message=f"no answer from the gateway within {budget:g}s"
+            )
+        except (ForwardFailed, RetryLater) as exc:
+            return IntegrationTestReply(
+                success=False, message=f"connector replica handover in progress: {exc}"
             )
 
     async def on_forwarded(self, message: dict[str, Any]) -> bytes:
@@ -329,7 +333,14 @@ class IBConnectorService:
                 body,
                 timeout=timeout_s or self.settings.forward_timeout_s,
             )
-        except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
+        except NoRespondersError:
+            # The owner is gone; its lease lapses within lease_ttl_s and the next delivery
+            # takes the session over here. Waiting for that is not a failed attempt.
+            raise RetryLater(
+                self.settings.lease_ttl_s,
+                f"replica {owner} is unreachable; waiting for its lease to lapse",
+            ) from None
+        except (NatsTimeoutError, TimeoutError) as exc:
             raise ForwardFailed(f"replica {owner} did not answer: {exc!r}") from None
         answer = orjson.loads(reply.data)
         if not answer.get("ok"):

@@ -14,6 +14,7 @@ from brokerlink_shared.messaging import (
     EventPublisher,
     dead_letter_count,
     ensure_streams,
+    fail_parked_refreshes,
     make_broker,
 )
 from brokerlink_shared.subjects import Topology
@@ -42,7 +43,11 @@ class ConnectorRuntime:
         self.topology = Topology(settings.namespace)
         self.box = SecretBox.from_setting(settings.encryption_keys.get_secret_value())
         self.broker: NatsBroker = make_broker(
-            settings.nats_url, self.topology, SERVICE, max_deliver=settings.max_deliver
+            settings.nats_url,
+            self.topology,
+            SERVICE,
+            max_deliver=settings.max_deliver,
+            on_parked=fail_parked_refreshes(self.topology, SERVICE),
         )
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
@@ -71,10 +76,14 @@ class ConnectorRuntime:
         """Connect, declare streams and KV buckets, build the connector, start side tasks."""
         s = self.settings
         await self.broker.connect()
-        await ensure_streams(self.broker, self.topology)
+        await ensure_streams(self.broker, self.topology, replicas=s.stream_replicas)
         js = self.broker.connection.jetstream()
-        rate_kv = await open_bucket(js, f"{s.namespace}_schwab_rate", ttl_s=120.0)
-        logins_kv = await open_bucket(js, f"{s.namespace}_schwab_logins", ttl_s=None)
+        rate_kv = await open_bucket(
+            js, f"{s.namespace}_schwab_rate", ttl_s=120.0, replicas=s.stream_replicas
+        )
+        logins_kv = await open_bucket(
+            js, f"{s.namespace}_schwab_logins", ttl_s=None, replicas=s.stream_replicas
+        )
         budget = KvRateBudget(
             rate_kv, RatePlan(s.requests_per_minute, s.rate_slices_per_minute)
         )

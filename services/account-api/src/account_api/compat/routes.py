@@ -4,10 +4,10 @@ carries `Deprecation`, `Sunset` and a `Link` to the per-account route that repla
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.encoders import jsonable_encoder
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -21,12 +21,12 @@ from account_api.compat.schemas import (
 )
 from account_api.compat.service import CompatService, usage
 from account_api.deps import ContainerDep, CurrentActor, UowDep
-from account_api.errors import AccountApiError
-from account_api.responses import JSONBytes
+from account_api.errors import AccountApiError, error_response
 
 DEPRECATED_ON = "@1795478400"  # 2026-11-24 (RFC 9745 structured date)
 SUNSET = "Mon, 31 May 2027 00:00:00 GMT"  # RFC 8594: removed with the first release after this date
 SUCCESSOR = "/api/accounts/{id}/integration"
+MAX_ID = 9_223_372_036_854_775_807
 
 
 class DeprecatedRoute(APIRoute):
@@ -39,20 +39,9 @@ class DeprecatedRoute(APIRoute):
             try:
                 response = await original(request)
             except AccountApiError as exc:
-                body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
-                if exc.field:
-                    body["field"] = exc.field
-                response = JSONBytes(
-                    body,
-                    status_code=exc.status_code,
-                    headers={"WWW-Authenticate": "Bearer"}
-                    if exc.status_code == 401
-                    else None,
-                )
+                response = error_response(exc)
             except RequestValidationError as exc:
-                response = JSONBytes(
-                    {"detail": jsonable_encoder(exc.errors())}, status_code=422
-                )
+                response = await request_validation_exception_handler(request, exc)
             successor = getattr(request.state, "successor", None) or SUCCESSOR
             response.headers["Deprecation"] = DEPRECATED_ON
             response.headers["Sunset"] = SUNSET
@@ -85,7 +74,7 @@ async def get_ib_settings(
     actor: CurrentActor,
     uow: UowDep,
     c: ContainerDep,
-    target_account_id: int | None = None,
+    target_account_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> IBSettingsOut:
     out = await _service(c).ib_settings(uow, actor, target_account_id)
     _seen(request, actor.user_id, _account_link(out.target_account_id))

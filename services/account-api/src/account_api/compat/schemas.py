@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _LegacyIn(BaseModel):
@@ -18,7 +18,9 @@ class IBSettingsIn(_LegacyIn):
     host: str
     port: int
     client_id: int
-    target_account_id: int | None = None
+    target_account_id: int | None = Field(
+        default=None, ge=1, le=9_223_372_036_854_775_807
+    )
 
 
 class IBSettingsOut(BaseModel):
@@ -26,7 +28,9 @@ class IBSettingsOut(BaseModel):
     host: str | None = None
     port: int | None = None
     client_id: int | None = None
-    target_account_id: int | None = None
+    target_account_id: int | None = Field(
+        default=None, ge=1, le=9_223_372_036_854_775_807
+    )
     is_connected: bool = False
     status: str | None = None
     last_connected: datetime | None = None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import account_api.legacy_tables
 from account_api.tables import Base
 from alembic import context
 from sqlalchemy import create_engine, pool

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from account_api.deps import ContainerDep, CurrentActor, UowDep
+from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
 from account_api.integrations.schemas import IntegrationOut
 from account_api.pending_links.schemas import LinkIn, PendingLinkOut
 from account_api.pending_links.service import PendingLinkService
@@ -25,14 +25,14 @@ async def list_pending(
 
 @router.post("/{link_id}/link", response_model=IntegrationOut)
 async def link_pending(
-    link_id: int, body: LinkIn, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    link_id: DbId, body: LinkIn, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> IntegrationOut:
     return await _service(c).link(uow, actor, link_id, body.account_id)
 
 
 @router.delete("/{link_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def discard_pending(
-    link_id: int, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    link_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> Response:
     await _service(c).discard(uow, actor, link_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PendingLinkOut(BaseModel):
@@ -21,4 +21,4 @@ class PendingLinkOut(BaseModel):
 
 class LinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    account_id: int
+    account_id: int = Field(ge=1, le=9_223_372_036_854_775_807)

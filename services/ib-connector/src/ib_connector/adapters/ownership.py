@@ -89,8 +89,10 @@ class SessionOwnership:
         lease_ttl_s: float,
         adopt: AdoptSession,
         release: ReleaseSession,
+        replicas: int = 1,
     ) -> None:
         self.replica_id = replica_id
+        self._kv_replicas = replicas
         self._nc = nc
         self._namespace = namespace
         self._ttl = lease_ttl_s
@@ -110,9 +112,14 @@ class SessionOwnership:
     async def start(self) -> None:
         js = self._nc.jetstream()
         self._replicas = await _bucket(
-            js, f"{self._namespace}_ib_replicas", ttl=self._ttl
+            js,
+            f"{self._namespace}_ib_replicas",
+            ttl=self._ttl,
+            replicas=self._kv_replicas,
         )
-        self._sessions = await _bucket(js, f"{self._namespace}_ib_sessions", ttl=None)
+        self._sessions = await _bucket(
+            js, f"{self._namespace}_ib_sessions", ttl=None, replicas=self._kv_replicas
+        )
         await self._heartbeat_once()
         self._watcher = await self._sessions.watchall()
         self._tasks = [
@@ -377,7 +384,7 @@ def _add_account(
     return True
 
 
-async def _bucket(js: Any, name: str, ttl: float | None) -> KeyValue:
+async def _bucket(js: Any, name: str, ttl: float | None, replicas: int = 1) -> KeyValue:
     try:
         kv: KeyValue = await js.key_value(name)
         return kv
@@ -385,7 +392,13 @@ async def _bucket(js: Any, name: str, ttl: float | None) -> KeyValue:
         pass
     with contextlib.suppress(Exception):
         created: KeyValue = await js.create_key_value(
-            KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=name,
+                history=1,
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
         )
         return created
     existing: KeyValue = await js.key_value(

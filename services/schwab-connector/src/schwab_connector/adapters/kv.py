@@ -37,13 +37,21 @@ def key_token(*parts: object) -> str:
     return hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
-async def open_bucket(js: JetStreamContext, name: str, ttl_s: float | None) -> KeyValue:
+async def open_bucket(
+    js: JetStreamContext, name: str, ttl_s: float | None, replicas: int = 1
+) -> KeyValue:
     """Bind to a KV bucket, creating it on first use (idempotent across replicas)."""
     try:
         return await js.key_value(name)
     except BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=name,
+                history=1,
+                ttl=ttl_s,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
         )
 
 

@@ -1,0 +1,428 @@
+"""`brokerlink-migrate`: import a legacy tracker database into account-api's PostgreSQL.
+
+    brokerlink-migrate --source investment_tracker.db [--dry-run | --rollback] [--report PATH]
+
+Target: DATABASE_URL (account-api's database; its migrations are applied first). Secrets are
+encrypted with BROKERLINK_ENCRYPTION_KEYS; outbox subjects use BROKERLINK_NAMESPACE.
+Exit codes: 0 done (or nothing to do), 1 verification failed or the run broke off (rerun to
+resume), 2 bad input (nothing written)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
+
+from migrator.report import Progress, Report
+from migrator.source import Source, SourceError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="brokerlink-migrate",
+        description="Import a legacy investment-tracker database into brokerlink (account-api's PostgreSQL, from DATABASE_URL).",
+    )
+    p.add_argument(
+        "--source",
+        help="legacy database: a SQLite file path or a SQLAlchemy URL (opened read-only)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan, write and verify inside one transaction, then roll it back",
+    )
+    mode.add_argument(
+        "--rollback",
+        action="store_true",
+        help="restore the state before the last apply",
+    )
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument(
+        "--batch-users",
+        type=int,
+        default=5000,
+        help="users per transaction (default 5000)",
+    )
+    p.add_argument(
+        "--batch-history",
+        type=int,
+        default=100_000,
+        help="history rows per transaction (default 100000)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}" if ":" in cred else url
+
+
+def _say(text: str) -> None:
+    """The run's outcome, on stdout (progress and problems go to stderr)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _publisher(namespace: str) -> Any:
+    from brokerlink_shared.messaging import EventPublisher
+    from brokerlink_shared.subjects import Topology
+    from faststream.nats import NatsBroker
+
+    return EventPublisher(
+        NatsBroker(), Topology(namespace)
+    )  # only `encode` is used: nothing connects
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BadInput as exc:
+        sys.stderr.write(f"brokerlink-migrate: {exc}\n")
+        return EXIT_BAD_INPUT
+
+
+def _target_url() -> str:
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        raise BadInput(
+            "DATABASE_URL is not set: it names account-api's PostgreSQL database (the target)"
+        )
+    return url
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    from migrator.target import connect
+
+    try:
+        return connect(url)
+    except (psycopg.Error, ValueError) as exc:
+        raise BadInput(f"target database unreachable: {_one_line(exc)}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    progress = Progress(quiet=args.quiet)
+    namespace = os.environ.get("BROKERLINK_NAMESPACE", "brokerlink")
+    if args.rollback:
+        url = _target_url()
+        conn = _connect(url)
+        with conn:
+            return _rollback(conn, url, namespace, args, progress)
+    if not args.source:
+        raise BadInput(
+            "--source is required (a legacy SQLite file or a SQLAlchemy URL)"
+        )
+    try:
+        source = Source(args.source)
+    except SourceError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        try:
+            box = SecretBox.from_setting(
+                os.environ.get("BROKERLINK_ENCRYPTION_KEYS", "")
+            )
+        except EncryptionKeyError as exc:
+            raise BadInput(str(exc)) from None
+        url = _target_url()
+        _connect(url).close()
+        report = Report(
+            mode="dry-run" if args.dry_run else "apply",
+            source=args.source,
+            target=_redact(url),
+        )
+        if args.dry_run:
+            return _dry_run(source, url, box, namespace, report, progress, args)
+        return _apply(source, url, box, namespace, report, progress, args)
+    finally:
+        source.close()
+
+
+def _rollback(
+    conn: psycopg.Connection[Any],
+    url: str,
+    namespace: str,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> int:
+    from migrator.rollback import rollback
+    from migrator.target import Target
+
+    if not _schema_has_journal(conn):
+        progress.line("nothing to roll back: the target has no migration journal")
+        return EXIT_OK
+    target = Target(conn)
+    if not target.lock():
+        sys.stderr.write(
+            "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
+        )
+        return EXIT_FAILED
+    summary = rollback(target, _publisher(namespace))
+    _write_report(args.report, {"mode": "rollback", "target": _redact(url), **summary})
+    if summary["rolled_back"] is None:
+        _say(summary["message"])
+    else:
+        _say(
+            f"rolled back run {summary['rolled_back']}: deleted "
+            + ", ".join(f"{n} {t}" for t, n in summary["deleted"].items() if n)
+            + "; restored "
+            + (
+                ", ".join(f"{n} {t}" for t, n in summary["restored"].items() if n)
+                or "nothing"
+            )
+        )
+    return EXIT_OK
+
+
+def _schema_has_journal(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('migration_runs') IS NOT NULL").fetchone()
+    conn.rollback()
+    return bool(row and row[0])
+
+
+def _apply(
+    source: Source,
+    url: str,
+    box: SecretBox,
+    namespace: str,
+    report: Report,
+    progress: Progress,
+    args: argparse.Namespace,
+) -> int:
+    from account_api.migrate import upgrade
+
+    from migrator.target import Target
+
+    try:
+        upgrade(url)
+    except Exception as exc:
+        sys.stderr.write(
+            f"brokerlink-migrate: applying account-api's migrations failed: {_one_line(exc)}\n"
+        )
+        return EXIT_FAILED
+    conn = _connect(url)
+    with conn:
+        target = Target(conn)
+        if not target.lock():
+            sys.stderr.write(
+                "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
+            )
+            return EXIT_FAILED
+        return _execute(source, target, box, namespace, report, progress, args)
+
+
+def _dry_run(
+    source: Source,
+    url: str,
+    box: SecretBox,
+    namespace: str,
+    report: Report,
+    progress: Progress,
+    args: argparse.Namespace,
+) -> int:
+    from sqlalchemy import create_engine, pool
+
+    from migrator.target import Target
+
+    engine = create_engine(
+        url
+        if "+" in url.split("://")[0]
+        else url.replace("postgresql://", "postgresql+psycopg://", 1),
+        poolclass=pool.NullPool,
+    )
+    try:
+        with engine.connect() as sa_conn:
+            tx = sa_conn.begin()
+            try:
+                applied = _migrate_in_transaction(sa_conn)
+                if applied:
+                    report.notes.append(
+                        f"dry run: account-api migrations {', '.join(applied)} applied inside the rolled-back transaction"
+                    )
+                conn = sa_conn.connection.driver_connection
+                target = Target(conn, dry_run=True)  # type: ignore[arg-type]
+                return _execute(source, target, box, namespace, report, progress, args)
+            finally:
+                tx.rollback()
+    finally:
+        engine.dispose()
+
+
+def _migrate_in_transaction(sa_conn: Any) -> list[str]:
+    """Run account-api's pending Alembic revisions on this connection, inside its transaction."""
+    from account_api.migrate import alembic_config
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    context = MigrationContext.configure(sa_conn)
+    current = context.get_current_revision()
+    head = script.get_current_head()
+    if current == head:
+        return []
+    revisions = list(reversed(list(script.iterate_revisions(head, current or "base"))))
+    with Operations.context(context):
+        for rev in revisions:
+            rev.module.upgrade()
+    return [r.revision for r in revisions]
+
+
+def _journal_counts(target: Any) -> dict[str, tuple[int, int]]:
+    rows = target.conn.execute(
+        """SELECT table_name,
+                  coalesce(sum(cardinality(ids)) FILTER (WHERE op = 'insert'), 0),
+                  count(DISTINCT before->>'id') FILTER (WHERE op = 'update')
+             FROM migration_journal WHERE run_id = %s GROUP BY table_name""",
+        (target.run_id,),
+    ).fetchall()
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+
+def _execute(
+    source: Source,
+    target: Any,
+    box: SecretBox,
+    namespace: str,
+    report: Report,
+    progress: Progress,
+    args: argparse.Namespace,
+) -> int:
+    from migrator.run import Migration
+    from migrator.verify import verify
+
+    target.prepare()
+    run_id, _progress, resumed = target.open_run(source.location, source.fingerprint())
+    report.run_id, report.resumed = run_id, resumed
+    if resumed:
+        progress.line(f"resuming interrupted run {run_id}")
+    migration = Migration(
+        source,
+        target,
+        box,
+        _publisher(namespace),
+        report,
+        progress,
+        batch_users=max(1, args.batch_users),
+        batch_history=max(1, args.batch_history),
+    )
+    migration.run()
+
+    counts = _journal_counts(target)
+    names = {
+        "users": "users",
+        "accounts": "accounts",
+        "account_balance_history": "account_balance_history",
+        "legacy_ib_connections": "ib_connections",
+        "legacy_schwab_settings": "schwab_settings",
+    }
+    for table, name in names.items():
+        inserted, updated = counts.get(table, (0, 0))
+        stats = report.tables[name]
+        stats.inserted, stats.updated = inserted, updated
+        if not stats.outcomes:
+            stats.unchanged = max(
+                0, stats.read - sum(stats.skipped.values()) - inserted - updated
+            )
+    pending_new = sum(counts.get("pending_links", (0, 0)))
+    changed = target.run_changed_anything()
+
+    progress.line("verifying")
+    results = verify(
+        source,
+        target.conn,
+        box,
+        run_id,
+        migration.expected_integrations,
+        migration.skipped,
+    )
+    ok = all(r["ok"] for r in results.values())
+    report.checksums = {
+        name: {k: r[k] for k in ("rows", "source_checksum", "target_checksum")}
+        for name, r in results.items()
+    }
+    report.verification = {"ok": ok, "tables": results}
+    if not changed and not resumed:
+        target.drop_run()
+        report.run_id = None
+    else:
+        target.finish_run(
+            "applied" if ok else "failed",
+            {
+                k: v
+                for k, v in report.as_dict().items()
+                if k in ("tables", "integrations", "events", "verification")
+            }
+            | {"ok": ok},
+        )
+    target.commit()
+    _write_report(args.report, report.as_dict())
+
+    verb = "would change" if target.dry_run else "changed"
+    if not changed and not resumed:
+        _say(
+            "nothing to change: the target already holds everything from this source"
+            + (" (dry run)" if target.dry_run else "")
+        )
+    else:
+        parts = [
+            f"{name} +{report.tables[name].inserted}/~{report.tables[name].updated}"
+            for name in names.values()
+        ]
+        _say(
+            f"{'dry run' if target.dry_run else f'run {run_id}'}: {verb} {', '.join(parts)}; "
+            f"{report.events} integration events, {pending_new} pending links written, {len(report.conflicts)} conflicts"
+        )
+    if not ok:
+        for name, r in results.items():
+            if not r["ok"]:
+                sys.stderr.write(
+                    f"brokerlink-migrate: verification failed for {name}: {r['missing']} missing "
+                    f"(legacy ids {r['missing_legacy_ids']}), {r['mismatched']} differing (legacy ids {r['mismatched_legacy_ids']})\n"
+                )
+        return EXIT_FAILED
+    drift = {n: r["drifted"] for n, r in results.items() if r["drifted"]}
+    if drift:
+        progress.line(
+            f"note: rows changed in the target since an earlier migration (kept): {drift}"
+        )
+    return EXIT_OK
+
+
+def _write_report(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""An apply (or dry run): users with their accounts and integrations in batches of users, then
+balance history in batches of rows; each batch is one transaction with its journal entries,
+its outbox events and its progress, so a crash loses at most the batch in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from account_api.integrations import rules
+from account_api.outbox.repository import OutboxRepository
+from brokerlink_shared.contracts.events import IntegrationConfigured
+from brokerlink_shared.crypto import SecretBox
+from brokerlink_shared.messaging import EventPublisher
+
+from migrator import plan as pl
+from migrator.report import Progress, Report
+from migrator.source import Source
+from migrator.target import Target, correlation, encode_jsonb
+
+CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
+
+
+class _Staged(list[Any]):
+    """Stands in for a session: `OutboxRepository.add` stages `OutboxMessage`s here, and the
+    migrator COPYs them into the outbox in the batch's transaction."""
+
+    def add(self, obj: Any) -> None:
+        self.append(obj)
+
+
+def grouped(
+    source: Source, after_user: int = 0
+) -> Iterator[tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]]:
+    """Merge-join the four legacy streams by user id: (user id, user row or None, accounts, ib rows, schwab rows)."""
+    streams = [
+        source.select("users", pl.USER_COLS, "WHERE id > ? ORDER BY id", (after_user,)),
+        source.select(
+            "accounts",
+            pl.ACCOUNT_COLS,
+            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
+            (after_user,),
+        ),
+        source.select(
+            "ib_connections",
+            pl.IB_COLS,
+            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
+            (after_user,),
+        ),
+        source.select(
+            "schwab_settings",
+            pl.SCHWAB_COLS,
+            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
+            (after_user,),
+        ),
+    ]
+    key = [0, 1, 1, 1]  # column holding the user id
+    heads: list[tuple[Any, ...] | None] = [next(s, None) for s in streams]
+    while any(h is not None for h in heads):
+        uid = min(_uid(h[key[i]]) for i, h in enumerate(heads) if h is not None)
+        parts: list[list[Any]] = [[], [], [], []]
+        for i, stream in enumerate(streams):
+            while heads[i] is not None and _uid(heads[i][key[i]]) == uid:  # type: ignore[index]
+                parts[i].append(heads[i])
+                heads[i] = next(stream, None)
+        yield uid, (parts[0][0] if parts[0] else None), parts[1], parts[2], parts[3]
+
+
+def _uid(value: Any) -> int:
+    return -1 if value is None else int(value)
+
+
+class Migration:
+    def __init__(
+        self,
+        source: Source,
+        target: Target,
+        box: SecretBox,
+        publisher: EventPublisher,
+        report: Report,
+        progress: Progress,
+        *,
+        batch_users: int = 5000,
+        batch_history: int = 100_000,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.box = box
+        self.publisher = publisher
+        self.report = report
+        self.progress = progress
+        self.batch_users = batch_users
+        self.batch_history = batch_history
+        self.now = datetime.now(UTC)
+        self.emails: dict[str, int] = {}
+        self.expected_integrations: dict[
+            int, str
+        ] = {}  # account legacy id -> type, for verification
+        self.skipped: dict[str, set[int]] = defaultdict(set)
+        self._batches = 0
+        self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    # ---- driver ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        src, rep = self.source, self.report
+        totals = {
+            t: src.count(t)
+            for t in (
+                "users",
+                "accounts",
+                "account_balance_history",
+                "ib_connections",
+                "schwab_settings",
+            )
+        }
+        for table, n in totals.items():
+            rep.tables[table].read = n
+        done = 0
+        batch: list[Any] = []
+        for group in grouped(src):
+            batch.append(group)
+            if len(batch) >= self.batch_users:
+                done += len(batch)
+                self._user_batch(batch)
+                self.progress.step("users and accounts", done, totals["users"])
+                batch = []
+        if batch:
+            done += len(batch)
+            self._user_batch(batch)
+        self.progress.step("users and accounts", totals["users"], totals["users"])
+        self._history(totals["account_balance_history"])
+
+    def _committed(self, progress: dict[str, Any]) -> None:
+        self.target.set_progress(progress)
+        self.target.commit()
+        self._batches += 1
+        if self._crash_after and self._batches >= self._crash_after:
+            os._exit(137)
+
+    # ---- users, accounts, integrations -----------------------------------------------------
+
+    def _user_batch(
+        self, groups: list[tuple[int, Any, list[Any], list[Any], list[Any]]]
+    ) -> None:
+        target, rep, box = self.target, self.report, self.box
+        lowers = [
+            str(g[1][1]).strip().lower() for g in groups if g[1] is not None and g[1][1]
+        ]
+        owners = target.email_owners(lowers)
+        plans: list[pl.UserPlan] = []
+        for uid, user, accounts, ibs, schwabs in groups:
+            reason = None
+            if user is not None and user[1]:
+                lower = str(user[1]).strip().lower()
+                owner = owners.get(lower)
+                first = self.emails.setdefault(lower, uid)
+                if first != uid:
+                    reason = (
+                        f"duplicate email (case-insensitive) of legacy user #{first}"
+                    )
+                elif owner is not None and owner[1] != uid:
+                    reason = (
+                        f"email already registered in the target (user #{owner[0]})"
+                    )
+            plans.append(
+                pl.plan_user(
+                    user, accounts, ibs, schwabs, self.now, user_skip_reason=reason
+                )
+            )
+
+        users = [p.user for p in plans if p.user is not None]
+        accounts = [a for p in plans for a in p.accounts]
+        pending = [x for p in plans for x in p.pending]
+        copies = [c for p in plans for c in p.copies]
+        for p in plans:
+            for table, legacy_id, reason in p.skipped:
+                rep.skip(table, legacy_id, reason)
+                self.skipped[table].add(legacy_id)
+            for c in p.conflicts:
+                rep.conflict(c)
+
+        sums = {
+            "users": target.checksums("users", [u.legacy_id for u in users]),
+            "accounts": target.checksums("accounts", [a.legacy_id for a in accounts]),
+            "integration": target.checksums(
+                "integration", [a.legacy_id for a in accounts if a.integration]
+            ),
+            "ib_connections": target.checksums(
+                "ib_connections",
+                [int(c.row[0]) for c in copies if c.table == "ib_connections"],
+            ),
+            "schwab_settings": target.checksums(
+                "schwab_settings",
+                [int(c.row[0]) for c in copies if c.table == "schwab_settings"],
+            ),
+            "pending:ib_connections": target.checksums(
+                "pending:ib_connections",
+                [x.legacy_id for x in pending if x.legacy_table == "ib_connections"],
+            ),
+            "pending:schwab_settings": target.checksums(
+                "pending:schwab_settings",
+                [x.legacy_id for x in pending if x.legacy_table == "schwab_settings"],
+            ),
+        }
+        marks: list[tuple[str, int, str]] = []
+
+        # users
+        rows = []
+        for u in users:
+            digest = u.checksum()
+            if sums["users"].get(u.legacy_id) == digest:
+                continue
+            marks.append(("users", u.legacy_id, digest))
+            secret = box.encrypt(u.two_factor_secret) if u.two_factor_secret else None
+            rows.append(
+                (
+                    u.email,
+                    u.name,
+                    u.password_hash,
+                    u.base_currency,
+                    secret,
+                    u.two_factor_enabled,
+                    u.legacy_id,
+                    u.created_at,
+                    u.updated_at,
+                )
+            )
+        target.write_users(rows)
+        user_ids = target.id_map("users", [u.legacy_id for u in users])
+
+        # accounts with their integrations
+        rows, stored_of = [], {}
+        for a in accounts:
+            integ = a.integration
+            if integ is not None:
+                self.expected_integrations[a.legacy_id] = integ.type
+                rep.integrations[f"{integ.type} from {integ.origin.split('#')[0]}"] += 1
+            d_acc = a.checksum()
+            d_int = integ.checksum() if integ else None
+            w_acc = sums["accounts"].get(a.legacy_id) != d_acc
+            w_int = integ is not None and sums["integration"].get(a.legacy_id) != d_int
+            if not (w_acc or w_int):
+                continue
+            if w_acc:
+                marks.append(("accounts", a.legacy_id, d_acc))
+            stored = None
+            if w_int:
+                assert integ is not None and d_int is not None
+                marks.append(("integration", a.legacy_id, d_int))
+                stored = self._stored(integ.type, integ.config)
+                stored_of[a.legacy_id] = (integ.type, stored)
+            rows.append(
+                (
+                    a.legacy_id,
+                    user_ids.get(a.user_legacy_id),
+                    a.name,
+                    a.currency,
+                    a.account_type,
+                    a.account_number,
+                    a.original_capital,
+                    a.current_balance,
+                    a.last_updated,
+                    a.created_at,
+                    a.updated_at,
+                    w_acc,
+                    w_int,
+                    integ.type if integ else None,
+                    encode_jsonb(stored),
+                    integ.status if integ else None,
+                    integ.last_connected_at if integ else None,
+                    integ.access_expires_at if integ else None,
+                    integ.refresh_expires_at if integ else None,
+                )
+            )
+        updated, inserted = target.write_accounts(rows)
+        staged = _Staged()
+        outbox = OutboxRepository(staged, self.publisher)  # type: ignore[arg-type]
+        for legacy_id, account_id, user_id, version in [*updated, *inserted]:
+            if legacy_id not in stored_of:
+                continue
+            kind, stored = stored_of[legacy_id]
+            outbox.add(
+                IntegrationConfigured(
+                    user_id=user_id,
+                    account_id=account_id,
+                    correlation_id=correlation(target.run_id),
+                    payload={
+                        "broker": kind,
+                        "config": rules.bus_connection(kind, stored),
+                        "version": version,
+                    },
+                )
+            )
+        account_ids = target.id_map("accounts", [a.legacy_id for a in accounts])
+
+        # pending links (whatever could not be linked with certainty)
+        rows = []
+        for x in pending:
+            entity = f"pending:{x.legacy_table}"
+            suggestions = [account_ids[s] for s in x.suggestions if s in account_ids]
+            rep.pending(
+                {
+                    "legacy_table": x.legacy_table,
+                    "legacy_id": x.legacy_id,
+                    "user_legacy_id": x.user_legacy_id,
+                    "user_id": user_ids.get(x.user_legacy_id),
+                    "type": x.integration_type,
+                    "reason": x.reason,
+                    "suggested_account_ids": suggestions,
+                    "suggested_account_legacy_ids": x.suggestions,
+                }
+            )
+            digest = x.checksum()
+            if (
+                sums[entity].get(x.legacy_id) == digest
+                or x.user_legacy_id not in user_ids
+            ):
+                continue
+            marks.append((entity, x.legacy_id, digest))
+            rows.append(
+                (
+                    user_ids[x.user_legacy_id],
+                    x.integration_type,
+                    encode_jsonb(
+                        self._stored(x.integration_type, x.config, lenient=True)
+                    ),
+                    x.reason,
+                    suggestions,
+                    x.legacy_table,
+                    x.legacy_id,
+                )
+            )
+        target.write_pending(rows)
+
+        # copies of the legacy integration tables
+        ib_rows, schwab_rows = [], []
+        for c in copies:
+            digest = c.checksum()
+            legacy_id = int(c.row[0])
+            if sums[c.table].get(legacy_id) == digest:
+                continue
+            marks.append((c.table, legacy_id, digest))
+            user_legacy = c.row[1]
+            user_id = (
+                user_ids.get(int(user_legacy)) if user_legacy is not None else None
+            )
+            if c.table == "ib_connections":
+                r = c.row
+                target_legacy = (
+                    c.target_account_legacy_id
+                    if c.target_account_legacy_id is not None
+                    else _int(r[6])
+                )
+                ib_rows.append(
+                    (
+                        legacy_id,
+                        _int(user_legacy) or 0,
+                        user_id,
+                        r[2],
+                        r[3],
+                        _int(r[4]),
+                        _int(r[5]),
+                        target_legacy,
+                        account_ids.get(target_legacy)
+                        if target_legacy is not None
+                        else None,
+                        None if r[7] is None else bool(r[7]),
+                        pl.cv.timestamp(r[8]),
+                        pl.cv.money(r[9]),
+                        r[10],
+                        r[11],
+                        c.outcome,
+                        pl.cv.timestamp(r[12]),
+                        pl.cv.timestamp(r[13]),
+                    )
+                )
+            else:
+                r = c.row
+                schwab_rows.append(
+                    (
+                        legacy_id,
+                        _int(user_legacy) or 0,
+                        user_id,
+                        r[2],
+                        self._enc(r[3]),
+                        self._enc(r[4]),
+                        self._enc(r[5]),
+                        _int(r[6]),
+                        c.outcome,
+                        pl.cv.timestamp(r[7]),
+                        pl.cv.timestamp(r[8]),
+                    )
+                )
+        target.write_legacy_ib(ib_rows)
+        target.write_legacy_schwab(schwab_rows)
+        for c in copies:
+            rep.tables[c.table].outcomes[c.outcome] += 1
+        target.write_outbox(staged)
+        rep.events += len(staged)
+        target.write_rows(marks)
+        self._committed({"phase": "users", "last_user_legacy_id": groups[-1][0]})
+
+    def _stored(
+        self, kind: str, config: dict[str, Any], *, lenient: bool = False
+    ) -> dict[str, Any]:
+        """The stored (encrypted) form of a plaintext integration config."""
+        if kind == "IB":
+            return dict(config)
+        stored: dict[str, Any] = {
+            "app_key": config.get("app_key"),
+            "app_secret_enc": self._enc(config.get("app_secret"))
+            if config.get("app_secret") or not lenient
+            else None,
+            "token_enc": self.box.encrypt(json.dumps(config["token"]))
+            if config.get("token")
+            else None,
+            "account_number": config.get("account_number"),
+            "account_hash": config.get("account_hash"),
+        }
+        if config.get("unverified"):
+            stored["unverified"] = True
+        return stored
+
+    def _enc(self, value: Any) -> str | None:
+        return None if value is None or value == "" else self.box.encrypt(str(value))
+
+    # ---- balance history -------------------------------------------------------------------
+
+    def _history(self, total: int) -> None:
+        rep = self.report
+        done = 0
+        rows: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            _updated, _inserted, skipped = self.target.write_history(rows)
+            for legacy_id, reason in skipped:
+                rep.skip("account_balance_history", legacy_id, reason)
+                self.skipped["account_balance_history"].add(legacy_id)
+            self._committed({"phase": "history", "last_history_legacy_id": rows[-1][0]})
+
+        for raw in self.source.select(
+            "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
+        ):
+            done += 1
+            row, reason = pl.history_row(raw)
+            if row is None:
+                rep.skip("account_balance_history", int(raw[0]), reason or "invalid")
+                self.skipped["account_balance_history"].add(int(raw[0]))
+                continue
+            rows.append(row)
+            if len(rows) >= self.batch_history:
+                flush()
+                rows = []
+                self.progress.step("balance history", done, total)
+        if rows:
+            flush()
+        self.progress.step("balance history", total, total)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,513 @@
+"""account-api's PostgreSQL database as the migrator writes it: COPY into session-local staging
+tables, then keyed `UPDATE ... FROM` / `INSERT ... SELECT ... WHERE NOT EXISTS` on legacy ids,
+journalling what each run inserted (ids) and the before-image of what it updated, so a run can
+be resumed (same run id, same journal) and rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+LOCK_KEY = 727275  # pg advisory lock: one migrator at a time (account-api's Alembic uses 727274)
+
+STAGING = {
+    "stg_users": """legacy_id bigint, email text, name text, password_hash text, base_currency text,
+        two_factor_secret_enc text, two_factor_enabled boolean, created_at timestamptz, updated_at timestamptz""",
+    "stg_accounts": """legacy_id bigint, user_id bigint, name text, currency text, account_type text,
+        account_number text, original_capital numeric, current_balance numeric, last_updated timestamptz,
+        created_at timestamptz, updated_at timestamptz, w_acc boolean, w_int boolean, integration_type text,
+        integration_config jsonb, integration_status text, last_connected_at timestamptz,
+        token_access_expires_at timestamptz, token_refresh_expires_at timestamptz""",
+    "stg_history": """legacy_id bigint, account_legacy_id bigint, date date, balance numeric, note text,
+        as_of timestamptz, created_at timestamptz""",
+    "stg_legacy_ib": """id bigint, user_legacy_id bigint, user_id bigint, name text, host text, port integer,
+        client_id integer, target_account_legacy_id bigint, target_account_id bigint, is_connected boolean,
+        last_connected timestamptz, account_balance numeric, account_currency text, error text, outcome text,
+        created_at timestamptz, updated_at timestamptz""",
+    "stg_legacy_schwab": """id bigint, user_legacy_id bigint, user_id bigint, app_key text, app_secret_enc text,
+        access_token_enc text, refresh_token_enc text, token_expires_at bigint, outcome text,
+        created_at timestamptz, updated_at timestamptz""",
+    "stg_pending": """user_id bigint, integration_type text, config jsonb, reason text, suggestions bigint[],
+        legacy_table text, legacy_id bigint""",
+    "stg_rows": "entity text, legacy_id bigint, checksum text",
+}
+
+USER_COLS = [
+    "email",
+    "name",
+    "password_hash",
+    "base_currency",
+    "two_factor_secret_enc",
+    "two_factor_enabled",
+    "legacy_id",
+    "created_at",
+    "updated_at",
+]
+ACCOUNT_FIELDS = [
+    "user_id",
+    "name",
+    "currency",
+    "account_type",
+    "account_number",
+    "original_capital",
+    "current_balance",
+    "last_updated",
+]
+INTEGRATION_FIELDS = [
+    "integration_type",
+    "integration_config",
+    "integration_status",
+    "last_connected_at",
+    "token_access_expires_at",
+    "token_refresh_expires_at",
+]
+LEGACY_IB_COLS = [
+    "id",
+    "user_legacy_id",
+    "user_id",
+    "name",
+    "host",
+    "port",
+    "client_id",
+    "target_account_legacy_id",
+    "target_account_id",
+    "is_connected",
+    "last_connected",
+    "account_balance",
+    "account_currency",
+    "error",
+    "outcome",
+    "created_at",
+    "updated_at",
+]
+LEGACY_SCHWAB_COLS = [
+    "id",
+    "user_legacy_id",
+    "user_id",
+    "app_key",
+    "app_secret_enc",
+    "access_token_enc",
+    "refresh_token_enc",
+    "token_expires_at",
+    "outcome",
+    "created_at",
+    "updated_at",
+]
+PENDING_COLS = [
+    "user_id",
+    "integration_type",
+    "config",
+    "reason",
+    "suggestions",
+    "legacy_table",
+    "legacy_id",
+]
+# Tables a run writes, children first (the order rollback deletes in).
+JOURNALLED = [
+    "pending_links",
+    "legacy_ib_connections",
+    "legacy_schwab_settings",
+    "account_balance_history",
+    "accounts",
+    "users",
+]
+
+
+def libpq_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+class Target:
+    """One connection, one run id. `commit()` ends a batch (a no-op in a dry run)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], *, dry_run: bool = False) -> None:
+        self.conn = conn
+        self.dry_run = dry_run
+        self.run_id = 0
+
+    # ---- session ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        # Every write joins a small staging table to a large, fast-growing target table whose
+        # statistics lag behind (autovacuum analyses later): without this, the planner seq-scans
+        # the target for every batch, which makes the import quadratic. Verification turns it
+        # back on for its whole-table scans.
+        self.conn.execute("SET enable_seqscan = off")
+        with self.conn.cursor() as cur:
+            for name, cols in STAGING.items():
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({cols})")
+
+    def lock(self) -> bool:
+        return bool(
+            self.conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)
+            ).fetchone()[0]
+        )  # type: ignore[index]
+
+    def commit(self) -> None:
+        if not self.dry_run:
+            self.conn.commit()
+
+    # ---- runs ------------------------------------------------------------------------------
+
+    def open_run(
+        self, source: str, fingerprint: str
+    ) -> tuple[int, dict[str, Any], bool]:
+        """(run id, progress, resumed): continue an interrupted run, else start one."""
+        row = self.conn.execute(
+            "SELECT id, progress, source_fingerprint FROM migration_runs WHERE status = 'running' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            run_id, progress, old_fp = row
+            self.conn.execute(
+                "UPDATE migration_runs SET source = %s, source_fingerprint = %s WHERE id = %s",
+                (source, fingerprint, run_id),
+            )
+            self.run_id = run_id
+            return run_id, (progress if old_fp == fingerprint else {}), True
+        run_id = self.conn.execute(
+            "INSERT INTO migration_runs (status, source, source_fingerprint) VALUES ('running', %s, %s) RETURNING id",
+            (source, fingerprint),
+        ).fetchone()[0]  # type: ignore[index]
+        self.run_id = run_id
+        self.commit()
+        return run_id, {}, False
+
+    def set_progress(self, progress: dict[str, Any]) -> None:
+        self.conn.execute(
+            "UPDATE migration_runs SET progress = %s WHERE id = %s",
+            (Jsonb(progress), self.run_id),
+        )
+
+    def finish_run(self, status: str, report: dict[str, Any]) -> None:
+        self.conn.execute(
+            "UPDATE migration_runs SET status = %s, finished_at = now(), report = %s WHERE id = %s",
+            (status, Jsonb(report), self.run_id),
+        )
+
+    def run_changed_anything(self) -> bool:
+        row = self.conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(r)s)
+                   OR EXISTS (SELECT 1 FROM migration_rows WHERE run_id = %(r)s)
+                   OR EXISTS (SELECT 1 FROM outbox WHERE correlation_id = %(c)s)""",
+            {"r": self.run_id, "c": correlation(self.run_id)},
+        ).fetchone()
+        return bool(row and row[0])
+
+    def drop_run(self) -> None:
+        self.conn.execute("DELETE FROM migration_runs WHERE id = %s", (self.run_id,))
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def checksums(self, entity: str, legacy_ids: Sequence[int]) -> dict[int, str]:
+        if not legacy_ids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT legacy_id, checksum FROM migration_rows WHERE entity = %s AND legacy_id = ANY(%s::bigint[])",
+            (entity, list(legacy_ids)),
+        ).fetchall()
+        return dict(rows)  # type: ignore[arg-type]
+
+    def email_owners(self, emails: Sequence[str]) -> dict[str, tuple[int, int | None]]:
+        """lower(email) -> (target user id, its legacy id) for existing target users."""
+        if not emails:
+            return {}
+        rows = self.conn.execute(
+            "SELECT lower(email), id, legacy_id FROM users WHERE lower(email) = ANY(%s::text[])",
+            (list(emails),),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def id_map(self, table: str, legacy_ids: Sequence[int]) -> dict[int, int]:
+        if not legacy_ids:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT legacy_id, id FROM {table} WHERE legacy_id = ANY(%s::bigint[])",
+            (list(legacy_ids),),
+        ).fetchall()
+        return dict(rows)  # type: ignore[arg-type]
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def copy(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(f"TRUNCATE {table}")
+            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+    def _upsert(
+        self,
+        table: str,
+        staging: str,
+        key: Sequence[str],
+        columns: Sequence[str],
+        *,
+        update_exprs: dict[str, str] | None = None,
+        insert_exprs: dict[str, str] | None = None,
+        returning: str = "t.id",
+        pk: str = "id",
+        insert_where: str = "TRUE",
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Rows of `staging` update their match in `table` by `key` (before-images journalled)
+        or are inserted (ids journalled). Returns (updated rows, inserted rows) per `returning`.
+
+        The `old` CTE must not say FOR UPDATE: a row the main UPDATE of the same statement has
+        already changed is skipped by the lock, and its before-image would be lost. The snapshot
+        read gives the before-image; the UPDATE itself takes the row locks."""
+        update_exprs = update_exprs or {}
+        insert_exprs = insert_exprs or {}
+        match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+        sets = ", ".join(
+            f"{c} = {update_exprs.get(c, 's.' + c)}" for c in columns if c not in key
+        )
+        params = {"run": self.run_id, "table": table}
+        updated = self.conn.execute(
+            f"""WITH old AS (SELECT t.* FROM {table} t JOIN {staging} s ON {match}),
+                j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                      SELECT %(run)s, %(table)s, 'update', to_jsonb(old) FROM old)
+                UPDATE {table} t SET {sets} FROM {staging} s WHERE {match} RETURNING {returning}""",
+            params,
+        ).fetchall()
+        values = ", ".join(insert_exprs.get(c, "s." + c) for c in columns)
+        inserted = self.conn.execute(
+            f"""WITH ins AS (INSERT INTO {table} AS t ({", ".join(columns)})
+                      SELECT {values} FROM {staging} s
+                      WHERE {insert_where} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}) RETURNING t.{pk} AS pk_, {returning}),
+                j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
+                      SELECT %(run)s, %(table)s, 'insert', array_agg(pk_) FROM ins HAVING count(*) > 0)
+                SELECT * FROM ins""",
+            params,
+        ).fetchall()
+        return updated, [r[1:] for r in inserted]
+
+    def write_users(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        """Rows in USER_COLS order; returns (updated, inserted)."""
+        if not rows:
+            return 0, 0
+        self.copy("stg_users", USER_COLS, rows)
+        updated, inserted = self._upsert(
+            "users",
+            "stg_users",
+            ["legacy_id"],
+            USER_COLS,
+            update_exprs={
+                "created_at": "coalesce(s.created_at, t.created_at)",
+                "updated_at": "coalesce(s.updated_at, now())",
+            },
+            insert_exprs={
+                "created_at": "coalesce(s.created_at, now())",
+                "updated_at": "coalesce(s.updated_at, s.created_at, now())",
+            },
+        )
+        return len(updated), len(inserted)
+
+    def write_accounts(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Rows in stg_accounts order. Returns (updated, inserted) as
+        (legacy_id, id, user_id, integration_version) tuples."""
+        if not rows:
+            return [], []
+        cols = [
+            "legacy_id",
+            "user_id",
+            "name",
+            "currency",
+            "account_type",
+            "account_number",
+            "original_capital",
+            "current_balance",
+            "last_updated",
+            "created_at",
+            "updated_at",
+            "w_acc",
+            "w_int",
+            *INTEGRATION_FIELDS,
+        ]
+        self.copy("stg_accounts", cols, rows)
+        target_cols = [c for c in cols if c not in {"w_acc", "w_int"}] + [
+            "integration_version",
+            "integration_status_at",
+            "last_error",
+            "last_error_code",
+        ]
+        acc = {
+            c: f"CASE WHEN s.w_acc THEN s.{c} ELSE t.{c} END" for c in ACCOUNT_FIELDS
+        }
+        integ = {
+            c: f"CASE WHEN s.w_int THEN s.{c} ELSE t.{c} END"
+            for c in INTEGRATION_FIELDS
+        }
+        updated, inserted = self._upsert(
+            "accounts",
+            "stg_accounts",
+            ["legacy_id"],
+            target_cols,
+            update_exprs={
+                **acc,
+                **integ,
+                "created_at": "coalesce(s.created_at, t.created_at)",
+                "updated_at": "CASE WHEN s.w_acc THEN coalesce(s.updated_at, now()) ELSE now() END",
+                "integration_version": "t.integration_version + CASE WHEN s.w_int THEN 1 ELSE 0 END",
+                "integration_status_at": "CASE WHEN s.w_int THEN now() ELSE t.integration_status_at END",
+                "last_error": "CASE WHEN s.w_int THEN NULL ELSE t.last_error END",
+                "last_error_code": "CASE WHEN s.w_int THEN NULL ELSE t.last_error_code END",
+            },
+            insert_exprs={
+                "created_at": "coalesce(s.created_at, now())",
+                "updated_at": "coalesce(s.updated_at, s.created_at, now())",
+                "integration_status": "coalesce(s.integration_status, 'not_configured')",
+                "integration_version": "CASE WHEN s.integration_type IS NULL THEN 0 ELSE 1 END",
+                "integration_status_at": "CASE WHEN s.integration_type IS NULL THEN NULL ELSE now() END",
+                "last_error": "NULL",
+                "last_error_code": "NULL",
+            },
+            returning="t.legacy_id, t.id, t.user_id, t.integration_version",
+            insert_where="s.w_acc",  # an account deleted in the target since an earlier run stays deleted
+        )
+        return updated, inserted
+
+    def write_legacy_ib(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        self.copy("stg_legacy_ib", LEGACY_IB_COLS, rows)
+        updated, inserted = self._upsert(
+            "legacy_ib_connections",
+            "stg_legacy_ib",
+            ["id"],
+            LEGACY_IB_COLS,
+            update_exprs={"migrated_at": "now()"},
+        )
+        return len(updated), len(inserted)
+
+    def write_legacy_schwab(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        self.copy("stg_legacy_schwab", LEGACY_SCHWAB_COLS, rows)
+        updated, inserted = self._upsert(
+            "legacy_schwab_settings", "stg_legacy_schwab", ["id"], LEGACY_SCHWAB_COLS
+        )
+        return len(updated), len(inserted)
+
+    def write_pending(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        self.copy("stg_pending", PENDING_COLS, rows)
+        updated, inserted = self._upsert(
+            "pending_links", "stg_pending", ["legacy_table", "legacy_id"], PENDING_COLS
+        )
+        return len(updated), len(inserted)
+
+    def write_outbox(self, messages: list[Any]) -> None:
+        """`OutboxMessage` objects (as `OutboxRepository.add` builds them), COPYed in."""
+        if not messages:
+            return
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(
+                "COPY outbox (event_id, family, subject, partition_key, body, correlation_id) FROM STDIN"
+            ) as copy,
+        ):
+            for m in messages:
+                copy.write_row(
+                    (
+                        m.event_id,
+                        m.family,
+                        m.subject,
+                        m.partition_key,
+                        m.body,
+                        m.correlation_id,
+                    )
+                )
+
+    def write_rows(self, rows: list[tuple[str, int, str]]) -> None:
+        """Record (entity, legacy id, checksum) of what this run wrote."""
+        if not rows:
+            return
+        self.copy("stg_rows", ["entity", "legacy_id", "checksum"], rows)
+        self.conn.execute(
+            """WITH old AS (SELECT m.* FROM migration_rows m JOIN stg_rows s USING (entity, legacy_id)
+                            WHERE m.run_id <> %(run)s),
+                    j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                          SELECT %(run)s, 'migration_rows', 'update', to_jsonb(old) FROM old)
+               INSERT INTO migration_rows (entity, legacy_id, checksum, run_id)
+               SELECT entity, legacy_id, checksum, %(run)s FROM stg_rows
+               ON CONFLICT (entity, legacy_id) DO UPDATE SET checksum = excluded.checksum, run_id = excluded.run_id""",
+            {"run": self.run_id},
+        )
+
+    def write_history(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[int, int, list[tuple[int, str]]]:
+        """Rows (legacy_id, account_legacy_id, date, balance, note, as_of, created_at): returns
+        (updated, inserted, [(legacy id, skip reason)]); unchanged rows are left alone."""
+        if not rows:
+            return 0, 0, []
+        self.copy(
+            "stg_history",
+            [
+                "legacy_id",
+                "account_legacy_id",
+                "date",
+                "balance",
+                "note",
+                "as_of",
+                "created_at",
+            ],
+            rows,
+        )
+        params = {"run": self.run_id}
+        updated = self.conn.execute(
+            """WITH s AS (SELECT h.*, a.id AS account_id FROM stg_history h JOIN accounts a ON a.legacy_id = h.account_legacy_id),
+                    old AS (SELECT t.* FROM account_balance_history t JOIN s ON t.legacy_id = s.legacy_id
+                            WHERE (t.account_id, t.date, t.balance, t.note) IS DISTINCT FROM (s.account_id, s.date, s.balance, s.note)
+                              AND NOT EXISTS (SELECT 1 FROM account_balance_history x
+                                              WHERE x.account_id = s.account_id AND x.date = s.date AND x.id <> t.id)
+                           ),
+                    j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                          SELECT %(run)s, 'account_balance_history', 'update', to_jsonb(old) FROM old)
+               UPDATE account_balance_history t
+                  SET account_id = s.account_id, date = s.date, balance = s.balance, note = s.note, as_of = s.as_of, updated_at = now()
+                 FROM s, old WHERE t.id = old.id AND t.legacy_id = s.legacy_id RETURNING t.id""",
+            params,
+        ).rowcount
+        inserted = self.conn.execute(
+            """WITH ins AS (INSERT INTO account_balance_history (account_id, date, balance, note, source, as_of, legacy_id, created_at, updated_at)
+                      SELECT a.id, h.date, h.balance, h.note, 'MANUAL', h.as_of, h.legacy_id,
+                             coalesce(h.created_at, now()), coalesce(h.created_at, now())
+                        FROM stg_history h JOIN accounts a ON a.legacy_id = h.account_legacy_id
+                       WHERE NOT EXISTS (SELECT 1 FROM account_balance_history t WHERE t.legacy_id = h.legacy_id)
+                      ON CONFLICT (account_id, date) DO NOTHING RETURNING id),
+                    j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
+                          SELECT %(run)s, 'account_balance_history', 'insert', array_agg(id) FROM ins HAVING count(*) > 0)
+               SELECT count(*) FROM ins""",
+            params,
+        ).fetchone()[0]  # type: ignore[index]
+        skipped = self.conn.execute(
+            """SELECT h.legacy_id, CASE WHEN a.id IS NULL THEN 'its account was not migrated'
+                                      ELSE 'another balance exists for the same account and day' END
+                 FROM stg_history h LEFT JOIN accounts a ON a.legacy_id = h.account_legacy_id
+                WHERE a.id IS NULL OR NOT EXISTS (SELECT 1 FROM account_balance_history t WHERE t.legacy_id = h.legacy_id)"""
+        ).fetchall()
+        return updated, int(inserted), [(r[0], r[1]) for r in skipped]
+
+
+def correlation(run_id: int) -> str:
+    return f"migration-{run_id}"
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(libpq_url(url), connect_timeout=10)
+
+
+def encode_jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
