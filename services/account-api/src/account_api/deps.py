@@ -39,7 +39,7 @@ class Container:
     relay: OutboxRelay
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
 
@@ -47,7 +47,7 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_uow(container: ContainerDep) -> UnitOfWork:
+async def get_uow(container: ContainerDep) -> UnitOfWork:
     return UnitOfWork(container.sessionmaker)
 
 
@@ -63,7 +63,7 @@ class Actor:
     request_id: str
 
 
-def current_actor(
+async def current_actor(
     request: Request,
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
