@@ -118,9 +118,16 @@ class OAuthStateRepository:
 async def accounts_sharing_login(
     session: AsyncSession, user_id: int, app_key: str
 ) -> list[Account]:
-    query = select(Account).where(
-        Account.user_id == user_id,
-        Account.integration_type == "SCHWAB",
-        Account.integration_config["app_key"].astext == app_key,
+    """The user's Schwab accounts on one app key, locked in id order (a fixed lock order keeps
+    the OAuth callback and the token consumer from deadlocking or overwriting each other)."""
+    query = (
+        select(Account)
+        .order_by(Account.id)
+        .with_for_update()
+        .where(
+            Account.user_id == user_id,
+            Account.integration_type == "SCHWAB",
+            Account.integration_config["app_key"].astext == app_key,
+        )
     )
     return list((await session.execute(query)).scalars())

@@ -586,6 +586,9 @@ class IntegrationService:
             )
         actor = Actor(user_id=user_id, request_id=request_id)
         async with uow:
+            siblings = await accounts_sharing_login(
+                uow.session, user_id, config["app_key"]
+            )
             account = await self._owned(uow, actor, account_id, lock=True)
             audit = AuditRepository(uow.session)
             if not reply.success or not reply.token_enc:
@@ -601,9 +604,7 @@ class IntegrationService:
                 )
                 await uow.commit()
                 return account_id, False, reply.message
-            for sibling in await accounts_sharing_login(
-                uow.session, user_id, config["app_key"]
-            ):
+            for sibling in siblings:
                 self._store_tokens(
                     sibling,
                     reply.token_enc,
