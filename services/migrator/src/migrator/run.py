@@ -8,29 +8,20 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from account_api.integrations import rules
-from account_api.outbox.repository import OutboxRepository
-from brokerlink_shared.contracts.events import IntegrationConfigured
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.messaging import EventPublisher
 
 from migrator import plan as pl
+from migrator.events import EventBatch
 from migrator.report import Progress, Report
 from migrator.source import Source
 from migrator.target import Target, correlation, encode_jsonb
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
-
-
-class _Staged(list[Any]):
-    """Stands in for a session: `OutboxRepository.add` stages `OutboxMessage`s here, and the
-    migrator COPYs them into the outbox in the batch's transaction."""
-
-    def add(self, obj: Any) -> None:
-        self.append(obj)
 
 
 def grouped(
@@ -278,24 +269,14 @@ class Migration:
                 )
             )
         updated, inserted = target.write_accounts(rows)
-        staged = _Staged()
-        outbox = OutboxRepository(staged, self.publisher)  # type: ignore[arg-type]
+        staged = EventBatch(
+            self.publisher, correlation(target.run_id), datetime.now(UTC)
+        )
         for legacy_id, account_id, user_id, version in [*updated, *inserted]:
             if legacy_id not in stored_of:
                 continue
             kind, stored = stored_of[legacy_id]
-            outbox.add(
-                IntegrationConfigured(
-                    user_id=user_id,
-                    account_id=account_id,
-                    correlation_id=correlation(target.run_id),
-                    payload={
-                        "broker": kind,
-                        "config": rules.bus_connection(kind, stored),
-                        "version": version,
-                    },
-                )
-            )
+            staged.add(kind, stored, user_id, account_id, version)
         account_ids = target.id_map("accounts", [a.legacy_id for a in accounts])
 
         # pending links (whatever could not be linked with certainty)
@@ -400,7 +381,7 @@ class Migration:
         target.write_legacy_schwab(schwab_rows)
         for c in copies:
             rep.tables[c.table].outcomes[c.outcome] += 1
-        target.write_outbox(staged)
+        target.write_outbox(staged.rows)
         rep.events += len(staged)
         target.write_rows(marks)
         self._committed({"phase": "users", "last_user_legacy_id": groups[-1][0]})
@@ -432,33 +413,46 @@ class Migration:
     # ---- balance history -------------------------------------------------------------------
 
     def _history(self, total: int) -> None:
+        """Read and convert batch N+1 while the database writes batch N: a one-deep pipeline
+        with one writer thread, which alone uses the connection during this phase (psycopg
+        releases the GIL while PostgreSQL works)."""
         rep = self.report
         done = 0
         rows: list[tuple[Any, ...]] = []
+        invalid: list[tuple[int, str]] = []
 
-        def flush() -> None:
+        def flush(rows: list[tuple[Any, ...]], invalid: list[tuple[int, str]]) -> None:
+            for legacy_id, reason in invalid:
+                rep.skip("account_balance_history", legacy_id, reason)
+                self.skipped["account_balance_history"].add(legacy_id)
+            if not rows:
+                return
             _updated, _inserted, skipped = self.target.write_history(rows)
             for legacy_id, reason in skipped:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
             self._committed({"phase": "history", "last_history_legacy_id": rows[-1][0]})
 
-        for raw in self.source.select(
-            "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
-        ):
-            done += 1
-            row, reason = pl.history_row(raw)
-            if row is None:
-                rep.skip("account_balance_history", int(raw[0]), reason or "invalid")
-                self.skipped["account_balance_history"].add(int(raw[0]))
-                continue
-            rows.append(row)
-            if len(rows) >= self.batch_history:
-                flush()
-                rows = []
-                self.progress.step("balance history", done, total)
-        if rows:
-            flush()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
+            pending: Future[None] | None = None
+            for raw in self.source.select(
+                "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
+            ):
+                done += 1
+                row, reason = pl.history_row(raw)
+                if row is None:
+                    invalid.append((int(raw[0]), reason or "invalid"))
+                    continue
+                rows.append(row)
+                if len(rows) >= self.batch_history:
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(flush, rows, invalid)
+                    rows, invalid = [], []
+                    self.progress.step("balance history", done, total)
+            if pending is not None:
+                pending.result()
+            flush(rows, invalid)
         self.progress.step("balance history", total, total)
 
 

@@ -23,6 +23,8 @@ STAGING = {
         token_access_expires_at timestamptz, token_refresh_expires_at timestamptz""",
     "stg_history": """legacy_id bigint, account_legacy_id bigint, date date, balance numeric, note text,
         as_of timestamptz, created_at timestamptz""",
+    "stg_history_r": """legacy_id bigint, account_id bigint, date date, balance numeric, note text,
+        as_of timestamptz, created_at timestamptz, existing_id bigint, changed boolean""",
     "stg_legacy_ib": """id bigint, user_legacy_id bigint, user_id bigint, name text, host text, port integer,
         client_id integer, target_account_legacy_id bigint, target_account_id bigint, is_connected boolean,
         last_connected timestamptz, account_balance numeric, account_currency text, error text, outcome text,
@@ -407,8 +409,9 @@ class Target:
         )
         return len(updated), len(inserted)
 
-    def write_outbox(self, messages: list[Any]) -> None:
-        """`OutboxMessage` objects (as `OutboxRepository.add` builds them), COPYed in."""
+    def write_outbox(self, messages: list[tuple[Any, ...]]) -> None:
+        """(event_id, family, subject, partition_key, body, correlation_id) rows, as
+        `OutboxRepository.add` builds them (see `migrator.events`), COPYed in."""
         if not messages:
             return
         with (
@@ -418,16 +421,7 @@ class Target:
             ) as copy,
         ):
             for m in messages:
-                copy.write_row(
-                    (
-                        m.event_id,
-                        m.family,
-                        m.subject,
-                        m.partition_key,
-                        m.body,
-                        m.correlation_id,
-                    )
-                )
+                copy.write_row(m)
 
     def write_rows(self, rows: list[tuple[str, int, str]]) -> None:
         """Record (entity, legacy id, checksum) of what this run wrote."""
@@ -466,38 +460,54 @@ class Target:
             rows,
         )
         params = {"run": self.run_id}
+        # Resolve each staged row once (its account, the target row it already has), then
+        # update the changed ones, insert the new ones and name the skipped ones from that.
+        self.conn.execute("TRUNCATE stg_history_r")
+        self.conn.execute(
+            """INSERT INTO stg_history_r
+               SELECT h.legacy_id, a.id, h.date, h.balance, h.note, h.as_of, h.created_at, t.id,
+                      t.id IS NOT NULL AND (t.account_id, t.date, t.balance, t.note)
+                                           IS DISTINCT FROM (a.id, h.date, h.balance, h.note)
+                 FROM stg_history h
+                 LEFT JOIN accounts a ON a.legacy_id = h.account_legacy_id
+                 LEFT JOIN account_balance_history t ON t.legacy_id = h.legacy_id"""
+        )
+        self.conn.execute("ANALYZE stg_history_r")
         updated = self.conn.execute(
-            """WITH s AS (SELECT h.*, a.id AS account_id FROM stg_history h JOIN accounts a ON a.legacy_id = h.account_legacy_id),
-                    old AS (SELECT t.* FROM account_balance_history t JOIN s ON t.legacy_id = s.legacy_id
-                            WHERE (t.account_id, t.date, t.balance, t.note) IS DISTINCT FROM (s.account_id, s.date, s.balance, s.note)
-                              AND NOT EXISTS (SELECT 1 FROM account_balance_history x
+            """WITH s AS (SELECT * FROM stg_history_r WHERE changed AND account_id IS NOT NULL),
+                    old AS (SELECT t.* FROM account_balance_history t JOIN s ON t.id = s.existing_id
+                            WHERE NOT EXISTS (SELECT 1 FROM account_balance_history x
                                               WHERE x.account_id = s.account_id AND x.date = s.date AND x.id <> t.id)
                            ),
                     j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
                           SELECT %(run)s, 'account_balance_history', 'update', to_jsonb(old) FROM old)
                UPDATE account_balance_history t
                   SET account_id = s.account_id, date = s.date, balance = s.balance, note = s.note, as_of = s.as_of, updated_at = now()
-                 FROM s, old WHERE t.id = old.id AND t.legacy_id = s.legacy_id RETURNING t.id""",
+                 FROM s, old WHERE t.id = old.id AND t.id = s.existing_id RETURNING t.id""",
             params,
         ).rowcount
-        inserted = self.conn.execute(
+        skipped = self.conn.execute(
             """WITH ins AS (INSERT INTO account_balance_history (account_id, date, balance, note, source, as_of, legacy_id, created_at, updated_at)
-                      SELECT a.id, h.date, h.balance, h.note, 'MANUAL', h.as_of, h.legacy_id,
-                             coalesce(h.created_at, now()), coalesce(h.created_at, now())
-                        FROM stg_history h JOIN accounts a ON a.legacy_id = h.account_legacy_id
-                       WHERE NOT EXISTS (SELECT 1 FROM account_balance_history t WHERE t.legacy_id = h.legacy_id)
-                      ON CONFLICT (account_id, date) DO NOTHING RETURNING id),
+                      SELECT r.account_id, r.date, r.balance, r.note, 'MANUAL', r.as_of, r.legacy_id,
+                             coalesce(r.created_at, now()), coalesce(r.created_at, now())
+                        FROM stg_history_r r
+                       WHERE r.existing_id IS NULL AND r.account_id IS NOT NULL
+                       ORDER BY r.legacy_id
+                      ON CONFLICT (account_id, date) DO NOTHING RETURNING id, legacy_id),
                     j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
                           SELECT %(run)s, 'account_balance_history', 'insert', array_agg(id) FROM ins HAVING count(*) > 0)
-               SELECT count(*) FROM ins""",
+               SELECT r.legacy_id, CASE WHEN r.account_id IS NULL THEN 'its account was not migrated'
+                                        ELSE 'another balance exists for the same account and day' END
+                 FROM stg_history_r r
+                WHERE r.account_id IS NULL
+                   OR (r.existing_id IS NULL AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.legacy_id = r.legacy_id))
+                ORDER BY r.legacy_id""",
             params,
-        ).fetchone()[0]  # type: ignore[index]
-        skipped = self.conn.execute(
-            """SELECT h.legacy_id, CASE WHEN a.id IS NULL THEN 'its account was not migrated'
-                                      ELSE 'another balance exists for the same account and day' END
-                 FROM stg_history h LEFT JOIN accounts a ON a.legacy_id = h.account_legacy_id
-                WHERE a.id IS NULL OR NOT EXISTS (SELECT 1 FROM account_balance_history t WHERE t.legacy_id = h.legacy_id)"""
         ).fetchall()
+        new = self.conn.execute(
+            "SELECT count(*) FROM stg_history_r WHERE existing_id IS NULL AND account_id IS NOT NULL"
+        ).fetchone()[0]  # type: ignore[index]
+        inserted = int(new) - sum(1 for r in skipped if r[1].startswith("another"))
         return updated, int(inserted), [(r[0], r[1]) for r in skipped]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -91,6 +92,104 @@ def _compare(
     }
 
 
+CHUNK = 20_000  # legacy ids per chunk of the set-based comparison
+
+
+def _chunk(legacy_id: int) -> int:
+    """The chunk of a legacy id: truncating division, as PostgreSQL's bigint `/`."""
+    q = abs(legacy_id) // CHUNK
+    return q if legacy_id >= 0 else -q
+
+
+def _bounds(chunk: int) -> tuple[int, int]:
+    """The inclusive legacy-id range of a chunk."""
+    if chunk > 0:
+        return chunk * CHUNK, chunk * CHUNK + CHUNK - 1
+    if chunk < 0:
+        return chunk * CHUNK - CHUNK + 1, chunk * CHUNK
+    return -CHUNK + 1, CHUNK - 1
+
+
+def canon(*values: Any) -> str:
+    """One row as text, the same as `_canon_sql` builds in PostgreSQL: each value as
+    `<length>:<text>` (NULL as `~`), joined by `|`."""
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("~")
+        else:
+            t = str(v)
+            parts.append(f"{len(t)}:{t}")
+    return "|".join(parts)
+
+
+def _canon_sql(*exprs: str) -> str:
+    return " || '|' || ".join(
+        f"coalesce(length(({e})::text) || ':' || ({e})::text, '~')" for e in exprs
+    )
+
+
+def _chunked(
+    conn: psycopg.Connection[Any],
+    source: Iterator[tuple[int, str]],
+    target_sql: str,
+    params: dict[str, Any],
+    drill: Callable[[int, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """Compare per chunk of legacy ids: count and md5 of the rows' canonical text, the target's
+    computed in PostgreSQL (on a worker thread, while this thread reads the source). Only a
+    chunk that differs is compared row by row (`drill(lo, hi)`), which names the rows and tells
+    mismatches from drift exactly as the row-by-row comparison does."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
+        future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
+        src: dict[int, tuple[int, str]] = {}
+        current, lines = None, []  # type: ignore[var-annotated]
+
+        def close() -> None:
+            if current is not None:
+                src[current] = (
+                    len(lines),
+                    hashlib.md5(
+                        "\n".join(lines).encode(), usedforsecurity=False
+                    ).hexdigest(),
+                )
+
+        for legacy_id, line in source:
+            c = _chunk(legacy_id)
+            if c != current:
+                close()
+                current, lines = c, []
+            lines.append(line)
+        close()
+        tgt = {int(r[0]): (int(r[1]), r[2]) for r in future.result()}
+    counts = {"missing": 0, "mismatched": 0, "drifted": 0, "extra": 0, "rows": 0}
+    named: dict[str, list[int]] = {"missing": [], "mismatched": [], "drifted": []}
+    src_hash, tgt_hash = hashlib.sha256(), hashlib.sha256()
+    for c in sorted(src.keys() | tgt.keys()):
+        s, t = src.get(c), tgt.get(c)
+        if s is not None:
+            src_hash.update(f"{c}:{s[0]}:{s[1]};".encode())
+        if t is not None:
+            tgt_hash.update(f"{c}:{t[0]}:{t[1]};".encode())
+        if s == t:
+            counts["rows"] += s[0]  # type: ignore[index]
+            continue
+        part = drill(*_bounds(c))
+        for k in counts:
+            counts[k] += part[k]
+        for k in named:
+            named[k].extend(part[f"{k}_legacy_ids"][: NAMED - len(named[k])])
+    return {
+        **counts,
+        "source_checksum": src_hash.hexdigest(),
+        "target_checksum": tgt_hash.hexdigest(),
+        "ok": counts["missing"] == 0 and counts["mismatched"] == 0,
+        "missing_legacy_ids": named["missing"],
+        "mismatched_legacy_ids": named["mismatched"],
+        "drifted_legacy_ids": named["drifted"],
+    }
+
+
 def verify(
     source: Source,
     conn: psycopg.Connection[Any],
@@ -132,52 +231,79 @@ def verify(
         ),
     )
 
-    def accounts_src() -> Iterator[tuple[int, str]]:
-        for raw in source.select("accounts", pl.ACCOUNT_COLS, "ORDER BY id"):
+    conn.execute("SET LOCAL work_mem = '64MB'")
+    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+
+    def account_rows(tail: str = "", args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        for raw in source.select(
+            "accounts", pl.ACCOUNT_COLS, f"{tail} ORDER BY id", args
+        ):
             a, _ = pl.account_row(raw)
             if a is not None and a.legacy_id not in skipped.get("accounts", ()):
-                yield (
-                    a.legacy_id,
-                    cv.digest(*a.content(), expected_integrations.get(a.legacy_id)),
-                )
+                yield a, expected_integrations.get(a.legacy_id)
 
-    results["accounts"] = _compare(
-        "accounts",
-        accounts_src(),
-        _target(
-            conn,
-            "accounts",
-            """SELECT a.legacy_id, u.legacy_id, a.name, a.currency, a.account_type, a.account_number,
+    accounts_target = """SELECT a.legacy_id, u.legacy_id, a.name, a.currency, a.account_type, a.account_number,
                   a.original_capital, a.current_balance, a.integration_type,
                   coalesce(m.run_id = %(run)s, false) OR coalesce(i.run_id = %(run)s, false)
              FROM accounts a JOIN users u ON u.id = a.user_id
              LEFT JOIN migration_rows m ON m.entity = 'accounts' AND m.legacy_id = a.legacy_id
              LEFT JOIN migration_rows i ON i.entity = 'integration' AND i.legacy_id = a.legacy_id
-            WHERE a.legacy_id IS NOT NULL ORDER BY a.legacy_id""",
-            params,
-            lambda r: (
-                r[0],
-                cv.digest(r[1], r[2], r[3], r[4], r[5], str(r[6]), str(r[7]), r[8]),
-                r[9],
+            WHERE a.legacy_id BETWEEN %(lo)s AND %(hi)s ORDER BY a.legacy_id"""
+
+    def accounts_drill(lo: int, hi: int) -> dict[str, Any]:
+        return _compare(
+            "accounts",
+            (
+                (a.legacy_id, cv.digest(*a.content(), kind))
+                for a, kind in account_rows("WHERE id BETWEEN ? AND ?", (lo, hi))
             ),
+            _target(
+                conn,
+                "accounts",
+                accounts_target,
+                {**params, "lo": lo, "hi": hi},
+                lambda r: (
+                    r[0],
+                    cv.digest(r[1], r[2], r[3], r[4], r[5], str(r[6]), str(r[7]), r[8]),
+                    r[9],
+                ),
+            ),
+        )
+
+    results["accounts"] = _chunked(
+        conn,
+        (
+            (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
+            for a, kind in account_rows()
         ),
+        f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
+            _canon_sql(
+                "a.legacy_id",
+                "u.legacy_id",
+                "a.name",
+                "a.currency",
+                "a.account_type",
+                "a.account_number",
+                "a.original_capital",
+                "a.current_balance",
+                "a.integration_type",
+            )
+        }, E'\\n' ORDER BY a.legacy_id))
+             FROM accounts a JOIN users u ON u.id = a.user_id
+            WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
+        params,
+        accounts_drill,
     )
 
-    def history_src() -> Iterator[tuple[int, str]]:
+    def history_rows(tail: str = "", args: tuple[Any, ...] = ()) -> Iterator[Any]:
         for raw in source.select(
-            "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
+            "account_balance_history", pl.HISTORY_COLS, f"{tail} ORDER BY id", args
         ):
             h, _ = pl.history_row(raw)
             if h is not None and h[0] not in skipped.get("account_balance_history", ()):
-                yield h[0], cv.digest(h[1], h[2].isoformat(), str(h[3]), h[4])
+                yield h
 
-    results["account_balance_history"] = _compare(
-        "history",
-        history_src(),
-        _target(
-            conn,
-            "history",
-            """WITH written AS (
+    history_target = """WITH written AS (
                 SELECT unnest(ids) AS id FROM migration_journal
                  WHERE run_id = %(run)s AND table_name = 'account_balance_history' AND op = 'insert'
                 UNION SELECT (before->>'id')::bigint FROM migration_journal
@@ -185,10 +311,41 @@ def verify(
            SELECT h.legacy_id, a.legacy_id, h.date, h.balance, h.note, w.id IS NOT NULL
              FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
              LEFT JOIN written w ON w.id = h.id
-            WHERE h.legacy_id IS NOT NULL ORDER BY h.legacy_id""",
-            params,
-            lambda r: (r[0], cv.digest(r[1], r[2].isoformat(), str(r[3]), r[4]), r[5]),
+            WHERE h.legacy_id BETWEEN %(lo)s AND %(hi)s ORDER BY h.legacy_id"""
+
+    def history_drill(lo: int, hi: int) -> dict[str, Any]:
+        return _compare(
+            "history",
+            (
+                (h[0], cv.digest(h[1], h[2].isoformat(), str(h[3]), h[4]))
+                for h in history_rows("WHERE id BETWEEN ? AND ?", (lo, hi))
+            ),
+            _target(
+                conn,
+                "history",
+                history_target,
+                {**params, "lo": lo, "hi": hi},
+                lambda r: (
+                    r[0],
+                    cv.digest(r[1], r[2].isoformat(), str(r[3]), r[4]),
+                    r[5],
+                ),
+            ),
+        )
+
+    results["account_balance_history"] = _chunked(
+        conn,
+        (
+            (h[0], canon(h[0], h[1], h[2].isoformat(), h[3], h[4]))
+            for h in history_rows()
         ),
+        f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
+            _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
+        }, E'\\n' ORDER BY h.legacy_id))
+             FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
+            WHERE h.legacy_id IS NOT NULL GROUP BY 1""",
+        params,
+        history_drill,
     )
 
     def ib_src() -> Iterator[tuple[int, str]]:
