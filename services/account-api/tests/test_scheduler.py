@@ -14,7 +14,10 @@ async def test_one_replica_wins_each_interval(api) -> None:  # type: ignore[no-u
     def new_uow() -> UnitOfWork:
         return UnitOfWork(container.sessionmaker)
 
-    replicas = [RefreshScheduler(new_uow, container.integrations, interval_s=3600) for _ in range(4)]
+    replicas = [
+        RefreshScheduler(new_uow, container.integrations, interval_s=3600)
+        for _ in range(4)
+    ]
     first = await asyncio.gather(*(r.tick() for r in replicas))
     again = await asyncio.gather(*(r.tick() for r in replicas))
     assert sum(first) == 1
