@@ -60,14 +60,24 @@ def _wait_up(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120) -
                     },
                     timeout=5,
                 )
-                if (
-                    login.status_code == 200
-                    and httpx.get(
-                        f"http://127.0.0.1:{port}/healthz", timeout=5
-                    ).status_code
-                    == 200
-                ):
-                    return login.json()
+                if login.status_code == 200:
+                    # The demo accounts are seeded right after the user: wait for all four.
+                    headers = {
+                        "Authorization": f"Bearer {login.json()['access_token']}"
+                    }
+                    accounts = httpx.get(
+                        f"http://127.0.0.1:{port}/api/accounts",
+                        headers=headers,
+                        timeout=5,
+                    )
+                    healthy = (
+                        httpx.get(
+                            f"http://127.0.0.1:{port}/healthz", timeout=5
+                        ).status_code
+                        == 200
+                    )
+                    if healthy and len(accounts.json()) == 4:
+                        return dict(login.json())
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
