@@ -80,7 +80,7 @@ class OutboxRelay:
         await conn.execute(f"LISTEN {CHANNEL}")
         listener = asyncio.create_task(self._listen(conn))
         try:
-            await self._drain_forever()
+            await self._drain_forever(listener)
         finally:
             listener.cancel()
             self.is_leader = False
@@ -93,13 +93,19 @@ class OutboxRelay:
         return bool(row and row[0])
 
     async def _listen(self, conn: psycopg.AsyncConnection) -> None:
-        async for _ in conn.notifies():
-            self._wake.set()
+        try:
+            async for _ in conn.notifies():
+                self._wake.set()
+        finally:
+            self._wake.set()  # let the drain loop notice a lost connection at once
 
-    async def _drain_forever(self) -> None:
+    async def _drain_forever(self, listener: asyncio.Task[None]) -> None:
         failures = 0
         rounds = 0
         while True:
+            if listener.done():
+                # The lock's connection is gone, so another replica may lead now: stop relaying.
+                raise ConnectionError("outbox relay lost its lock connection")
             self._wake.clear()
             try:
                 moved = await self._drain_once()
