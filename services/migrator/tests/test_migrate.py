@@ -358,3 +358,48 @@ def test_progress_lines_when_not_a_terminal(infra, legacy, target_url) -> None:
 
 def test_bcrypt_2a_hash_still_verifies() -> None:
     assert bcrypt.checkpw(PASSWORD.encode(), HASH.encode())
+
+
+def test_email_registered_in_target_is_skipped_across_batches(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    """The target's users are checked per batch by the writer (the batch was planned without
+    the database): a legacy user whose email is registered natively is skipped, with its rows."""
+    from account_api.migrate import upgrade
+
+    upgrade(target_url)
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        native = conn.execute(
+            "INSERT INTO users (email, name, password_hash) VALUES ('BOB@example.com', 'B', 'x') RETURNING id"
+        ).fetchone()[0]
+    src = legacy()
+    report_path = tmp_path / "report.json"
+    code, _out, err = migrate(
+        target_url,
+        "--source",
+        str(src),
+        "--batch-users",
+        "2",
+        "--report",
+        str(report_path),
+    )
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["verification"]["ok"] is True
+    assert {
+        "table": "users",
+        "legacy_id": 2,
+        "reason": f"email already registered in the target (user #{native})",
+    } in report["skipped_rows"]
+    assert {
+        "table": "accounts",
+        "legacy_id": 20,
+        "reason": "its user was not migrated",
+    } in report["skipped_rows"]
+    assert {r[0] for r in q(target_url, "SELECT legacy_id FROM users")} == {
+        None,
+        1,
+        3,
+        4,
+    }
+    assert not q(target_url, "SELECT 1 FROM accounts WHERE legacy_id IN (20, 21)")

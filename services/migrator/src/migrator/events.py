@@ -10,7 +10,9 @@ have exactly the shape the template covers takes the validated path itself."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -19,9 +21,15 @@ import orjson
 from account_api.integrations import rules
 from account_api.outbox.repository import OutboxRepository
 from brokerlink_shared.contracts.events import IntegrationConfigured
-from brokerlink_shared.contracts.values import IBConnection, SchwabConnection
+from brokerlink_shared.contracts.values import (
+    IB_ACCOUNT_CODE,
+    IBConnection,
+    SchwabConnection,
+    validate_host,
+)
 from brokerlink_shared.messaging import EventPublisher
 
+_IB_CODE = re.compile(IB_ACCOUNT_CODE)
 _FIELDS = {
     "IB": tuple(IBConnection.model_fields),
     "SCHWAB": tuple(SchwabConnection.model_fields),
@@ -65,9 +73,9 @@ class EventBatch:
         config = _fast_config(kind, stored)
         if (
             config is None
-            or not isinstance(user_id, int)
-            or not isinstance(account_id, int)
-            or not isinstance(version, int)
+            or type(user_id) is not int
+            or type(account_id) is not int
+            or type(version) is not int
             or version < 1
             or len(self.correlation_id) > 128
         ):
@@ -180,10 +188,12 @@ def _fast_config(kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
         )
         if (
             type(host) is not str
-            or host != host.strip()
+            or not _plain_host(host)
             or type(port) is not int
+            or not 1 <= port <= 65535
             or type(client_id) is not int
-            or not (code is None or (type(code) is str and code == code.strip()))
+            or not 0 <= client_id <= 2147483647
+            or not (code is None or (type(code) is str and _IB_CODE.fullmatch(code)))
             or type(read_only) is not bool
             or backups != []
         ):
@@ -213,3 +223,14 @@ def _fast_config(kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
             **{k: values[k] for k in _FIELDS["SCHWAB"] if k != "type"},
         }
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_host(host: str) -> bool:
+    """`host` passes `IBConnection`'s host rules unchanged (a handful of hosts repeat)."""
+    if len(host) > 253 or host != host.strip():
+        return False
+    try:
+        return validate_host(host) == host
+    except ValueError:
+        return False

@@ -111,19 +111,34 @@ class Migration:
         }
         for table, n in totals.items():
             rep.tables[table].read = n
-        done = 0
-        batch: list[Any] = []
-        for group in grouped(src):
-            batch.append(group)
-            if len(batch) >= self.batch_users:
+        users_total = totals["users"]
+        # Plan batch N+1 while PostgreSQL writes batch N: a one-deep pipeline with one writer
+        # thread, which alone uses the connection during this phase (as for history).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="users") as writer:
+            pending: Future[None] | None = None
+            done = 0
+
+            def submit(batch: list[Any]) -> None:
+                nonlocal pending, done
                 done += len(batch)
-                self._user_batch(batch)
-                self.progress.step("users and accounts", done, totals["users"])
-                batch = []
-        if batch:
-            done += len(batch)
-            self._user_batch(batch)
-        self.progress.step("users and accounts", totals["users"], totals["users"])
+                plans = self._plan_users(batch)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(
+                    self._user_batch, batch, plans, done, users_total
+                )
+
+            batch: list[Any] = []
+            for group in grouped(src):
+                batch.append(group)
+                if len(batch) >= self.batch_users:
+                    submit(batch)
+                    batch = []
+            if batch:
+                submit(batch)
+            if pending is not None:
+                pending.result()
+        self.progress.step("users and accounts", users_total, users_total)
         self._history(totals["account_balance_history"])
 
     def _committed(self, progress: dict[str, Any]) -> None:
@@ -135,34 +150,54 @@ class Migration:
 
     # ---- users, accounts, integrations -----------------------------------------------------
 
-    def _user_batch(
+    def _plan_users(
         self, groups: list[tuple[int, Any, list[Any], list[Any], list[Any]]]
-    ) -> None:
-        target, rep, box = self.target, self.report, self.box
-        lowers = [
-            str(g[1][1]).strip().lower() for g in groups if g[1] is not None and g[1][1]
-        ]
-        owners = target.email_owners(lowers)
-        plans: list[pl.UserPlan] = []
+    ) -> list[tuple[pl.UserPlan, str | None]]:
+        """Plan a batch without the database (main thread): (plan, lower email to check
+        against the target's users, or None when the user is skipped already)."""
+        out: list[tuple[pl.UserPlan, str | None]] = []
         for uid, user, accounts, ibs, schwabs in groups:
-            reason = None
+            reason = lower = None
             if user is not None and user[1]:
                 lower = str(user[1]).strip().lower()
-                owner = owners.get(lower)
                 first = self.emails.setdefault(lower, uid)
                 if first != uid:
                     reason = (
                         f"duplicate email (case-insensitive) of legacy user #{first}"
                     )
-                elif owner is not None and owner[1] != uid:
-                    reason = (
-                        f"email already registered in the target (user #{owner[0]})"
-                    )
-            plans.append(
-                pl.plan_user(
-                    user, accounts, ibs, schwabs, self.now, user_skip_reason=reason
-                )
+                    lower = None
+            plan = pl.plan_user(
+                user, accounts, ibs, schwabs, self.now, user_skip_reason=reason
             )
+            out.append((plan, lower))
+        return out
+
+    def _user_batch(
+        self,
+        groups: list[tuple[int, Any, list[Any], list[Any], list[Any]]],
+        planned: list[tuple[pl.UserPlan, str | None]],
+        done: int,
+        total: int,
+    ) -> None:
+        """Write one planned batch in one transaction (writer thread: it alone uses the
+        connection while the users phase runs)."""
+        target, rep, box = self.target, self.report, self.box
+        owners = target.email_owners([lower for _, lower in planned if lower])
+        plans: list[pl.UserPlan] = []
+        for (uid, user, accounts, ibs, schwabs), (plan, lower) in zip(
+            groups, planned, strict=True
+        ):
+            owner = owners.get(lower) if lower else None
+            if owner is not None and owner[1] != uid:
+                plan = pl.plan_user(
+                    user,
+                    accounts,
+                    ibs,
+                    schwabs,
+                    self.now,
+                    user_skip_reason=f"email already registered in the target (user #{owner[0]})",
+                )
+            plans.append(plan)
 
         users = [p.user for p in plans if p.user is not None]
         accounts = [a for p in plans for a in p.accounts]
@@ -385,6 +420,8 @@ class Migration:
         rep.events += len(staged)
         target.write_rows(marks)
         self._committed({"phase": "users", "last_user_legacy_id": groups[-1][0]})
+        if done < total:
+            self.progress.step("users and accounts", done, total)
 
     def _stored(
         self, kind: str, config: dict[str, Any], *, lenient: bool = False

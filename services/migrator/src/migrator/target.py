@@ -132,6 +132,9 @@ class Target:
         self.conn = conn
         self.dry_run = dry_run
         self.run_id = 0
+        # A new run on a target without any `migration_rows`: nothing was migrated before, so
+        # every legacy id is looked up and recorded once, by this run (see `write_rows`).
+        self.fresh = False
 
     # ---- session ---------------------------------------------------------------------------
 
@@ -173,6 +176,9 @@ class Target:
             )
             self.run_id = run_id
             return run_id, (progress if old_fp == fingerprint else {}), True
+        self.fresh = (
+            self.conn.execute("SELECT 1 FROM migration_rows LIMIT 1").fetchone() is None
+        )
         run_id = self.conn.execute(
             "INSERT INTO migration_runs (status, source, source_fingerprint) VALUES ('running', %s, %s) RETURNING id",
             (source, fingerprint),
@@ -208,7 +214,7 @@ class Target:
     # ---- reads -----------------------------------------------------------------------------
 
     def checksums(self, entity: str, legacy_ids: Sequence[int]) -> dict[int, str]:
-        if not legacy_ids:
+        if not legacy_ids or self.fresh:
             return {}
         rows = self.conn.execute(
             "SELECT legacy_id, checksum FROM migration_rows WHERE entity = %s AND legacy_id = ANY(%s::bigint[])",
@@ -426,6 +432,19 @@ class Target:
     def write_rows(self, rows: list[tuple[str, int, str]]) -> None:
         """Record (entity, legacy id, checksum) of what this run wrote."""
         if not rows:
+            return
+        if self.fresh:
+            # Nothing to journal or to conflict with: each legacy id is in one batch only, and
+            # a resumed run is never fresh. A duplicate would fail the primary key, loudly.
+            run_id = self.run_id
+            with (
+                self.conn.cursor() as cur,
+                cur.copy(
+                    "COPY migration_rows (entity, legacy_id, checksum, run_id) FROM STDIN"
+                ) as copy,
+            ):
+                for entity, legacy_id, checksum in rows:
+                    copy.write_row((entity, legacy_id, checksum, run_id))
             return
         self.copy("stg_rows", ["entity", "legacy_id", "checksum"], rows)
         self.conn.execute(
