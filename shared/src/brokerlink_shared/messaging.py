@@ -320,7 +320,7 @@ class EventPublisher:
 
     def encode(self, event: Event) -> tuple[str, bytes]:
         """Re-validate an event (guards against `model_construct`) and return (subject, body)."""
-        body = event.model_dump(mode="json")
+        body = event.model_dump(mode="json", warnings=False)  # re-validated just below
         checked = self.build(event.type, body)
         return self._topology.subject(
             checked.family, checked.subject_broker()
