@@ -64,3 +64,11 @@ def test_redaction() -> None:
         'failed with app_secret=hunter2 and Authorization: Bearer abc.def "access_token": "zzz"'
     )
     assert "hunter2" not in text and "abc.def" not in text and "zzz" not in text
+
+
+def test_redaction_of_oauth_codes_and_escaped_json() -> None:
+    assert "C0.abc" not in redact_text(
+        "GET /api/integrations/schwab/callback?code=C0.abc@&state=s"
+    )
+    assert "C0.abc" not in redact_text('{"code": "C0.abc"}')
+    assert "SECRETVALUE" not in redact_text(r"{\"refresh_token\": \"SECRETVALUE\"}")

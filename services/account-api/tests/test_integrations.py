@@ -337,3 +337,60 @@ async def test_bulk_refresh_job_counts(client, account) -> None:  # type: ignore
     assert job["pending"] + job["done"] + job["failed"] == 1
     health = (await client.get("/api/integrations/health", headers=h)).json()
     assert health[0]["account_id"] == aid and health[0]["type"] == "IB"
+
+
+async def test_a_result_read_with_an_old_config_is_not_applied(
+    client, api, account, infra
+) -> None:  # type: ignore[no-untyped-def]
+    h, aid = account
+    assert (
+        await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
+    ).status_code == 200
+    refresh_id = (
+        await client.post(f"/api/accounts/{aid}/integration/refresh?wait=0", headers=h)
+    ).json()["refresh_id"]
+    changed = {"type": "IB", "config": {**IB["config"], "account_code": "U7654321"}}
+    assert (
+        await client.put(f"/api/accounts/{aid}/integration", headers=h, json=changed)
+    ).status_code == 200
+    user_id = (await client.get("/api/auth/me", headers=h)).json()["id"]
+    topology = Topology(api.settings.namespace)
+    broker = make_broker(infra.nats_url, topology, "fake-connector")
+    await broker.connect()
+    try:
+        late = BalanceUpdated(
+            user_id=user_id,
+            account_id=aid,
+            payload={
+                "broker": "IB",
+                "refresh_id": refresh_id,
+                "as_of": datetime.now(UTC),
+                "currency": "USD",
+                "balance": "999999",
+            },
+        )
+        await EventPublisher(broker, topology).publish(late)
+
+        async def settled() -> dict | None:
+            r = await client.get(
+                f"/api/accounts/{aid}/integration/refresh/{refresh_id}", headers=h
+            )
+            return r.json() if r.status_code == 502 else None
+
+        failed = await wait_until(
+            settled, timeout_s=10, message="stale refresh marked failed"
+        )
+        assert "changed" in failed["detail"]
+        assert (
+            float(
+                (await client.get(f"/api/accounts/{aid}", headers=h)).json()[
+                    "current_balance"
+                ]
+            )
+            != 999999
+        )
+        assert (
+            await client.get(f"/api/accounts/{aid}/history", headers=h)
+        ).json() == []
+    finally:
+        await broker.stop()

@@ -16,13 +16,17 @@ correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 SECRET_KEYS = re.compile(
-    r"(secret|token|password|passwd|authorization|api[_-]?key|app[_-]?key|totp|fernet|cookie|code_verifier)",
+    r"(secret|token|password|passwd|authorization|api[_-]?key|app[_-]?key|totp|fernet|cookie|code_verifier|code_enc)",
     re.IGNORECASE,
 )
 # key=value / "key": "value" pairs whose key names a secret, and bearer credentials.
 _PAIR = re.compile(
-    r"""(?P<key>["']?[\w-]*(?:secret|token|password|authorization|api_key|app_key|totp)[\w-]*["']?\s*[:=]\s*)(?P<val>"[^"]*"|'[^']*'|[^\s,;&}]+)""",
+    r"""(?P<key>\\?["']?[\w-]*(?:secret|token|password|authorization|api_key|app_key|totp)[\w-]*\\?["']?\s*[:=]\s*)(?P<val>\\?"(?:[^"\\]|\\[^"])*\\?"|'[^']*'|[^\s,;&}]+)""",
     re.IGNORECASE,
+)
+# OAuth authorization codes: `?code=…` in URLs and a quoted "code" key in JSON.
+_CODE = re.compile(
+    r"""(?P<key>[?&]code=)(?P<val>[^\s&#"']+)|(?P<jkey>["']code["']\s*:\s*)(?P<jval>"[^"]*"|'[^']*')"""
 )
 _BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _FERNET = re.compile(r"gAAAAA[A-Za-z0-9_=-]{20,}")
@@ -33,6 +37,7 @@ def redact_text(text: str) -> str:
     """Mask secret-looking values in free text (key=value pairs, bearer tokens, ciphertexts)."""
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _PAIR.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
+    text = _CODE.sub(lambda m: f"{m.group('key') or m.group('jkey')}{REDACTED}", text)
     return _FERNET.sub(REDACTED, text)
 
 

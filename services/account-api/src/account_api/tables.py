@@ -236,6 +236,7 @@ class Refresh(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True
     )
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), index=True)
+    integration_version: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
     balance: Mapped[Decimal | None] = mapped_column(MONEY)
     message: Mapped[str | None] = mapped_column(Text)

@@ -453,6 +453,11 @@ class GatewaySessionPool:
     def attach(
         self, config: IBConnection, account_id: int, user_id: int | None
     ) -> tuple[GatewaySession, AccountBinding]:
+        """Serve the account from the session of `config`; an account moved to another gateway
+        or client id stops being served (and reported) by its old session."""
+        for other in self.sessions.values():
+            if other.key != config.session_key and account_id in other.bindings:
+                other.detach(account_id)
         session = self.session(config)
         binding = session.attach(
             AccountBinding(account_id, user_id, config.account_code), config

@@ -97,8 +97,10 @@ class Stop(Exception):
 def _read_or_create(path: Path, factory: str) -> str:
     if path.exists():
         return path.read_text().strip()
-    path.write_text(factory)
-    path.chmod(0o600)
+    # Created 0600 from the start: never readable by others, not even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(factory)
     return factory
 
 

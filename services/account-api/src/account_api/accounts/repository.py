@@ -30,12 +30,17 @@ class AccountRepository:
             query = query.with_for_update()
         return (await self._session.execute(query)).scalar_one_or_none()
 
-    async def integrated(self, user_id: int | None = None) -> list[Account]:
+    async def integrated(
+        self, user_id: int | None = None, *, lock: bool = False
+    ) -> list[Account]:
+        """Integrated accounts (of one user, or all); `lock` holds them against concurrent edits."""
         query = (
             select(Account)
             .where(Account.integration_type.is_not(None))
             .order_by(Account.id)
         )
+        if lock:
+            query = query.with_for_update()
         if user_id is not None:
             query = query.where(Account.user_id == user_id)
         return list((await self._session.execute(query)).scalars())

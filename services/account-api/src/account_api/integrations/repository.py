@@ -23,9 +23,20 @@ class RefreshRepository:
         self._session = session
 
     def add(
-        self, refresh_id: uuid.UUID, account_id: int, job_id: uuid.UUID | None = None
+        self,
+        refresh_id: uuid.UUID,
+        account_id: int,
+        integration_version: int,
+        job_id: uuid.UUID | None = None,
     ) -> None:
-        self._session.add(Refresh(id=refresh_id, account_id=account_id, job_id=job_id))
+        self._session.add(
+            Refresh(
+                id=refresh_id,
+                account_id=account_id,
+                job_id=job_id,
+                integration_version=integration_version,
+            )
+        )
 
     def add_job(
         self, job_id: uuid.UUID, user_id: int | None, total: int, trigger: str

@@ -75,6 +75,22 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
             await uow.commit()
             return
         now = datetime.now(UTC)
+        refresh = await uow.session.get(Refresh, p.refresh_id) if p.refresh_id else None
+        if stale := _stale_reason(account, p.broker.value, refresh):
+            # Read with a config no longer in force: it must not overwrite the account.
+            log.info(
+                "stale balance ignored",
+                extra={"account_id": account.id, "reason": stale},
+            )
+            if refresh is not None and refresh.status == "pending":
+                refresh.status, refresh.message, refresh.completed_at = (
+                    "failed",
+                    stale,
+                    now,
+                )
+                await _notify_refresh(uow, refresh.id)
+            await uow.commit()
+            return
         newer = account.balance_as_of is None or account.balance_as_of <= p.as_of
         if newer:
             account.current_balance = p.balance
@@ -120,16 +136,26 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
             source=p.broker.value,
             as_of=p.as_of,
         )
-        if p.refresh_id:
-            refresh = await uow.session.get(Refresh, p.refresh_id)
-            if refresh is not None and refresh.status == "pending":
-                refresh.status, refresh.balance, refresh.completed_at = (
-                    "succeeded",
-                    p.balance,
-                    now,
-                )
-                await _notify_refresh(uow, p.refresh_id)
+        if refresh is not None and refresh.status == "pending":
+            refresh.status, refresh.balance, refresh.completed_at = (
+                "succeeded",
+                p.balance,
+                now,
+            )
+            await _notify_refresh(uow, refresh.id)
         await uow.commit()
+
+
+def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str | None:
+    """Why a connector's result must not touch the account, if it must not."""
+    if account.integration_type != broker:
+        return "the integration was removed or replaced while this refresh ran"
+    if refresh is not None and refresh.integration_version not in (
+        None,
+        account.integration_version,
+    ):
+        return "the integration was changed while this refresh ran"
+    return None
 
 
 async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
@@ -138,17 +164,16 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
         if not await _first_time(uow, event, "failures"):
             return
         account = await _account(uow, event)
-        if account is not None:
+        refresh = await uow.session.get(Refresh, p.refresh_id) if p.refresh_id else None
+        if account is not None and not _stale_reason(account, p.broker.value, refresh):
             account.last_error, account.last_error_code = p.message, p.code
-        if p.refresh_id:
-            refresh = await uow.session.get(Refresh, p.refresh_id)
-            if refresh is not None and refresh.status == "pending":
-                refresh.status, refresh.message, refresh.completed_at = (
-                    "failed",
-                    p.message,
-                    datetime.now(UTC),
-                )
-                await _notify_refresh(uow, p.refresh_id)
+        if refresh is not None and refresh.status == "pending":
+            refresh.status, refresh.message, refresh.completed_at = (
+                "failed",
+                p.message,
+                datetime.now(UTC),
+            )
+            await _notify_refresh(uow, refresh.id)
         await uow.commit()
 
 

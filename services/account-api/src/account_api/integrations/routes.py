@@ -158,7 +158,7 @@ async def schwab_callback(
     code: Annotated[str, Query(min_length=1, max_length=2048)],
     state: Annotated[str, Query(min_length=1, max_length=512)],
 ) -> RedirectResponse:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:128]
     try:
         account_id, ok, _message = await c.integrations.oauth_callback(
             uow, code, state, request_id

@@ -301,7 +301,9 @@ class IntegrationService:
         refresh_id = refresh_id or uuid.uuid4()
         kind = account.integration_type
         assert kind is not None
-        RefreshRepository(uow.session).add(refresh_id, account.id, job_id)
+        RefreshRepository(uow.session).add(
+            refresh_id, account.id, account.integration_version, job_id
+        )
         account.last_refresh_at = datetime.now(UTC)
         self._outbox(uow).add(
             RefreshRequested(
@@ -400,8 +402,10 @@ class IntegrationService:
         """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
         job_id = uuid.uuid4()
         async with uow:
+            # Locked, so a concurrent change of an integration cannot slip between our read of
+            # its config and the refresh command we queue with it.
             accounts = await AccountRepository(uow.session).integrated(
-                actor.user_id if actor else None
+                actor.user_id if actor else None, lock=True
             )
             RefreshRepository(uow.session).add_job(
                 job_id, actor.user_id if actor else None, len(accounts), trigger
@@ -498,7 +502,10 @@ class IntegrationService:
 
     def _verify(self, state: str) -> str | None:
         nonce, _, _sig = state.partition(".")
-        if not nonce or not hmac.compare_digest(self._sign(nonce), state):
+        # Bytes: compare_digest refuses non-ASCII str, and the state comes from anyone's browser.
+        if not nonce or not hmac.compare_digest(
+            self._sign(nonce).encode(), state.encode()
+        ):
             return None
         return nonce
 
@@ -591,6 +598,26 @@ class IntegrationService:
             )
             account = await self._owned(uow, actor, account_id, lock=True)
             audit = AuditRepository(uow.session)
+            current = account.integration_config or {}
+            if (
+                account.integration_type != "SCHWAB"
+                or current.get("app_key") != config["app_key"]
+            ):
+                # The integration changed while the user was at Schwab: these tokens are not its.
+                await audit.record(
+                    actor=str(user_id),
+                    user_id=user_id,
+                    account_id=account_id,
+                    action="integration.reauth",
+                    request_id=request_id,
+                    detail={"success": False, "reason": "integration changed"},
+                )
+                await uow.commit()
+                return (
+                    account_id,
+                    False,
+                    "the integration changed during sign-in; start again",
+                )
             if not reply.success or not reply.token_enc:
                 account.integration_status = IntegrationStatus.REAUTH_REQUIRED.value
                 account.last_error = reply.message

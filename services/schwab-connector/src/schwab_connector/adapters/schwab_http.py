@@ -159,36 +159,31 @@ class SchwabGateway:
     async def exchange_code(
         self, app_key: str, app_secret: str, code: str, redirect_uri: str
     ) -> TokenObject:
-        """Trade an authorization code for a token (the token endpoint's raw answer)."""
-        last: SchwabCallError | None = None
-        for attempt in range(1, self._max_attempts + 1):
-            async with AsyncOAuth2Client(
-                app_key, client_secret=app_secret, redirect_uri=redirect_uri
-            ) as oauth:
-                self._prepare(oauth)
-                try:
-                    token = await oauth.fetch_token(
-                        TOKEN_ENDPOINT,
-                        grant_type="authorization_code",
-                        code=code,
-                        redirect_uri=redirect_uri,
-                    )
-                    return dict(token)
-                except OAuthError as exc:
-                    code_ = getattr(exc, "error", None) or "oauth_error"
-                    raise SchwabCallError(
-                        f"Schwab refused the authorization code ({code_})"
-                    ) from None
-                except SchwabCallError as exc:
-                    last = exc
-                except httpx.HTTPError as exc:
-                    last = SchwabCallError(
-                        f"token endpoint unreachable ({type(exc).__name__})",
-                        retryable=True,
-                    )
-            if attempt < self._max_attempts:
-                await self._sleep_before_retry(attempt, last)
-        raise last or SchwabCallError("token exchange failed")
+        """Trade an authorization code for a token (the token endpoint's raw answer).
+
+        One attempt only: a code is single-use, so a retry after a lost answer would be refused
+        and hide the real outcome."""
+        async with AsyncOAuth2Client(
+            app_key, client_secret=app_secret, redirect_uri=redirect_uri
+        ) as oauth:
+            self._prepare(oauth)
+            try:
+                token = await oauth.fetch_token(
+                    TOKEN_ENDPOINT,
+                    grant_type="authorization_code",
+                    code=code,
+                    redirect_uri=redirect_uri,
+                )
+            except OAuthError as exc:
+                code_ = getattr(exc, "error", None) or "oauth_error"
+                raise SchwabCallError(
+                    f"Schwab refused the authorization code ({code_})"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise SchwabCallError(
+                    f"token endpoint unreachable ({type(exc).__name__})", retryable=True
+                ) from None
+            return dict(token)
 
     async def refresh_token(self, client: AsyncClient) -> None:
         """Refresh the client's access token (its write function stores the result)."""

@@ -298,5 +298,5 @@ class TokenVault:
     async def flush_rotation(self, state: LoginState) -> None:
         """Report a token written since the last report (ours, or authlib refreshing on its own)."""
         if state.rotation_pending:
-            state.rotation_pending = False
             await self._on_rotated(state)
+            state.rotation_pending = False  # only once account-api has been told
