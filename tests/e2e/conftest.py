@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 CHROMIUM = os.environ.get("BROKERLINK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -67,18 +66,6 @@ class Stack:
     ib_admin_url: str
     gateway_port: int
     schwab_sim: Any
-
-
-async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    return server, task
 
 
 def _ib_scenario_accounts() -> list[Any]:
@@ -155,6 +142,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from account_api.main import create_app as create_api
     from account_api.migrate import upgrade
     from brokerlink_shared.devstack.embedded import free_port
+    from brokerlink_shared.testing.serving import serving
     from brokerlink_simulators.ib_gateway import (
         GatewaySpec,
         IBGatewaySimulator,
@@ -230,14 +218,9 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
                 "schwab_authorize_url": f"{schwab_sim.base_url}/v1/oauth/authorize",
             }
         )
-        server, task = await _serve(create_api(settings), port)
-
-        async def stop_api() -> None:
-            server.should_exit = True
-            await task
-
-        cleanup.push_async_callback(stop_api)
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = await cleanup.enter_async_context(
+            serving(create_api(settings), port)
+        )
         await _wait_healthy(base_url)
         yield Stack(
             base_url=base_url,

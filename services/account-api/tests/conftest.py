@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from account_api.config import Settings
 from account_api.main import create_app
 from account_api.migrate import upgrade
 from brokerlink_shared.devstack.embedded import free_port
+from brokerlink_shared.testing.serving import serving
 
 
 @dataclass
@@ -23,22 +23,12 @@ class RunningApi:
     app: object
 
 
-async def start_api(
-    settings: Settings,
-) -> tuple[RunningApi, uvicorn.Server, asyncio.Task[None]]:
-    """Serve account-api in this event loop on `settings.port`; returns once it accepts requests."""
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[RunningApi]:
+    """Serve account-api in this event loop on `settings.port` until the block ends."""
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    return RunningApi(f"http://127.0.0.1:{settings.port}", settings, app), server, task
+    async with serving(app, settings.port) as base_url:
+        yield RunningApi(base_url, settings, app)
 
 
 def api_settings_for(
@@ -71,10 +61,8 @@ def api_database(infra) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 async def api(infra, api_database: str) -> AsyncIterator[RunningApi]:  # type: ignore[no-untyped-def]
     settings = api_settings_for(infra, api_database, f"{infra.namespace}api")
-    running, server, task = await start_api(settings)
-    yield running
-    server.should_exit = True
-    await task
+    async with running_api(settings) as running:
+        yield running
 
 
 @pytest.fixture
@@ -116,7 +104,7 @@ class ApiFactory:
     ) -> Settings:
         return api_settings_for(self.infra, database_url, namespace, **overrides)
 
-    start = staticmethod(start_api)
+    run = staticmethod(running_api)
 
 
 @pytest.fixture(scope="session")

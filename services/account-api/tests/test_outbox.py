@@ -24,9 +24,11 @@ async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
     settings = api_factory.settings(
         db, f"{infra.namespace}ob", nats_url=private_nats.url
     )
-    running, server, task = await api_factory.start(settings)
     try:
-        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+        async with (
+            api_factory.run(settings) as running,
+            httpx.AsyncClient(base_url=running.base_url, timeout=30) as client,
+        ):
             await wait_until(
                 lambda: _bus_up(client), timeout_s=20, message="API connected to NATS"
             )
@@ -77,8 +79,6 @@ async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
         for aid in ids:
             assert versions[aid] == list(range(1, 21)), versions[aid]
     finally:
-        server.should_exit = True
-        await task
         private_nats.stop()
 
 
