@@ -418,6 +418,8 @@ class GatewaySessionPool:
         self._client_factory = client_factory
         self._on_idle_close = on_idle_close
         self.sessions: dict[SessionKey, GatewaySession] = {}
+        # account id -> the key of the session serving it: attach and detach stay O(1) per call
+        self._session_of: dict[int, SessionKey] = {}
         self._connect_slots = asyncio.Semaphore(settings.max_concurrent_connects)
         self._reaper: asyncio.Task[None] | None = None
 
@@ -431,6 +433,7 @@ class GatewaySessionPool:
                 await self._reaper
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         self.sessions.clear()
+        self._session_of.clear()
 
     def session(self, config: IBConnection) -> GatewaySession:
         """The session for a config's key, created and started on first use."""
@@ -455,10 +458,13 @@ class GatewaySessionPool:
     ) -> tuple[GatewaySession, AccountBinding]:
         """Serve the account from the session of `config`; an account moved to another gateway
         or client id stops being served (and reported) by its old session."""
-        for other in self.sessions.values():
-            if other.key != config.session_key and account_id in other.bindings:
+        previous = self._session_of.get(account_id)
+        if previous is not None and previous != config.session_key:
+            other = self.sessions.get(previous)
+            if other is not None:
                 other.detach(account_id)
         session = self.session(config)
+        self._session_of[account_id] = session.key
         binding = session.attach(
             AccountBinding(account_id, user_id, config.account_code), config
         )
@@ -468,20 +474,25 @@ class GatewaySessionPool:
         self, config: IBConnection | None, account_id: int
     ) -> SessionKey | None:
         """Stop serving an account; closes its session when it was the last. Returns a closed key."""
-        candidates = (
-            [self.sessions[config.session_key]]
+        key = (
+            config.session_key
             if config and config.session_key in self.sessions
-            else [s for s in self.sessions.values() if account_id in s.bindings]
+            else self._session_of.get(account_id)
         )
-        for session in candidates:
-            if session.detach(account_id):
-                await self.close_session(session.key)
-                return session.key
+        session = self.sessions.get(key) if key is not None else None
+        if self._session_of.get(account_id) == key:
+            self._session_of.pop(account_id, None)
+        if session is not None and session.detach(account_id):
+            await self.close_session(session.key)
+            return session.key
         return None
 
     async def close_session(self, key: SessionKey) -> None:
         session = self.sessions.pop(key, None)
         if session is not None:
+            for account_id in session.bindings:
+                if self._session_of.get(account_id) == key:
+                    del self._session_of[account_id]
             await session.close()
             log.info("gateway session closed", extra={"session": session.label})
 
