@@ -35,7 +35,7 @@ class Settings(ServiceSettings):
     schwab_authorize_url: str = "https://api.schwabapi.com/v1/oauth/authorize"
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=100)
-    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+    outbox_batch_size: int = Field(default=500, ge=1, le=5000)
 
     @field_validator("jwt_secret")
     @classmethod
