@@ -398,7 +398,7 @@ class EventPublisher:
             failure = exc
         done = 0
         if acks:
-            settled, late = await asyncio.wait(acks, timeout=self._timeout)
+            _, late = await asyncio.wait(acks, timeout=self._timeout)
             for ack in late:
                 ack.cancel()  # frees its slot in nats-py's pending window
             for ack in acks:

@@ -21,6 +21,7 @@ class Settings(ServiceSettings):
         default=8000, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "port")
     )
     workers: int = Field(default=2, ge=1, le=64)
+    worker_healthcheck_timeout_s: int = Field(default=60, ge=5, le=600)
     public_url: str = "http://127.0.0.1:8000"
     jwt_secret: SecretStr = SecretStr("")
     access_token_minutes: int = Field(default=15, ge=1, le=1440)
@@ -36,6 +37,12 @@ class Settings(ServiceSettings):
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=100)
     outbox_batch_size: int = Field(default=500, ge=1, le=5000)
+    outbox_poll_interval_s: float = Field(
+        default=0.02,
+        gt=0,
+        le=10,
+        description="how often the relay looks for rows staged by other processes",
+    )
 
     @field_validator("jwt_secret")
     @classmethod

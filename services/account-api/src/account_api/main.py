@@ -87,12 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessionmaker,
         publisher,
         batch_size=settings.outbox_batch_size,
+        poll_interval_s=settings.outbox_poll_interval_s,
     )
+    relay.wake_on_commit()
 
     def new_uow() -> UnitOfWork:
         return UnitOfWork(sessionmaker)
 
-    register_consumers(broker, topology, new_uow)
+    balances = register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
         new_uow, integrations_service, settings.scheduled_refresh_interval_s
     )
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
             await broker.stop()
+            await balances.aclose()
             await read_pool.close()
             await engine.dispose()
 
@@ -185,6 +188,10 @@ def run() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            # A worker answers the supervisor's ping only once its imports are done, which
+            # takes far longer than uvicorn's 5 s default on a busy machine: it was killed
+            # and respawned in a loop under load.
+            timeout_worker_healthcheck=settings.worker_healthcheck_timeout_s,
             log_config=None,
             access_log=False,
             loop="uvloop",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +15,23 @@ from account_api.tables import Account
 _COLUMNS = """id, name, currency, account_type, account_number, original_capital, current_balance,
     last_updated, integration_type, integration_config, integration_status, last_error,
     last_refresh_at, created_at, updated_at"""
+
+
+# Each account with its newest history rows, built as JSON by PostgreSQL (one query per list).
+_WITH_HISTORY = f"""SELECT {_COLUMNS}, COALESCE(
+        (SELECT json_agg(h ORDER BY h.date DESC) FROM (
+            SELECT id, account_id, date, balance::text AS balance, note, source, updated_at
+            FROM account_balance_history WHERE account_id = a.id
+            ORDER BY date DESC LIMIT %s) h),
+        '[]'::json) AS history
+    FROM accounts a WHERE a.user_id = %s ORDER BY a.id"""
+
+
+class _JSONFragmentLoader(Loader):
+    """Keeps PostgreSQL's JSON as bytes that orjson embeds as is (no parse and re-dump)."""
+
+    def load(self, data: Any) -> orjson.Fragment:
+        return orjson.Fragment(bytes(data))
 
 
 class AccountRepository:
@@ -69,6 +88,15 @@ class AccountReadModel:
                 (user_id,),
                 prepare=True,
             )
+            return await cur.fetchall()  # type: ignore[return-value]
+
+    async def list_with_history(
+        self, user_id: int, history_limit: int
+    ) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor()
+            cur.adapters.register_loader("json", _JSONFragmentLoader)
+            await cur.execute(_WITH_HISTORY, (history_limit, user_id), prepare=True)
             return await cur.fetchall()  # type: ignore[return-value]
 
     async def one_for_user(

@@ -6,7 +6,9 @@ overwrites it. Refresh waiters are woken with NOTIFY, delivered on commit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from brokerlink_shared.contracts.events import (
@@ -17,7 +19,7 @@ from brokerlink_shared.contracts.events import (
     SchwabTokensRotated,
 )
 from brokerlink_shared.contracts.values import IntegrationStatus
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, case, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from account_api.db import UnitOfWork
@@ -62,98 +64,260 @@ async def _notify_refresh(uow: UnitOfWork, refresh_id: object) -> None:
 
 
 async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
-    p = event.payload
+    await record_balances(uow, [event])
+
+
+_CONNECTABLE = (
+    IntegrationStatus.PENDING.value,
+    IntegrationStatus.ERROR.value,
+    IntegrationStatus.DISCONNECTED.value,
+)
+
+
+async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> None:
+    """Record many balance events in one transaction (group commit), with a fixed number of
+    statements however many there are; the outcome equals recording them one by one in
+    `as_of` order."""
     async with uow:
-        if not await _first_time(uow, event, "balances"):
-            return
-        account = await _account(uow, event)
-        if account is None:
-            log.info(
-                "balance for an unknown or deleted account ignored",
-                extra={"account_id": event.account_id},
-            )
-            await uow.commit()
-            return
-        now = datetime.now(UTC)
-        refresh = await uow.session.get(Refresh, p.refresh_id) if p.refresh_id else None
-        if stale := _stale_reason(account, p.broker.value, refresh):
-            # Read with a config no longer in force: it must not overwrite the account.
-            log.info(
-                "stale balance ignored",
-                extra={"account_id": account.id, "reason": stale},
-            )
-            if refresh is not None and refresh.status == "pending":
-                refresh.status, refresh.message, refresh.completed_at = (
-                    "failed",
-                    stale,
-                    now,
-                )
-                await _notify_refresh(uow, refresh.id)
-            await uow.commit()
-            return
-        newer = account.balance_as_of is None or account.balance_as_of <= p.as_of
-        if newer:
-            account.current_balance = p.balance
-            account.balance_as_of = p.as_of
-            account.last_updated = p.as_of
-            account.last_success_at = now
-            if account.integration_type and account.integration_status in (
-                IntegrationStatus.PENDING.value,
-                IntegrationStatus.ERROR.value,
-                IntegrationStatus.DISCONNECTED.value,
-            ):
-                account.integration_status = IntegrationStatus.CONNECTED.value
-                account.integration_status_at = now
-            account.last_error = account.last_error_code = None
-            await uow.session.execute(
-                delete(PositionSnapshot).where(
-                    PositionSnapshot.account_id == account.id
-                )
-            )
-            await uow.session.execute(
-                delete(CashSnapshot).where(CashSnapshot.account_id == account.id)
-            )
-            for pos in p.positions:
-                uow.session.add(
-                    PositionSnapshot(
-                        account_id=account.id, as_of=p.as_of, **pos.model_dump()
+        session = uow.session
+        fresh_ids = set(
+            (
+                await session.execute(
+                    insert(ProcessedEvent)
+                    .values(
+                        [
+                            {"event_id": e.event_id, "consumer": "balances"}
+                            for e in {e.event_id: e for e in events}.values()
+                        ]
                     )
+                    .on_conflict_do_nothing()
+                    .returning(ProcessedEvent.event_id)
                 )
-            for cash in p.cash:
-                uow.session.add(
-                    CashSnapshot(
-                        account_id=account.id,
-                        currency=cash.currency,
-                        amount=cash.amount,
-                        as_of=p.as_of,
-                    )
-                )
-        # The day's history row follows its own as_of rule (an older event can still fill an empty day).
-        await HistoryRepository(uow.session).upsert(
-            account.id,
-            p.as_of.astimezone(UTC).date(),
-            p.balance,
-            source=p.broker.value,
-            as_of=p.as_of,
+            ).scalars()
         )
-        if refresh is not None and refresh.status == "pending":
-            refresh.status, refresh.balance, refresh.completed_at = (
-                "succeeded",
-                p.balance,
-                now,
+        fresh = sorted(
+            (
+                e
+                for e in {e.event_id: e for e in events}.values()
+                if e.event_id in fresh_ids
+            ),
+            key=lambda e: e.payload.as_of,
+        )
+        if not fresh:
+            await uow.commit()
+            return
+        # Locked in id order, so concurrent batches cannot deadlock on each other.
+        accounts = {
+            a.id: a
+            for a in (
+                await session.execute(
+                    select(
+                        Account.id,
+                        Account.user_id,
+                        Account.integration_type,
+                        Account.integration_version,
+                        Account.integration_status,
+                        Account.balance_as_of,
+                    )
+                    .where(
+                        Account.id.in_({e.account_id for e in fresh if e.account_id})
+                    )
+                    .order_by(Account.id)
+                    .with_for_update()
+                )
+            ).all()
+        }
+        refresh_ids = {e.payload.refresh_id for e in fresh if e.payload.refresh_id}
+        refreshes = (
+            {
+                r.id: r
+                for r in (
+                    await session.execute(
+                        select(
+                            Refresh.id, Refresh.status, Refresh.integration_version
+                        ).where(Refresh.id.in_(refresh_ids))
+                    )
+                ).all()
+            }
+            if refresh_ids
+            else {}
+        )
+        now = datetime.now(UTC)
+        balance_as_of = {aid: a.balance_as_of for aid, a in accounts.items()}
+        latest: dict[int, BalanceUpdated] = {}  # account -> the newest balance to store
+        history: dict[tuple[int, dt.date], BalanceUpdated] = {}
+        outcomes: dict[object, dict[str, object]] = {}  # refresh id -> its end
+        for event in fresh:
+            p = event.payload
+            account = accounts.get(event.account_id or 0)
+            if account is None or (
+                event.user_id is not None and account.user_id != event.user_id
+            ):
+                log.info(
+                    "balance for an unknown or deleted account ignored",
+                    extra={"account_id": event.account_id},
+                )
+                continue
+            refresh = refreshes.get(p.refresh_id) if p.refresh_id else None
+            pending = (
+                refresh is not None
+                and refresh.status == "pending"
+                and refresh.id not in outcomes
             )
-            await _notify_refresh(uow, refresh.id)
+            if stale := _stale_reason(
+                account.integration_type,
+                account.integration_version,
+                p.broker.value,
+                refresh.integration_version if refresh is not None else None,
+            ):
+                # Read with a config no longer in force: it must not overwrite the account.
+                log.info(
+                    "stale balance ignored",
+                    extra={"account_id": account.id, "reason": stale},
+                )
+                if pending:
+                    outcomes[p.refresh_id] = {
+                        "status": "failed",
+                        "message": stale,
+                        "balance": None,
+                    }
+                continue
+            stored = balance_as_of[account.id]
+            if stored is None or stored <= p.as_of:
+                balance_as_of[account.id] = p.as_of
+                latest[account.id] = event
+            # The day's history row follows its own as_of rule (an older event can still fill an empty day).
+            day = (account.id, p.as_of.astimezone(UTC).date())
+            if day not in history or history[day].payload.as_of <= p.as_of:
+                history[day] = event
+            if pending:
+                outcomes[p.refresh_id] = {
+                    "status": "succeeded",
+                    "message": None,
+                    "balance": p.balance,
+                }
+        await _store_balances(uow, latest, now)
+        if history:
+            await HistoryRepository(session).upsert_broker_days(
+                [
+                    (
+                        aid,
+                        day,
+                        e.payload.balance,
+                        e.payload.broker.value,
+                        e.payload.as_of,
+                    )
+                    for (aid, day), e in history.items()
+                ]
+            )
+        if outcomes:
+            refreshes_table = Refresh.__table__
+            await session.execute(
+                update(refreshes_table)
+                .where(
+                    refreshes_table.c.id == bindparam("rid"),
+                    refreshes_table.c.status == "pending",
+                )
+                .values(
+                    status=bindparam("new_status"),
+                    message=bindparam("new_message"),
+                    balance=bindparam("new_balance"),
+                    completed_at=now,
+                ),
+                [
+                    {
+                        "rid": rid,
+                        "new_status": o["status"],
+                        "new_message": o["message"],
+                        "new_balance": o["balance"],
+                    }
+                    for rid, o in outcomes.items()
+                ],
+            )
+            await session.execute(
+                text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
+                {"ch": REFRESH_CHANNEL, "ids": [str(r) for r in outcomes]},
+            )
         await uow.commit()
 
 
-def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str | None:
+async def _store_balances(
+    uow: UnitOfWork,
+    latest: dict[int, BalanceUpdated],
+    now: datetime,
+) -> None:
+    """Each account's newest balance, positions and cash (snapshots are replaced whole)."""
+    if not latest:
+        return
+    session = uow.session
+    table = Account.__table__
+    # Evaluated on the row as it was: a stored balance proves the link works.
+    _connectable = table.c.integration_type.is_not(
+        None
+    ) & table.c.integration_status.in_(_CONNECTABLE)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("aid"))
+        .values(
+            current_balance=bindparam("balance"),
+            balance_as_of=bindparam("as_of"),
+            last_updated=bindparam("as_of"),
+            last_success_at=now,
+            integration_status=case(
+                (_connectable, IntegrationStatus.CONNECTED.value),
+                else_=table.c.integration_status,
+            ),
+            integration_status_at=case(
+                (_connectable, now), else_=table.c.integration_status_at
+            ),
+            last_error=None,
+            last_error_code=None,
+        ),
+        [
+            {
+                "aid": aid,
+                "balance": e.payload.balance,
+                "as_of": e.payload.as_of,
+            }
+            for aid, e in latest.items()
+        ],
+    )
+    ids = list(latest)
+    await session.execute(
+        delete(PositionSnapshot).where(PositionSnapshot.account_id.in_(ids))
+    )
+    await session.execute(delete(CashSnapshot).where(CashSnapshot.account_id.in_(ids)))
+    positions = [
+        {"account_id": aid, "as_of": e.payload.as_of, **pos.model_dump()}
+        for aid, e in latest.items()
+        for pos in e.payload.positions
+    ]
+    if positions:
+        await session.execute(insert(PositionSnapshot.__table__), positions)
+    cash = [
+        {
+            "account_id": aid,
+            "currency": c.currency,
+            "amount": c.amount,
+            "as_of": e.payload.as_of,
+        }
+        for aid, e in latest.items()
+        for c in e.payload.cash
+    ]
+    if cash:
+        await session.execute(insert(CashSnapshot.__table__), cash)
+
+
+def _stale_reason(
+    integration_type: str | None,
+    integration_version: int,
+    broker: str,
+    refresh_version: int | None,
+) -> str | None:
     """Why a connector's result must not touch the account, if it must not."""
-    if account.integration_type != broker:
+    if integration_type != broker:
         return "the integration was removed or replaced while this refresh ran"
-    if refresh is not None and refresh.integration_version not in (
-        None,
-        account.integration_version,
-    ):
+    if refresh_version not in (None, integration_version):
         return "the integration was changed while this refresh ran"
     return None
 
@@ -165,7 +329,12 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
             return
         account = await _account(uow, event)
         refresh = await uow.session.get(Refresh, p.refresh_id) if p.refresh_id else None
-        if account is not None and not _stale_reason(account, p.broker.value, refresh):
+        if account is not None and not _stale_reason(
+            account.integration_type,
+            account.integration_version,
+            p.broker.value,
+            refresh.integration_version if refresh is not None else None,
+        ):
             account.last_error, account.last_error_code = p.message, p.code
         if refresh is not None and refresh.status == "pending":
             refresh.status, refresh.message, refresh.completed_at = (

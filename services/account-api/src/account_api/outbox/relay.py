@@ -1,8 +1,9 @@
 """`OutboxRelay`: publishes outbox rows to JetStream in commit order.
 
 Exactly one relay runs at a time across replicas (a session-level advisory lock), which keeps
-per-account order without per-key bookkeeping. It wakes on NOTIFY from the outbox trigger, and
-when NATS is down it keeps the rows and retries with capped backoff; a row is marked published
+per-account order without per-key bookkeeping. It polls every `poll_interval_s` and is woken at
+once by commits in its own process (`wake_on_commit`); there is no NOTIFY per insert, because
+PostgreSQL serialises the commits of transactions that NOTIFY. When NATS is down it keeps the rows and retries with capped backoff; a row is marked published
 only after JetStream acknowledged it, and `Nats-Msg-Id = event id` makes a re-send a no-op.
 
 A batch goes out in commit order on one connection with all its acks in flight together
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import psycopg
 from brokerlink_shared.messaging import (
@@ -23,9 +25,11 @@ from brokerlink_shared.messaging import (
     PartialPublish,
     backoff_delay,
 )
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
-from account_api.outbox.repository import PURGE, claim, mark_published
+from account_api.outbox.repository import PURGE, STAGED, claim, mark_published
 
 log = logging.getLogger(__name__)
 RELAY_LOCK_ID = 727275
@@ -38,23 +42,47 @@ class OutboxRelay:
         libpq_url: str,
         sessionmaker: async_sessionmaker[AsyncSession],
         publisher: EventPublisher,
-        batch_size: int = 200,
-        idle_poll_s: float = 5.0,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.02,
+        purge_every_s: float = 3600.0,
     ) -> None:
         self._url = libpq_url
         self._sessionmaker = sessionmaker
         self._publisher = publisher
         self._batch = batch_size
-        self._idle_poll_s = idle_poll_s
+        self._poll_interval_s = poll_interval_s
+        self._purge_every_s = purge_every_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
         self.published_total = 0
+        self._listening_commits = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
+    def wake_on_commit(self) -> None:
+        """Wake this relay when a session of this process commits staged outbox rows (until
+        `stop`); rows staged by other processes are found by polling."""
+        event.listen(
+            self._sessionmaker.class_.sync_session_class,
+            "after_commit",
+            self._after_commit,
+        )
+        self._listening_commits = True
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(STAGED, False):
+            self._wake.set()
+
     async def stop(self) -> None:
+        if self._listening_commits:
+            event.remove(
+                self._sessionmaker.class_.sync_session_class,
+                "after_commit",
+                self._after_commit,
+            )
+            self._listening_commits = False
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -110,7 +138,7 @@ class OutboxRelay:
 
     async def _drain_forever(self, listener: asyncio.Task[None]) -> None:
         failures = 0
-        rounds = 0
+        purged_at = time.monotonic()
         while True:
             if listener.done():
                 # The lock's connection is gone, so another replica may lead now: stop relaying.
@@ -132,13 +160,13 @@ class OutboxRelay:
                 continue
             if moved:
                 continue
-            rounds += 1
-            if rounds % 720 == 0:
+            if time.monotonic() - purged_at > self._purge_every_s:
+                purged_at = time.monotonic()
                 async with self._sessionmaker() as session:
                     await session.execute(PURGE)
                     await session.commit()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 
     async def _drain_once(self) -> int:
         """Publish one batch in order; returns how many rows were published."""
