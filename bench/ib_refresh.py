@@ -11,8 +11,13 @@ account has its own gateway session (N accounts over M simulated gateways), and 
 re-reads the account from the simulator on every refresh (`subscription_max_age_s=0`: nothing
 is answered from ib_async's cache).
 
-Paced phase: refresh i is due at t0 + i/rate and is requested then, whatever is still in
-flight; its latency runs from that due time to the NOTIFY that account-api's consumer sends in
+How refreshes are requested (`--via`): `bulk` (default) is how many refreshes arrive in
+production, a user's "refresh all" (`POST /api/integrations/refresh`, 20 accounts per user, the
+same use case the scheduler runs); `single` is one `POST /api/accounts/{id}/integration/refresh`
+per refresh.
+
+Paced phase: refresh i is due at t0 + i/rate and is requested then (in bulk mode, a user's 20
+refreshes are due together), whatever is still in flight; its latency runs from that due time to the NOTIFY that account-api's consumer sends in
 the transaction storing the balance (delivered on commit), so a slow system cannot hide its
 queue (no coordinated omission). At the end every refresh must have ended: the bench counts
 the refreshes table by status. Prints the core count and every process's CPU seconds and peak
@@ -264,6 +269,12 @@ async def main() -> None:
     )
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument(
+        "--via",
+        choices=("bulk", "single"),
+        default="bulk",
+        help="request refreshes per user (refresh all) or one account at a time",
+    )
+    parser.add_argument(
         "--lazy-fsync",
         action="store_true",
         help="NATS without sync_interval: always (the lighter, non-production path)",
@@ -331,6 +342,7 @@ async def main() -> None:
                 "ACCOUNT_API_WORKERS": str(args.api_workers),
                 "ACCOUNT_API_SCHEDULED_REFRESH_INTERVAL_S": "0",
             },
+            stdout=(logs / "account-api.out").open("wb"),
             stderr=(logs / "account-api.log").open("wb"),
         )
         children.append(api)
@@ -442,7 +454,18 @@ async def main() -> None:
                 tree.mark()
             t0 = time.perf_counter() + 0.1
 
-            async def request(i: int, due: float) -> None:
+            by_user: dict[int, list[int]] = {}
+            for uid, aid in owners:
+                by_user.setdefault(uid, []).append(aid)
+            users = list(by_user)
+            lookup = await psycopg.AsyncConnection.connect(uri, autocommit=True)
+
+            def failed(exc: Exception, count: int) -> None:
+                request_errors.extend([repr(exc)] * count)
+                if len(latencies) + len(request_errors) >= total:
+                    all_ended.set()
+
+            async def request_one(i: int, due: float) -> None:
                 uid, aid = owners[i % len(owners)]
                 try:
                     r = await client.post(
@@ -452,21 +475,56 @@ async def main() -> None:
                     )
                     r.raise_for_status()
                 except httpx.HTTPError as exc:
-                    request_errors.append(repr(exc))
-                    if len(latencies) + len(request_errors) >= total:
-                        all_ended.set()
+                    failed(exc, 1)
                     return
                 refresh_id = r.json()["refresh_id"]
                 due_at[refresh_id] = due
                 settle(refresh_id)
 
+            async def request_user(uid: int, due: float) -> None:
+                try:
+                    r = await client.post(
+                        "/api/integrations/refresh", headers=tokens[uid]
+                    )
+                    r.raise_for_status()
+                except httpx.HTTPError as exc:
+                    failed(exc, len(by_user[uid]))
+                    return
+                rows = await (
+                    await lookup.execute(
+                        "SELECT id::text FROM refreshes WHERE job_id = %s",
+                        (r.json()["job_id"],),
+                    )
+                ).fetchall()
+                for (refresh_id,) in rows:
+                    due_at[refresh_id] = due
+                    settle(refresh_id)
+
+            plan_: list[tuple[float, Any]] = []
+            if args.via == "single":
+                plan_ = [
+                    (
+                        t0 + i / args.rate,
+                        lambda i=i, d=t0 + i / args.rate: request_one(i, d),
+                    )
+                    for i in range(total)
+                ]
+            else:
+                due, k, requested = t0, 0, 0
+                while requested < total:
+                    uid = users[k % len(users)]
+                    plan_.append((due, lambda uid=uid, d=due: request_user(uid, d)))
+                    requested += len(by_user[uid])
+                    due = t0 + requested / args.rate
+                    k += 1
+                total = requested
+
             tasks: set[asyncio.Task[None]] = set()
-            for i in range(total):
-                due = t0 + i / args.rate
+            for due, start in plan_:
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                task = asyncio.create_task(request(i, due))
+                task = asyncio.create_task(start())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             offered_s = time.perf_counter() - t0
@@ -476,6 +534,7 @@ async def main() -> None:
             cpu = {k: t.since_mark() for k, t in tree_list.items()}
             listening.cancel()
             await listener.close()
+            await lookup.close()
             for profiler in profilers:
                 await asyncio.to_thread(profiler.wait)
 
@@ -501,6 +560,7 @@ async def main() -> None:
             "gateways": len(ports),
             "nats_sync_always": not args.lazy_fsync,
             "rate_offered": args.rate,
+            "via": args.via,
             "duration_s": args.duration,
             "requested": total,
             "answered": answered,
@@ -521,7 +581,7 @@ async def main() -> None:
             f"machine: {os.cpu_count()} cores ({psutil.cpu_count(logical=False)} physical)"
         )
         print(
-            f"path: POST refresh -> outbox -> relay -> NATS (sync_interval: "
+            f"path: POST {'/api/integrations/refresh (a user: 20 accounts)' if args.via == 'bulk' else 'one account refresh'} -> outbox -> relay -> NATS (sync_interval: "
             f"{'default, lazy' if args.lazy_fsync else 'always'}) -> ib-connector -> TWS over TCP -> "
             f"simulator -> balance.updated -> account-api consumer -> committed (fsync on)"
         )

@@ -19,7 +19,7 @@ from brokerlink_shared.contracts.events import (
     SchwabTokensRotated,
 )
 from brokerlink_shared.contracts.values import IntegrationStatus
-from sqlalchemy import bindparam, case, delete, select, text, update
+from sqlalchemy import bindparam, case, delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from account_api.db import UnitOfWork
@@ -252,9 +252,10 @@ async def _store_balances(
     session = uow.session
     table = Account.__table__
     # Evaluated on the row as it was: a stored balance proves the link works.
-    _connectable = table.c.integration_type.is_not(
-        None
-    ) & table.c.integration_status.in_(_CONNECTABLE)
+    # (not `in_`: an expanding IN cannot be used with executemany).
+    _connectable = table.c.integration_type.is_not(None) & or_(
+        *(table.c.integration_status == status for status in _CONNECTABLE)
+    )
     await session.execute(
         update(table)
         .where(table.c.id == bindparam("aid"))
