@@ -572,6 +572,7 @@ async def main() -> None:
             "max_ms": round(lat_ms[-1], 1) if lat_ms else None,
             "refreshes_by_status": statuses,
             "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
+            "cpu_ms_per_refresh": round(1000 * sum(cpu.values()) / max(1, answered), 2),
             "peak_rss_mib": {
                 k: round(t.peak_rss / 2**20) for k, t in tree_list.items()
             },
@@ -613,6 +614,14 @@ async def main() -> None:
             + ", ".join(
                 f"{k} {t.peak_rss / 2**20:.0f} MiB" for k, t in tree_list.items()
             )
+        )
+        print(
+            "CPU ms per refresh (machine-independent-ish; the goal's 500/s on 2 cores leaves "
+            "4 ms for all of them together): "
+            + ", ".join(
+                f"{k} {1000 * v / max(1, answered):.2f}" for k, v in cpu.items()
+            )
+            + f"; total {1000 * sum(cpu.values()) / max(1, answered):.2f}"
         )
         if request_errors:
             print(f"first request error: {request_errors[0]}")
