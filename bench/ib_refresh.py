@@ -388,7 +388,10 @@ async def main() -> None:
             uid: {"Authorization": f"Bearer {issuer.issue(uid).access_token}"}
             for uid in {u for u, _ in owners}
         }
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        # Idle connections are dropped before the server's 5 s keep-alive can close them under us.
+        limits = httpx.Limits(
+            max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(
             base_url=base, timeout=30, limits=limits
         ) as client:

@@ -3,8 +3,9 @@
 Exactly one relay runs at a time across replicas (a session-level advisory lock), which keeps
 per-account order without per-key bookkeeping. It polls every `poll_interval_s` and is woken at
 once by commits in its own process (`wake_on_commit`); there is no NOTIFY per insert, because
-PostgreSQL serialises the commits of transactions that NOTIFY. When NATS is down it keeps the rows and retries with capped backoff; a row is marked published
-only after JetStream acknowledged it, and `Nats-Msg-Id = event id` makes a re-send a no-op.
+PostgreSQL serialises the commits of transactions that NOTIFY. When NATS is down it keeps the
+rows and retries with capped backoff; a row is marked published only after JetStream
+acknowledged it, and `Nats-Msg-Id = event id` makes a re-send a no-op.
 
 A batch goes out in commit order on one connection with all its acks in flight together
 (waiting for each ack before the next send capped the relay at ~50 messages/s end to end);
@@ -29,11 +30,14 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from account_api.outbox.repository import PURGE, STAGED, claim, mark_published
+from account_api.outbox.repository import PURGE, claim, mark_published
+from account_api.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
 RELAY_LOCK_ID = 727275
 CHANNEL = "brokerlink_outbox"
+# Set in a session's `info` when a flush wrote outbox rows, so its commit wakes the relay.
+_STAGED = "outbox_staged"
 
 
 class OutboxRelay:
@@ -64,24 +68,20 @@ class OutboxRelay:
     def wake_on_commit(self) -> None:
         """Wake this relay when a session of this process commits staged outbox rows (until
         `stop`); rows staged by other processes are found by polling."""
-        event.listen(
-            self._sessionmaker.class_.sync_session_class,
-            "after_commit",
-            self._after_commit,
-        )
+        session_class = self._sessionmaker.class_.sync_session_class
+        if not event.contains(session_class, "after_flush", _mark_staged):
+            event.listen(session_class, "after_flush", _mark_staged)  # shared, kept
+        event.listen(session_class, "after_commit", self._after_commit)
         self._listening_commits = True
 
     def _after_commit(self, session: Session) -> None:
-        if session.info.pop(STAGED, False):
+        if session.info.pop(_STAGED, False):
             self._wake.set()
 
     async def stop(self) -> None:
         if self._listening_commits:
-            event.remove(
-                self._sessionmaker.class_.sync_session_class,
-                "after_commit",
-                self._after_commit,
-            )
+            session_class = self._sessionmaker.class_.sync_session_class
+            event.remove(session_class, "after_commit", self._after_commit)
             self._listening_commits = False
         if self._task:
             self._task.cancel()
@@ -200,3 +200,9 @@ class OutboxRelay:
 
     def wake(self) -> None:
         self._wake.set()
+
+
+def _mark_staged(session: Session, _context: object) -> None:
+    # `session.new` still lists what this flush inserted.
+    if any(isinstance(obj, OutboxMessage) for obj in session.new):
+        session.info[_STAGED] = True

@@ -13,9 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.tables import OutboxMessage
 
-# Set in a session's `info` when it staged rows, so the relay can be woken on its commit.
-STAGED = "outbox_staged"
-
 
 class OutboxRepository:
     def __init__(self, session: AsyncSession, publisher: EventPublisher) -> None:
@@ -25,7 +22,6 @@ class OutboxRepository:
     def add(self, event: Event) -> None:
         """Stage `event` for publication; validation errors surface here, before commit."""
         subject, body = self._publisher.encode(event)
-        self._session.sync_session.info[STAGED] = True
         self._session.add(
             OutboxMessage(
                 event_id=event.event_id,
