@@ -127,10 +127,12 @@ for route, shown, goal in (("list+history", "GET /api/accounts (with history)", 
     if not legacy or not ours:
         continue
     l_rps, o_rps = med([r["req_per_s"] for r in legacy]), med([r["req_per_s"] for r in ours])
+    l_cpu = med([r["server_cpu_ms_per_request"] for r in legacy])
+    o_cpu = med([r["server_cpu_ms_per_request"] for r in ours])
     rows.append((shown,
-                 f"{l_rps:,.0f} req/s, p99 {med([r['p99_ms'] for r in legacy]):.0f} ms",
-                 f"{o_rps:,.0f} req/s, p99 {med([r['p99_ms'] for r in ours]):.0f} ms",
-                 f"{o_rps / l_rps:.1f}x (goal >= {goal}x)"))
+                 f"{l_rps:,.0f} req/s, p99 {med([r['p99_ms'] for r in legacy]):.0f} ms, {l_cpu:.2f} ms CPU/req",
+                 f"{o_rps:,.0f} req/s, p99 {med([r['p99_ms'] for r in ours]):.0f} ms, {o_cpu:.2f} ms CPU/req",
+                 f"{o_rps / l_rps:.1f}x req/s (goal >= {goal}x); {l_cpu / o_cpu:.1f}x less CPU per request"))
 legacy_s, ours_first, ours_rerun = [], [], []
 for line in open(f"{res}/migration_legacy.txt") if glob.glob(f"{res}/migration_legacy.txt") else []:
     walls = re.findall(r"wall=(?:(\d+):)?(\d+):([\d.]+)", line)
