@@ -28,7 +28,7 @@ from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
 from account_api.db import UnitOfWork, make_engine, make_read_pool
 from account_api.deps import Container
-from account_api.errors import add_exception_handlers
+from account_api.exception_handlers import add_exception_handlers
 from account_api.history.routes import router as history_router
 from account_api.integrations.routes import router as integrations_router
 from account_api.integrations.service import IntegrationService

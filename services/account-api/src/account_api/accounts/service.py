@@ -7,9 +7,9 @@ from typing import Any
 
 from account_api.accounts.repository import AccountReadModel, AccountRepository
 from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.actor import Actor
 from account_api.audit.repository import AuditRepository
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound, IntegrationNotConfigured
 from account_api.integrations import rules
 from account_api.integrations.service import IntegrationService

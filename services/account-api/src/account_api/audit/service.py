@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.audit.repository import AuditRepository
 from account_api.audit.schemas import AuditOut
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.compat.schemas import (
     IBBalanceOut,
     IBSettingsIn,
@@ -20,7 +21,6 @@ from account_api.compat.schemas import (
     SchwabTokenStatusOut,
 )
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import Conflict, InvalidField
 from account_api.integrations import rules
 from account_api.integrations.schemas import IBIntegrationIn, SchwabIntegrationIn

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.audit.repository import AuditRepository
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound, Conflict, NotFound
 from account_api.history.repository import HistoryRepository
 from account_api.history.schemas import HistoryIn, HistoryOut, HistoryUpdate

@@ -39,10 +39,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.audit.repository import AuditRepository
 from account_api.config import Settings
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import (
     AccountNotFound,
     Conflict,

@@ -12,9 +12,9 @@ from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from pydantic import ValidationError
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.audit.repository import AuditRepository
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound, InvalidField, NotFound
 from account_api.integrations import rules
 from account_api.integrations.schemas import (
