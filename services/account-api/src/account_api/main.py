@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
-    integrations_service = IntegrationService(
+    integrations_service = IntegrationService.build(
         settings, secrets, publisher, broker, topology, waiter
     )
     relay = OutboxRelay(
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
-        new_uow, integrations_service, settings.scheduled_refresh_interval_s
+        new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
     container = Container(
         settings=settings,

@@ -11,9 +11,8 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from account_api.config import Settings
+from account_api.integrations import lifecycle
 from account_api.tables import Account, User
-
-SECRET_KEYS = ("app_secret_enc", "token_enc")
 
 
 def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, int]:
@@ -34,13 +33,10 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
             .all()
         ):
             for account in rows:
-                config = dict(account.integration_config or {})
-                touched = False
-                for key in SECRET_KEYS:
-                    if config.get(key):
-                        config[key] = secrets.rotate(config[key])
-                        touched = True
-                if touched:
+                config = lifecycle.secrets_reencrypted(
+                    account.integration_config or {}, secrets.rotate
+                )
+                if config is not None:
                     account.integration_config = config
                     counts["accounts"] += 1
                 last = account.id
@@ -64,13 +60,8 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
                 last = user.id
             session.commit()
         for row in session.execute(text("SELECT id, config FROM pending_links")).all():
-            config = dict(row.config)
-            changed = False
-            for key in SECRET_KEYS:
-                if config.get(key):
-                    config[key] = secrets.rotate(config[key])
-                    changed = True
-            if changed:
+            config = lifecycle.secrets_reencrypted(row.config, secrets.rotate)
+            if config is not None:
                 session.execute(
                     text(
                         "UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"
