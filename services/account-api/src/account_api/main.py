@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 
+from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
@@ -59,7 +60,7 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
                 "NATS not reachable yet; retrying",
                 extra={"error": repr(exc), "attempt": attempt},
             )
-            await asyncio.sleep(min(5.0, 0.5 * attempt))
+            await asyncio.sleep(backoff_delay(attempt, cap=5.0))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

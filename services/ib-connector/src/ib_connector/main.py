@@ -12,9 +12,9 @@ from brokerlink_shared.messaging import (
     EventPublisher,
     dead_letter_count,
     ensure_streams,
-    fail_parked_refreshes,
     make_broker,
 )
+from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 

@@ -13,7 +13,8 @@ import contextlib
 import logging
 
 import psycopg
-from brokerlink_shared.messaging import EventPublisher, backoff_delay
+from brokerlink_shared.backoff import backoff_delay
+from brokerlink_shared.messaging import EventPublisher
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from account_api.outbox.repository import PURGE, claim, mark_published
