@@ -10,6 +10,7 @@ from brokerlink_shared.health import serve_http_health
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
+    bus_connected,
     dead_letter_count,
     ensure_streams,
     make_broker,
@@ -68,7 +69,7 @@ def create_app(settings: Settings) -> FastStream:
             parked = await dead_letter_count(broker, topology, SERVICE)
         except Exception:
             parked = -1
-        connected = broker.connection is not None and broker.connection.is_connected
+        connected = await bus_connected(broker)
         ownership = service.ownership
         return HealthReply(
             service=SERVICE,
