@@ -43,13 +43,13 @@ import psutil  # type: ignore[import-untyped]
 import psycopg
 from account_api.auth.tokens import TokenIssuer
 from account_api.migrate import upgrade
-from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import (
+from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     free_port,
     sqlalchemy_url,
 )
+from brokerlink_shared.crypto import generate_key
 
 # Round-robin over users like the legacy app's rotate.lua; `detail` walks each user's own ids.
 LUA = r"""

@@ -86,6 +86,8 @@ class HistoryRepository:
     ) -> None:
         """Many `upsert`s of broker balances (account, day, balance, source, as_of) in one
         statement, keeping the same rule: never replace a newer row. One row per (account, day)."""
+        if not rows:
+            return
         stmt = insert(BalanceHistory).values(
             [
                 {

@@ -20,17 +20,13 @@ import logging
 import time
 
 import psycopg
-from brokerlink_shared.messaging import (
-    EncodedEvent,
-    EventPublisher,
-    PartialPublish,
-    backoff_delay,
-)
+from brokerlink_shared.backoff import backoff_delay
+from brokerlink_shared.messaging import EncodedEvent, EventPublisher, PartialPublish
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from account_api.outbox.repository import PURGE, claim, mark_published
+from account_api.outbox.repository import OutboxQueue
 from account_api.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -163,7 +159,7 @@ class OutboxRelay:
             if time.monotonic() - purged_at > self._purge_every_s:
                 purged_at = time.monotonic()
                 async with self._sessionmaker() as session:
-                    await session.execute(PURGE)
+                    await OutboxQueue(session).purge_published()
                     await session.commit()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
@@ -171,7 +167,8 @@ class OutboxRelay:
     async def _drain_once(self) -> int:
         """Publish one batch in order; returns how many rows were published."""
         async with self._sessionmaker() as session:
-            rows = await claim(session, self._batch)
+            queue = OutboxQueue(session)
+            rows = await queue.claim(self._batch)
             if not rows:
                 return 0
             failure: PartialPublish | None = None
@@ -191,7 +188,7 @@ class OutboxRelay:
             except PartialPublish as exc:
                 published, failure = exc.published, exc
             if published:
-                await mark_published(session, [row.seq for row in rows[:published]])
+                await queue.mark_published([row.seq for row in rows[:published]])
                 await session.commit()
                 self.published_total += published
             if failure is not None:
