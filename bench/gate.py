@@ -103,7 +103,7 @@ BENCHES = [
         "ib_refresh",
         [
             "ib_refresh.py",
-            *("--accounts", "1000", "--gateways", "50"),
+            *("--accounts", "500", "--gateways", "25"),
             *("--rate", "500", "--duration", "20", "--drain", "30"),
         ],
         _ib_refresh,
