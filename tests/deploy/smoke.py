@@ -186,7 +186,7 @@ def build_image(
             global_args[k] = v
         elif stages:
             stages[-1][1].append((kind, rest))
-    by_name = {n: ins for n, ins in stages}
+    by_name = dict(stages)
     chain: list[list[tuple[str, str]]] = []
     current = target or stages[-1][0]
     while current in by_name:
@@ -303,9 +303,23 @@ class Container:
     cwd: Path
     log: Path
     blocked_modules: list[str] = field(default_factory=list)
+    restart: bool = False  # restartPolicy Always / restart: unless-stopped
     process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    hosts: dict[str, list[str]] = field(default_factory=dict)
+
+    def revive(self) -> bool:
+        """Restart a crashed container as the kubelet / docker would (a few times at most)."""
+        if not self.restart or self.restarts >= 3:
+            return False
+        self.restarts += 1
+        code = self.process.returncode if self.process else "?"
+        log(f"{self.manifest}: exited with {code}; restart {self.restarts}")
+        self.start(self.hosts)
+        return True
 
     def start(self, hosts: dict[str, list[str]]) -> None:
+        self.hosts = hosts
         net = {
             "hosts": hosts,
             "pod_ip": self.ip,
@@ -410,7 +424,7 @@ def wait_until(
     last = ""
     while time.monotonic() < deadline:
         for c in alive:
-            if not c.alive():
+            if not c.alive() and not c.revive():
                 raise AssertionError(
                     f"{c.manifest}: exited with {c.process.returncode if c.process else '?'} "
                     f"while waiting for {what}:\n{c.tail()}"
@@ -1066,6 +1080,7 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
                     image.workdir,
                     root / "logs" / f"{name}.log",
                     image.blocked_modules,
+                    restart=svc.get("restart", "no") in ("always", "unless-stopped"),
                 )
             containers[name] = c
             checks[name] = _healthcheck(manifest, svc, c, image)
@@ -1180,3 +1195,456 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
         for image in images.values():
             check_console_scripts(image, COMPOSE)
         return balances
+
+
+# --- Kubernetes -------------------------------------------------------------------------------------
+
+OVERLAY = "deploy/overlays/prod"
+# Replicas started per workload: enough to exercise what replicas do (forwarding between
+# ib-connector replicas) while staying inside a 2-core CI budget.
+MAX_REPLICAS = {"Deployment": 1, "StatefulSet": 2}
+
+
+def render_overlay() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl and not os.environ.get("BROKERLINK_NO_KUBECTL"):
+        proc = subprocess.run(
+            [kubectl, "kustomize", str(REPO / OVERLAY)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise ManifestDefect(OVERLAY, "kustomization.yaml", proc.stderr.strip())
+        return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "brokerlink_smoke_kustomize_lite", Path(__file__).with_name("kustomize_lite.py")
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.render(REPO / OVERLAY))
+
+
+def helm_nats_conf(
+    values: dict[str, Any], node: int, ips: list[str], store: Path
+) -> str:
+    """The nats.conf the official chart builds for pod `nats-<node>` from these values."""
+    config = values["config"]
+    js = {"store_dir": str(store), **(config["jetstream"].get("merge") or {})}
+    merge = json.dumps(config.get("merge") or {}, indent=2)
+    merge = re.sub(r'"<< (\$\w+) >>"', r"\1", merge)
+    routes = ", ".join(f'"nats://{ip}:6222"' for ip in ips)
+    cluster = ""
+    if config.get("cluster", {}).get("enabled"):
+        cluster = f'cluster {{ name: "nats", listen: "{ips[node]}:6222", routes: [{routes}] }}\n'
+    return (
+        f'server_name: "nats-{node}"\nlisten: "{ips[node]}:4222"\n'
+        f'http: "{ips[node]}:{config.get("monitor", {}).get("port", 8222)}"\n'
+        f"lame_duck_duration: 30s\n"
+        f"jetstream {json.dumps(js)}\n{cluster}" + merge.strip()[1:-1] + "\n"
+    )
+
+
+def _env_value(
+    manifest: str,
+    key: str,
+    item: dict[str, Any],
+    objects: dict[tuple[str, str], dict[str, Any]],
+    pod: str,
+    ip: str,
+    env: dict[str, str],
+) -> str:
+    if "value" in item:
+        return re.sub(
+            r"\$\((\w+)\)",
+            lambda m: env.get(m.group(1), m.group(0)),
+            str(item["value"]),
+        )
+    source = item.get("valueFrom") or {}
+    for kind, ref in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+        if ref in source:
+            name, k = source[ref]["name"], source[ref]["key"]
+            obj = objects.get((kind, name))
+            data = (
+                {}
+                if obj is None
+                else {**(obj.get("data") or {}), **(obj.get("stringData") or {})}
+            )
+            if k not in data:
+                raise ManifestDefect(manifest, key, f"{kind} {name} has no key {k!r}")
+            return str(data[k])
+    if "fieldRef" in source:
+        path = source["fieldRef"]["fieldPath"]
+        fields = {
+            "metadata.name": pod,
+            "metadata.namespace": "brokerlink",
+            "status.podIP": ip,
+        }
+        if path not in fields:
+            raise ManifestDefect(manifest, key, f"fieldRef {path} not emulated")
+        return fields[path]
+    raise ManifestDefect(manifest, key, "no value and no valueFrom")
+
+
+def pod_containers(
+    obj: dict[str, Any],
+    pod: str,
+    ip: str,
+    objects: dict[tuple[str, str], dict[str, Any]],
+    images: dict[str, Image],
+    root: Path,
+    extra_env: dict[str, str],
+    mounts: dict[str, Path],
+) -> list[tuple[Container, dict[str, Any]]]:
+    out = []
+    spec = obj["spec"]["template"]["spec"]
+    for i, c in enumerate(spec["containers"]):
+        manifest = f"{OVERLAY}: {obj['kind']}/{obj['metadata']['name']} containers[{c['name']}]"
+        repo = c["image"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        if repo not in images:
+            raise ManifestDefect(manifest, "image", f"{c['image']} is built nowhere")
+        image = images[repo]
+        env: dict[str, str] = dict(image.env)
+        for source in c.get("envFrom", []):
+            for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if ref in source:
+                    o = objects.get((kind, source[ref]["name"]))
+                    if o is None:
+                        raise ManifestDefect(
+                            manifest,
+                            f"envFrom.{ref}",
+                            f"no {kind} {source[ref]['name']}",
+                        )
+                    env.update(
+                        {
+                            k: str(v)
+                            for k, v in {
+                                **(o.get("data") or {}),
+                                **(o.get("stringData") or {}),
+                            }.items()
+                        }
+                    )
+        for j, item in enumerate(c.get("env", [])):
+            env[item["name"]] = _env_value(
+                manifest, f"env[{j}] {item['name']}", item, objects, pod, ip, env
+            )
+        env.update(extra_env)
+        argv = resolve_command(manifest, image, c.get("command"), c.get("args"))
+        pod_mounts = {
+            m["mountPath"]: mounts.get(m["name"], root / "volumes" / pod / m["name"])
+            for m in c.get("volumeMounts", [])
+        }
+        for path in pod_mounts.values():
+            path.mkdir(parents=True, exist_ok=True)
+        argv = _map_paths(argv, pod_mounts)
+        container = Container(
+            manifest,
+            f"{pod}/{c['name']}",
+            argv,
+            env,
+            ip,
+            image.workdir,
+            root / "logs" / f"{pod}-{i}.log",
+            image.blocked_modules,
+            restart=spec.get("restartPolicy", "Always") == "Always",
+        )
+        out.append((container, c))
+    return out
+
+
+def probe_url(
+    manifest: str, container: dict[str, Any], kind: str, ip: str
+) -> str | None:
+    probe = container.get(kind)
+    if not probe:
+        return None
+    get = probe.get("httpGet")
+    if not get:
+        raise ManifestDefect(manifest, kind, "only httpGet probes are emulated")
+    port = get["port"]
+    if isinstance(port, str):
+        named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        if port not in named:
+            raise ManifestDefect(
+                manifest, f"{kind}.httpGet.port", f"no container port named {port!r}"
+            )
+        port = named[port]
+    return f"http://{ip}:{port}{get.get('path', '/')}"
+
+
+def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
+    """Start the production overlay as local processes and walk through it."""
+    from cryptography.fernet import Fernet
+
+    objects_list = render_overlay()
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in objects_list}
+    values = yaml.safe_load((REPO / "deploy/nats/values.yaml").read_text())
+    cluster = yaml.safe_load((REPO / "deploy/postgres/cluster.yaml").read_text())
+    template = yaml.safe_load((REPO / "deploy/base/secret.yaml").read_text())
+    # Created out of band, as docs/deploying.md says: the app secret (keys of the template) and
+    # the NATS users' secret; CloudNativePG creates brokerlink-pg-app.
+    secret = {k: secrets.token_urlsafe(32) for k in template["stringData"]}
+    secret["BROKERLINK_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+    objects[("Secret", "brokerlink-secrets")] = {"stringData": secret}
+    owner = cluster["spec"]["bootstrap"]["initdb"]["owner"]
+    pg_password = secrets.token_urlsafe(24)
+    objects[("Secret", "brokerlink-pg-app")] = {
+        "stringData": {"username": owner, "password": pg_password}
+    }
+    nats_env = {
+        k: secret.get(k, secrets.token_urlsafe(16)) for k in values["container"]["env"]
+    }
+    # images: as docker-compose.yml builds them
+    raw = yaml.safe_load((REPO / COMPOSE).read_text())
+    images: dict[str, Image] = {}
+    for name, svc in raw["services"].items():
+        build = svc.get("build")
+        if (
+            build and "target" not in build
+        ):  # production images (the simulators' are not)
+            ref = interpolate(svc["image"], {}, f"services.{name}.image")
+            repo = ref.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+            images[repo] = build_image(
+                repo,
+                REPO / build["context"] / build["dockerfile"],
+                {k: str(v) for k, v in build["args"].items()},
+                None,
+                root,
+            )
+    with running(root) as run:
+        net = run.net
+        # PostgreSQL as the Cluster bootstraps it
+        pg_ip = net.new()
+        for name in (
+            "brokerlink-pg-rw",
+            "brokerlink-pg-rw.brokerlink",
+            "brokerlink-pg-rw.brokerlink.svc",
+            "brokerlink-pg-rw.brokerlink.svc.cluster.local",
+        ):
+            net.name(name, pg_ip)
+        postgres = Postgres(pg_ip)
+        run.postgres.append(postgres)
+        postgres.start(
+            cluster["spec"]["bootstrap"]["initdb"]["database"], owner, pg_password
+        )
+        # NATS: the chart's StatefulSet, 3 nodes
+        replicas = int(values["config"].get("cluster", {}).get("replicas", 1))
+        nats_ips = [net.new() for _ in range(replicas)]
+        configmap = objects[("ConfigMap", "brokerlink-config")]["data"]
+        net.name(configmap["NATS_HOST"], *nats_ips)
+        nodes = []
+        for i, ip in enumerate(nats_ips):
+            conf = root / "nats" / f"nats-{i}.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(
+                helm_nats_conf(values, i, nats_ips, root / "nats" / f"data-{i}")
+            )
+            c = run.start(
+                Container(
+                    "deploy/nats/values.yaml",
+                    f"nats-{i}",
+                    [str(VENV_BIN / "nats-server"), "-c", str(conf)],
+                    nats_env,
+                    ip,
+                    root,
+                    root / "logs" / f"nats-{i}.log",
+                )
+            )
+            run.nats_logs.append(c.log)
+            nodes.append(c)
+        for c in nodes:
+            wait_until(
+                lambda c=c: http_ok(f"http://{c.ip}:8222/healthz?js-enabled-only=true"),
+                f"{c.name} JetStream",
+                60,
+                nodes,
+            )
+        # simulators behind the names a user would configure
+        ib_ip, schwab_ip = net.new(), net.new()
+        net.name(IB_SIM_HOST, ib_ip)
+        schwab_host = urlsplit(configmap["SCHWAB_CONNECTOR_API_BASE_URL"]).hostname
+        if not schwab_host:
+            raise ManifestDefect(
+                f"{OVERLAY} ConfigMap/brokerlink-config",
+                "SCHWAB_CONNECTOR_API_BASE_URL",
+                f"{configmap['SCHWAB_CONNECTOR_API_BASE_URL']!r} is not an absolute URL",
+            )
+        net.name(schwab_host, schwab_ip)
+        net.name(
+            urlsplit(configmap["ACCOUNT_API_SCHWAB_AUTHORIZE_URL"]).hostname or "",
+            schwab_ip,
+        )
+        ca, cert, key = tls_for(root, schwab_host, schwab_ip)
+        start_simulators(run, ib_ip, schwab_ip, 443, (cert, key))
+        trust = {
+            "SSL_CERT_FILE": str(ca)
+        }  # the pods trust the CA the simulator's certificate is from
+
+        workloads = [
+            o for o in objects_list if o["kind"] in ("Deployment", "StatefulSet", "Job")
+        ]
+        pods: list[tuple[Container, dict[str, Any], dict[str, Any]]] = []
+        legacy = {"legacy": legacy_database(root / "legacy-pvc").parent}
+
+        def make_pods(
+            obj: dict[str, Any],
+        ) -> list[tuple[Container, dict[str, Any], dict[str, Any]]]:
+            name = obj["metadata"]["name"]
+            count = (
+                1
+                if obj["kind"] == "Job"
+                else min(int(obj["spec"].get("replicas", 1)), MAX_REPLICAS[obj["kind"]])
+            )
+            made = []
+            for n in range(count):
+                pod = f"{name}-{n}"
+                ip = net.new()
+                labels = obj["spec"]["template"]["metadata"].get("labels", {})
+                for service in (o for o in objects_list if o["kind"] == "Service"):
+                    selector = service["spec"].get("selector") or {}
+                    if selector and all(
+                        labels.get(k) == v for k, v in selector.items()
+                    ):
+                        net.name(service["metadata"]["name"], ip)
+                        if service["spec"].get("clusterIP") == "None":
+                            net.name(f"{pod}.{service['metadata']['name']}", ip)
+                for container, spec in pod_containers(
+                    obj, pod, ip, objects, images, root, trust, legacy
+                ):
+                    made.append((container, spec, obj))
+            return made
+
+        # the schema job first (docs/deploying.md), then the workloads
+        migrate_job = objects[("Job", "schema-migrate")]
+        for container, _spec, _obj in make_pods(migrate_job):
+            run.start(container)
+            code = container.wait(180)
+            assert code == 0, (
+                f"{container.manifest}: exited with {code}:\n{container.tail()}"
+            )
+        for obj in workloads:
+            if obj["kind"] == "Job":
+                continue
+            for container, spec, o in make_pods(obj):
+                run.start(container)
+                pods.append((container, spec, o))
+        started = [c for c, _, _ in pods]
+        for container, spec, _obj in pods:
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                url = probe_url(container.manifest, spec, kind, container.ip)
+                if url:
+                    wait_until(
+                        lambda url=url: http_ok(url),
+                        f"{container.manifest}: {kind} {url}",
+                        timeout_s,
+                        started,
+                    )
+        log("kubernetes: every pod is started, ready and live")
+
+        # the public URL through the Ingress to the Service's target port on a pod
+        ingress = objects[("Ingress", "account-api")]
+        rule = ingress["spec"]["rules"][0]
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        service = objects[("Service", backend["name"])]
+        sport = next(
+            p
+            for p in service["spec"]["ports"]
+            if p.get("name") == backend["port"].get("name")
+            or p.get("port") == backend["port"].get("number")
+        )
+        api_pod, api_spec, _ = next(
+            p for p in pods if p[2]["metadata"]["name"] == backend["name"]
+        )
+        named = {p.get("name"): p["containerPort"] for p in api_spec.get("ports", [])}
+        target = sport["targetPort"]
+        if isinstance(target, str):
+            if target not in named:
+                raise ManifestDefect(
+                    f"{OVERLAY}: Service/{backend['name']}",
+                    "targetPort",
+                    f"no container port {target!r}",
+                )
+            target = named[target]
+        public = urlsplit(configmap["ACCOUNT_API_PUBLIC_URL"])
+        if public.hostname != rule["host"]:
+            raise ManifestDefect(
+                f"{OVERLAY}: ConfigMap/brokerlink-config",
+                "ACCOUNT_API_PUBLIC_URL",
+                f"{public.hostname} is not the Ingress host {rule['host']}",
+            )
+
+        def route(url: str) -> str:
+            parts = urlsplit(url)
+            if parts.hostname == rule["host"]:  # TLS ends at the ingress controller
+                return urlunsplit(
+                    ("http", f"{api_pod.ip}:{target}", parts.path, parts.query, "")
+                )
+            if parts.hostname in net.hosts:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                return urlunsplit(
+                    (
+                        parts.scheme,
+                        f"{net.hosts[parts.hostname][0]}:{port}",
+                        parts.path,
+                        parts.query,
+                        "",
+                    )
+                )
+            return url
+
+        browser = Browser(route, verify=_verify(ca))
+        balances = walkthrough(
+            route(configmap["ACCOUNT_API_PUBLIC_URL"]),
+            browser,
+            IB_SIM_HOST,
+            4002,
+            OVERLAY,
+        )
+
+        # the legacy import: resume the suspended Job
+        job = objects[("Job", "legacy-migrator")]
+        for container, _spec, _obj in make_pods(job):
+            run.start(container)
+            code = container.wait(180)
+            assert code == 0, (
+                f"{container.manifest}: exited with {code}:\n{container.tail()}"
+            )
+        run.assert_no_violations("deploy/nats/values.yaml")
+
+        # A NATS outage: every pod stays live, account-api stays ready and keeps accepting writes.
+        for node in nodes:
+            node.stop()
+        for container, spec, _obj in pods:
+            url = probe_url(container.manifest, spec, "livenessProbe", container.ip)
+            if url:
+                ok, detail = http_ok(url, timeout_s=3)
+                assert ok, (
+                    f"{container.manifest}: livenessProbe fails while NATS is down: {detail}"
+                )
+        ready = probe_url(api_pod.manifest, api_spec, "readinessProbe", api_pod.ip)
+        assert ready and http_ok(ready)[0], (
+            f"{api_pod.manifest}: not ready while NATS is down"
+        )
+        with httpx.Client(
+            base_url=route(configmap["ACCOUNT_API_PUBLIC_URL"]), timeout=30
+        ) as client:
+            email = f"outage-{secrets.token_hex(3)}@example.com"
+            r = client.post(
+                "/api/auth/register",
+                json={"email": email, "password": "outage-password-1", "name": "O"},
+            )
+            assert r.status_code == 201, (
+                f"{OVERLAY}: register while NATS is down: {r.text}"
+            )
+        for image in images.values():
+            check_console_scripts(image, OVERLAY)
+        return balances
+
+
+def _verify(ca: Path) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca))

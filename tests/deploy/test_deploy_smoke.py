@@ -29,3 +29,9 @@ smoke = _load()
 def test_compose_deployment_runs(tmp_path: Path) -> None:
     balances = smoke.run_compose(tmp_path)
     assert set(balances) == {"IB smoke", "Schwab smoke"}
+
+
+@pytest.mark.slow
+def test_kubernetes_production_overlay_runs(tmp_path: Path) -> None:
+    balances = smoke.run_kubernetes(tmp_path)
+    assert set(balances) == {"IB smoke", "Schwab smoke"}
