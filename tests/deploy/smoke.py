@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import ipaddress
 import json
@@ -64,8 +65,11 @@ class ManifestDefect(AssertionError):
         super().__init__(f"{manifest}: {key}: {problem}")
 
 
+_STARTED = time.monotonic()
+
+
 def log(message: str) -> None:
-    sys.stderr.write(f"[deploy-smoke] {message}\n")
+    sys.stderr.write(f"[deploy-smoke {time.monotonic() - _STARTED:6.1f}s] {message}\n")
     sys.stderr.flush()
 
 
@@ -130,7 +134,8 @@ def _exec_form(rest: str) -> list[str]:
     return list(json.loads(rest)) if rest.startswith("[") else ["/bin/sh", "-c", rest]
 
 
-def _runtime_closure(package: str) -> set[str]:
+@functools.cache
+def _runtime_closure(package: str) -> frozenset[str]:
     """Distributions `uv sync --frozen --no-dev --package <package>` installs (the image's)."""
     uv = os.environ.get("UV") or shutil.which("uv") or str(REPO / ".tools/bin/uv")
     out = subprocess.run(
@@ -152,14 +157,14 @@ def _runtime_closure(package: str) -> set[str]:
             names.add(re.search(r'^name = "([^"]+)"', text, re.M).group(1))  # type: ignore[union-attr]
         else:
             names.add(re.split(r"[=<>;\[ ]", line, maxsplit=1)[0])
-    return {_normalise(n) for n in names}
+    return frozenset(_normalise(n) for n in names)
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _blocked_modules(closure: set[str]) -> list[str]:
+def _blocked_modules(closure: frozenset[str]) -> list[str]:
     by_module = importlib.metadata.packages_distributions()
     return sorted(
         module
@@ -373,12 +378,32 @@ class Container:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
+        self.stop_wait(15)
+
+    def stop_wait(self, timeout_s: float) -> None:
+        if self.process is None:
+            return
         try:
-            self.process.wait(15)
+            self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def stop_all(
+    containers: list[Container], kill: bool = False, timeout_s: float = 15
+) -> None:
+    """Signal every container at once (SIGTERM, or SIGKILL for a crash), then wait for all."""
+    running = [c for c in containers if c.alive()]
+    for c in running:
+        assert c.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(c.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for c in running:
+        c.restart = False
+        c.stop_wait(max(0.1, deadline - time.monotonic()))
 
 
 def resolve_command(
@@ -708,8 +733,7 @@ class Run:
         return container
 
     def stop(self) -> None:
-        for c in reversed(self.containers):
-            c.stop()
+        stop_all(self.containers)
         for pg in self.postgres:
             pg.stop()
 
@@ -1088,6 +1112,7 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
         postgres = Postgres(pod_ip["postgres"])
         postgres.start(pg["POSTGRES_DB"], pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
         run.postgres.append(postgres)
+        log("compose: postgres started")
         pg_check = _healthcheck(
             f"{COMPOSE}: services.postgres",
             services["postgres"],
@@ -1143,7 +1168,7 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
                 progressed = True
             if not progressed:
                 time.sleep(0.2)
-        log("compose: every service is up and healthy")
+        log("compose: every service is up and healthy; walking through the API")
 
         def route(url: str) -> str:
             parts = urlsplit(url)
@@ -1187,6 +1212,7 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
                 assert ok, (
                     f"{COMPOSE}: services.{name}.healthcheck fails after the walk: {detail}"
                 )
+        log("compose: walk-through done; legacy import")
         # the legacy import, as `docker compose --profile migrate run --rm legacy-migrator`
         migrator = run.start(containers["legacy-migrator"])
         code = migrator.wait(180)
@@ -1517,6 +1543,7 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
                     made.append((container, spec, obj))
             return made
 
+        log("kubernetes: NATS, PostgreSQL and simulators up; schema job")
         # the schema job first (docs/deploying.md), then the workloads
         migrate_job = objects[("Job", "schema-migrate")]
         for container, _spec, _obj in make_pods(migrate_job):
@@ -1542,7 +1569,7 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
                         timeout_s,
                         started,
                     )
-        log("kubernetes: every pod is started, ready and live")
+        log("kubernetes: every pod is started, ready and live; walking through the API")
 
         # the public URL through the Ingress to the Service's target port on a pod
         ingress = objects[("Ingress", "account-api")]
@@ -1604,6 +1631,7 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
             OVERLAY,
         )
 
+        log("kubernetes: walk-through done; legacy import")
         # the legacy import: resume the suspended Job
         job = objects[("Job", "legacy-migrator")]
         for container, _spec, _obj in make_pods(job):
@@ -1614,9 +1642,9 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
             )
         run.assert_no_violations("deploy/nats/values.yaml")
 
+        log("kubernetes: NATS outage")
         # A NATS outage: every pod stays live, account-api stays ready and keeps accepting writes.
-        for node in nodes:
-            node.stop()
+        stop_all(nodes, kill=True)  # a crash of every node
         for container, spec, _obj in pods:
             url = probe_url(container.manifest, spec, "livenessProbe", container.ip)
             if url:

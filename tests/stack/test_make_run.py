@@ -190,7 +190,7 @@ def test_taken_port_is_explained(tmp_path: Path) -> None:
         proc = _start(tmp_path, API_PORT=str(port))
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert f"error: port {port} (API_PORT) is already in use" in out
+    assert f"error: port {port} (API_PORT) is already in use by another program" in out
     assert "what to do: stop what uses it, or choose another port: API_PORT=" in out
     assert "Traceback" not in out
 

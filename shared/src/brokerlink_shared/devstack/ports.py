@@ -4,27 +4,11 @@ free port. Remembered in `<data>/ports.json`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 from brokerlink_shared.devstack.embedded import free_port, port_is_free
 from brokerlink_shared.devstack.errors import StartupError
-
-
-def who_listens(port: int) -> str | None:
-    """'<name> (pid N)' of the local process listening on `port`, when the OS tells us."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with the dev tools
-        return None
-    with contextlib.suppress(Exception):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN":
-                if conn.pid is None:
-                    return None
-                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
-    return None
 
 
 class PortBook:
@@ -51,17 +35,15 @@ class PortBook:
         one, the preferred one or any free one. `given` "0" means any free port."""
         if given not in (None, "", "0"):
             try:
-                port = int(given)  # type: ignore[arg-type]
+                port = int(str(given))
             except ValueError:
                 raise StartupError(
                     f"{setting}={given!r} is not a port number",
                     f"set {setting} to a number between 1 and 65535, or unset it",
                 ) from None
             if not port_is_free(port, self.host):
-                holder = who_listens(port)
                 raise StartupError(
-                    f"port {port} ({setting}) is already in use"
-                    + (f" by {holder}" if holder else ""),
+                    f"port {port} ({setting}) is already in use by another program",
                     f"stop what uses it, or choose another port: {setting}=<port> make run "
                     f"({setting}=0 picks a free one)",
                 )
