@@ -1407,6 +1407,19 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
 
     objects_list = render_overlay()
     objects = {(o["kind"], o["metadata"]["name"]): o for o in objects_list}
+    settings = objects[("ConfigMap", "brokerlink-config")]["data"]
+    for key in (
+        "SCHWAB_CONNECTOR_API_BASE_URL",
+        "ACCOUNT_API_SCHWAB_AUTHORIZE_URL",
+        "ACCOUNT_API_PUBLIC_URL",
+    ):
+        url = urlsplit(str(settings.get(key, "")))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ManifestDefect(
+                f"{OVERLAY}: ConfigMap/brokerlink-config",
+                f"data.{key}",
+                f"{settings.get(key)!r} is not an absolute http(s) URL",
+            )
     values = yaml.safe_load((REPO / "deploy/nats/values.yaml").read_text())
     cluster = yaml.safe_load((REPO / "deploy/postgres/cluster.yaml").read_text())
     template = yaml.safe_load((REPO / "deploy/base/secret.yaml").read_text())
@@ -1491,13 +1504,9 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
         # simulators behind the names a user would configure
         ib_ip, schwab_ip = net.new(), net.new()
         net.name(IB_SIM_HOST, ib_ip)
-        schwab_host = urlsplit(configmap["SCHWAB_CONNECTOR_API_BASE_URL"]).hostname
-        if not schwab_host:
-            raise ManifestDefect(
-                f"{OVERLAY} ConfigMap/brokerlink-config",
-                "SCHWAB_CONNECTOR_API_BASE_URL",
-                f"{configmap['SCHWAB_CONNECTOR_API_BASE_URL']!r} is not an absolute URL",
-            )
+        schwab_host = (
+            urlsplit(configmap["SCHWAB_CONNECTOR_API_BASE_URL"]).hostname or ""
+        )
         net.name(schwab_host, schwab_ip)
         net.name(
             urlsplit(configmap["ACCOUNT_API_SCHWAB_AUTHORIZE_URL"]).hostname or "",
