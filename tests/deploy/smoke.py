@@ -58,6 +58,10 @@ IB_SIM_HOST = (
 )
 
 
+class Unsupported(Exception):
+    """This machine cannot host the run (reported as a skip with the reason)."""
+
+
 class ManifestDefect(AssertionError):
     """A deployment manifest that does not work as written."""
 
@@ -1407,6 +1411,17 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
 
     objects_list = render_overlay()
     objects = {(o["kind"], o["metadata"]["name"]): o for o in objects_list}
+    with (
+        socket.socket() as probe
+    ):  # the Schwab simulator stands in for https://api.schwabapi.com
+        try:
+            probe.bind(("127.0.0.1", 443))
+        except PermissionError:
+            raise Unsupported(
+                "serving the Schwab simulator on port 443 needs root"
+            ) from None
+        except OSError:
+            pass  # taken on 127.0.0.1 only: the run uses its own addresses
     settings = objects[("ConfigMap", "brokerlink-config")]["data"]
     for key in (
         "SCHWAB_CONNECTOR_API_BASE_URL",
