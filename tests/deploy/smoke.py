@@ -323,7 +323,11 @@ class Container:
             return False
         self.restarts += 1
         code = self.process.returncode if self.process else "?"
-        log(f"{self.manifest}: exited with {code}; restart {self.restarts}")
+        pid = self.process.pid if self.process else "?"
+        log(f"{self.manifest}: pid {pid} exited with {code}; restart {self.restarts}")
+        time.sleep(
+            2.0 * self.restarts
+        )  # the kubelet backs off too (10 s, 20 s, … there)
         self.start(self.hosts)
         return True
 
@@ -715,7 +719,7 @@ def walkthrough(
             assert balance not in ("0", "0.0000", "None"), (
                 f"{manifest}: {name}: {balance}"
             )
-        return balances
+        return {**balances, "token": token, "ib_account": str(ib)}
 
 
 # --- shared start-up helpers ------------------------------------------------------------------------
@@ -1683,13 +1687,26 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
         with httpx.Client(
             base_url=route(configmap["ACCOUNT_API_PUBLIC_URL"]), timeout=30
         ) as client:
-            email = f"outage-{secrets.token_hex(3)}@example.com"
-            r = client.post(
-                "/api/auth/register",
-                json={"email": email, "password": "outage-password-1", "name": "O"},
+            # a change that goes out through the outbox: taken now, relayed when NATS is back
+            client.headers["Authorization"] = f"Bearer {balances['token']}"
+            r = client.put(
+                f"/api/accounts/{balances['ib_account']}/integration",
+                json={
+                    "type": "IB",
+                    "config": {
+                        "host": IB_SIM_HOST,
+                        "port": 4002,
+                        "client_id": 8,
+                        "account_code": "U1234567",
+                    },
+                },
             )
-            assert r.status_code == 201, (
-                f"{OVERLAY}: register while NATS is down: {r.text}"
+            assert r.status_code == 200, (
+                f"{OVERLAY}: a write while NATS is down: {r.text}"
+            )
+            health = client.get("/healthz").json()
+            assert health["bus"] == "disconnected" and health["outbox_pending"] >= 1, (
+                health
             )
         for image in images.values():
             check_console_scripts(image, OVERLAY)

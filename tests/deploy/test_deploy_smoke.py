@@ -34,7 +34,7 @@ smoke = _load()
 @pytest.mark.slow
 def test_compose_deployment_runs(tmp_path: Path) -> None:
     balances = smoke.run_compose(tmp_path)
-    assert set(balances) == {"IB smoke", "Schwab smoke"}
+    assert {"IB smoke", "Schwab smoke"} <= set(balances)
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_kubernetes_production_overlay_runs(tmp_path: Path) -> None:
         balances = smoke.run_kubernetes(tmp_path)
     except smoke.Unsupported as reason:
         pytest.skip(str(reason))
-    assert set(balances) == {"IB smoke", "Schwab smoke"}
+    assert {"IB smoke", "Schwab smoke"} <= set(balances)
 
 
 # --- the smoke run's detectors, each shown catching the defect it is there for ---------------------
