@@ -24,6 +24,8 @@ WORKDIR /src
 # 1) third-party dependencies only (cached while uv.lock and the manifests are unchanged)
 COPY pyproject.toml uv.lock ./
 COPY shared/pyproject.toml shared/pyproject.toml
+# the dev-only kit: its manifest completes the workspace; its code never enters an image
+COPY shared-dev/pyproject.toml shared-dev/pyproject.toml
 COPY services/account-api/pyproject.toml services/account-api/pyproject.toml
 COPY services/ib-connector/pyproject.toml services/ib-connector/pyproject.toml
 COPY services/schwab-connector/pyproject.toml services/schwab-connector/pyproject.toml

@@ -30,5 +30,5 @@ fi
 # nothing changed: compileall skips up-to-date files).
 export UV_COMPILE_BYTECODE=1
 "$UV" sync --frozen --quiet >&2
-"$UV" run --frozen --no-sync python -m compileall -q -j 0 shared/src services/*/src simulators/src >&2
+"$UV" run --frozen --no-sync python -m compileall -q -j 0 shared/src shared-dev/src services/*/src simulators/src >&2
 echo "$UV"

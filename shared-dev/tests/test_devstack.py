@@ -6,9 +6,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from brokerlink_shared.devstack.errors import StartupError
-from brokerlink_shared.devstack.ports import PortBook
-from brokerlink_shared.devstack.supervisor import _console_line
+from brokerlink_devkit.devstack.errors import StartupError
+from brokerlink_devkit.devstack.ports import PortBook
+from brokerlink_devkit.devstack.supervisor import _console_line
 
 
 def test_a_port_from_a_setting_must_be_free(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from brokerlink_shared.devstack.embedded import free_port, port_is_free
-from brokerlink_shared.devstack.errors import StartupError
+from brokerlink_devkit.devstack.embedded import free_port, port_is_free
+from brokerlink_devkit.devstack.errors import StartupError
 
 
 class PortBook:

@@ -25,15 +25,15 @@ from typing import IO
 
 import httpx
 import orjson
-
 from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import (
+
+from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     sqlalchemy_url,
 )
-from brokerlink_shared.devstack.errors import StartupError
-from brokerlink_shared.devstack.ports import PortBook
+from brokerlink_devkit.devstack.errors import StartupError
+from brokerlink_devkit.devstack.ports import PortBook
 
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -305,7 +305,7 @@ class DevStack:
             timeout_s=float(env.get("BROKERLINK_START_TIMEOUT_S", "300")),
         )
         if demo:
-            from brokerlink_shared.devstack.demo import ensure_demo
+            from brokerlink_devkit.devstack.demo import ensure_demo
 
             email, password = ensure_demo(public_url, gateways)
             summary["demo login"] = f"{email} / {password}"
