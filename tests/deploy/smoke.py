@@ -698,9 +698,14 @@ def walkthrough(
         callback = redirect.headers.get("location", "")
         assert callback, f"{manifest}: the simulator did not redirect: {redirect.text}"
         done = browser.get(callback)
-        assert done.status_code == 303 and "oauth=ok" in done.headers.get(
+        if done.status_code != 303 or "oauth=ok" not in done.headers.get(
             "location", ""
-        ), f"{manifest}: OAuth callback: {done.status_code} {done.headers} {done.text}"
+        ):
+            state = client.get(f"/api/accounts/{schwab}/integration").json()
+            raise AssertionError(
+                f"{manifest}: OAuth callback: {done.status_code} "
+                f"{done.headers.get('location')}: {state.get('last_error')}"
+            )
         test = client.post(f"/api/accounts/{schwab}/integration/test").json()
         assert test.get("success") is True, f"{manifest}: Schwab test: {test}"
         refresh = client.post(
@@ -895,12 +900,13 @@ def compose_env(root: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or line.startswith("#"):
             continue
-        if value == "":
-            env[key] = (
-                Fernet.generate_key().decode()
-                if key == "BROKERLINK_ENCRYPTION_KEYS"
-                else secrets.token_urlsafe(32)
-            )
+        if value == "":  # generated as the comments of .env.example say
+            if key == "BROKERLINK_ENCRYPTION_KEYS":
+                env[key] = Fernet.generate_key().decode()
+            elif key.endswith("NATS_PASSWORD"):
+                env[key] = "n" + secrets.token_hex(24)
+            else:
+                env[key] = secrets.token_urlsafe(32)
     # the demo lines of .env.example, as commented there
     for m in re.finditer(
         r"^#\s+((?:SCHWAB_CONNECTOR|ACCOUNT_API)_\w+)=(\S+)$", text, re.M
@@ -1444,7 +1450,12 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
     template = yaml.safe_load((REPO / "deploy/base/secret.yaml").read_text())
     # Created out of band, as docs/deploying.md says: the app secret (keys of the template) and
     # the NATS users' secret; CloudNativePG creates brokerlink-pg-app.
-    secret = {k: secrets.token_urlsafe(32) for k in template["stringData"]}
+    secret = {  # as docs/deploying.md creates them
+        k: "n" + secrets.token_hex(24)
+        if k.endswith("NATS_PASSWORD")
+        else secrets.token_urlsafe(32)
+        for k in template["stringData"]
+    }
     secret["BROKERLINK_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
     objects[("Secret", "brokerlink-secrets")] = {"stringData": secret}
     owner = cluster["spec"]["bootstrap"]["initdb"]["owner"]
@@ -1453,7 +1464,8 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
         "stringData": {"username": owner, "password": pg_password}
     }
     nats_env = {
-        k: secret.get(k, secrets.token_urlsafe(16)) for k in values["container"]["env"]
+        k: secret.get(k, "n" + secrets.token_hex(24))
+        for k in values["container"]["env"]
     }
     # images: as docker-compose.yml builds them
     raw = yaml.safe_load((REPO / COMPOSE).read_text())
