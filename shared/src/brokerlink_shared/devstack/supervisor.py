@@ -28,6 +28,7 @@ from brokerlink_shared.devstack.embedded import (
     port_is_free,
     sqlalchemy_url,
 )
+from brokerlink_shared.reach import LOOPBACK
 
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 _print_lock = threading.Lock()
@@ -240,8 +241,15 @@ def main() -> None:
                 f"demo mode: simulated IB gateways {demo_gateways}, Schwab API at {schwab_info['base_url']}"
             )
 
+        # A laptop's gateways are local: the connector may reach loopback only, unless told.
+        env.setdefault("IB_CONNECTOR_ALLOWED_NETWORKS", LOOPBACK)
         for name in ("account-api", "ib-connector", "schwab-connector"):
-            child = Child(name, [_bin(name)], env, next(colour))
+            child_env = env
+            if name == "ib-connector":  # it never decrypts anything: no keys
+                child_env = {
+                    k: v for k, v in env.items() if k != "BROKERLINK_ENCRYPTION_KEYS"
+                }
+            child = Child(name, [_bin(name)], child_env, next(colour))
             child.start()
             children.append(child)
         wait_for_healthy(f"{public_url}/healthz", children, timeout_s=90)
