@@ -25,6 +25,8 @@ ALWAYS_DENIED = (
     "0.0.0.0/8,::/128,224.0.0.0/4,ff00::/8,255.255.255.255/32"
 )
 
+RESOLVE_TIMEOUT_S = 5.0
+
 
 class HostNotAllowed(Exception):
     """The host resolves to an address outside the allowed networks (or does not resolve).
@@ -88,10 +90,11 @@ class NetworkReach:
             found = [literal]
         else:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-            except (OSError, UnicodeError):
+                async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        host, port, type=socket.SOCK_STREAM
+                    )
+            except (OSError, UnicodeError, TimeoutError):
                 raise HostNotAllowed(
                     "host does not resolve to an address", code="host_unresolvable"
                 ) from None

@@ -3,6 +3,7 @@ shared unprefixed ones such as `DATABASE_URL`, `NATS_URL`)."""
 
 from __future__ import annotations
 
+from brokerlink_shared.reach import PRIVATE_RANGES, NetworkReach, parse_networks
 from brokerlink_shared.settings import ServiceSettings
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 
@@ -36,6 +37,32 @@ class Settings(ServiceSettings):
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=100)
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+
+    # The connector's reach, read from the connector's own variables so both check the same.
+    ib_allowed_networks: str = Field(
+        default=PRIVATE_RANGES,
+        validation_alias=AliasChoices(
+            "IB_CONNECTOR_ALLOWED_NETWORKS", "ib_allowed_networks"
+        ),
+    )
+    ib_denied_networks: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "IB_CONNECTOR_DENIED_NETWORKS", "ib_denied_networks"
+        ),
+    )
+
+    @field_validator("ib_allowed_networks", "ib_denied_networks")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def ib_reach(self) -> NetworkReach:
+        return NetworkReach.from_settings(
+            self.ib_allowed_networks, self.ib_denied_networks
+        )
 
     @field_validator("jwt_secret")
     @classmethod

@@ -124,6 +124,7 @@ async def update_account(
                 if account.integration_type
                 else "integration.create"
             )
+            await integrations.claim_endpoints(uow, actor, body.integration)
             integration_changes = integrations.apply_configuration(
                 uow, actor, account, body.integration
             )

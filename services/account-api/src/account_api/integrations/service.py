@@ -51,6 +51,7 @@ from account_api.errors import (
     NotFound,
     UpstreamFailed,
 )
+from account_api.gateways.service import GatewayEndpoints
 from account_api.integrations import rules
 from account_api.integrations.repository import (
     OAuthStateRepository,
@@ -111,6 +112,7 @@ class IntegrationService:
         self._broker = broker
         self._topology = topology
         self._waiter = waiter
+        self._gateways = GatewayEndpoints(settings.ib_reach)
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -123,6 +125,14 @@ class IntegrationService:
         if account is None:
             raise AccountNotFound()
         return account
+
+    async def claim_endpoints(
+        self, uow: UnitOfWork, actor: Actor, body: IntegrationIn
+    ) -> None:
+        """Before `apply_configuration`: an IB config's gateways must be allowed and free or
+        the actor's own (the free ones become the actor's)."""
+        if isinstance(body, IBIntegrationIn):
+            await self._gateways.claim(uow.session, actor.user_id, body.config)
 
     def apply_configuration(
         self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
@@ -206,6 +216,7 @@ class IntegrationService:
                 if account.integration_type
                 else "integration.create"
             )
+            await self.claim_endpoints(uow, actor, body)
             changed = self.apply_configuration(uow, actor, account, body)
             if changed:
                 await AuditRepository(uow.session).record(
