@@ -38,6 +38,25 @@ class Settings(ServiceSettings):
     db_pool_size: int = Field(default=10, ge=1, le=100)
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
 
+    login_account_max_failures: int = Field(
+        default=5, ge=1, description="failed sign-ins per e-mail address per window"
+    )
+    login_account_window_s: int = Field(default=900, ge=1)
+    login_client_max_failures: int = Field(
+        default=30, ge=1, description="failed sign-ins per client address per window"
+    )
+    login_client_window_s: int = Field(default=300, ge=1)
+    two_factor_max_failures: int = Field(
+        default=5, ge=1, description="wrong codes when confirming/disabling two-factor"
+    )
+    two_factor_window_s: int = Field(default=300, ge=1)
+    token_revocation_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="how soon every worker refuses a signed-out session's access token",
+    )
+
     # The connector's reach, read from the connector's own variables so both check the same.
     ib_allowed_networks: str = Field(
         default=PRIVATE_RANGES,

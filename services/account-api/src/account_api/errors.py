@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,6 +55,17 @@ class IntegrationNotConfigured(Conflict):
         self.code = "integration_not_configured"
 
 
+class TooManyRequests(AccountApiError):
+    """Throttled: answered with `Retry-After`."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
 class UpstreamFailed(AccountApiError):
     status_code = 502
     code = "upstream_failed"
@@ -74,6 +86,9 @@ def error_response(exc: AccountApiError) -> JSONBytes:
         loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
         body["detail"] = [{"loc": loc, "msg": exc.message, "type": exc.code}]
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        body["retry_after_s"] = exc.retry_after_s
     return JSONBytes(body, status_code=exc.status_code, headers=headers)
 
 

@@ -21,7 +21,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from account_api import health
 from account_api.accounts.routes import router as accounts_router
+from account_api.auth.repository import RevocationFeed
+from account_api.auth.revocations import RevocationList
 from account_api.auth.routes import router as auth_router
+from account_api.auth.service import AuthService
 from account_api.auth.tokens import TokenIssuer
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
@@ -96,25 +99,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     scheduler = RefreshScheduler(
         new_uow, integrations_service, settings.scheduled_refresh_interval_s
     )
+    revocations = RevocationList(
+        RevocationFeed(read_pool),
+        settings.token_revocation_poll_s,
+        horizon_s=settings.access_token_minutes * 60 + 60,
+    )
+    issuer = TokenIssuer(
+        settings.jwt_secret.get_secret_value(),
+        settings.access_token_minutes,
+        settings.refresh_token_days,
+        revocations=revocations,
+    )
     container = Container(
         settings=settings,
         sessionmaker=sessionmaker,
         read_pool=read_pool,
-        issuer=TokenIssuer(
-            settings.jwt_secret.get_secret_value(),
-            settings.access_token_minutes,
-            settings.refresh_token_days,
-        ),
+        issuer=issuer,
         secrets=secrets,
         broker=broker,
         topology=topology,
         integrations=integrations_service,
         relay=relay,
+        auth=AuthService(settings, issuer, secrets, revocations),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await read_pool.open()
+        revocations.start()
         bus = asyncio.create_task(
             _connect_bus(broker, topology, settings.stream_replicas)
         )
@@ -124,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await revocations.stop()
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()

@@ -336,7 +336,7 @@ class AuthRevocation(Base):
     session_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
+        DateTime(timezone=True), server_default=func.now(), index=True
     )
 
 

@@ -69,6 +69,9 @@ def upgrade() -> None:
         sa.Column("created_at", _TS, server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_auth_revocations"),
     )
+    op.create_index(
+        "ix_auth_revocations_created_at", "auth_revocations", ["created_at"]
+    )
     op.create_table(
         "auth_throttle",
         sa.Column("key", sa.String(128), nullable=False),
@@ -101,9 +104,38 @@ def upgrade() -> None:
     op.add_column(
         "users", sa.Column("two_factor_last_step", sa.BigInteger(), nullable=True)
     )
+    # Every worker learns of revocations from auth_revocations; these triggers write it for
+    # every path that ends a session (sign-out, reuse, password change) or a user (any delete).
+    op.execute(
+        """
+        CREATE FUNCTION auth_session_revoked() RETURNS trigger AS $$
+        BEGIN
+            INSERT INTO auth_revocations (user_id, session_id) VALUES (NEW.user_id, NEW.id);
+            RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER auth_session_revoked AFTER UPDATE OF revoked_at ON auth_sessions
+            FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+            EXECUTE FUNCTION auth_session_revoked();
+        CREATE FUNCTION auth_user_deleted() RETURNS trigger AS $$
+        BEGIN
+            INSERT INTO auth_revocations (user_id, not_before) VALUES (OLD.id, now());
+            RETURN OLD;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER auth_user_deleted AFTER DELETE ON users
+            FOR EACH ROW EXECUTE FUNCTION auth_user_deleted();
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute(
+        """
+        DROP TRIGGER auth_user_deleted ON users;
+        DROP FUNCTION auth_user_deleted();
+        DROP TRIGGER auth_session_revoked ON auth_sessions;
+        DROP FUNCTION auth_session_revoked();
+        """
+    )
     op.drop_column("users", "two_factor_last_step")
     op.drop_table("two_factor_recovery_codes")
     op.drop_table("auth_throttle")
