@@ -57,6 +57,30 @@ class Settings(ServiceSettings):
         description="how soon every worker refuses a signed-out session's access token",
     )
 
+    max_accounts_per_user: int = Field(default=2000, ge=1)
+    max_integrations_per_user: int = Field(default=2000, ge=1)
+    tests_per_account_per_minute: int = Field(default=10, ge=1)
+    refreshes_per_account_per_minute: int = Field(default=20, ge=1)
+    bulk_refreshes_per_user_per_minute: int = Field(default=6, ge=1)
+    max_request_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="larger request bodies are a 413"
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, ge=0, description="how often old rows are purged; 0 disables"
+    )
+    retention_processed_events_days: int = Field(
+        default=35, ge=1, description="longer than any stream keeps a message (30 days)"
+    )
+    retention_refreshes_days: int = Field(
+        default=90, ge=1, description="finished refreshes and refresh jobs"
+    )
+    retention_sessions_days: int = Field(
+        default=30, ge=1, description="signed-out or expired sign-in sessions"
+    )
+    retention_audit_days: int = Field(
+        default=0, ge=0, description="audit entries; 0 keeps them forever"
+    )
+
     # The connector's reach, read from the connector's own variables so both check the same.
     ib_allowed_networks: str = Field(
         default=PRIVATE_RANGES,

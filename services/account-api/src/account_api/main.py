@@ -26,6 +26,7 @@ from account_api.auth.revocations import RevocationList
 from account_api.auth.routes import router as auth_router
 from account_api.auth.service import AuthService
 from account_api.auth.tokens import TokenIssuer
+from account_api.bodylimit import BodySizeLimit
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.container = container
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     add_exception_handlers(app)
     for router in (
         health.router,

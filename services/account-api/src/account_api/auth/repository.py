@@ -1,4 +1,4 @@
-"""Queries of users, sign-in sessions, throttling windows, revocations and recovery codes."""
+"""Queries of users, sign-in sessions, revocations and recovery codes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.tables import AuthSession, RecoveryCode, User
@@ -94,50 +94,6 @@ class SessionRepository:
             )
         )
         return found.first() is not None
-
-
-class ThrottleRepository:
-    """Fixed-window counters, shared by every worker and replica."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def blocked_for(self, limits: Sequence[tuple[str, int, int]]) -> float | None:
-        """Seconds until every (key, max_count, window_s) is under its limit; None if it is."""
-        keys = [k for k, _, _ in limits]
-        rows = await self._session.execute(
-            text(
-                "SELECT key, count, extract(epoch FROM window_start - now()) AS age "
-                "FROM auth_throttle WHERE key = ANY(:keys)"
-            ),
-            {"keys": keys},
-        )
-        found = {key: (count, -float(age)) for key, count, age in rows.all()}
-        wait = 0.0
-        for key, max_count, window_s in limits:
-            count, elapsed = found.get(key, (0, 0.0))
-            if count >= max_count and elapsed < window_s:
-                wait = max(wait, window_s - elapsed)
-        return wait or None
-
-    async def hit(self, key: str, window_s: int) -> None:
-        """Count one event on `key` (a new window when the last one is over)."""
-        await self._session.execute(
-            text(
-                "INSERT INTO auth_throttle AS t (key, window_start, count) "
-                "VALUES (:key, now(), 1) ON CONFLICT (key) DO UPDATE SET "
-                "count = CASE WHEN t.window_start < now() - make_interval(secs => :w) "
-                "THEN 1 ELSE t.count + 1 END, "
-                "window_start = CASE WHEN t.window_start < now() - make_interval(secs => :w) "
-                "THEN now() ELSE t.window_start END"
-            ),
-            {"key": key, "w": window_s},
-        )
-
-    async def clear(self, key: str) -> None:
-        await self._session.execute(
-            text("DELETE FROM auth_throttle WHERE key = :key"), {"key": key}
-        )
 
 
 class RecoveryCodeRepository:

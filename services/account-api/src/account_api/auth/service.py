@@ -21,7 +21,6 @@ from account_api.auth.passwords import (
 from account_api.auth.repository import (
     RecoveryCodeRepository,
     SessionRepository,
-    ThrottleRepository,
     UserRepository,
 )
 from account_api.auth.revocations import RevocationList
@@ -45,6 +44,7 @@ from account_api.errors import (
     TooManyRequests,
 )
 from account_api.tables import User
+from account_api.throttling import ThrottleRepository
 
 
 class SecondFactorRequired(NotAuthenticated):

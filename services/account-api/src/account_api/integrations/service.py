@@ -72,8 +72,10 @@ from account_api.integrations.schemas import (
     TestResultOut,
 )
 from account_api.integrations.waiter import RefreshWaiter
+from account_api.limits import ensure_integration_quota
 from account_api.outbox.repository import OutboxRepository
 from account_api.tables import Account
+from account_api.throttling import rate_limit
 
 log = logging.getLogger(__name__)
 CALLBACK_PATH = "/api/integrations/schwab/callback"
@@ -126,11 +128,16 @@ class IntegrationService:
             raise AccountNotFound()
         return account
 
-    async def claim_endpoints(
-        self, uow: UnitOfWork, actor: Actor, body: IntegrationIn
+    async def check_configuration(
+        self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
     ) -> None:
-        """Before `apply_configuration`: an IB config's gateways must be allowed and free or
-        the actor's own (the free ones become the actor's)."""
+        """Before `apply_configuration`: a new integration must fit the user's quota, and an
+        IB config's gateways must be allowed and free or the actor's own (the free ones
+        become the actor's)."""
+        if account.integration_type is None:
+            await ensure_integration_quota(
+                uow.session, actor.user_id, self._settings.max_integrations_per_user
+            )
         if isinstance(body, IBIntegrationIn):
             await self._gateways.claim(uow.session, actor.user_id, body.config)
 
@@ -216,7 +223,7 @@ class IntegrationService:
                 if account.integration_type
                 else "integration.create"
             )
-            await self.claim_endpoints(uow, actor, body)
+            await self.check_configuration(uow, actor, account, body)
             changed = self.apply_configuration(uow, actor, account, body)
             if changed:
                 await AuditRepository(uow.session).record(
@@ -261,6 +268,13 @@ class IntegrationService:
             account = await self._owned(uow, actor, account_id)
             if account.integration_type is None:
                 raise IntegrationNotConfigured()
+            await rate_limit(
+                uow.session,
+                f"test:acct:{account.id}",
+                self._settings.tests_per_account_per_minute,
+                "connection tests of an account",
+            )
+            await uow.commit()
             kind = Broker(account.integration_type)
             request = IntegrationTestRequest(
                 broker=kind,
@@ -342,6 +356,12 @@ class IntegrationService:
                 account = await self._owned(uow, actor, account_id, lock=True)
                 if account.integration_type is None:
                     raise IntegrationNotConfigured()
+                await rate_limit(
+                    uow.session,
+                    f"refresh:acct:{account.id}",
+                    self._settings.refreshes_per_account_per_minute,
+                    "refreshes of an account",
+                )
                 self._stage_refresh(
                     uow,
                     account,
@@ -413,6 +433,13 @@ class IntegrationService:
         """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
         job_id = uuid.uuid4()
         async with uow:
+            if actor is not None:
+                await rate_limit(
+                    uow.session,
+                    f"refresh-all:user:{actor.user_id}",
+                    self._settings.bulk_refreshes_per_user_per_minute,
+                    "refreshes of all accounts",
+                )
             # Locked, so a concurrent change of an integration cannot slip between our read of
             # its config and the refresh command we queue with it.
             accounts = await AccountRepository(uow.session).integrated(

@@ -130,7 +130,7 @@ class PendingLinkService:
                 if account.integration_type
                 else "integration.create"
             )
-            await self._integrations.claim_endpoints(uow, actor, body)
+            await self._integrations.check_configuration(uow, actor, account, body)
             changed = self._integrations.apply_configuration(uow, actor, account, body)
             if item.integration_type == "SCHWAB":
                 self._keep_legacy_login(account, item.config or {})
