@@ -39,6 +39,7 @@ from account_api.integrations.service import IntegrationService
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.outbox.relay import OutboxRelay
 from account_api.pending_links.routes import router as pending_links_router
+from account_api.scheduling.retention import RetentionJob
 from account_api.scheduling.scheduler import RefreshScheduler
 from account_api.ui.routes import router as ui_router
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     scheduler = RefreshScheduler(
         new_uow, integrations_service, settings.scheduled_refresh_interval_s
     )
+    retention = RetentionJob(new_uow, settings)
     revocations = RevocationList(
         RevocationFeed(read_pool),
         settings.token_revocation_poll_s,
@@ -134,10 +136,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter.start()
         relay.start()
         scheduler.start()
+        retention.start()
         try:
             yield
         finally:
             await revocations.stop()
+            await retention.stop()
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()

@@ -1,0 +1,140 @@
+"""`RetentionJob`: purges rows nobody needs any more, on one replica per interval (the same
+`scheduler_state` claim as the refresh scheduler). Audit entries are kept unless configured.
+
+What goes, and when (settings `retention_*`):
+- processed_events: after longer than any stream keeps a message (redeliveries stay deduped)
+- refreshes and refresh jobs: finished ones after N days
+- oauth_states: a day after they expired or were used
+- auth_sessions: N days after they were signed out or expired
+- auth_revocations: once no access token they name can still be alive
+- auth_throttle: windows over for a day
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_api.config import Settings
+from account_api.db import UnitOfWork
+from account_api.scheduling.scheduler import CLAIM
+
+log = logging.getLogger(__name__)
+JOB = "retention"
+BATCH = 5000
+
+# table -> condition on a row that may go; `:days` / `:seconds` from the settings
+PURGES: dict[str, str] = {
+    "processed_events": "processed_at < now() - make_interval(days => :events_days)",
+    "refreshes": "status <> 'pending' AND requested_at < now() - make_interval(days => :refresh_days)",
+    "refresh_jobs": "created_at < now() - make_interval(days => :refresh_days)",
+    "oauth_states": "coalesce(used_at, expires_at) < now() - interval '1 day'",
+    "auth_sessions": "coalesce(revoked_at, expires_at) < now() - make_interval(days => :session_days)",
+    "auth_revocations": "created_at < now() - make_interval(secs => :token_s)",
+    "auth_throttle": "window_start < now() - interval '1 day'",
+}
+AUDIT = "at < now() - make_interval(days => :audit_days)"
+
+
+class RetentionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def purge(self, table: str, condition: str, params: dict[str, int]) -> int:
+        """Delete one batch of rows matching `condition`; returns how many went."""
+        result = await self._session.execute(
+            text(
+                f"DELETE FROM {table} WHERE ctid IN "
+                f"(SELECT ctid FROM {table} WHERE {condition} LIMIT {BATCH})"
+            ),
+            params,
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class RetentionJob:
+    def __init__(self, new_uow: Callable[[], UnitOfWork], settings: Settings) -> None:
+        self._new_uow = new_uow
+        self._settings = settings
+        self._interval = settings.retention_interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._task = asyncio.create_task(self._loop(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _params(self) -> dict[str, int]:
+        s = self._settings
+        return {
+            "events_days": s.retention_processed_events_days,
+            "refresh_days": s.retention_refreshes_days,
+            "session_days": s.retention_sessions_days,
+            "token_s": s.access_token_minutes * 60 + 3600,
+            "audit_days": s.retention_audit_days,
+        }
+
+    async def purge(self) -> dict[str, int]:
+        """Purge everything due now (in batches, one transaction each); returns counts."""
+        purges = dict(PURGES)
+        if self._settings.retention_audit_days > 0:
+            purges["audit_log"] = AUDIT
+        params = self._params()
+        removed: dict[str, int] = {}
+        for table, condition in purges.items():
+            total = 0
+            while True:
+                uow = self._new_uow()
+                async with uow:
+                    used = {k: v for k, v in params.items() if f":{k}" in condition}
+                    count = await RetentionRepository(uow.session).purge(
+                        table, condition, used
+                    )
+                    await uow.commit()
+                total += count
+                if count < BATCH:
+                    break
+            removed[table] = total
+        return removed
+
+    async def tick(self) -> bool:
+        now = datetime.now(UTC)
+        uow = self._new_uow()
+        async with uow:
+            won = (
+                await uow.session.execute(
+                    CLAIM,
+                    {
+                        "name": JOB,
+                        "now": now,
+                        "next": now + timedelta(seconds=self._interval),
+                    },
+                )
+            ).scalar_one_or_none()
+            await uow.commit()
+        if not won:
+            return False
+        removed = await self.purge()
+        log.info("retention purge", extra={"removed": removed})
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention purge failed", extra={"error": repr(exc)})
+            await asyncio.sleep(min(self._interval, 60.0))
