@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from brokerlink_shared.devstack.embedded import free_port
+from brokerlink_devkit.devstack.embedded import free_port
 
 OWNER_CODE = "U3100001"
 

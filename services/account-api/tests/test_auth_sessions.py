@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from account_api.migrate import upgrade
-from brokerlink_shared.testing import wait_until
+from brokerlink_devkit.testing import wait_until
 
 PASSWORD = "correct horse battery"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.values import IntegrationStatus
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import IBGatewaySimulator
 
 from .conftest import Bus, account, add_gateway

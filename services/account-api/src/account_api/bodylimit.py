@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from account_api.errors import AccountApiError, error_response
+from account_api.errors import AccountApiError
+from account_api.exception_handlers import error_response
 
 
 class BodyTooLarge(AccountApiError):

@@ -18,16 +18,12 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from account_api.config import Settings
 from account_api.db import UnitOfWork
-from account_api.scheduling.scheduler import CLAIM
+from account_api.scheduling.repository import RetentionRepository, SchedulerRepository
 
 log = logging.getLogger(__name__)
 JOB = "retention"
-BATCH = 5000
 
 # table -> condition on a row that may go; `:days` / `:seconds` from the settings
 PURGES: dict[str, str] = {
@@ -40,22 +36,6 @@ PURGES: dict[str, str] = {
     "auth_throttle": "window_start < now() - interval '1 day'",
 }
 AUDIT = "at < now() - make_interval(days => :audit_days)"
-
-
-class RetentionRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def purge(self, table: str, condition: str, params: dict[str, int]) -> int:
-        """Delete one batch of rows matching `condition`; returns how many went."""
-        result = await self._session.execute(
-            text(
-                f"DELETE FROM {table} WHERE ctid IN "
-                f"(SELECT ctid FROM {table} WHERE {condition} LIMIT {BATCH})"
-            ),
-            params,
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 class RetentionJob:
@@ -103,7 +83,7 @@ class RetentionJob:
                     )
                     await uow.commit()
                 total += count
-                if count < BATCH:
+                if count < RetentionRepository.BATCH:
                     break
             removed[table] = total
         return removed
@@ -112,16 +92,9 @@ class RetentionJob:
         now = datetime.now(UTC)
         uow = self._new_uow()
         async with uow:
-            won = (
-                await uow.session.execute(
-                    CLAIM,
-                    {
-                        "name": JOB,
-                        "now": now,
-                        "next": now + timedelta(seconds=self._interval),
-                    },
-                )
-            ).scalar_one_or_none()
+            won = await SchedulerRepository(uow.session).claim(
+                JOB, now, now + timedelta(seconds=self._interval)
+            )
             await uow.commit()
         if not won:
             return False
