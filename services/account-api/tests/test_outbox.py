@@ -54,7 +54,11 @@ async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
                 for aid in ids:
                     body = {
                         "type": "IB",
-                        "config": {"host": "gw", "port": 4000 + n + 1, "client_id": 1},
+                        "config": {
+                            "host": "127.0.0.1",
+                            "port": 4000 + n + 1,
+                            "client_id": 1,
+                        },
                     }
                     r = await client.put(
                         f"/api/accounts/{aid}/integration", headers=h, json=body
