@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -180,7 +181,9 @@ def write_rotation(
     chosen = users[::step][:bench_users]
     issuer = TokenIssuer(secret, 24 * 60, 1)
     tokens, ids = out / "tokens.txt", out / "ids.txt"
-    tokens.write_text("".join(f"{issuer.issue(u).access_token}\n" for u in chosen))
+    tokens.write_text(
+        "".join(f"{issuer.access_token(u, uuid.uuid4())}\n" for u in chosen)
+    )
     ids.write_text("".join(" ".join(map(str, by_user[u])) + "\n" for u in chosen))
     return tokens, ids
 

@@ -353,6 +353,7 @@ async def main() -> None:
                 "IB_CONNECTOR_HEALTH_PORT": "0",
                 "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
                 "IB_CONNECTOR_SUBSCRIPTION_MAX_AGE_S": "0",
+                "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",  # the simulated gateways
                 "IB_CONNECTOR_REPLICA_ID": "bench-connector",
             },
             stderr=(logs / "connector.log").open("wb"),
@@ -385,7 +386,7 @@ async def main() -> None:
 
         issuer = TokenIssuer(secret, 120, 1)
         tokens = {
-            uid: {"Authorization": f"Bearer {issuer.issue(uid).access_token}"}
+            uid: {"Authorization": f"Bearer {issuer.access_token(uid, uuid.uuid4())}"}
             for uid in {u for u, _ in owners}
         }
         # Idle connections are dropped before the server's 5 s keep-alive can close them under us.
