@@ -388,6 +388,9 @@ async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) 
         Decimal("100.25"),
         "USD",
     )
+    assert [(c["currency"], Decimal(c["amount"])) for c in a1["cash"]] == [
+        ("USD", Decimal("100.25"))
+    ]
     assert (
         a1["positions"][0]["symbol"] == "AAPL"
         and Decimal(a1["positions"][0]["quantity"]) == 5

@@ -119,11 +119,15 @@ class IBConnectorService:
                 return await self._test(request, budget)
         except TimeoutError:
             return IntegrationTestReply(
-                success=False, message=f"no answer from the gateway within {budget:g}s"
+                success=False,
+                message=f"no answer from the gateway within {budget:g}s",
+                code="timeout",
             )
         except (ForwardFailed, RetryLater) as exc:
             return IntegrationTestReply(
-                success=False, message=f"connector replica handover in progress: {exc}"
+                success=False,
+                message=f"connector replica handover in progress: {exc}",
+                code="handover",
             )
 
     async def on_forwarded(self, message: dict[str, Any]) -> bytes:
@@ -276,10 +280,10 @@ class IBConnectorService:
                 )
         except (RefreshError, GatewayError) as exc:
             return IntegrationTestReply(
-                success=False, message=f"{exc.message} (code {exc.code})"
+                success=False, message=exc.message, code=str(exc.code)[:64]
             )
         except AccountSelectionError as exc:
-            return IntegrationTestReply(success=False, message=str(exc))
+            return IntegrationTestReply(success=False, message=str(exc), code=exc.code)
         return IntegrationTestReply(success=True, message=message)
 
     # ---- routing ---------------------------------------------------------------------------

@@ -6,7 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from account_api.accounts import service
 from account_api.accounts.repository import AccountReadModel
-from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.accounts.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    TotalsOut,
+)
 from account_api.audit import service as audit_service
 from account_api.audit.schemas import AuditOut
 from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
@@ -25,6 +30,11 @@ async def create_account(
     body: AccountCreate, actor: CurrentActor, uow: UowDep
 ) -> AccountOut:
     return await service.create_account(uow, actor, body)
+
+
+@router.get("/totals", response_model=TotalsOut)
+async def totals(actor: CurrentActor, c: ContainerDep) -> TotalsOut:
+    return await service.totals(AccountReadModel(c.read_pool), actor)
 
 
 @router.get("/{account_id}", response_model=AccountOut)

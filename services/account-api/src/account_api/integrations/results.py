@@ -167,6 +167,7 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
         refresh = await uow.session.get(Refresh, p.refresh_id) if p.refresh_id else None
         if account is not None and not _stale_reason(account, p.broker.value, refresh):
             account.last_error, account.last_error_code = p.message, p.code
+            account.last_failure_at = datetime.now(UTC)
         if refresh is not None and refresh.status == "pending":
             refresh.status, refresh.message, refresh.completed_at = (
                 "failed",

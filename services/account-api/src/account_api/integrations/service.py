@@ -78,13 +78,17 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/api/integrations/schwab/callback"
 
 
-def integration_out(account: Account) -> IntegrationOut:
+def integration_out(
+    account: Account, refresh_id: uuid.UUID | None = None
+) -> IntegrationOut:
     return IntegrationOut(
         type=account.integration_type,  # type: ignore[arg-type]
         config=rules.public_config(
             account.integration_type, account.integration_config
         ),
         status=account.integration_status,
+        sync=rules.sync_facts_of(account),  # type: ignore[arg-type]
+        refresh_id=refresh_id,
         last_error=account.last_error,
         last_error_code=account.last_error_code,
         last_refresh_at=account.last_refresh_at,
@@ -129,11 +133,7 @@ class IntegrationService:
     ) -> list[str]:
         """Change the account's integration in the open transaction; returns changed field names."""
         before_type, before = account.integration_type, account.integration_config
-        if isinstance(body, IBIntegrationIn):
-            stored = rules.merge_ib(body.config)
-        else:
-            previous = before if before_type == "SCHWAB" else None
-            stored = rules.merge_schwab(body.config, previous, self._secrets)
+        stored = self._merged(account, body)
         changed = rules.changed_fields(
             before if before_type == body.type else None, stored
         )
@@ -152,6 +152,7 @@ class IntegrationService:
         account.integration_status = IntegrationStatus.PENDING.value
         account.integration_status_at = datetime.now(UTC)
         account.last_error = account.last_error_code = None
+        account.last_failure_at = None
         account.updated_at = datetime.now(UTC)
         self._outbox(uow).add(
             IntegrationConfigured(
@@ -166,6 +167,17 @@ class IntegrationService:
             )
         )
         return changed
+
+    def _merged(self, account: Account, body: IntegrationIn) -> dict[str, Any]:
+        """The stored form `body` would give this account (omitted secrets and backups kept)."""
+        same = (
+            account.integration_config
+            if account.integration_type == body.type
+            else None
+        )
+        if isinstance(body, IBIntegrationIn):
+            return rules.merge_ib(body.config, same)
+        return rules.merge_schwab(body.config, same, self._secrets)
 
     def apply_removal(self, uow: UnitOfWork, actor: Actor, account: Account) -> None:
         """Remove the integration in the open transaction and tell the connector."""
@@ -190,6 +202,7 @@ class IntegrationService:
         account.integration_status = IntegrationStatus.NOT_CONFIGURED.value
         account.integration_status_at = datetime.now(UTC)
         account.last_error = account.last_error_code = None
+        account.last_failure_at = None
         account.token_access_expires_at = account.token_refresh_expires_at = None
         account.updated_at = datetime.now(UTC)
 
@@ -207,6 +220,7 @@ class IntegrationService:
                 else "integration.create"
             )
             changed = self.apply_configuration(uow, actor, account, body)
+            refresh_id = None
             if changed:
                 await AuditRepository(uow.session).record(
                     actor=str(actor.user_id),
@@ -216,8 +230,19 @@ class IntegrationService:
                     changed_fields=changed,
                     request_id=actor.request_id,
                 )
+                if rules.can_refresh(
+                    account.integration_type, account.integration_config
+                ):
+                    # A saved integration shows its first balance without anyone asking.
+                    refresh_id = self._stage_refresh(
+                        uow,
+                        account,
+                        user_id=actor.user_id,
+                        correlation=actor.request_id,
+                        job_id=None,
+                    )
                 await uow.commit()
-            return integration_out(account)
+            return integration_out(account, refresh_id)
 
     async def get(
         self, uow: UnitOfWork, actor: Actor, account_id: int
@@ -244,20 +269,28 @@ class IntegrationService:
     # ---- test ----------------------------------------------------------------------------
 
     async def test(
-        self, uow: UnitOfWork, actor: Actor, account_id: int
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        account_id: int,
+        body: IntegrationIn | None = None,
     ) -> TestResultOut:
+        """Test the saved settings, or (dry run) `body` as it would be saved; saves nothing."""
         async with uow:
             account = await self._owned(uow, actor, account_id)
-            if account.integration_type is None:
+            if body is not None:
+                kind = Broker(body.type)
+                stored = self._merged(account, body)
+            elif account.integration_type is None:
                 raise IntegrationNotConfigured()
-            kind = Broker(account.integration_type)
+            else:
+                kind = Broker(account.integration_type)
+                stored = account.integration_config or {}
             request = IntegrationTestRequest(
                 broker=kind,
                 account_id=account.id,
                 user_id=actor.user_id,
-                config=rules.bus_connection(
-                    kind.value, account.integration_config or {}
-                ),
+                config=rules.bus_connection(kind.value, stored),
                 timeout_s=self._settings.integration_test_timeout_s,
             )
         try:
@@ -268,11 +301,14 @@ class IntegrationService:
                 IntegrationTestReply,
                 timeout_s=self._settings.integration_test_timeout_s + 1,
             )
-            result = TestResultOut(success=reply.success, message=reply.message)
+            result = TestResultOut(
+                success=reply.success, message=reply.message, code=reply.code
+            )
         except (NoRespondersError, NatsTimeout, TimeoutError):
             result = TestResultOut(
                 success=False,
                 message=f"no {kind.value} connector answered; is it running?",
+                code="no_connector",
             )
         async with uow:
             await AuditRepository(uow.session).record(
@@ -281,7 +317,7 @@ class IntegrationService:
                 account_id=account_id,
                 action="integration.test",
                 request_id=actor.request_id,
-                detail={"success": result.success},
+                detail={"success": result.success, "unsaved": body is not None},
             )
             await uow.commit()
         return result
@@ -467,6 +503,7 @@ class IntegrationService:
                     account_name=a.name,
                     type=a.integration_type or "",
                     status=a.integration_status,
+                    sync=rules.sync_facts_of(a),  # type: ignore[arg-type]
                     last_success_at=a.last_success_at,
                     last_refresh_at=a.last_refresh_at,
                     last_error=a.last_error,
@@ -668,6 +705,10 @@ class IntegrationService:
                 changed_fields=["tokens"],
                 request_id=request_id,
                 detail={"success": True},
+            )
+            # Signed in: fetch the first balance now rather than at the next schedule.
+            self._stage_refresh(
+                uow, account, user_id=user_id, correlation=request_id, job_id=None
             )
             await uow.commit()
             return account_id, True, reply.message
