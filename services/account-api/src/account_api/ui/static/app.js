@@ -1257,19 +1257,24 @@ export function lineChart(rows, currency) {
 
 // ---- health page ---------------------------------------------------------------------------
 
-const healthState = { accounts: new Map() };
+// Action results outlive the table's repaints (it is redrawn on every poll).
+const healthState = { accounts: new Map(), results: new Map() };
 
 function healthActions(row) {
-  const result = el("span", { class: "result", role: "status" });
+  const result = el("span", { class: "result", role: "status", text: healthState.results.get(row.account_id) || "" });
+  const say = (text) => {
+    healthState.results.set(row.account_id, text);
+    result.textContent = text;
+  };
   const refresh = el("button", {
     type: "button",
     "aria-label": `Refresh ${row.account_name}`,
     text: "Refresh",
     onclick: () =>
       busy(refresh, async () => {
-        result.textContent = "Refreshing…";
+        say("Refreshing…");
         const outcome = await refreshAccount(row.account_id);
-        result.textContent = outcome.ok ? "✓ Done" : outcome.pending ? "Still running" : "✗ Failed (see Problem)";
+        say(outcome.ok ? `✓ Refreshed ${new Date().toLocaleTimeString()}` : outcome.pending ? "Still running" : "✗ Failed (see Problem)");
         await loadHealthPage();
       }),
   });
@@ -1282,9 +1287,9 @@ function healthActions(row) {
           onclick: () =>
             busy(reauth, async () => {
               try {
-                if (await startOAuth(row.account_id)) result.textContent = "Finish signing in in the window that opened…";
+                if (await startOAuth(row.account_id)) say("Finish signing in in the window that opened…");
               } catch (err) {
-                result.textContent = `✗ ${err.message}`;
+                say(`✗ ${err.message}`);
               }
             }),
         })
@@ -1324,6 +1329,7 @@ function initHealth() {
   window.addEventListener("message", (e) => {
     if (e.origin !== location.origin || e.data?.type !== "brokerlink-oauth") return;
     toast(oauthText(e.data));
+    if (e.data.account) healthState.results.set(e.data.account, oauthText(e.data));
     loadHealthPage().catch((err) => toast(err.message));
   });
   pollWhileVisible(loadHealthPage);
