@@ -123,7 +123,7 @@ async def test_register_and_what_is_hidden_stays_hidden(
         await create_account(page, name)
     await expect(page.locator("#account-rows tr")).to_have_count(3)
     await expect(row(page, IB_ONE).locator(".updated")).to_have_text(
-        "Entered by hand just now"
+        "Balance updated just now"
     )
     # no pending links from a migration: no banner
     await expect(page.locator("#migration-banner")).to_be_hidden()

@@ -426,6 +426,11 @@ def test_field_errors_in_plain_words() -> None:
     assert out == [text for _, text in FIELD_ERRORS]
 
 
+def test_accounts_without_integration_never_claim_a_sync() -> None:
+    out = run_words([("manualLine", [_ago(days=3)]), ("manualLine", [None])])
+    assert out == [["Balance updated ", {"time": _ago(days=3)}], ["—"]]
+
+
 def test_api_errors_in_plain_words() -> None:
     out = run_words(
         [

@@ -1141,7 +1141,7 @@ function auditOutcome(entry) {
   const d = entry.detail || {};
   const parts = [];
   if ("success" in d) parts.push(d.success ? "succeeded" : "failed");
-  if (d.unsaved) parts.push("with unsaved settings");
+  if (d.unsaved) parts.push("with the settings in the form");
   if (d.reason) parts.push(d.reason);
   return parts.join(", ") || "—";
 }

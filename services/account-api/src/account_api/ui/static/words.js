@@ -102,9 +102,10 @@ function syncLine(sync, now) {
   }
 }
 
-// A manual account's time: when its balance was typed in (never a sync).
+// An account without an integration: when its balance last changed (typed in, or synced before
+// its integration was removed) — never worded as a sync.
 export function manualLine(lastUpdated) {
-  return lastUpdated ? ["Entered by hand ", t(lastUpdated)] : ["—"];
+  return lastUpdated ? ["Balance updated ", t(lastUpdated)] : ["—"];
 }
 
 // Parts to plain text (the page renders { time } as a ticking <time> element instead).
