@@ -21,7 +21,9 @@ FORBIDDEN = re.compile(
 
 
 def test_no_request_interception_in_tests() -> None:
-    assert FORBIDDEN.search('await page.route("**/api/**", handler)')  # the check can fail
+    assert FORBIDDEN.search(
+        'await page.route("**/api/**", handler)'
+    )  # the check can fail
     here = Path(__file__).resolve()
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"

@@ -363,6 +363,7 @@ async def test_code_exchange_resolves_account_hash(world: World) -> None:
         15,
     )
     assert answer.success, answer.message
+    assert answer.code is None
 
 
 async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) -> None:
