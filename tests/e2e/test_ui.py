@@ -106,6 +106,11 @@ async def test_register_and_what_is_hidden_stays_hidden(
     await shots.take(page, "register")
     await page.get_by_label("Name").fill("Ada Lovelace")
     await page.get_by_label("Email").fill(f"ada{secrets.token_hex(4)}@example.com")
+    await page.get_by_label("Password").fill("short")
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator("#register-password-error")).to_have_text(
+        "Use at least 8 characters."
+    )
     await page.get_by_label("Password").fill("correct horse battery")
     await page.get_by_role("button", name="Create account").click()
     await expect(page.get_by_role("heading", name="Accounts")).to_be_visible()

@@ -418,6 +418,9 @@ FIELD_ERRORS = [
         "Host must be a name or an IP address.",
     ),
     ({"type": "missing", "loc": ["body", "config", "host"]}, "Required."),
+    # a server that sends no `ctx` still gets words, never "undefined"
+    ({"type": "less_than_equal", "loc": ["body", "config", "port"]}, "Too large."),
+    ({"type": "too_short", "loc": ["body", "password"]}, "Too short."),
 ]
 
 

@@ -183,25 +183,28 @@ export function fieldErrorText(item) {
   const ctx = item.ctx || {};
   const field = String((item.loc || []).at(-1) ?? "");
   const what = field === "backups" ? "backup gateways" : "entries";
+  const has = (k) => ctx[k] !== undefined && ctx[k] !== null;
+  const chars = field === "password" || item.type.startsWith("string_");
   switch (item.type) {
     case "missing":
       return "Required.";
     case "string_too_short":
-      return ctx.min_length > 1 ? `Use at least ${ctx.min_length} characters.` : "Can't be empty.";
-    case "string_too_long":
-      return `Use at most ${ctx.max_length} characters.`;
     case "too_short":
-      return field === "password" ? `Use at least ${ctx.min_length} characters.` : `Add at least ${ctx.min_length} ${what}.`;
+      if (!has("min_length")) return "Too short.";
+      if (chars) return ctx.min_length > 1 ? `Use at least ${ctx.min_length} characters.` : "Can't be empty.";
+      return `Add at least ${ctx.min_length} ${what}.`;
+    case "string_too_long":
     case "too_long":
-      return field === "password" ? `Use at most ${ctx.max_length} characters.` : `At most ${ctx.max_length} ${what}.`;
+      if (!has("max_length")) return "Too long.";
+      return chars ? `Use at most ${ctx.max_length} characters.` : `At most ${ctx.max_length} ${what}.`;
     case "less_than_equal":
-      return `Must be ${ctx.le} or less.`;
+      return has("le") ? `Must be ${ctx.le} or less.` : "Too large.";
     case "less_than":
-      return `Must be less than ${ctx.lt}.`;
+      return has("lt") ? `Must be less than ${ctx.lt}.` : "Too large.";
     case "greater_than_equal":
-      return `Must be ${ctx.ge} or more.`;
+      return has("ge") ? `Must be ${ctx.ge} or more.` : "Too small.";
     case "greater_than":
-      return `Must be more than ${ctx.gt}.`;
+      return has("gt") ? `Must be more than ${ctx.gt}.` : "Too small.";
     case "int_parsing":
     case "int_type":
     case "int_from_float":
