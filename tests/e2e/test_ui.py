@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from brokerlink_shared.devstack.embedded import free_port
+from brokerlink_devkit.devstack.embedded import free_port
 from playwright.async_api import Page, expect
 
 from .conftest import (

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from account_api.integrations.rules import last_attempt
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated, RefreshFailed
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
-from brokerlink_shared.testing import wait_until
 
 IB = {"type": "IB", "config": {"host": "gw.local", "port": 4001, "client_id": 7}}
 BACKUPS = [{"host": "gw-b.local", "port": 4002}, {"host": "gw-c.local", "port": 4003}]
