@@ -162,6 +162,17 @@ async def test_save_starts_a_first_refresh_and_every_view_shares_the_sync_facts(
         await broker.stop()
 
 
+async def test_a_save_through_the_account_route_starts_the_first_refresh_too(
+    client, account
+) -> None:  # type: ignore[no-untyped-def]
+    h, aid = account
+    r = await client.put(f"/api/accounts/{aid}", headers=h, json={"integration": IB})
+    assert r.status_code == 200, r.text
+    assert r.json()["sync"]["last_attempt"] == "pending"
+    same = await client.put(f"/api/accounts/{aid}", headers=h, json={"integration": IB})
+    assert same.json()["sync"]["last_attempt_at"] == r.json()["sync"]["last_attempt_at"]
+
+
 async def test_schwab_without_sign_in_starts_no_refresh(client, account) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
     body = {

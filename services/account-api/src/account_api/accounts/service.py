@@ -137,6 +137,7 @@ async def update_account(
             )
             if change.fields:
                 await audit(uow, actor, change)
+                configuration.first_refresh(uow, actor, account)
         if changed:
             account.updated_at = datetime.now(UTC)
             await audit(uow, actor, Change("account.update", account.id, changed))

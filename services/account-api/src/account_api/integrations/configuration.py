@@ -3,6 +3,7 @@ connectors must learn of is written to the outbox in the same transaction, with 
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,15 +114,20 @@ class IntegrationConfiguration:
             refresh_id = None
             if change.fields:
                 await audit(uow, actor, change)
-                if rules.can_refresh(
-                    account.integration_type, account.integration_config
-                ):
-                    # A saved integration shows its first balance without anyone asking.
-                    refresh_id = self._refreshes.stage(
-                        uow, account, correlation=actor.request_id, job_id=None
-                    )
+                refresh_id = self.first_refresh(uow, actor, account)
                 await uow.commit()
             return integration_out(account, refresh_id)
+
+    def first_refresh(
+        self, uow: UnitOfWork, actor: Actor, account: Account
+    ) -> uuid.UUID | None:
+        """After a saved change, queue the refresh that shows the first balance without anyone
+        asking — when one could succeed now (IB; Schwab once signed in)."""
+        if not rules.can_refresh(account.integration_type, account.integration_config):
+            return None
+        return self._refreshes.stage(
+            uow, account, correlation=actor.request_id, job_id=None
+        )
 
     async def remove(self, uow: UnitOfWork, actor: Actor, account_id: int) -> None:
         async with uow:
