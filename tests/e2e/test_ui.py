@@ -294,7 +294,7 @@ async def test_field_errors_in_plain_words_next_to_their_inputs(page: Page) -> N
 
 
 async def test_a_broken_gateway_is_a_sentence_and_the_last_good_sync_stays(
-    page: Page, stack: Stack
+    page: Page, stack: Stack, shots: Screenshots
 ) -> None:
     dead = free_port()
     await create_account(page, BROKEN)
@@ -335,6 +335,9 @@ async def test_a_broken_gateway_is_a_sentence_and_the_last_good_sync_stays(
         "Last sync failed just now · last good sync just now", timeout=SLOW
     )
     await expect(page.locator("#integration-error")).to_contain_text(sentence)
+    await page.locator("#integration-error details summary").click()
+    await expect(page.locator("#integration-error details")).to_contain_text("code 502")
+    await shots.take(page, "integration-error", doc=True)
 
     # remove it (asks first), so the rest of the session has four integrations
     await page.get_by_role("button", name="Remove integration").click()

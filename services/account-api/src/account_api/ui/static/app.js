@@ -191,6 +191,11 @@ function errorNode(text, code, raw) {
   return node;
 }
 
+// Repaints (every poll) keep a Details disclosure the reader opened open.
+function keepOpen(container, replacement) {
+  if (container?.querySelector("details")?.open) replacement?.querySelector("details")?.setAttribute("open", "");
+}
+
 function syncErrorNode(sync, context) {
   if (!sync || !sync.last_error) return null;
   if (sync.last_attempt !== "failed" && !["error", "disconnected", "reauth_required"].includes(sync.status)) return null;
@@ -841,6 +846,7 @@ function paintIntegrationState() {
   $("#integration-updated").replaceChildren(partsNode(summary.line));
   const error = $("#integration-error");
   const problem = syncErrorNode(data.sync, configContext(saved, data.config));
+  keepOpen(error, problem);
   error.hidden = !problem;
   error.replaceChildren(...(problem ? [problem] : []));
   if (saved === "SCHWAB") {
@@ -1301,11 +1307,13 @@ function healthActions(row) {
 async function loadHealthPage() {
   const [{ data }, accounts] = await Promise.all([api("GET", "/api/integrations/health"), api("GET", "/api/accounts")]);
   healthState.accounts = new Map(accounts.data.map((a) => [a.id, a]));
+  const open = new Set([...document.querySelectorAll("#health-rows tr")].filter((tr) => tr.querySelector(".problem details")?.open).map((tr) => Number(tr.dataset.accountId)));
   $("#health-rows").replaceChildren(
     ...data.map((row) => {
       const summary = syncSummary(row.type, row.sync);
       const account = healthState.accounts.get(row.account_id);
       const problem = syncErrorNode(row.sync, configContext(row.type, account?.integration_config));
+      if (open.has(row.account_id)) problem?.querySelector("details")?.setAttribute("open", "");
       return el(
         "tr",
         { "data-account-id": row.account_id },
