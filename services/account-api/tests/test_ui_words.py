@@ -333,6 +333,14 @@ ERRORS = [
         "IB Gateway refused the connection on 4001 — is it running with the API enabled?",
     ),
     (
+        [
+            "unreachable",
+            "no IB Gateway answered",
+            {"kind": "IB", "host": "gw", "port": 4001},
+        ],
+        "No IB Gateway answered at gw:4001 — check the host and port, that IB Gateway is running and that its API is enabled.",
+    ),
+    (
         ["326", "client id in use", {"kind": "IB", "client_id": 7}],
         "Client ID 7 is already in use on this gateway — choose another client ID.",
     ),

@@ -36,7 +36,7 @@ class IntegrationService:
         topology: Topology,
         waiter: RefreshWaiter,
     ) -> IntegrationService:
-        refreshes = RefreshService(publisher, waiter)
+        refreshes = RefreshService(settings, publisher, waiter)
         return cls(
             configuration=IntegrationConfiguration(
                 settings, secrets, publisher, broker, topology, refreshes
