@@ -12,11 +12,13 @@ TEST_DIRS = [
     ROOT / "tests",
     *ROOT.glob("services/*/tests"),
     ROOT / "shared" / "tests",
+    ROOT / "shared-dev" / "tests",
     ROOT / "simulators" / "tests",
 ]
+# Playwright's interception API on a page, popup or browser context, and its route handlers.
 FORBIDDEN = re.compile(
-    r"\.route\(|\.unroute\(|\.fulfill\(|route_from_har|\.continue_\(|"
-    r"setRequestInterception|\.abort\(\)"
+    r"\w*(?:page|popup|context)\w*\.(?:route|unroute|route_from_har)\(|"
+    r"\.fulfill\(|\.continue_\(|\.fallback\(|setRequestInterception"
 )
 
 

@@ -13,8 +13,7 @@ from brokerlink_shared.contracts.events import BalanceUpdated, RefreshFailed
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
 
-IB = {"type": "IB", "config": {"host": "gw.local", "port": 4001, "client_id": 7}}
-BACKUPS = [{"host": "gw-b.local", "port": 4002}, {"host": "gw-c.local", "port": 4003}]
+from .conftest import gateway_port, ib_integration
 
 
 @pytest.fixture
@@ -44,20 +43,17 @@ async def test_backups_absent_keeps_them_a_list_replaces_them_empty_clears(
 ) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
     url = f"/api/accounts/{aid}/integration"
-    body = {"type": "IB", "config": {**IB["config"], "backups": BACKUPS}}
+    IB = ib_integration()
+    b, c = gateway_port(), gateway_port()
+    backups = [{"host": "127.0.0.1", "port": b}, {"host": "127.0.0.1", "port": c}]
+    body = {"type": "IB", "config": {**IB["config"], "backups": backups}}
     assert (await client.put(url, headers=h, json=body)).status_code == 200
-    moved = {"type": "IB", "config": {**IB["config"], "port": 4005}}
+    moved = {"type": "IB", "config": {**IB["config"], "client_id": 8}}
     assert (await client.put(url, headers=h, json=moved)).status_code == 200
-    assert await _backups(client, h, aid) == [
-        ("gw-b.local", 4002),
-        ("gw-c.local", 4003),
-    ]
-    reordered = {"type": "IB", "config": {**moved["config"], "backups": BACKUPS[::-1]}}
+    assert await _backups(client, h, aid) == [("127.0.0.1", b), ("127.0.0.1", c)]
+    reordered = {"type": "IB", "config": {**moved["config"], "backups": backups[::-1]}}
     assert (await client.put(url, headers=h, json=reordered)).status_code == 200
-    assert await _backups(client, h, aid) == [
-        ("gw-c.local", 4003),
-        ("gw-b.local", 4002),
-    ]
+    assert await _backups(client, h, aid) == [("127.0.0.1", c), ("127.0.0.1", b)]
     cleared = {"type": "IB", "config": {**moved["config"], "backups": []}}
     assert (await client.put(url, headers=h, json=cleared)).status_code == 200
     assert await _backups(client, h, aid) == []
@@ -69,6 +65,7 @@ async def test_backups_absent_keeps_them_a_list_replaces_them_empty_clears(
 async def test_test_takes_unsaved_settings_and_saves_nothing(client, account) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
     url = f"/api/accounts/{aid}/integration"
+    IB = ib_integration()
     r = await client.post(f"{url}/test", headers=h, json=IB)
     # no connector runs in this suite: the dry test still reaches the bus and says so
     assert r.status_code == 200, r.text
@@ -88,6 +85,7 @@ async def test_save_starts_a_first_refresh_and_every_view_shares_the_sync_facts(
     client, api, account, infra
 ) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
+    IB = ib_integration()
     r = await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
     first = r.json()["refresh_id"]
     assert first is not None and r.json()["sync"]["last_attempt"] == "pending"
@@ -127,7 +125,7 @@ async def test_save_starts_a_first_refresh_and_every_view_shares_the_sync_facts(
                     "broker": "IB",
                     "refresh_id": first,
                     "code": "502",
-                    "message": "connection refused by gw.local:4001",
+                    "message": "connection refused by 127.0.0.1:4001",
                 },
             )
         )
@@ -166,6 +164,7 @@ async def test_a_save_through_the_account_route_starts_the_first_refresh_too(
     client, account
 ) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
+    IB = ib_integration()
     r = await client.put(f"/api/accounts/{aid}", headers=h, json={"integration": IB})
     assert r.status_code == 200, r.text
     assert r.json()["sync"]["last_attempt"] == "pending"

@@ -1,7 +1,7 @@
 """accounts remember when their last refresh failed (the UI's "last attempt" needs it)
 
 Revision ID: 0004_i19
-Revises: 0003
+Revises: 0004_i15
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_i19"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004_i15"  # chained after i15 on merging main
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
