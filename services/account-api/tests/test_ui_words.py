@@ -426,7 +426,32 @@ FIELD_ERRORS = [
         "Host must be a name or an IP address.",
     ),
     ({"type": "missing", "loc": ["body", "config", "host"]}, "Required."),
-    # a server that sends no `ctx` still gets words, never "undefined"
+    # no `ctx` (our 422s drop it with the input): the limit is read from pydantic's message
+    (
+        {
+            "type": "too_short",
+            "loc": ["body", "password"],
+            "msg": "Value should have at least 8 items after validation, not 5",
+        },
+        "Use at least 8 characters.",
+    ),
+    (
+        {
+            "type": "less_than_equal",
+            "loc": ["body", "config", "port"],
+            "msg": "Input should be less than or equal to 65535",
+        },
+        "Must be 65535 or less.",
+    ),
+    (
+        {
+            "type": "greater_than",
+            "loc": ["body", "config", "client_id"],
+            "msg": "Input should be greater than -1",
+        },
+        "Must be more than -1.",
+    ),
+    # nothing to read either: still words, never "undefined"
     ({"type": "less_than_equal", "loc": ["body", "config", "port"]}, "Too large."),
     ({"type": "too_short", "loc": ["body", "password"]}, "Too short."),
 ]

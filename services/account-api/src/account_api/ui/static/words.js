@@ -182,8 +182,29 @@ const PATTERNS = {
   currency: "Use a three-letter currency code like USD.",
 };
 
+// The limits a rule names, read from pydantic's message when the server sends no `ctx` (ours
+// strips it with the input): "at least 8", "less than or equal to 65535", …
+const LIMITS = [
+  ["min_length", /at least (\d+)/],
+  ["max_length", /at most (\d+)/],
+  ["le", /less than or equal to (-?[\d.]+)/],
+  ["lt", /less than (-?[\d.]+)/],
+  ["ge", /greater than or equal to (-?[\d.]+)/],
+  ["gt", /greater than (-?[\d.]+)/],
+];
+
+function limitsOf(item) {
+  const out = {};
+  const msg = String(item.msg || "");
+  for (const [key, pattern] of LIMITS) {
+    const m = pattern.exec(msg);
+    if (m && !(key in out)) out[key] = m[1];
+  }
+  return out;
+}
+
 export function fieldErrorText(item) {
-  const ctx = item.ctx || {};
+  const ctx = { ...limitsOf(item), ...(item.ctx || {}) };
   const field = String((item.loc || []).at(-1) ?? "");
   const what = field === "backups" ? "backup gateways" : "entries";
   const has = (k) => ctx[k] !== undefined && ctx[k] !== null;
