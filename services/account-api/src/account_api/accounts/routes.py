@@ -13,6 +13,7 @@ from account_api.accounts.schemas import (
     AccountOut,
     AccountUpdate,
     AccountWithHistoryOut,
+    TotalsOut,
 )
 from account_api.audit import service as audit_service
 from account_api.audit.schemas import AuditOut
@@ -52,6 +53,11 @@ async def create_account(
     return await service.create_account(
         uow, actor, body, c.settings.max_accounts_per_user
     )
+
+
+@router.get("/totals", response_model=TotalsOut)
+async def totals(actor: CurrentActor, c: ContainerDep) -> TotalsOut:
+    return await service.totals(AccountReadModel(c.read_pool), actor)
 
 
 @router.get("/{account_id}", response_model=AccountOut)
