@@ -5,7 +5,7 @@ held across the commit's WAL flush), so a trigger on every outbox insert capped 
 command-staging transaction at one fsync at a time.
 
 Revision ID: 0004_i18
-Revises: 0004_i19
+Revises: 0004_i15
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0004_i18"
-down_revision: str | None = "0004_i19"  # chained after i19 on merging main
+down_revision: str | None = "0004_i19"  # chained after i19 on merge
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
