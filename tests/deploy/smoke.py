@@ -90,7 +90,8 @@ class Addresses:
     """Loopback addresses, one per pod, in a /16 of 127/8 picked at random per run."""
 
     def __init__(self) -> None:
-        self._base = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}"
+        # spreads concurrent runs over 127/8, nothing secret
+        self._base = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}"  # noqa: S311
         self._next = 2
         self.hosts: dict[str, list[str]] = {}
 

@@ -93,7 +93,7 @@ def test_kustomize_lite_refuses_unknown_features(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "ident,doc", _base_documents(), ids=[i for i, _ in _base_documents()]
+    ("ident", "doc"), _base_documents(), ids=[i for i, _ in _base_documents()]
 )
 def test_base_manifest_validates(ident: str, doc: dict[str, Any]) -> None:
     _validate(doc)

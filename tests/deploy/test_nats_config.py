@@ -173,7 +173,7 @@ EXPECTATIONS = [
 ]
 
 
-@pytest.mark.parametrize("user,subject,direction,expected", EXPECTATIONS)
+@pytest.mark.parametrize(("user", "subject", "direction", "expected"), EXPECTATIONS)
 def test_each_service_owns_only_its_subjects(
     values: dict[str, Any], user: str, subject: str, direction: str, expected: bool
 ) -> None:

@@ -78,7 +78,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONBytes:
         for error in exc.errors()
     ]
     body: dict[str, object] = {"detail": errors, "code": "invalid_field"}
-    field = _field(errors[0]["loc"]) if errors else None  # type: ignore[arg-type]
+    field = _field(errors[0]["loc"]) if errors else None
     if field:
         body["field"] = field
     return JSONBytes(body, status_code=422)
@@ -88,11 +88,13 @@ def add_exception_handlers(app: FastAPI) -> None:
     """Map the error tree (and request validation) to HTTP for the whole app."""
 
     async def handle(_request: Request, exc: Exception) -> JSONBytes:
-        assert isinstance(exc, AccountApiError)
+        if not isinstance(exc, AccountApiError):
+            raise exc
         return error_response(exc)
 
     async def invalid(_request: Request, exc: Exception) -> JSONBytes:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):
+            raise exc
         return validation_error_response(exc)
 
     app.add_exception_handler(AccountApiError, handle)

@@ -34,7 +34,10 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
         last = 0
         while users := rows_repo.users_with_2fa_after(last, batch):
             for user in users:
-                assert user.two_factor_secret_enc is not None
+                if user.two_factor_secret_enc is None:
+                    raise RuntimeError(
+                        "users_with_2fa_after returns users with a secret"
+                    )
                 user.two_factor_secret_enc = secrets.rotate(user.two_factor_secret_enc)
                 counts["users"] += 1
                 last = user.id

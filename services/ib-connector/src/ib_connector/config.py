@@ -30,7 +30,7 @@ class Settings(BusSettings):
     )
 
     health_host: str = Field(
-        default="0.0.0.0",
+        default="0.0.0.0",  # noqa: S104 - the health server only, for the kubelet's probes
         description="probes arrive on the pod's address; `make run` binds loopback",
     )
     health_port: int = Field(

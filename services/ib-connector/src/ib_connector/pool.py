@@ -303,7 +303,8 @@ class GatewaySession:
                         "ib_code": raised.code,
                     },
                 )
-        assert failure is not None
+        if failure is None:
+            raise RuntimeError("failover tried no endpoint")
         if self.state.phase is not Phase.FAILED or self.state.code != failure.code:
             log.info(
                 "gateway session failed",

@@ -175,7 +175,8 @@ class IBConnectorService:
         self, event: RefreshRequested, config: IBConnection
     ) -> None:
         """Read the account on this replica's session and publish `balance.updated` or `refresh.failed`."""
-        assert event.account_id is not None
+        if event.account_id is None:
+            raise RuntimeError("an IB refresh names its account")
         session, binding = self.pool.attach(config, event.account_id, event.user_id)
         refresh_id = event.payload.refresh_id
         try:
@@ -275,8 +276,8 @@ class IBConnectorService:
         """Test a gateway no session of this user uses yet: connect, read the summary, disconnect.
         Until the user has reached a gateway there, every connection failure reads the same."""
         client = IBGatewayClient(
-            on_notice=lambda code, text: None,
-            on_closed=lambda reason: None,
+            on_notice=lambda _code, _text: None,
+            on_closed=lambda _reason: None,
             reach=self.settings.reach,
         )
         reached = (user_id or 0, config.host.lower(), config.port)

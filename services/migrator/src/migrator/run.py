@@ -15,6 +15,7 @@ from typing import Any
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.messaging import EventPublisher
 
+from migrator import convert as cv
 from migrator import plan as pl
 from migrator.events import EventBatch
 from migrator.report import Progress, Report
@@ -55,8 +56,8 @@ def grouped(
         uid = min(_uid(h[key[i]]) for i, h in enumerate(heads) if h is not None)
         parts: list[list[Any]] = [[], [], [], []]
         for i, stream in enumerate(streams):
-            while heads[i] is not None and _uid(heads[i][key[i]]) == uid:  # type: ignore[index]
-                parts[i].append(heads[i])
+            while (head := heads[i]) is not None and _uid(head[key[i]]) == uid:
+                parts[i].append(head)
                 heads[i] = next(stream, None)
         yield uid, (parts[0][0] if parts[0] else None), parts[1], parts[2], parts[3]
 
@@ -207,8 +208,8 @@ class Migration:
             for table, legacy_id, reason in p.skipped:
                 rep.skip(table, legacy_id, reason)
                 self.skipped[table].add(legacy_id)
-            for c in p.conflicts:
-                rep.conflict(c)
+            for conflict in p.conflicts:
+                rep.conflict(conflict)
 
         sums = {
             "users": target.checksums("users", [u.legacy_id for u in users]),
@@ -236,7 +237,7 @@ class Migration:
         marks: list[tuple[str, int, str]] = []
 
         # users
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for u in users:
             digest = u.checksum()
             if sums["users"].get(u.legacy_id) == digest:
@@ -276,7 +277,8 @@ class Migration:
                 marks.append(("accounts", a.legacy_id, d_acc))
             stored = None
             if w_int:
-                assert integ is not None and d_int is not None
+                if integ is None or d_int is None:
+                    raise RuntimeError("w_int implies an integration and its digest")
                 marks.append(("integration", a.legacy_id, d_int))
                 stored = self._stored(integ.type, integ.config)
                 stored_of[a.legacy_id] = (integ.type, stored)
@@ -386,13 +388,13 @@ class Migration:
                         if target_legacy is not None
                         else None,
                         None if r[7] is None else bool(r[7]),
-                        pl.cv.timestamp(r[8]),
-                        pl.cv.money(r[9]),
+                        cv.timestamp(r[8]),
+                        cv.money(r[9]),
                         r[10],
                         r[11],
                         c.outcome,
-                        pl.cv.timestamp(r[12]),
-                        pl.cv.timestamp(r[13]),
+                        cv.timestamp(r[12]),
+                        cv.timestamp(r[13]),
                     )
                 )
             else:
@@ -408,8 +410,8 @@ class Migration:
                         self._enc(r[5]),
                         _int(r[6]),
                         c.outcome,
-                        pl.cv.timestamp(r[7]),
-                        pl.cv.timestamp(r[8]),
+                        cv.timestamp(r[7]),
+                        cv.timestamp(r[8]),
                     )
                 )
         target.write_legacy_ib(ib_rows)

@@ -6,7 +6,7 @@ be resumed (same run id, same journal) and rolled back."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -149,11 +149,14 @@ class Target:
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({cols})")
 
     def lock(self) -> bool:
-        return bool(
-            self.conn.execute(
-                "SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)
-            ).fetchone()[0]
-        )  # type: ignore[index]
+        return bool(self.value("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)))
+
+    def value(self, query: LiteralString, params: Sequence[Any] = ()) -> Any:
+        """The first column of the one row `query` returns."""
+        row = self.conn.execute(query, params).fetchone()
+        if row is None:
+            raise RuntimeError(f"no row from: {query.split()[0]} ...")
+        return row[0]
 
     def commit(self) -> None:
         if not self.dry_run:
@@ -179,10 +182,10 @@ class Target:
         self.fresh = (
             self.conn.execute("SELECT 1 FROM migration_rows LIMIT 1").fetchone() is None
         )
-        run_id = self.conn.execute(
+        run_id = self.value(
             "INSERT INTO migration_runs (status, source, source_fingerprint) VALUES ('running', %s, %s) RETURNING id",
             (source, fingerprint),
-        ).fetchone()[0]  # type: ignore[index]
+        )
         self.run_id = run_id
         self.commit()
         return run_id, {}, False
@@ -220,7 +223,7 @@ class Target:
             "SELECT legacy_id, checksum FROM migration_rows WHERE entity = %s AND legacy_id = ANY(%s::bigint[])",
             (entity, list(legacy_ids)),
         ).fetchall()
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     def email_owners(self, emails: Sequence[str]) -> dict[str, tuple[int, int | None]]:
         """lower(email) -> (target user id, its legacy id) for existing target users."""
@@ -239,7 +242,7 @@ class Target:
             f"SELECT legacy_id, id FROM {table} WHERE legacy_id = ANY(%s::bigint[])",
             (list(legacy_ids),),
         ).fetchall()
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -523,9 +526,9 @@ class Target:
                 ORDER BY r.legacy_id""",
             params,
         ).fetchall()
-        new = self.conn.execute(
+        new = self.value(
             "SELECT count(*) FROM stg_history_r WHERE existing_id IS NULL AND account_id IS NOT NULL"
-        ).fetchone()[0]  # type: ignore[index]
+        )
         inserted = int(new) - sum(1 for r in skipped if r[1].startswith("another"))
         return updated, int(inserted), [(r[0], r[1]) for r in skipped]
 

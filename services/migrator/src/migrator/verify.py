@@ -46,7 +46,6 @@ def _target(
 
 
 def _compare(
-    name: str,
     source: Iterator[tuple[int, str]],
     target: Iterator[tuple[int, str, bool]],
 ) -> dict[str, Any]:
@@ -143,7 +142,8 @@ def _chunked(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
         future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
         src: dict[int, tuple[int, str]] = {}
-        current, lines = None, []  # type: ignore[var-annotated]
+        current: int | None = None
+        lines: list[str] = []
 
         def close() -> None:
             if current is not None:
@@ -213,7 +213,6 @@ def verify(
                 yield u.legacy_id, cv.digest(*u.content())
 
     results["users"] = _compare(
-        "users",
         users_src(),
         _target(
             conn,
@@ -252,7 +251,6 @@ def verify(
 
     def accounts_drill(lo: int, hi: int) -> dict[str, Any]:
         return _compare(
-            "accounts",
             (
                 (a.legacy_id, cv.digest(*a.content(), kind))
                 for a, kind in account_rows("WHERE id BETWEEN ? AND ?", (lo, hi))
@@ -315,7 +313,6 @@ def verify(
 
     def history_drill(lo: int, hi: int) -> dict[str, Any]:
         return _compare(
-            "history",
             (
                 (h[0], cv.digest(h[1], h[2].isoformat(), str(h[3]), h[4]))
                 for h in history_rows("WHERE id BETWEEN ? AND ?", (lo, hi))
@@ -353,7 +350,6 @@ def verify(
             yield int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
 
     results["ib_connections"] = _compare(
-        "ib",
         ib_src(),
         _target(
             conn,
@@ -374,7 +370,6 @@ def verify(
             )
 
     results["schwab_settings"] = _compare(
-        "schwab",
         schwab_src(),
         _target(
             conn,

@@ -30,7 +30,8 @@ class Settings(ServiceSettings):
         le=60,
         description="budget granularity; see domain.rate for the arithmetic",
     )
-    health_host: str = "0.0.0.0"
+    # the health server only: probes arrive on the pod's address; `make run` binds loopback
+    health_host: str = "0.0.0.0"  # noqa: S104
     health_port: int = Field(
         default=8082, ge=0, le=65535, description="0 picks a free port"
     )

@@ -287,7 +287,8 @@ class SchwabConnector:
                 code="not_signed_in",
             )
         binding = self._bind(request.user_id, request.account_id, config)
-        assert binding is not None
+        if binding is None:
+            raise RuntimeError("a signed-in login binds the account")
         state = self.vault.logins[binding.login]
         try:
             numbers = await asyncio.wait_for(
@@ -341,7 +342,8 @@ class SchwabConnector:
         )
         state = self.vault.observe(request.user_id, request.account_id, config)
         self.vault.adopt(state, self.vault.stamp({"token": token}))
-        assert state.token_enc is not None and state.times is not None
+        if state.token_enc is None or state.times is None:
+            raise RuntimeError("an adopted token sets the login's token and times")
         await self._coordinator.store_token(state.login_id, state.token_enc)
         log.info(
             "schwab login authorised",

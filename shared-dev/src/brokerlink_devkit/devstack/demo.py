@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 DEMO_EMAIL = "demo@example.com"
-DEMO_PASSWORD = "demo-password-2026"
+# the local demo stack's published sign-in, printed by `make run`; never in a deployment
+DEMO_PASSWORD = "demo-password-2026"  # noqa: S105
 
 
 def ensure_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:

@@ -138,7 +138,8 @@ class EmbeddedPostgres:
         self._server = get_server(self.data_dir, cleanup_mode=None)
 
     def uri(self, database: str) -> str:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL used before start()")
         return self._server.get_uri(database)
 
     def ensure_database(self, name: str) -> str:

@@ -104,7 +104,8 @@ class Child:
                 f"{self.name} could not be started: {exc.strerror}",
                 "run `make bootstrap` (it installs every command), then `make run` again",
             ) from None
-        assert self.process.stdout is not None
+        if self.process.stdout is None:
+            raise RuntimeError("the child was started with stdout=PIPE")
         threading.Thread(
             target=self._pump, args=(self.process.stdout,), daemon=True
         ).start()

@@ -134,5 +134,5 @@ def infra() -> Iterator[Infra]:
         stack.close()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header() -> str:
     return "brokerlink: NATS/PostgreSQL from NATS_URL/DATABASE_URL, else testcontainers, else embedded"

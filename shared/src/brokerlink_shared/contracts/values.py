@@ -62,7 +62,7 @@ class GatewayAddress(Strict):
     host: Annotated[str, Field(max_length=253)]
     port: Port
 
-    _host = field_validator("host")(classmethod(lambda cls, v: validate_host(v)))
+    _host = field_validator("host")(classmethod(lambda _cls, v: validate_host(v)))
 
 
 class IBConnection(Strict):
@@ -76,7 +76,7 @@ class IBConnection(Strict):
     read_only: bool = True
     backups: Annotated[list[GatewayAddress], Field(max_length=8)] = []
 
-    _host = field_validator("host")(classmethod(lambda cls, v: validate_host(v)))
+    _host = field_validator("host")(classmethod(lambda _cls, v: validate_host(v)))
 
     @property
     def session_key(self) -> tuple[str, int, int]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.subscriber.usecases import LogicSubscriber
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -27,7 +28,7 @@ def durable_subscriber(
     ack_wait_s: float = 30.0,
     max_ack_pending: int = 1000,
     max_workers: int = 1,
-) -> Any:
+) -> LogicSubscriber[Any]:
     """A durable pull consumer on `family` (optionally for some brokers), shared by replicas.
 
     `max_workers` > 1 handles that many messages at once, so one slow message does not hold
@@ -60,7 +61,6 @@ async def ensure_streams(
     specs: Iterable[StreamSpec] = STREAMS,
     *,
     replicas: int = 1,
-    sync_always: bool = False,
 ) -> None:
     """Create or update streams idempotently (called by their owners at start-up)."""
     # A replicated stream is created by a quorum of NATS nodes: on a busy cluster that can take

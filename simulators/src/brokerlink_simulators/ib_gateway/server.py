@@ -87,28 +87,28 @@ class GatewaySession(asyncio.Protocol):
                 int(f[2]), None
             ),
             In.REQ_POSITIONS_MULTI: self._positions_multi,
-            In.CANCEL_POSITIONS_MULTI: lambda f: None,
+            In.CANCEL_POSITIONS_MULTI: lambda _f: None,
             In.REQ_EXECUTIONS: lambda f: self.send(
                 protocol.frame(Out.EXECUTION_DATA_END, 1, f[2])
             ),
-            In.REQ_OPEN_ORDERS: lambda f: self.send(
+            In.REQ_OPEN_ORDERS: lambda _f: self.send(
                 protocol.frame(Out.OPEN_ORDER_END, 1)
             ),
-            In.REQ_ALL_OPEN_ORDERS: lambda f: self.send(
+            In.REQ_ALL_OPEN_ORDERS: lambda _f: self.send(
                 protocol.frame(Out.OPEN_ORDER_END, 1)
             ),
-            In.REQ_COMPLETED_ORDERS: lambda f: self.send(
+            In.REQ_COMPLETED_ORDERS: lambda _f: self.send(
                 protocol.frame(Out.COMPLETED_ORDERS_END)
             ),
-            In.REQ_AUTO_OPEN_ORDERS: lambda f: None,
-            In.REQ_MARKET_DATA_TYPE: lambda f: None,
-            In.REQ_MANAGED_ACCTS: lambda f: self.send(
+            In.REQ_AUTO_OPEN_ORDERS: lambda _f: None,
+            In.REQ_MARKET_DATA_TYPE: lambda _f: None,
+            In.REQ_MANAGED_ACCTS: lambda _f: self.send(
                 protocol.managed_accounts(self.gateway.accounts)
             ),
-            In.REQ_CURRENT_TIME: lambda f: self.send(
+            In.REQ_CURRENT_TIME: lambda _f: self.send(
                 protocol.frame(Out.CURRENT_TIME, 1, int(time.time()))
             ),
-            In.REQ_IDS: lambda f: self.send(
+            In.REQ_IDS: lambda _f: self.send(
                 protocol.next_valid_id(self._next_order_id)
             ),
         }
@@ -126,7 +126,7 @@ class GatewaySession(asyncio.Protocol):
                 drop_after, self._drop
             )
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         if self._drop_timer:
             self._drop_timer.cancel()
         self.gateway.sessions.discard(self)
@@ -278,7 +278,7 @@ class GatewaySession(asyncio.Protocol):
         parts.append(protocol.frame(Out.ACCOUNT_SUMMARY_END, 1, req_id))
         return b"".join(parts)
 
-    def _positions(self, fields: list[str]) -> None:
+    def _positions(self, _fields: list[str]) -> None:
         self.positions_subscribed = True
         parts = [
             protocol.position(account.code, p)
@@ -288,7 +288,7 @@ class GatewaySession(asyncio.Protocol):
         parts.append(protocol.frame(Out.POSITION_END, 1))
         self.send(b"".join(parts))
 
-    def _cancel_positions(self, fields: list[str]) -> None:
+    def _cancel_positions(self, _fields: list[str]) -> None:
         self.positions_subscribed = False
 
     def _account_updates_multi(self, fields: list[str]) -> None:

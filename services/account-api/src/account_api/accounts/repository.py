@@ -19,13 +19,14 @@ _COLUMNS = """id, name, currency, account_type, account_number, original_capital
 
 
 # Each account with its newest history rows, built as JSON by PostgreSQL (one query per list).
+# S608 here and below: the only interpolation is the constant `_COLUMNS`.
 _WITH_HISTORY = f"""SELECT {_COLUMNS}, COALESCE(
         (SELECT json_agg(h ORDER BY h.date DESC) FROM (
             SELECT id, account_id, date, balance::text AS balance, note, source, updated_at
             FROM account_balance_history WHERE account_id = a.id
             ORDER BY date DESC LIMIT %s) h),
         '[]'::json) AS history
-    FROM accounts a WHERE a.user_id = %s ORDER BY a.id"""
+    FROM accounts a WHERE a.user_id = %s ORDER BY a.id"""  # noqa: S608
 
 
 class _JSONFragmentLoader(Loader):
@@ -123,7 +124,7 @@ class AccountReadModel:
     async def list_for_user(self, user_id: int) -> list[dict[str, Any]]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM accounts WHERE user_id = %s ORDER BY id",
+                f"SELECT {_COLUMNS} FROM accounts WHERE user_id = %s ORDER BY id",  # noqa: S608
                 (user_id,),
                 prepare=True,
             )
@@ -143,7 +144,7 @@ class AccountReadModel:
     ) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM accounts WHERE id = %s AND user_id = %s",
+                f"SELECT {_COLUMNS} FROM accounts WHERE id = %s AND user_id = %s",  # noqa: S608
                 (account_id, user_id),
                 prepare=True,
             )

@@ -33,7 +33,7 @@ class AccountCreate(_In):
     current_balance: Money | None = None
 
     _currency = field_validator("currency")(
-        classmethod(lambda cls, v: validate_currency(v))
+        classmethod(lambda _cls, v: validate_currency(v))
     )
 
 

@@ -47,7 +47,8 @@ async def refresh(body: RefreshIn, uow: UowDep, c: ContainerDep) -> TokenOut:
 @router.post("/logout", status_code=NO_CONTENT)
 async def logout(actor: CurrentActor, uow: UowDep, c: ContainerDep) -> Response:
     """Sign this session out: its refresh token and access tokens stop working."""
-    assert actor.session_id is not None
+    if actor.session_id is None:
+        raise RuntimeError("a signed-in actor has a session")
     await c.auth.logout(uow, actor.session_id)
     return Response(status_code=NO_CONTENT)
 
@@ -64,7 +65,8 @@ async def change_password(
     body: PasswordChangeIn, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> Response:
     """Change the password; every other session is signed out, this one stays."""
-    assert actor.session_id is not None
+    if actor.session_id is None:
+        raise RuntimeError("a signed-in actor has a session")
     await c.auth.change_password(uow, actor.user_id, actor.session_id, body)
     return Response(status_code=NO_CONTENT)
 

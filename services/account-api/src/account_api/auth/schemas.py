@@ -53,7 +53,7 @@ class TwoFactorDisableIn(_In):
 class TokenOut(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - OAuth's token type, not a secret
     expires_in: int
 
 

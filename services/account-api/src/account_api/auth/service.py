@@ -177,7 +177,8 @@ class AuthService:
                     await throttle.hit(by_client.key, by_client.window_s)
                     await uow.commit()
                 raise failure
-            assert user is not None
+            if user is None:
+                raise RuntimeError("a login without failure has a user")
             await throttle.clear(account.key)
             if rehash:
                 user.password_hash = await hash_password_async(password)
@@ -192,7 +193,8 @@ class AuthService:
         if body.code is None:
             return SecondFactorRequired()
         locked = await UserRepository(uow.session).get(user.id, for_update=True)
-        assert locked is not None
+        if locked is None:
+            raise RuntimeError("the user being signed in exists")
         if await self._spend_code(uow, locked, body.code.get_secret_value()):
             return None
         secret = self._totp_secret(locked)

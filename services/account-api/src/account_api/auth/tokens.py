@@ -77,7 +77,7 @@ class Revocations(Protocol):
 
 
 class _NothingRevoked:
-    def revoked(self, claims: AccessClaims) -> bool:
+    def revoked(self, _claims: AccessClaims) -> bool:
         return False
 
 

@@ -77,7 +77,7 @@ def _ib_view(accounts: list[Account], chosen: Account | None) -> IBSettingsOut:
             "name": a.name,
             **rules.public_config("IB", a.integration_config or {}),
             "status": a.integration_status,
-        }  # type: ignore[dict-item]
+        }
         for a in accounts
     ]
     if chosen is None:

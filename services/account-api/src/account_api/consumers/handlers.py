@@ -5,6 +5,7 @@ group-committed (see `GroupCommit`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from brokerlink_shared.contracts.events import (
     BalanceUpdated,
@@ -22,6 +23,7 @@ from brokerlink_shared.subjects import (
     Topology,
 )
 from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases import LogicSubscriber
 
 from account_api.consumers.group_commit import GroupCommit
 from account_api.db import UnitOfWork
@@ -39,7 +41,9 @@ def register_consumers(
     """Declare the four durable consumers of connector events on `broker`; returns the
     balances' group commit (closed by the app on shutdown)."""
 
-    def sub(family: str, purpose: str, **options: int):  # type: ignore[no-untyped-def]
+    def sub(
+        family: str, purpose: str, *, workers: int = 1, batch_size: int = 64
+    ) -> LogicSubscriber[Any]:
         return durable_subscriber(
             broker,
             topology,
@@ -47,7 +51,8 @@ def register_consumers(
             spec=CONNECTOR_EVENTS,
             service=SERVICE,
             purpose=purpose,
-            **options,
+            batch_size=batch_size,
+            max_workers=workers,
         )
 
     balances = GroupCommit[BalanceUpdated](
@@ -56,10 +61,7 @@ def register_consumers(
     )
 
     @sub(
-        BALANCE_UPDATED,
-        "balances",
-        batch_size=BALANCE_WORKERS,
-        max_workers=BALANCE_WORKERS,
+        BALANCE_UPDATED, "balances", workers=BALANCE_WORKERS, batch_size=BALANCE_WORKERS
     )
     async def on_balance(event: BalanceUpdated) -> None:
         await balances.submit(event)

@@ -58,7 +58,7 @@ class HistoryRepository:
             if as_of is not None
             else None
         )
-        stmt = stmt.on_conflict_do_update(
+        upsert_stmt = stmt.on_conflict_do_update(
             constraint="uq_history_account_day",
             set_={
                 "balance": stmt.excluded.balance,
@@ -69,7 +69,7 @@ class HistoryRepository:
             },
             where=newer_only,
         ).returning(BalanceHistory)
-        row = (await self._session.execute(stmt)).scalar_one_or_none()
+        row = (await self._session.execute(upsert_stmt)).scalar_one_or_none()
         if row is None:  # an older broker update: keep the stored row
             row = (
                 await self._session.execute(

@@ -24,12 +24,12 @@ def integration_out(
     account: Account, refresh_id: uuid.UUID | None = None
 ) -> IntegrationOut:
     return IntegrationOut(
-        type=account.integration_type,  # type: ignore[arg-type]
+        type=account.integration_type,
         config=rules.public_config(
             account.integration_type, account.integration_config
         ),
         status=account.integration_status,
-        sync=rules.sync_facts_of(account),  # type: ignore[arg-type]
+        sync=rules.sync_facts_of(account),
         refresh_id=refresh_id,
         last_error=account.last_error,
         last_error_code=account.last_error_code,
@@ -69,7 +69,7 @@ class IntegrationReads:
                     account_name=a.name,
                     type=a.integration_type or "",
                     status=a.integration_status,
-                    sync=rules.sync_facts_of(a),  # type: ignore[arg-type]
+                    sync=rules.sync_facts_of(a),
                     last_success_at=a.last_success_at,
                     last_refresh_at=a.last_refresh_at,
                     last_error=a.last_error,

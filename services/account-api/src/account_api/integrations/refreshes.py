@@ -136,7 +136,7 @@ class RefreshService:
                 raise UpstreamFailed(refresh.message or "refresh failed")
             return RefreshOut(
                 refresh_id=refresh.id,
-                status=refresh.status,  # type: ignore[arg-type]
+                status=refresh.status,
                 balance=refresh.balance,
                 updated_at=refresh.completed_at,
                 message=refresh.message,

@@ -221,7 +221,7 @@ class SnapshotRepository:
             for pos in held
         ]
         if positions:
-            await self._session.execute(insert(PositionSnapshot.__table__), positions)
+            await self._session.execute(insert(PositionSnapshot), positions)
         cash = [
             {
                 "account_id": account_id,
@@ -233,7 +233,7 @@ class SnapshotRepository:
             for currency, amount in balances
         ]
         if cash:
-            await self._session.execute(insert(CashSnapshot.__table__), cash)
+            await self._session.execute(insert(CashSnapshot), cash)
 
     async def replace(
         self,

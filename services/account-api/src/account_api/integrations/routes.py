@@ -65,7 +65,7 @@ async def test_integration(
             "omitted secrets and backups are taken from the saved integration); "
             "no body tests the saved settings"
         ),
-    ] = None,
+    ] = None,  # noqa: PT028 - an endpoint that tests an integration, not a pytest test
 ) -> TestResultOut:
     return await c.integrations.configuration.test(uow, actor, account_id, body)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from brokerlink_shared.contracts.values import IBConnection, SchwabConnection
 from brokerlink_shared.crypto import SecretBox
@@ -91,6 +91,12 @@ def changed_fields(
     return out
 
 
+@overload
+def public_config(integration_type: str, stored: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def public_config(
+    integration_type: str | None, stored: dict[str, Any] | None
+) -> dict[str, Any] | None: ...
 def public_config(
     integration_type: str | None, stored: dict[str, Any] | None
 ) -> dict[str, Any] | None:

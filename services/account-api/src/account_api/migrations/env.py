@@ -6,18 +6,22 @@ from __future__ import annotations
 import account_api.legacy_tables
 from account_api.tables import Base
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import URL, create_engine, pool
 
 config = context.config
-url = config.attributes.get("url")
-if url is None:
-    from account_api.config import Settings
 
-    url = Settings().database_url
+
+def database_url() -> str | URL:
+    url: str | URL | None = config.attributes.get("url")
+    if url is None:
+        from account_api.config import Settings
+
+        url = Settings().database_url
+    return url
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(database_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection, target_metadata=Base.metadata, compare_type=True

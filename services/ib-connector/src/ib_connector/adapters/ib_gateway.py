@@ -183,7 +183,7 @@ class IBGatewayClient:
         if self.connected or self._ib.client.isConnected():  # type: ignore[no-untyped-call]
             self._ib.disconnect()
 
-    def _error(self, req_id: int, code: int, text: str, contract: Any) -> None:
+    def _error(self, req_id: int, code: int, text: str, _contract: Any) -> None:
         if code in _INFO_CODES:
             log.debug("gateway notice", extra={"ib_code": code, "ib_text": text})
             return

@@ -264,7 +264,8 @@ class SessionOwnership:
 
     @property
     def _kv(self) -> KeyValue:
-        assert self._sessions is not None
+        if self._sessions is None:
+            raise RuntimeError("session ownership used before start()")
         return self._sessions
 
     async def _read(self, kv_key: str) -> tuple[SessionRecord, int] | None:
@@ -295,7 +296,8 @@ class SessionOwnership:
             self._owned.add(kv_key)
 
     async def _watch(self) -> None:
-        assert self._watcher is not None
+        if self._watcher is None:
+            raise RuntimeError("session ownership used before start()")
         while True:
             try:
                 entry = await self._watcher.updates(timeout=max(1.0, self._ttl))
@@ -328,7 +330,8 @@ class SessionOwnership:
             return False
         if replica in self._live:
             return True
-        assert self._replicas is not None
+        if self._replicas is None:
+            raise RuntimeError("session ownership used before start()")
         try:
             entry = await self._replicas.get(replica)
         except KeyNotFoundError:
@@ -339,7 +342,8 @@ class SessionOwnership:
         return True
 
     async def _heartbeat_once(self) -> None:
-        assert self._replicas is not None
+        if self._replicas is None:
+            raise RuntimeError("session ownership used before start()")
         await self._replicas.put(self.replica_id, b"1")
         keys: list[str] = []
         with contextlib.suppress(NotFoundError, KeyNotFoundError, NoKeysError):

@@ -25,6 +25,7 @@ from brokerlink_shared.subjects import (
     Topology,
 )
 from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases import LogicSubscriber
 from pydantic import ValidationError
 
 from ib_connector.config import SERVICE, Settings
@@ -40,7 +41,7 @@ def register_handlers(
 ) -> None:
     """Declare every subscriber of the connector on `broker`."""
 
-    def commands(family: str, purpose: str) -> object:
+    def commands(family: str, purpose: str) -> LogicSubscriber[Any]:
         return durable_subscriber(
             broker,
             topology,
@@ -55,15 +56,15 @@ def register_handlers(
             max_workers=settings.max_concurrent_requests,
         )
 
-    @commands(REFRESH_REQUESTED, "refresh")  # type: ignore[operator]
+    @commands(REFRESH_REQUESTED, "refresh")
     async def on_refresh(event: RefreshRequested) -> None:
         await service.on_refresh(event)
 
-    @commands(INTEGRATION_CONFIGURED, "configured")  # type: ignore[operator]
+    @commands(INTEGRATION_CONFIGURED, "configured")
     async def on_configured(event: IntegrationConfigured) -> None:
         await service.on_configured(event)
 
-    @commands(INTEGRATION_REMOVED, "removed")  # type: ignore[operator]
+    @commands(INTEGRATION_REMOVED, "removed")
     async def on_removed(event: IntegrationRemoved) -> None:
         await service.on_removed(event)
 

@@ -51,13 +51,13 @@ class LocalCoordinator:
     """Single-replica coordination (no KV): the per-login asyncio lock is enough."""
 
     @contextlib.asynccontextmanager
-    async def lease(self, login_id: str) -> AsyncIterator[None]:
+    async def lease(self, _login_id: str) -> AsyncIterator[None]:
         yield
 
-    async def latest_token(self, login_id: str) -> str | None:
+    async def latest_token(self, _login_id: str) -> str | None:
         return None
 
-    async def store_token(self, login_id: str, token_enc: str) -> None:
+    async def store_token(self, _login_id: str, _token_enc: str) -> None:
         return None
 
 
@@ -221,7 +221,7 @@ class TokenVault:
                 return orjson.loads(self._box.decrypt(token_enc))  # type: ignore[no-any-return]
 
             def write_token(
-                token_object: TokenObject, *args: Any, **kwargs: Any
+                token_object: TokenObject, *_args: Any, **_kwargs: Any
             ) -> None:
                 # called by authlib inside the session on every refresh; mutating the token in
                 # place also fixes the session's own copy
@@ -278,7 +278,10 @@ class TokenVault:
                         extra={"user": state.user_id},
                     )
                     return
-                assert state.times is not None
+                if state.times is None:
+                    raise RuntimeError(
+                        "a login with a refresh token has its token times"
+                    )
                 if not refresh_token_alive(state.times, self._clock.now()):
                     state.rejected = "refresh token expired"
                     raise ReauthRequiredError(
@@ -290,7 +293,8 @@ class TokenVault:
                     state.rejected = exc.reason
                     raise
                 self.refreshes += 1
-                assert state.token_enc is not None
+                if state.token_enc is None:
+                    raise RuntimeError("a refreshed login has a token")
                 await self._coordinator.store_token(state.login_id, state.token_enc)
             log.info("schwab access token refreshed", extra={"user": state.user_id})
             await self.flush_rotation(state)

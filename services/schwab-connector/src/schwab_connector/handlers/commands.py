@@ -21,6 +21,7 @@ from brokerlink_shared.subjects import (
     Topology,
 )
 from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases import LogicSubscriber
 
 from schwab_connector.config import SERVICE
 from schwab_connector.service import SchwabConnector
@@ -39,7 +40,7 @@ def register_command_handlers(
     Refreshes run `refresh_workers` at a time so that requests for one login can coalesce;
     config changes run one at a time, in order."""
 
-    def subscriber(family: str, purpose: str, workers: int = 1) -> Any:
+    def subscriber(family: str, purpose: str, workers: int = 1) -> LogicSubscriber[Any]:
         return durable_subscriber(
             broker,
             topology,
