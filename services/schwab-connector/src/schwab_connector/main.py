@@ -17,16 +17,16 @@ from brokerlink_shared.messaging import (
     fail_parked_refreshes,
     make_broker,
 )
+from brokerlink_shared.rate_budget import KvRateBudget, RatePlan, open_bucket
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 from faststream.nats import NatsBroker
 
-from schwab_connector.adapters.kv import KvLoginCoordinator, KvRateBudget, open_bucket
+from schwab_connector.adapters.kv import KvLoginCoordinator
 from schwab_connector.adapters.schwab_http import SchwabGateway
 from schwab_connector.adapters.token_vault import TokenVault
 from schwab_connector.config import SERVICE, Settings
 from schwab_connector.domain.clock import Clock, SystemClock
-from schwab_connector.domain.rate import RatePlan
 from schwab_connector.handlers.commands import register_command_handlers
 from schwab_connector.handlers.requests import register_request_handlers
 from schwab_connector.service import SchwabConnector

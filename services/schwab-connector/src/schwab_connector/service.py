@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from brokerlink_shared.batching import KeyedBatcher
 from brokerlink_shared.contracts.events import (
     BalanceUpdated,
     BalanceUpdatedPayload,
@@ -49,7 +50,6 @@ from schwab_connector.adapters.token_vault import (
     LoginState,
     TokenVault,
 )
-from schwab_connector.domain.batching import LoginBatcher
 from schwab_connector.domain.clock import Clock
 from schwab_connector.domain.mapping import (
     AccountDataError,
@@ -97,7 +97,7 @@ class SchwabConnector:
         self._coordinator = coordinator
         self._publisher = publisher
         self._clock = clock
-        self.batcher: LoginBatcher[LoginKey, list[dict[str, Any]]] = LoginBatcher(
+        self.batcher: KeyedBatcher[LoginKey, list[dict[str, Any]]] = KeyedBatcher(
             batch_window_s, batch_max_wait_s
         )
         self.accounts: dict[int, AccountBinding] = {}

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import orjson
 from brokerlink_shared.contracts.values import IntegrationStatus, SchwabConnection
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
+from brokerlink_shared.rate_budget import key_token
 from schwab.client import AsyncClient
 
-from schwab_connector.adapters.kv import key_token
 from schwab_connector.adapters.schwab_http import (
     ReauthRequiredError,
     SchwabGateway,
