@@ -16,6 +16,7 @@ class Broker(StrEnum):
 
     IB = "IB"
     SCHWAB = "SCHWAB"
+    IB_FLEX = "IB_FLEX"
 
     @property
     def token(self) -> str:

@@ -13,9 +13,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from brokerlink_shared.contracts.plugins import IntegrationConnection
 from brokerlink_shared.contracts.values import (
     CashBalance,
-    IntegrationConnection,
     IntegrationStatus,
     Position,
     Strict,

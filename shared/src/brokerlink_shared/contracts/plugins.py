@@ -1,0 +1,420 @@
+"""The connector plugin contract: what an integration type declares, and the declarations.
+
+An integration type (a broker integration) is one `IntegrationPlugin`: the config a user enters
+(`config_in`, a pydantic model: validation lives there), how each field is shown and protected
+(`fields`: label, help text, secret or not), the config as it travels on the bus (`connection`,
+secrets only as ciphertext), the statuses its connector reports, the command families it consumes
+and the event families it emits, and the service that implements it. account-api's validation,
+masking and encryption, its UI form, its health page and the AsyncAPI document read these
+declarations instead of branching on the type.
+
+Adding a broker: a `Broker` member (subjects), its connection model and declaration here, and its
+connector service. See docs/adding-a-broker.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from brokerlink_shared.contracts.values import (
+    IB_ACCOUNT_CODE,
+    ClientId,
+    GatewayAddress,
+    IBConnection,
+    IntegrationStatus,
+    Port,
+    SchwabConnection,
+    Strict,
+    validate_host,
+)
+from brokerlink_shared.subjects import (
+    BALANCE_UPDATED,
+    INTEGRATION_CONFIGURED,
+    INTEGRATION_REMOVED,
+    INTEGRATION_STATUS,
+    INTEGRATION_TEST,
+    REFRESH_FAILED,
+    REFRESH_REQUESTED,
+    SCHWAB_OAUTH_EXCHANGE,
+    SCHWAB_TOKENS_ROTATED,
+    Broker,
+)
+
+__all__ = [
+    "PLUGINS",
+    "ConfigField",
+    "FieldKind",
+    "IBConfigIn",
+    "IBFlexConfigIn",
+    "IBFlexConnection",
+    "IntegrationConnection",
+    "IntegrationPlugin",
+    "Masking",
+    "SchwabConfigIn",
+    "UpdateRule",
+    "plugin_for",
+]
+
+# The families every connector takes part in (the existing ones; a plugin may add its own).
+COMMON_COMMANDS = (INTEGRATION_CONFIGURED, INTEGRATION_REMOVED, REFRESH_REQUESTED)
+COMMON_EVENTS = (BALANCE_UPDATED, REFRESH_FAILED, INTEGRATION_STATUS)
+COMMON_REQUESTS = (INTEGRATION_TEST,)
+
+
+class FieldKind(StrEnum):
+    """How a form renders a field."""
+
+    TEXT = "text"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    SECRET = "secret"
+    ADDRESS_LIST = "address_list"  # host:port lines
+
+
+class Masking(StrEnum):
+    """How a stored value is shown back to a client."""
+
+    NONE = "none"  # shown as stored
+    SECRET = "secret"  # never shown: a fixed mask when set, null when not
+    PARTIAL = (
+        "partial"  # identifiers that are not secret but not for screenshots either
+    )
+
+
+class UpdateRule(StrEnum):
+    """What an omitted field in an update means."""
+
+    REPLACE = "replace"  # the request is the whole config; an omitted optional field is cleared
+    MERGE = "merge"  # an omitted field keeps its stored value
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigField:
+    """One field of an integration's config as a user sees it."""
+
+    name: str
+    label: str
+    kind: FieldKind = FieldKind.TEXT
+    help: str = ""
+    required: bool = False  # required when the integration is first configured
+    placeholder: str = ""
+    masking: Masking = Masking.NONE
+
+    @property
+    def secret(self) -> bool:
+        return self.kind is FieldKind.SECRET
+
+    @property
+    def stored_as(self) -> str:
+        """Column of the stored config: secrets are kept encrypted under `<name>_enc`."""
+        return f"{self.name}_enc" if self.secret else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationPlugin:
+    """Everything the rest of the system needs to know about one integration type."""
+
+    integration_type: Broker
+    label: str
+    summary: str
+    service: str
+    config_in: type[BaseModel]
+    connection: type[Strict]
+    fields: tuple[ConfigField, ...]
+    statuses: frozenset[IntegrationStatus]
+    updates: UpdateRule = UpdateRule.REPLACE
+    consumes: tuple[str, ...] = COMMON_COMMANDS
+    emits: tuple[str, ...] = COMMON_EVENTS
+    answers: tuple[str, ...] = COMMON_REQUESTS
+    # fields the connector or a sign-in writes, never a client; changing a `credential_fields`
+    # value drops them (a new login has none of the old one's tokens)
+    managed_fields: tuple[str, ...] = ()
+    credential_fields: tuple[str, ...] = ()
+    # flags shown instead of managed values: {flag name: stored field}
+    flags: dict[str, str] = field(default_factory=dict)
+    reauth_help: str = ""
+    docs_url: str = ""
+
+    @property
+    def secret_fields(self) -> tuple[ConfigField, ...]:
+        return tuple(f for f in self.fields if f.secret)
+
+    @property
+    def stored_secret_names(self) -> frozenset[str]:
+        """Stored names that hold ciphertext (entered secrets and managed tokens)."""
+        return frozenset(f.stored_as for f in self.secret_fields) | frozenset(
+            name for name in self.managed_fields if name.endswith("_enc")
+        )
+
+    def form(self) -> dict[str, object]:
+        """The declaration as the UI renders it (JSON-ready; no validation rules beyond hints)."""
+        schema = self.config_in.model_json_schema()
+        props = schema.get("properties", {})
+        return {
+            "type": self.integration_type.value,
+            "label": self.label,
+            "summary": self.summary,
+            "statuses": sorted(s.value for s in self.statuses),
+            "reauth_help": self.reauth_help,
+            "docs_url": self.docs_url,
+            "fields": [
+                {
+                    "name": f.name,
+                    "label": f.label,
+                    "kind": f.kind.value,
+                    "help": f.help,
+                    "required": f.required,
+                    "placeholder": f.placeholder,
+                    "secret": f.secret,
+                    "pattern": _pattern(props.get(f.name, {})),
+                }
+                for f in self.fields
+            ],
+        }
+
+
+def _pattern(prop: dict[str, object]) -> str | None:
+    if isinstance(prop.get("pattern"), str):
+        return str(prop["pattern"])
+    for option in prop.get("anyOf", []) or []:  # type: ignore[attr-defined]
+        if isinstance(option, dict) and isinstance(option.get("pattern"), str):
+            return str(option["pattern"])
+    return None
+
+
+class _In(BaseModel):
+    """Config as a client sends it: unknown fields rejected (so tokens cannot be injected)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# ---- IB (IB Gateway / TWS through ib-connector) -------------------------------------------
+
+
+class IBConfigIn(_In):
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Port
+    client_id: ClientId
+    account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
+    read_only: bool = True
+    backups: Annotated[list[GatewayAddress], Field(max_length=8)] = []
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return validate_host(value)
+
+    @field_validator("read_only")
+    @classmethod
+    def _read_only(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("brokerlink only uses the IB API read-only")
+        return value
+
+
+IB = IntegrationPlugin(
+    integration_type=Broker.IB,
+    label="Interactive Brokers (IB Gateway / TWS)",
+    summary="Live balances through an IB Gateway or TWS you run; accounts on one gateway "
+    "share one API session.",
+    service="ib-connector",
+    config_in=IBConfigIn,
+    connection=IBConnection,
+    fields=(
+        ConfigField("host", "Host", help="IB Gateway / TWS host", required=True),
+        ConfigField(
+            "port",
+            "Port",
+            FieldKind.INTEGER,
+            help="4001 live / 4002 paper (Gateway); 7496 / 7497 (TWS)",
+            required=True,
+        ),
+        ConfigField(
+            "client_id",
+            "Client ID",
+            FieldKind.INTEGER,
+            help="accounts on the same gateway share one API session",
+            required=True,
+        ),
+        ConfigField(
+            "account_code",
+            "Account code",
+            help="optional: which account of a multi-account login",
+            placeholder="U1234567",
+        ),
+        ConfigField(
+            "backups",
+            "Backup gateways",
+            FieldKind.ADDRESS_LIST,
+            help="optional: one host:port per line, tried in order when the primary is down",
+        ),
+    ),
+    statuses=frozenset(
+        {
+            IntegrationStatus.PENDING,
+            IntegrationStatus.CONNECTED,
+            IntegrationStatus.DISCONNECTED,
+            IntegrationStatus.ERROR,
+        }
+    ),
+)
+
+
+# ---- Schwab (Trader API through schwab-connector) -----------------------------------------
+
+
+class SchwabConfigIn(_In):
+    app_key: (
+        Annotated[
+            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+        ]
+        | None
+    ) = None
+    app_secret: Annotated[SecretStr, Field(min_length=1, max_length=256)] | None = None
+    account_number: Annotated[str, Field(pattern=r"^\d{4,12}$")] | None = None
+    account_hash: (
+        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]+$")]
+        | None
+    ) = None
+
+
+SCHWAB = IntegrationPlugin(
+    integration_type=Broker.SCHWAB,
+    label="Charles Schwab",
+    summary="Balances through the Schwab Trader API: your developer app key and secret, then "
+    "a sign-in with Schwab (valid 7 days).",
+    service="schwab-connector",
+    config_in=SchwabConfigIn,
+    connection=SchwabConnection,
+    fields=(
+        ConfigField(
+            "app_key",
+            "App key",
+            help="from your app at developer.schwab.com",
+            required=True,
+            masking=Masking.PARTIAL,
+        ),
+        ConfigField(
+            "app_secret",
+            "App secret",
+            FieldKind.SECRET,
+            help="stored encrypted; leave blank to keep the saved one",
+            required=True,
+            masking=Masking.SECRET,
+        ),
+        ConfigField(
+            "account_number",
+            "Account number",
+            help="optional when the login sees one account",
+        ),
+    ),
+    statuses=frozenset(
+        {
+            IntegrationStatus.PENDING,
+            IntegrationStatus.CONNECTED,
+            IntegrationStatus.ERROR,
+            IntegrationStatus.EXPIRING_SOON,
+            IntegrationStatus.REAUTH_REQUIRED,
+        }
+    ),
+    updates=UpdateRule.MERGE,
+    emits=(*COMMON_EVENTS, SCHWAB_TOKENS_ROTATED),
+    answers=(*COMMON_REQUESTS, SCHWAB_OAUTH_EXCHANGE),
+    managed_fields=("token_enc", "account_hash", "unverified"),
+    credential_fields=("app_key",),
+    flags={"has_tokens": "token_enc", "unverified": "unverified"},
+    reauth_help="Sign in with Schwab again (Re-authenticate): Schwab ends a sign-in after 7 days.",
+    docs_url="https://developer.schwab.com",
+)
+
+
+# ---- IB Flex Web Service (daily statements through ibflex-connector) ----------------------
+
+FLEX_TOKEN_HELP = (
+    "IB Client Portal → Performance & Reports → Flex Queries → Flex Web Service "
+    "Configuration: generate a token (valid up to a year; optionally IP-restricted)"
+)
+
+
+class IBFlexConfigIn(_In):
+    token: Annotated[
+        SecretStr, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9]+$")
+    ]
+    query_id: Annotated[str, Field(pattern=r"^\d{1,12}$")]
+    account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
+
+
+class IBFlexConnection(Strict):
+    """IB Flex Web Service config as it travels on the bus; the token only as ciphertext."""
+
+    type: Literal["IB_FLEX"] = "IB_FLEX"
+    token_enc: str = Field(
+        description="Flex Web Service token, encrypted with the SecretBox"
+    )
+    query_id: Annotated[str, Field(pattern=r"^\d{1,12}$")]
+    account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
+
+
+IB_FLEX = IntegrationPlugin(
+    integration_type=Broker.IB_FLEX,
+    label="Interactive Brokers (Flex Web Service)",
+    summary="Daily balances, positions and cash from an IB Flex Query: no gateway to run. "
+    "The query needs the sections Account Information, Net Asset Value (NAV) in Base, "
+    "Open Positions and Cash Report.",
+    service="ibflex-connector",
+    config_in=IBFlexConfigIn,
+    connection=IBFlexConnection,
+    fields=(
+        ConfigField(
+            "token",
+            "Flex Web Service token",
+            FieldKind.SECRET,
+            help=FLEX_TOKEN_HELP
+            + "; stored encrypted, leave blank to keep the saved one",
+            required=True,
+            masking=Masking.SECRET,
+        ),
+        ConfigField(
+            "query_id",
+            "Flex Query ID",
+            help="Performance & Reports → Flex Queries → your Activity Flex Query's ID",
+            required=True,
+            placeholder="123456",
+        ),
+        ConfigField(
+            "account_code",
+            "Account code",
+            help="optional: which account, when the query covers several",
+            placeholder="U1234567",
+        ),
+    ),
+    statuses=frozenset(
+        {
+            IntegrationStatus.PENDING,
+            IntegrationStatus.CONNECTED,
+            IntegrationStatus.ERROR,
+            IntegrationStatus.EXPIRING_SOON,
+            IntegrationStatus.REAUTH_REQUIRED,
+        }
+    ),
+    reauth_help="Generate a new Flex Web Service token: " + FLEX_TOKEN_HELP + ".",
+    docs_url="https://www.interactivebrokers.com/campus/ibkr-api-page/flex-web-service/",
+)
+
+
+PLUGINS: dict[Broker, IntegrationPlugin] = {
+    p.integration_type: p for p in (IB, SCHWAB, IB_FLEX)
+}
+
+IntegrationConnection = Annotated[
+    IBConnection | SchwabConnection | IBFlexConnection, Field(discriminator="type")
+]
+
+
+def plugin_for(integration_type: Broker | str) -> IntegrationPlugin:
+    """The declaration of an integration type (KeyError for an unknown one)."""
+    return PLUGINS[Broker(integration_type)]
