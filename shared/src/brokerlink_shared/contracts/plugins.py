@@ -46,6 +46,7 @@ from brokerlink_shared.subjects import (
 
 __all__ = [
     "PLUGINS",
+    "SECRET_MASK",
     "ConfigField",
     "FieldKind",
     "IBConfigIn",
@@ -58,6 +59,9 @@ __all__ = [
     "UpdateRule",
     "plugin_for",
 ]
+
+# What a client sees instead of a stored secret (and may send back to keep it).
+SECRET_MASK = "********"
 
 # The families every connector takes part in (the existing ones; a plugin may add its own).
 COMMON_COMMANDS = (INTEGRATION_CONFIGURED, INTEGRATION_REMOVED, REFRESH_REQUESTED)
@@ -130,9 +134,10 @@ class IntegrationPlugin:
     consumes: tuple[str, ...] = COMMON_COMMANDS
     emits: tuple[str, ...] = COMMON_EVENTS
     answers: tuple[str, ...] = COMMON_REQUESTS
-    # fields the connector or a sign-in writes, never a client; changing a `credential_fields`
-    # value drops them (a new login has none of the old one's tokens)
-    managed_fields: tuple[str, ...] = ()
+    # stored fields that belong to one login: kept while the `credential_fields` stay the same,
+    # dropped when they change (a new login has none of the old one's tokens); those the config
+    # model lacks are written only by the connector or a sign-in, never by a client
+    login_bound_fields: tuple[str, ...] = ()
     credential_fields: tuple[str, ...] = ()
     # flags shown instead of managed values: {flag name: stored field}
     flags: dict[str, str] = field(default_factory=dict)
@@ -147,7 +152,7 @@ class IntegrationPlugin:
     def stored_secret_names(self) -> frozenset[str]:
         """Stored names that hold ciphertext (entered secrets and managed tokens)."""
         return frozenset(f.stored_as for f in self.secret_fields) | frozenset(
-            name for name in self.managed_fields if name.endswith("_enc")
+            name for name in self.login_bound_fields if name.endswith("_enc")
         )
 
     def form(self) -> dict[str, object]:
@@ -324,7 +329,7 @@ SCHWAB = IntegrationPlugin(
     updates=UpdateRule.MERGE,
     emits=(*COMMON_EVENTS, SCHWAB_TOKENS_ROTATED),
     answers=(*COMMON_REQUESTS, SCHWAB_OAUTH_EXCHANGE),
-    managed_fields=("token_enc", "account_hash", "unverified"),
+    login_bound_fields=("token_enc", "account_hash", "unverified"),
     credential_fields=("app_key",),
     flags={"has_tokens": "token_enc", "unverified": "unverified"},
     reauth_help="Sign in with Schwab again (Re-authenticate): Schwab ends a sign-in after 7 days.",
@@ -341,11 +346,18 @@ FLEX_TOKEN_HELP = (
 
 
 class IBFlexConfigIn(_In):
-    token: Annotated[
-        SecretStr, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9]+$")
-    ]
+    # optional so that an update can keep the saved token; required when first configured
+    token: Annotated[SecretStr, Field(min_length=8, max_length=64)] | None = None
     query_id: Annotated[str, Field(pattern=r"^\d{1,12}$")]
     account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else SECRET_MASK
+        if text != SECRET_MASK and not (text.isascii() and text.isalnum()):
+            raise ValueError("the token has letters and digits only")
+        return value
 
 
 class IBFlexConnection(Strict):
