@@ -14,9 +14,10 @@ connector service. See docs/adding-a-broker.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -47,6 +48,7 @@ from brokerlink_shared.subjects import (
 __all__ = [
     "PLUGINS",
     "SECRET_MASK",
+    "ConfigError",
     "ConfigField",
     "FieldKind",
     "IBConfigIn",
@@ -56,7 +58,6 @@ __all__ = [
     "IntegrationPlugin",
     "Masking",
     "SchwabConfigIn",
-    "UpdateRule",
     "plugin_for",
 ]
 
@@ -89,11 +90,12 @@ class Masking(StrEnum):
     )
 
 
-class UpdateRule(StrEnum):
-    """What an omitted field in an update means."""
+class ConfigError(ValueError):
+    """A config cannot be stored as given; `field` names the offending field (never its value)."""
 
-    REPLACE = "replace"  # the request is the whole config; an omitted optional field is cleared
-    MERGE = "merge"  # an omitted field keeps its stored value
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,8 @@ class ConfigField:
     required: bool = False  # required when the integration is first configured
     placeholder: str = ""
     masking: Masking = Masking.NONE
+    # an update that omits the field keeps the stored value (secrets always do)
+    keep_when_absent: bool = False
 
     @property
     def secret(self) -> bool:
@@ -124,13 +128,15 @@ class IntegrationPlugin:
 
     integration_type: Broker
     label: str
+    short_label: (
+        str  # in messages: "app_key is required when Schwab is first configured"
+    )
     summary: str
     service: str
     config_in: type[BaseModel]
     connection: type[Strict]
     fields: tuple[ConfigField, ...]
     statuses: frozenset[IntegrationStatus]
-    updates: UpdateRule = UpdateRule.REPLACE
     consumes: tuple[str, ...] = COMMON_COMMANDS
     emits: tuple[str, ...] = COMMON_EVENTS
     answers: tuple[str, ...] = COMMON_REQUESTS
@@ -141,6 +147,8 @@ class IntegrationPlugin:
     credential_fields: tuple[str, ...] = ()
     # flags shown instead of managed values: {flag name: stored field}
     flags: dict[str, str] = field(default_factory=dict)
+    # set once the user has signed in with the broker (OAuth); None: no sign-in step
+    sign_in_field: str | None = None
     reauth_help: str = ""
     docs_url: str = ""
 
@@ -154,6 +162,91 @@ class IntegrationPlugin:
         return frozenset(f.stored_as for f in self.secret_fields) | frozenset(
             name for name in self.login_bound_fields if name.endswith("_enc")
         )
+
+    def config_field(self, name: str) -> ConfigField | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    def stored_config(
+        self,
+        incoming: BaseModel,
+        previous: dict[str, Any] | None,
+        encrypt: Callable[[str], str],
+    ) -> dict[str, Any]:
+        """The config to store from a validated `config_in`: secrets encrypted (an omitted or
+        masked secret keeps the stored one), fields declared `keep_when_absent` kept when
+        omitted, login-bound fields dropped when a credential changes."""
+        prev = previous or {}
+        data = incoming.model_dump()
+        out: dict[str, Any] = {}
+        for name in type(incoming).model_fields:
+            decl = self.config_field(name)
+            value = data[name]
+            if decl is not None and decl.secret:
+                text = value.get_secret_value() if value is not None else None
+                if text in (None, "", SECRET_MASK):
+                    if not prev.get(decl.stored_as):
+                        if decl.required:
+                            raise ConfigError(name, self._required_message(name))
+                        continue
+                    out[decl.stored_as] = prev[decl.stored_as]
+                else:
+                    out[decl.stored_as] = encrypt(str(text))
+                continue
+            if value is None and decl is not None and decl.keep_when_absent:
+                value = prev.get(name)
+            if value is None and decl is not None and decl.required:
+                raise ConfigError(name, self._required_message(name))
+            out[name] = value
+        same_login = all(out.get(c) == prev.get(c) for c in self.credential_fields)
+        for name in self.login_bound_fields:
+            if out.get(name) is not None:
+                continue  # the request set it
+            kept = prev.get(name) if same_login else None
+            if kept is not None or name.endswith("_enc") or name in out:
+                out[name] = kept
+        return self.connection.model_validate(self._bus_values(out)).model_dump(
+            mode="json", exclude={"type"}
+        ) | {k: v for k, v in out.items() if k not in self.connection.model_fields}
+
+    def _required_message(self, name: str) -> str:
+        return f"{name} is required when {self.short_label} is first configured"
+
+    def _bus_values(self, stored: dict[str, Any]) -> dict[str, Any]:
+        fields = self.connection.model_fields
+        return {k: v for k, v in stored.items() if k in fields and k != "type"}
+
+    def public_config(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The stored config as a client may see it: secrets masked, tokens reduced to flags."""
+        hidden = self.stored_secret_names | set(self.flags.values())
+        names = [*self.config_in.model_fields, *(k for k in stored if k not in hidden)]
+        out: dict[str, Any] = {}
+        for name in dict.fromkeys(names):
+            decl = self.config_field(name)
+            if decl is not None and decl.secret:
+                out[name] = SECRET_MASK if stored.get(decl.stored_as) else None
+            elif name.endswith("_enc") or name in _NEVER_SHOWN:
+                continue
+            elif decl is not None and decl.masking is Masking.PARTIAL:
+                out[name] = _partial(stored.get(name))
+            else:
+                out[name] = stored.get(name)
+        for flag, source in self.flags.items():
+            out[flag] = bool(stored.get(source, False))
+        return out
+
+    def bus_connection(self, stored: dict[str, Any]) -> Strict:
+        """The stored config as it travels to the connector (secrets stay ciphertext)."""
+        return self.connection.model_validate(self._bus_values(stored))
+
+    def signed_in(self, stored: dict[str, Any] | None) -> bool | None:
+        """Whether the sign-in step is done; None for a type without one."""
+        if self.sign_in_field is None:
+            return None
+        return bool((stored or {}).get(self.sign_in_field))
+
+    def can_refresh(self, stored: dict[str, Any] | None) -> bool:
+        """Whether a refresh could succeed now (a type with a sign-in step needs it done)."""
+        return self.signed_in(stored) is not False
 
     def form(self) -> dict[str, object]:
         """The declaration as the UI renders it (JSON-ready; no validation rules beyond hints)."""
@@ -180,6 +273,17 @@ class IntegrationPlugin:
                 for f in self.fields
             ],
         }
+
+
+_NEVER_SHOWN = frozenset({"access_token", "refresh_token"})
+
+
+def _partial(value: object) -> str | None:
+    """An identifier shown only in part: its first four characters."""
+    if not value:
+        return None
+    text = str(value)
+    return text[:4] + "…" if len(text) > 8 else "…"
 
 
 def _pattern(prop: dict[str, object]) -> str | None:
@@ -224,6 +328,7 @@ class IBConfigIn(_In):
 IB = IntegrationPlugin(
     integration_type=Broker.IB,
     label="Interactive Brokers (IB Gateway / TWS)",
+    short_label="IB",
     summary="Live balances through an IB Gateway or TWS you run; accounts on one gateway "
     "share one API session.",
     service="ib-connector",
@@ -290,6 +395,7 @@ class SchwabConfigIn(_In):
 SCHWAB = IntegrationPlugin(
     integration_type=Broker.SCHWAB,
     label="Charles Schwab",
+    short_label="Schwab",
     summary="Balances through the Schwab Trader API: your developer app key and secret, then "
     "a sign-in with Schwab (valid 7 days).",
     service="schwab-connector",
@@ -302,6 +408,7 @@ SCHWAB = IntegrationPlugin(
             help="from your app at developer.schwab.com",
             required=True,
             masking=Masking.PARTIAL,
+            keep_when_absent=True,
         ),
         ConfigField(
             "app_secret",
@@ -315,6 +422,7 @@ SCHWAB = IntegrationPlugin(
             "account_number",
             "Account number",
             help="optional when the login sees one account",
+            keep_when_absent=True,
         ),
     ),
     statuses=frozenset(
@@ -326,12 +434,12 @@ SCHWAB = IntegrationPlugin(
             IntegrationStatus.REAUTH_REQUIRED,
         }
     ),
-    updates=UpdateRule.MERGE,
     emits=(*COMMON_EVENTS, SCHWAB_TOKENS_ROTATED),
     answers=(*COMMON_REQUESTS, SCHWAB_OAUTH_EXCHANGE),
     login_bound_fields=("token_enc", "account_hash", "unverified"),
     credential_fields=("app_key",),
     flags={"has_tokens": "token_enc", "unverified": "unverified"},
+    sign_in_field="token_enc",
     reauth_help="Sign in with Schwab again (Re-authenticate): Schwab ends a sign-in after 7 days.",
     docs_url="https://developer.schwab.com",
 )
@@ -374,6 +482,7 @@ class IBFlexConnection(Strict):
 IB_FLEX = IntegrationPlugin(
     integration_type=Broker.IB_FLEX,
     label="Interactive Brokers (Flex Web Service)",
+    short_label="IB Flex",
     summary="Daily balances, positions and cash from an IB Flex Query: no gateway to run. "
     "The query needs the sections Account Information, Net Asset Value (NAV) in Base, "
     "Open Positions and Cash Report.",
