@@ -111,6 +111,8 @@ class ConfigField:
     masking: Masking = Masking.NONE
     # an update that omits the field keeps the stored value (secrets always do)
     keep_when_absent: bool = False
+    default: str = ""  # what a new form shows
+    locked: bool = False  # shown, not editable (IB's read-only flag)
 
     @property
     def secret(self) -> bool:
@@ -254,7 +256,14 @@ class IntegrationPlugin:
         props = schema.get("properties", {})
         return {
             "type": self.integration_type.value,
+            "prefix": self.integration_type.value.lower().replace("_", "-"),
             "label": self.label,
+            "short_label": self.short_label,
+            "sign_in": self.sign_in_field is not None,
+            # the public flag that tells a finished sign-in (e.g. Schwab's has_tokens)
+            "sign_in_flag": next(
+                (f for f, src in self.flags.items() if src == self.sign_in_field), None
+            ),
             "summary": self.summary,
             "statuses": sorted(s.value for s in self.statuses),
             "reauth_help": self.reauth_help,
@@ -262,11 +271,16 @@ class IntegrationPlugin:
             "fields": [
                 {
                     "name": f.name,
+                    "id": f.name.replace("_", "-"),
                     "label": f.label,
                     "kind": f.kind.value,
                     "help": f.help,
                     "required": f.required,
                     "placeholder": f.placeholder,
+                    "default": f.default,
+                    "locked": f.locked,
+                    "masked": f.masking is not Masking.NONE,
+                    "keep": f.keep_when_absent or f.secret,
                     "secret": f.secret,
                     "pattern": _pattern(props.get(f.name, {})),
                 }
@@ -335,13 +349,20 @@ IB = IntegrationPlugin(
     config_in=IBConfigIn,
     connection=IBConnection,
     fields=(
-        ConfigField("host", "Host", help="IB Gateway / TWS host", required=True),
+        ConfigField(
+            "host",
+            "Host",
+            help="IB Gateway / TWS host",
+            required=True,
+            default="localhost",
+        ),
         ConfigField(
             "port",
             "Port",
             FieldKind.INTEGER,
             help="4001 live / 4002 paper (Gateway); 7496 / 7497 (TWS)",
             required=True,
+            default="4001",
         ),
         ConfigField(
             "client_id",
@@ -349,12 +370,20 @@ IB = IntegrationPlugin(
             FieldKind.INTEGER,
             help="accounts on the same gateway share one API session",
             required=True,
+            default="1",
         ),
         ConfigField(
             "account_code",
             "Account code",
-            help="optional: which account of a multi-account login",
+            help="e.g. U1234567; needed when the gateway manages several",
             placeholder="U1234567",
+        ),
+        ConfigField(
+            "read_only",
+            "Read-only",
+            FieldKind.BOOLEAN,
+            help="brokerlink only reads from IB; it never places orders.",
+            locked=True,
         ),
         ConfigField(
             "backups",

@@ -4,6 +4,20 @@
 const TOKENS = "brokerlink.tokens";
 const POLL_MS = 2500;
 
+// ---- integration types ---------------------------------------------------------------------
+
+// The integration types' declarations (brokerlink_shared.contracts.plugins), embedded in the page:
+// the Integration tab's fields, the labels and the health page's columns come from them.
+const TYPES = JSON.parse(document.getElementById("integration-types")?.textContent || "[]");
+
+function typeInfo(type) {
+  return TYPES.find((t) => t.type === type);
+}
+
+function typeLabel(type) {
+  return typeInfo(type)?.short_label || type;
+}
+
 // ---- API client ----------------------------------------------------------------------------
 
 class ApiError extends Error {
@@ -203,7 +217,7 @@ function paintBadge(badge, status, type) {
   badge.dataset.status = status || "unknown";
   const label = badge.querySelector(".label");
   const text = statusWords(status);
-  label.textContent = type ? `${type === "SCHWAB" ? "Schwab" : type} · ${text}` : text;
+  label.textContent = type ? `${typeLabel(type)} · ${text}` : text;
 }
 
 function badge(status, type) {
@@ -214,14 +228,14 @@ function badge(status, type) {
 
 // ---- field errors --------------------------------------------------------------------------
 
-// "config.port" from a 422 `loc` (["body", "IB", "config", "port"]) or our `field`.
+// "config.port" from a 422 `loc` (["body", "IB", "config", "port"]: the union tag dropped) or our `field`.
 function fieldErrors(err) {
   const out = [];
   const body = err && err.body;
   if (!body) return out;
   if (Array.isArray(body.detail)) {
     for (const d of body.detail) {
-      const loc = (d.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")) && p !== "IB" && p !== "SCHWAB");
+      const loc = (d.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")) && !typeInfo(p));
       out.push({ field: loc.join("."), message: d.msg.replace(/^Value error, /, "") });
     }
   } else if (body.field) {
@@ -447,6 +461,7 @@ function initRefreshAll() {
 
 function describeLink(item) {
   const c = item.config || {};
+  // pending links come from the legacy import, which knows IB gateways and Schwab apps only
   if (item.integration_type === "IB") {
     return `IB gateway ${c.host ?? "?"}:${c.port ?? "?"} (client ${c.client_id ?? "?"}${c.account_code ? `, ${c.account_code}` : ""})`;
   }
@@ -623,36 +638,43 @@ async function loadIntegration() {
   $("#integration-result").textContent = "";
   $("#remove-confirm").hidden = true;
   form.type.value = data.type || "";
-  const c = data.config || {};
-  if (data.type === "IB") {
-    $("#ib-host").value = c.host ?? "";
-    $("#ib-port").value = c.port ?? "";
-    $("#ib-client-id").value = c.client_id ?? "";
-    $("#ib-account-code").value = c.account_code ?? "";
-  } else {
-    $("#ib-host").value = "localhost";
-    $("#ib-port").value = "4001";
-    $("#ib-client-id").value = "1";
-    $("#ib-account-code").value = "";
-  }
-  const schwab = data.type === "SCHWAB";
-  const key = $("#schwab-app-key");
-  const secret = $("#schwab-app-secret");
-  key.value = "";
-  secret.value = "";
-  key.placeholder = schwab && c.app_key ? c.app_key : "";
-  secret.placeholder = schwab && c.app_secret ? c.app_secret : "";
-  $("#schwab-app-key-hint").textContent = schwab && c.app_key ? "Stored; leave empty to keep it." : "";
-  $("#schwab-app-secret-hint").textContent = schwab && c.app_secret ? "Stored and never shown; leave empty to keep it." : "";
-  $("#schwab-account-number").value = schwab ? c.account_number || "" : "";
   showTypeFields();
   paintIntegrationState();
 }
 
+// Fill a type's fieldset from the stored (masked) config, or with its defaults when `config` is null.
+function fillFields(info, config) {
+  for (const f of info.fields) {
+    const input = document.getElementById(`${info.prefix}-${f.id}`);
+    const hint = document.getElementById(`${info.prefix}-${f.id}-hint`);
+    if (!input || f.locked) continue;
+    const value = config ? config[f.name] : null;
+    if (f.kind === "address_list") {
+      input.value = (value || []).map((a) => `${a.host}:${a.port}`).join("\n");
+    } else if (f.masked) {
+      // secrets and masked identifiers are never sent back: the mask is a placeholder only
+      input.value = "";
+      input.placeholder = value || f.placeholder || "";
+      if (hint) hint.textContent = value ? (f.secret ? "Stored and never shown; leave empty to keep it." : "Stored; leave empty to keep it.") : hint.dataset.help || "";
+    } else {
+      input.value = config ? (value ?? "") : f.default;
+    }
+  }
+}
+
+// Put the selected type's fieldset (from its <template>) in the form, filled from the stored
+// config when it is the stored type, else with the declared defaults.
 function showTypeFields() {
-  const type = $("#integration-type").value;
-  $("#ib-fields").hidden = type !== "IB";
-  $("#schwab-fields").hidden = type !== "SCHWAB";
+  const info = typeInfo($("#integration-type").value);
+  const slot = $("#integration-fields");
+  if (!info) {
+    slot.replaceChildren();
+    return;
+  }
+  slot.replaceChildren(document.getElementById(`${info.prefix}-template`).content.cloneNode(true));
+  const stored = state.integration?.type === info.type ? state.integration.config || {} : null;
+  fillFields(info, stored);
+  paintIntegrationState();
 }
 
 function paintIntegrationState() {
@@ -661,7 +683,8 @@ function paintIntegrationState() {
   const configured = Boolean(data.type);
   $("#integration-state").hidden = !configured;
   $("#integration-actions").hidden = !configured;
-  $("#btn-reauth").hidden = data.type !== "SCHWAB";
+  const info = typeInfo(data.type);
+  $("#btn-reauth").hidden = !info?.sign_in;
   if (!configured) return;
   paintBadge($("#integration-status"), data.status);
   const error = $("#integration-error");
@@ -669,38 +692,42 @@ function paintIntegrationState() {
   error.hidden = !showError;
   error.textContent = showError ? `Last error: ${data.last_error}${data.last_error_code ? ` (code ${data.last_error_code})` : ""}` : "";
   $("#integration-updated").replaceChildren(timeElement(data.last_success_at));
-  if (data.type === "SCHWAB") {
+  const oauth = info?.sign_in && document.getElementById(`${info.prefix}-oauth`);
+  if (oauth) {
     const c = data.config || {};
-    const oauth = $("#schwab-oauth");
     if (data.status === "reauth_required") oauth.textContent = "✗ Sign-in expired — re-authenticate";
-    else if (c.has_tokens) {
+    else if (c[info.sign_in_flag]) {
       oauth.replaceChildren("✓ Authenticated");
       if (data.token_refresh_expires_at) oauth.append(" (sign-in expires in ", timeElement(data.token_refresh_expires_at, countdown), ")");
     } else oauth.textContent = "Not signed in yet — use Re-authenticate";
   }
 }
 
+// The request body from the selected type's fieldset: empty optional fields and kept values
+// (secrets, masked identifiers) are left out, so the stored ones stay.
 function integrationBody(form) {
   const type = form.type.value;
-  if (type === "IB") {
-    const config = {
-      host: $("#ib-host").value.trim(),
-      port: toNumber($("#ib-port").value),
-      client_id: toNumber($("#ib-client-id").value),
-      read_only: true,
-    };
-    const code = $("#ib-account-code").value.trim();
-    if (code) config.account_code = code;
-    return { type, config };
-  }
+  const info = typeInfo(type);
   const config = {};
-  const key = $("#schwab-app-key").value.trim();
-  const secret = $("#schwab-app-secret").value;
-  const number = $("#schwab-account-number").value.trim();
-  if (key) config.app_key = key;
-  if (secret) config.app_secret = secret; // empty keeps the stored secret
-  if (number) config.account_number = number;
+  for (const f of info.fields) {
+    const input = document.getElementById(`${info.prefix}-${f.id}`);
+    if (!input || f.locked) continue;
+    if (f.kind === "boolean") {
+      config[f.name] = input.checked;
+      continue;
+    }
+    const text = f.secret ? input.value : input.value.trim();
+    if (text === "") continue;
+    if (f.kind === "integer") config[f.name] = toNumber(text);
+    else if (f.kind === "address_list") config[f.name] = text.split(/\s+/).filter(Boolean).map(toAddress);
+    else config[f.name] = text;
+  }
   return { type, config };
+}
+
+function toAddress(line) {
+  const at = line.lastIndexOf(":");
+  return at > 0 ? { host: line.slice(0, at), port: toNumber(line.slice(at + 1)) } : { host: line, port: null };
 }
 
 function toNumber(text) {
@@ -753,7 +780,7 @@ async function startOAuth() {
     location.assign(data.authorize_url); // popups blocked: the callback brings us back here
     return;
   }
-  setResult("Finish signing in to Schwab in the window that opened…");
+  setResult(`Finish signing in to ${typeLabel(state.integration?.type)} in the window that opened…`);
 }
 
 function initIntegration() {
@@ -773,9 +800,11 @@ function initIntegration() {
       await api("PUT", `/api/accounts/${state.open}/integration`, body);
       await loadIntegration();
       await loadAccounts();
-      setResult(body.type === "SCHWAB" && !state.integration.config?.has_tokens ? "Saved. Now sign in with Re-authenticate." : "Saved.", true);
+      const saved = typeInfo(body.type);
+      const signIn = saved?.sign_in && !state.integration.config?.[saved.sign_in_flag];
+      setResult(signIn ? "Saved. Now sign in with Re-authenticate." : "Saved.", true);
     } catch (err) {
-      const prefix = form.type.value === "IB" ? "ib" : "schwab";
+      const prefix = typeInfo(form.type.value)?.prefix;
       showErrors(form, err, (field) => (field.startsWith("config.") ? prefix : null), $("#integration-error-form"));
     }
   });
@@ -929,7 +958,7 @@ async function loadHistory() {
   );
 }
 
-const SOURCES = { MANUAL: "Manual", IB: "IB", SCHWAB: "Schwab" };
+const SOURCES = { MANUAL: "Manual", ...Object.fromEntries(TYPES.map((t) => [t.type, t.short_label])) };
 const SVG = "http://www.w3.org/2000/svg";
 
 function svg(tag, attrs = {}, text) {
@@ -987,13 +1016,13 @@ async function loadHealthPage() {
         "tr",
         { "data-account-id": row.account_id },
         el("th", { scope: "row", text: row.account_name }),
-        el("td", { text: row.type === "SCHWAB" ? "Schwab" : row.type }),
+        el("td", { text: typeLabel(row.type) }),
         el("td", {}, badge(row.status)),
         el("td", {}, timeElement(row.last_success_at)),
         row.last_error
           ? el("td", { class: "error-text", text: `${row.last_error}${row.last_error_code ? ` (code ${row.last_error_code})` : ""}` })
           : el("td", { class: "muted", text: "—" }),
-        el("td", { class: "expiry" }, row.type === "SCHWAB" ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
+        el("td", { class: "expiry" }, typeInfo(row.type)?.sign_in ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
       ),
     ),
   );
