@@ -33,6 +33,7 @@ def test_declaration_matches_its_models(plugin: IntegrationPlugin) -> None:
         )  # secrets travel as ciphertext only
     for name in plugin.stored_secret_names:
         assert name not in form_fields  # a client can never send ciphertext or tokens
+    plugin.config_in.model_validate(plugin.example)  # the example is a valid config
     form = plugin.form()
     assert [f["name"] for f in form["fields"]] == [f.name for f in plugin.fields]  # type: ignore[index]
 

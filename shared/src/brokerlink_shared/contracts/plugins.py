@@ -153,6 +153,8 @@ class IntegrationPlugin:
     sign_in_field: str | None = None
     reauth_help: str = ""
     docs_url: str = ""
+    # a valid config (made-up values): the API's example, and what generic tests configure
+    example: dict[str, Any] = field(default_factory=dict)
 
     @property
     def secret_fields(self) -> tuple[ConfigField, ...]:
@@ -239,6 +241,18 @@ class IntegrationPlugin:
     def bus_connection(self, stored: dict[str, Any]) -> Strict:
         """The stored config as it travels to the connector (secrets stay ciphertext)."""
         return self.connection.model_validate(self._bus_values(stored))
+
+    def same_login(
+        self, before: dict[str, Any] | None, after: dict[str, Any] | None
+    ) -> bool:
+        """Whether a config change keeps the login (and its tokens): always for a type without a
+        sign-in; for one with, when it stays this type (`before` None means it did not) and its
+        credential fields are unchanged."""
+        if self.sign_in_field is None:
+            return True
+        if before is None or after is None:
+            return False
+        return all(before.get(c) == after.get(c) for c in self.credential_fields)
 
     def signed_in(self, stored: dict[str, Any] | None) -> bool | None:
         """Whether the sign-in step is done; None for a type without one."""
@@ -400,6 +414,12 @@ IB = IntegrationPlugin(
             IntegrationStatus.ERROR,
         }
     ),
+    example={
+        "host": "gw.example",
+        "port": 4001,
+        "client_id": 7,
+        "account_code": "U1234567",
+    },
 )
 
 
@@ -471,6 +491,7 @@ SCHWAB = IntegrationPlugin(
     sign_in_field="token_enc",
     reauth_help="Sign in with Schwab again (Re-authenticate): Schwab ends a sign-in after 7 days.",
     docs_url="https://developer.schwab.com",
+    example={"app_key": "example-app-key", "app_secret": "example-app-secret-4711"},
 )
 
 
@@ -553,6 +574,7 @@ IB_FLEX = IntegrationPlugin(
     ),
     reauth_help="Generate a new Flex Web Service token: " + FLEX_TOKEN_HELP + ".",
     docs_url="https://www.interactivebrokers.com/campus/ibkr-api-page/flex-web-service/",
+    example={"token": "918273645546372819000111", "query_id": "654321"},
 )
 
 

@@ -1,66 +1,51 @@
 """Integration rules as pure functions: merging a request into the stored config, masking it for
-output, building the bus form, and which changes matter. No I/O here."""
+output, building the bus form, and which changes matter. No I/O here, and no branch per
+integration type: each type's declaration (brokerlink_shared.contracts.plugins) says how."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from brokerlink_shared.contracts.values import IBConnection, SchwabConnection
+from brokerlink_shared.contracts.plugins import SECRET_MASK, ConfigError, plugin_for
 from brokerlink_shared.crypto import SecretBox
+from pydantic import BaseModel
 
 from account_api.errors import InvalidField
-from account_api.integrations.schemas import IBConfigIn, SchwabConfigIn
 
-MASK = "********"
-SECRET_FIELDS = frozenset(
-    {"app_secret", "app_secret_enc", "token_enc", "access_token", "refresh_token"}
-)
+MASK = SECRET_MASK
 
 
-def merge_ib(config: IBConfigIn) -> dict[str, Any]:
+def stored_config(
+    integration_type: str,
+    incoming: BaseModel,
+    stored: dict[str, Any] | None,
+    secrets: SecretBox,
+) -> dict[str, Any]:
+    """Stored form of a config, by the type's declaration: secrets encrypted (omitted or masked
+    ones keep the stored value), login-bound values dropped when the login changes. `stored` is
+    the current config when the type stays the same, else None."""
+    try:
+        return plugin_for(integration_type).stored_config(
+            incoming, stored, secrets.encrypt
+        )
+    except ConfigError as exc:
+        raise InvalidField(str(exc), field=f"config.{exc.field}") from None
+
+
+def merge_ib(config: BaseModel) -> dict[str, Any]:
     """Stored form of an IB config (it holds no secrets)."""
-    return IBConnection.model_validate(config.model_dump()).model_dump(
-        mode="json", exclude={"type"}
-    )
+    return plugin_for("IB").stored_config(config, None, _no_secrets)
 
 
 def merge_schwab(
-    incoming: SchwabConfigIn, stored: dict[str, Any] | None, secrets: SecretBox
+    incoming: BaseModel, stored: dict[str, Any] | None, secrets: SecretBox
 ) -> dict[str, Any]:
-    """Stored form of a Schwab config: omitted or masked secrets keep the stored value;
-    a new app key drops the old login's tokens."""
-    previous = stored or {}
-    app_key = incoming.app_key or previous.get("app_key")
-    if not app_key:
-        raise InvalidField(
-            "app_key is required when Schwab is first configured",
-            field="config.app_key",
-        )
-    secret = incoming.app_secret.get_secret_value() if incoming.app_secret else None
-    if secret in (None, "", MASK):
-        if not previous.get("app_secret_enc"):
-            raise InvalidField(
-                "app_secret is required when Schwab is first configured",
-                field="config.app_secret",
-            )
-        secret_enc = previous["app_secret_enc"]
-    else:
-        secret_enc = secrets.encrypt(secret)
-    same_login = previous.get("app_key") == app_key
-    merged: dict[str, Any] = {
-        "app_key": app_key,
-        "app_secret_enc": secret_enc,
-        "account_number": incoming.account_number
-        if incoming.account_number is not None
-        else previous.get("account_number"),
-        "account_hash": incoming.account_hash
-        if incoming.account_hash is not None
-        else (previous.get("account_hash") if same_login else None),
-        "token_enc": previous.get("token_enc") if same_login else None,
-    }
-    if "unverified" in previous and same_login:
-        merged["unverified"] = previous["unverified"]
-    return merged
+    """Stored form of a Schwab config (see `stored_config`)."""
+    return stored_config("SCHWAB", incoming, stored, secrets)
+
+
+def _no_secrets(text: str) -> str:
+    raise AssertionError("IB configs hold no secrets")
 
 
 def changed_fields(
@@ -79,43 +64,12 @@ def changed_fields(
 def public_config(
     integration_type: str | None, stored: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """The config as a client may see it: secrets masked, tokens reduced to a flag."""
+    """The config as a client may see it: secrets masked, tokens reduced to flags."""
     if integration_type is None or stored is None:
         return None
-    if integration_type == "IB":
-        return {k: v for k, v in stored.items() if k not in SECRET_FIELDS}
-    return {
-        "app_key": _mask_key(stored.get("app_key")),
-        "app_secret": MASK if stored.get("app_secret_enc") else None,
-        "account_number": stored.get("account_number"),
-        "account_hash": stored.get("account_hash"),
-        "has_tokens": bool(stored.get("token_enc")),
-        "unverified": bool(stored.get("unverified", False)),
-    }
+    return plugin_for(integration_type).public_config(stored)
 
 
-def _mask_key(key: str | None) -> str | None:
-    if not key:
-        return None
-    return key[:4] + "…" if len(key) > 8 else "…"
-
-
-def bus_connection(
-    integration_type: str, stored: dict[str, Any]
-) -> IBConnection | SchwabConnection:
+def bus_connection(integration_type: str, stored: dict[str, Any]) -> BaseModel:
     """The config as it travels to connectors (secrets stay ciphertext)."""
-    if integration_type == "IB":
-        return IBConnection.model_validate(
-            {
-                k: v
-                for k, v in stored.items()
-                if k in IBConnection.model_fields and k != "type"
-            }
-        )
-    return SchwabConnection(
-        app_key=stored["app_key"],
-        app_secret_enc=stored["app_secret_enc"],
-        token_enc=stored.get("token_enc"),
-        account_number=stored.get("account_number"),
-        account_hash=stored.get("account_hash"),
-    )
+    return plugin_for(integration_type).bus_connection(stored)

@@ -25,6 +25,7 @@ from brokerlink_shared.contracts.events import (
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
+from brokerlink_shared.contracts.plugins import plugin_for
 from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.messaging import EventPublisher, request_model
@@ -61,7 +62,6 @@ from account_api.integrations.repository import (
 from account_api.integrations.schemas import (
     CashOut,
     HealthRowOut,
-    IBIntegrationIn,
     IntegrationIn,
     IntegrationOut,
     OAuthStartOut,
@@ -129,11 +129,8 @@ class IntegrationService:
     ) -> list[str]:
         """Change the account's integration in the open transaction; returns changed field names."""
         before_type, before = account.integration_type, account.integration_config
-        if isinstance(body, IBIntegrationIn):
-            stored = rules.merge_ib(body.config)
-        else:
-            previous = before if before_type == "SCHWAB" else None
-            stored = rules.merge_schwab(body.config, previous, self._secrets)
+        previous = before if before_type == body.type else None
+        stored = rules.stored_config(body.type, body.config, previous, self._secrets)
         changed = rules.changed_fields(
             before if before_type == body.type else None, stored
         )
@@ -141,9 +138,8 @@ class IntegrationService:
             changed = ["type", *changed]
         if not changed:
             return []
-        if before_type == "SCHWAB" and (
-            body.type != "SCHWAB"
-            or (before or {}).get("app_key") != stored.get("app_key")
+        if before_type and not plugin_for(before_type).same_login(
+            before if before_type == body.type else None, stored
         ):
             account.token_access_expires_at = account.token_refresh_expires_at = None
         account.integration_type = body.type
