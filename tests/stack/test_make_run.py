@@ -16,10 +16,13 @@ import nats
 import psutil
 import pytest
 from brokerlink_shared.contracts.events import HealthReply
+from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.devstack.embedded import free_port
 from brokerlink_shared.subjects import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
+# one connector per declared integration type (ib-connector, schwab-connector, ibflex-connector)
+CONNECTORS = tuple(dict.fromkeys(p.service for p in PLUGINS.values()))
 
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -61,7 +64,7 @@ def _wait_up(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120) -
                     timeout=5,
                 )
                 if login.status_code == 200:
-                    # The demo accounts are seeded right after the user: wait for all four.
+                    # The demo accounts are seeded right after the user: wait for all five.
                     headers = {
                         "Authorization": f"Bearer {login.json()['access_token']}"
                     }
@@ -76,7 +79,7 @@ def _wait_up(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120) -
                         ).status_code
                         == 200
                     )
-                    if healthy and len(accounts.json()) == 4:
+                    if healthy and len(accounts.json()) == 5:
                         return dict(login.json())
         except httpx.HTTPError:
             pass
@@ -97,7 +100,7 @@ async def _connector_health(nats_url: str) -> list[str]:
     nc = await nats.connect(nats_url)
     try:
         answered = []
-        for service in ("ib-connector", "schwab-connector"):
+        for service in CONNECTORS:
             reply = await nc.request(
                 Topology("brokerlink").health_subject(service), b"", timeout=10
             )
@@ -116,15 +119,12 @@ def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
         nats_url = (
             f"nats://127.0.0.1:{(tmp_path / 'data' / 'nats.port').read_text().strip()}"
         )
-        assert asyncio.run(_connector_health(nats_url)) == [
-            "ib-connector",
-            "schwab-connector",
-        ]
+        assert asyncio.run(_connector_health(nats_url)) == list(CONNECTORS)
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
         accounts = httpx.get(
             f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5
         ).json()
-        assert len(accounts) == 4
+        assert len(accounts) == 5
     finally:
         if proc.poll() is None:
             _stop(proc)
@@ -139,7 +139,7 @@ def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
                     f"http://127.0.0.1:{port}/api/accounts", headers=headers, timeout=5
                 ).json()
             )
-            == 4
+            == 5
         )
     finally:
         if proc.poll() is None:

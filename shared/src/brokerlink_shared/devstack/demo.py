@@ -1,5 +1,6 @@
-"""Demo data for `make run`: a user with two IB accounts on the simulated gateway and two
-Schwab accounts, created through account-api's public API (the same path a person takes)."""
+"""Demo data for `make run`: a user with two IB accounts on the simulated gateway, two Schwab
+accounts and one IB Flex account (the simulated Flex Web Service), created through account-api's
+public API (the same path a person takes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import httpx
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password-2026"
+# simulators/scenarios/ibflex_demo.json
+DEMO_FLEX = {"token": "1234567890123456789012345", "query_id": "654321"}
 
 
 def seed_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
@@ -87,5 +90,26 @@ def seed_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
                     },
                 },
             ).raise_for_status()
+        account = (
+            client.post(
+                "/api/accounts",
+                json={
+                    "name": "IB Flex (daily)",
+                    "currency": "USD",
+                    "account_type": "INVESTMENT",
+                    "account_number": "U3456789",
+                    "original_capital": "80000",
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
+        client.put(
+            f"/api/accounts/{account['id']}/integration",
+            json={
+                "type": "IB_FLEX",
+                "config": {**DEMO_FLEX, "account_code": "U3456789"},
+            },
+        ).raise_for_status()
         client.post("/api/integrations/refresh")
     return DEMO_EMAIL, DEMO_PASSWORD

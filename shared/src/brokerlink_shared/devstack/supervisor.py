@@ -21,6 +21,7 @@ from typing import IO
 import httpx
 import orjson
 
+from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.crypto import generate_key
 from brokerlink_shared.devstack.embedded import (
     EmbeddedNats,
@@ -220,6 +221,18 @@ def main() -> None:
                     env,
                     next(colour),
                 ),
+                Child(
+                    "ibflex-sim",
+                    [
+                        _bin("ibflex-sim"),
+                        "--scenario",
+                        str(root / "simulators/scenarios/ibflex_demo.json"),
+                        "--port",
+                        "0",
+                    ],
+                    env,
+                    next(colour),
+                ),
             ]
             for sim in sims:
                 sim.start()
@@ -236,11 +249,16 @@ def main() -> None:
             )
             env["IB_GATEWAY_SIM_ADMIN_URL"] = ib_info["admin_url"]
             env["SCHWAB_API_SIM_ADMIN_URL"] = schwab_info["base_url"] + "/admin"
+            flex_info = orjson.loads(sims[2].first_line[0])
+            env["IBFLEX_CONNECTOR_SEND_REQUEST_URL"] = flex_info["send_request_url"]
             say(
-                f"demo mode: simulated IB gateways {demo_gateways}, Schwab API at {schwab_info['base_url']}"
+                f"demo mode: simulated IB gateways {demo_gateways}, Schwab API at {schwab_info['base_url']}, "
+                f"IB Flex Web Service at {flex_info['base_url']}"
             )
 
-        for name in ("account-api", "ib-connector", "schwab-connector"):
+        # account-api and one connector per declared integration type
+        connectors = dict.fromkeys(p.service for p in PLUGINS.values())
+        for name in ("account-api", *connectors):
             child = Child(name, [_bin(name)], env, next(colour))
             child.start()
             children.append(child)
