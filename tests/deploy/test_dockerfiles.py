@@ -15,6 +15,7 @@ DOCKERFILES = {
     "account-api": REPO / "services/account-api/Dockerfile",
     "ib-connector": REPO / "services/ib-connector/Dockerfile",
     "schwab-connector": REPO / "services/schwab-connector/Dockerfile",
+    "ibflex-connector": REPO / "services/ibflex-connector/Dockerfile",
     "migrator": REPO / "services/migrator/Dockerfile",
     "simulators": REPO / "simulators/Dockerfile",
 }

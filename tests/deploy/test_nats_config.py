@@ -18,7 +18,7 @@ from .conftest import DEPLOY, REPO, nats_server
 
 VALUES = DEPLOY / "nats" / "values.yaml"
 COMPOSE_CONF = DEPLOY / "compose" / "nats.conf"
-SERVICES = ("account-api", "ib-connector", "schwab-connector")
+SERVICES = ("account-api", "ib-connector", "schwab-connector", "ibflex-connector")
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,17 @@ EXPECTATIONS = [
     ("schwab-connector", "$KV.brokerlink_ib_leases.session", "pub", False),
     ("ib-connector", "$KV.brokerlink_ib_leases.session", "pub", True),
     ("ib-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
+    # IB Flex: its own broker token and KV buckets (ibflex_connector.main), nothing of the others
+    ("account-api", "brokerlink.refresh.requested.ib_flex", "pub", True),
+    ("ibflex-connector", "brokerlink.balance.updated.ib_flex", "pub", True),
+    ("ibflex-connector", "brokerlink.integration.test.ib_flex", "sub", True),
+    ("ibflex-connector", "$KV.brokerlink_ibflex_rate.budget", "pub", True),
+    ("ibflex-connector", "$KV.brokerlink_ibflex_statements.result", "sub", True),
+    ("ibflex-connector", "brokerlink.balance.updated.ib", "pub", False),
+    ("ibflex-connector", "brokerlink.integration.test.ib", "sub", False),
+    ("ibflex-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
+    ("ib-connector", "brokerlink.balance.updated.ib_flex", "pub", False),
+    ("ib-connector", "brokerlink.integration.test.ib_flex", "sub", False),
 ]
 
 
@@ -212,6 +223,7 @@ def test_compose_nats_conf_is_accepted_by_nats_server() -> None:
         "ACCOUNT_API_NATS_PASSWORD",
         "IB_CONNECTOR_NATS_PASSWORD",
         "SCHWAB_CONNECTOR_NATS_PASSWORD",
+        "IBFLEX_CONNECTOR_NATS_PASSWORD",
         "NATS_SYSTEM_PASSWORD",
     }
     proc = _nats_test(COMPOSE_CONF, env)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from brokerlink_shared.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 SERVICE = "ibflex-connector"
@@ -75,6 +75,13 @@ class Settings(ServiceSettings):
     )
     refresh_workers: int = Field(default=200, ge=1, le=1000)
     health_host: str = "0.0.0.0"
+
+    @field_validator("send_request_url")
+    @classmethod
+    def _default_when_empty(cls, value: str) -> str:
+        """Compose and the config map pass an empty value for "IB's own service"."""
+        return value.strip() or IB_SEND_REQUEST_URL
+
     health_port: int = Field(
         default=8083, ge=0, le=65535, description="0 picks a free port"
     )
