@@ -15,9 +15,9 @@ import httpx
 import nats
 import psutil
 import pytest
+from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.contracts.plugins import PLUGINS
-from brokerlink_shared.devstack.embedded import free_port
 from brokerlink_shared.subjects import Topology
 
 ROOT = Path(__file__).resolve().parents[2]

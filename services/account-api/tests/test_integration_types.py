@@ -10,8 +10,8 @@ import httpx
 import nats
 import psycopg
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.plugins import PLUGINS, SECRET_MASK, IntegrationPlugin
-from brokerlink_shared.testing import wait_until
 
 TYPES = list(PLUGINS.values())
 

@@ -17,6 +17,7 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     IntegrationTestReply,
     IntegrationTestRequest,
@@ -26,7 +27,6 @@ from brokerlink_shared.contracts.plugins import IBFlexConnection
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.messaging import EventPublisher, make_broker, request_model
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_flex import (
     FlexAccount,
     FlexLimits,

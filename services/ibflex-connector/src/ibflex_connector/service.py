@@ -11,16 +11,12 @@ from dataclasses import dataclass
 
 from brokerlink_shared.batching import KeyedBatcher
 from brokerlink_shared.contracts.events import (
-    BalanceUpdated,
-    BalanceUpdatedPayload,
     IntegrationConfigured,
     IntegrationRemoved,
     IntegrationStatusChanged,
     IntegrationStatusPayload,
     IntegrationTestReply,
     IntegrationTestRequest,
-    RefreshFailed,
-    RefreshFailedPayload,
     RefreshRequested,
 )
 from brokerlink_shared.contracts.plugins import IB_FLEX, IBFlexConnection
@@ -28,6 +24,7 @@ from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.rate_budget import key_token
+from brokerlink_shared.refreshes import RefreshResultPublisher
 from brokerlink_shared.subjects import Broker
 
 from ibflex_connector.adapters.flex_http import FlexCallError, FlexWebService
@@ -81,6 +78,7 @@ class FlexConnector:
         self.service = service
         self.share = share
         self._publisher = publisher
+        self._results = RefreshResultPublisher(publisher, Broker.IB_FLEX)
         self._expiring_soon_days = expiring_soon_days
         self.batcher: KeyedBatcher[StatementKey, FetchOutcome] = KeyedBatcher(
             batch_window_s, batch_max_wait_s
@@ -193,42 +191,20 @@ class FlexConnector:
                 "ib flex refresh failed",
                 extra={"account": binding.account_id, "code": problem.code},
             )
-            await self._publisher.publish(
-                RefreshFailed(
-                    user_id=binding.user_id,
-                    account_id=binding.account_id,
-                    correlation_id=event.correlation_id,
-                    payload=RefreshFailedPayload(
-                        broker=Broker.IB_FLEX,
-                        refresh_id=payload.refresh_id,
-                        job_id=payload.job_id,
-                        code=problem.code,
-                        message=problem.message,
-                    ),
-                ),
-                msg_id=f"{binding.account_id}:{payload.refresh_id}:failed",
+            await self._results.failed(
+                event, code=problem.code, message=problem.message
             )
             await self._report(binding, problem.status, problem.message, problem.code)
             return
-        await self._publisher.publish(
-            BalanceUpdated(
-                user_id=binding.user_id,
-                account_id=binding.account_id,
-                correlation_id=event.correlation_id,
-                payload=BalanceUpdatedPayload(
-                    broker=Broker.IB_FLEX,
-                    refresh_id=payload.refresh_id,
-                    job_id=payload.job_id,
-                    as_of=statement.as_of,
-                    currency=statement.base_currency,
-                    balance=statement.net_liquidation,
-                    cash_balance=statement.cash_balance,
-                    cash=statement.cash,
-                    positions=statement.positions,
-                    broker_account=statement.account_code,
-                ),
-            ),
-            msg_id=f"{binding.account_id}:{payload.refresh_id}",
+        await self._results.succeeded(
+            event,
+            as_of=statement.as_of,
+            currency=statement.base_currency,
+            balance=statement.net_liquidation,
+            cash_balance=statement.cash_balance,
+            cash=statement.cash,
+            positions=statement.positions,
+            broker_account=statement.account_code,
         )
         status, message = self._token_status(days)
         await self._report(binding, status, message)

@@ -153,6 +153,8 @@ class IntegrationPlugin:
     sign_in_field: str | None = None
     reauth_help: str = ""
     docs_url: str = ""
+    # how long a connection test may take when the broker is slower than the usual deadline
+    test_timeout_s: float | None = None
     # a valid config (made-up values): the API's example, and what generic tests configure
     example: dict[str, Any] = field(default_factory=dict)
 
@@ -573,6 +575,8 @@ IB_FLEX = IntegrationPlugin(
         }
     ),
     reauth_help="Generate a new Flex Web Service token: " + FLEX_TOKEN_HELP + ".",
+    # two HTTPS calls spaced by IB's throttle, and IB generating the statement in between
+    test_timeout_s=45.0,
     docs_url="https://www.interactivebrokers.com/campus/ibkr-api-page/flex-web-service/",
     example={"token": "918273645546372819000111", "query_id": "654321"},
 )

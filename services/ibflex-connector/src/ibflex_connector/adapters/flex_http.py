@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-from brokerlink_shared.messaging import backoff_delay
+from brokerlink_shared.backoff import backoff_delay
 
 from ibflex_connector.domain.answers import Answer, Verdict, read_answer, user_message
 
