@@ -33,15 +33,8 @@ def stored_config(
 
 
 def merge_ib(config: BaseModel) -> dict[str, Any]:
-    """Stored form of an IB config (it holds no secrets)."""
+    """Stored form of an IB config (it holds no secrets); the migrator's reference."""
     return plugin_for("IB").stored_config(config, None, _no_secrets)
-
-
-def merge_schwab(
-    incoming: BaseModel, stored: dict[str, Any] | None, secrets: SecretBox
-) -> dict[str, Any]:
-    """Stored form of a Schwab config (see `stored_config`)."""
-    return stored_config("SCHWAB", incoming, stored, secrets)
 
 
 def _no_secrets(text: str) -> str:
