@@ -59,6 +59,8 @@ class ConnectorRuntime:
         self.app = FastStream(self.broker, logger=log)
         self.app.on_startup(self.start)
         self.app.on_shutdown(self.stop)
+        # after the broker stopped: refreshes still running use the HTTP client until then
+        self.app.after_shutdown(self.close)
 
     def connector(self) -> FlexConnector:
         """The connector (built at start-up, once NATS KV is reachable)."""
@@ -120,9 +122,11 @@ class ConnectorRuntime:
         if self._health is not None:
             self._health.close()
             await self._health.wait_closed()
+        log.info("ib flex connector stopped")
+
+    async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        log.info("ib flex connector stopped")
 
     async def probe(self) -> HealthReply:
         """Health for the bus responder and /healthz."""
