@@ -95,7 +95,7 @@ def test_startup_order_and_healthchecks(compose: dict[str, Any]) -> None:
         "ibflex-connector": 8083,
     }
     for name, port in ports.items():
-        assert f"http://127.0.0.1:{port}/healthz" in " ".join(
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(
             services[name]["healthcheck"]["test"]
         )
 
