@@ -140,11 +140,6 @@ async def test_a_declared_type_refuses_bad_fields_without_echoing_secrets(
     assert got["type"] is None  # nothing was stored
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="FastAPI's default 422 body echoes the rejected input; issue 15's validation "
-    "handler (validation_error_response) removes it",
-)
 @pytest.mark.parametrize(
     "plugin",
     [p for p in TYPES if p.secret_fields],

@@ -417,7 +417,7 @@ IB = IntegrationPlugin(
         }
     ),
     example={
-        "host": "gw.example",
+        "host": "127.0.0.1",
         "port": 4001,
         "client_id": 7,
         "account_code": "U1234567",
