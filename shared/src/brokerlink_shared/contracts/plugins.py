@@ -199,7 +199,9 @@ class IntegrationPlugin:
                     out[decl.stored_as] = encrypt(str(text))
                 continue
             if value is None and decl is not None and decl.keep_when_absent:
-                value = prev.get(name)
+                if name not in prev:
+                    continue  # first time: the bus model's default (e.g. no backups)
+                value = prev[name]
             if value is None and decl is not None and decl.required:
                 raise ConfigError(name, self._required_message(name))
             out[name] = value
@@ -340,7 +342,17 @@ class IBConfigIn(_In):
     client_id: ClientId
     account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
     read_only: bool = True
-    backups: Annotated[list[GatewayAddress], Field(max_length=8)] = []
+    backups: (
+        Annotated[
+            list[GatewayAddress],
+            Field(
+                max_length=8,
+                description="tried in order when the main gateway is down; "
+                "absent keeps the stored list, [] clears it",
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("host")
     @classmethod
@@ -406,6 +418,7 @@ IB = IntegrationPlugin(
             "Backup gateways",
             FieldKind.ADDRESS_LIST,
             help="optional: one host:port per line, tried in order when the primary is down",
+            keep_when_absent=True,
         ),
     ),
     statuses=frozenset(

@@ -37,7 +37,7 @@ class RefreshService:
         self._publisher = publisher
         self._waiter = waiter
 
-    def _stage_refresh(
+    def stage(
         self,
         uow: UnitOfWork,
         account: Account,
@@ -46,6 +46,7 @@ class RefreshService:
         job_id: uuid.UUID | None,
         refresh_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
+        """Queue a refresh of `account` in the open transaction (outbox); returns its id."""
         refresh_id = refresh_id or uuid.uuid4()
         transition = lifecycle.refresh_requested(
             integration_state(account),
@@ -67,7 +68,7 @@ class RefreshService:
         async with self._waiter.watch(refresh_id) as done:
             async with uow:
                 account = await owned_account(uow, actor, account_id, lock=True)
-                self._stage_refresh(
+                self.stage(
                     uow,
                     account,
                     correlation=actor.request_id,
@@ -91,8 +92,10 @@ class RefreshService:
                     ),
                 )
                 await uow.commit()
-            if wait_s > 0:
-                await self._wait_for(uow, account_id, refresh_id, done, wait_s)
+            if wait_s <= 0:
+                # Just committed as pending; reading it back would cost a second transaction.
+                return RefreshOut(refresh_id=refresh_id, status="pending")
+            await self._wait_for(uow, account_id, refresh_id, done, wait_s)
         return await self.refresh_status(uow, actor, account_id, refresh_id)
 
     async def _wait_for(
@@ -161,7 +164,7 @@ class RefreshService:
                 job_id, actor.user_id if actor else None, len(accounts), trigger
             )
             for account in accounts:
-                self._stage_refresh(
+                self.stage(
                     uow,
                     account,
                     correlation=actor.request_id if actor else f"scheduled-{job_id}",

@@ -4,7 +4,9 @@ integration type: each type's declaration (brokerlink_shared.contracts.plugins) 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
 
 from brokerlink_shared.contracts.plugins import SECRET_MASK, ConfigError, plugin_for
 from brokerlink_shared.crypto import SecretBox
@@ -41,6 +43,14 @@ def _no_secrets(text: str) -> str:
     raise AssertionError("IB configs hold no secrets")
 
 
+def can_refresh(integration_type: str | None, stored: dict[str, Any] | None) -> bool:
+    """Whether a refresh could succeed now: configured, and signed in where the type has a
+    sign-in step (Schwab)."""
+    return integration_type is not None and plugin_for(integration_type).can_refresh(
+        stored
+    )
+
+
 def changed_fields(
     before: dict[str, Any] | None, after: dict[str, Any] | None
 ) -> list[str]:
@@ -66,3 +76,64 @@ def public_config(
 def bus_connection(integration_type: str, stored: dict[str, Any]) -> BaseModel:
     """The config as it travels to connectors (secrets stay ciphertext)."""
     return plugin_for(integration_type).bus_connection(stored)
+
+
+# ---- sync facts ------------------------------------------------------------------------------
+
+SYNC_COLUMNS = (
+    "integration_type",
+    "integration_config",
+    "integration_status",
+    "last_refresh_at",
+    "last_success_at",
+    "last_failure_at",
+    "last_error",
+    "last_error_code",
+)
+Attempt = Literal["pending", "succeeded", "failed"]
+
+
+def last_attempt(
+    asked_at: datetime | None,
+    succeeded_at: datetime | None,
+    failed_at: datetime | None,
+) -> Attempt | None:
+    """How the newest refresh ended, from the account's three times (one clock: ours).
+
+    A refresh asked after the newest result is still running; otherwise the newer result wins.
+    """
+    results = [t for t in (succeeded_at, failed_at) if t is not None]
+    newest = max(results) if results else None
+    if asked_at is not None and (newest is None or newest < asked_at):
+        return "pending"
+    if failed_at is not None and (succeeded_at is None or failed_at > succeeded_at):
+        return "failed"
+    return "succeeded" if succeeded_at is not None else None
+
+
+def sync_facts(account: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One account's sync facts, the same wherever the account is shown (account list,
+    integration, health page); None for an account without an integration."""
+    kind = account["integration_type"]
+    if kind is None:
+        return None
+    config = account["integration_config"] or {}
+    return {
+        "status": account["integration_status"],
+        "last_success_at": account["last_success_at"],
+        "last_attempt_at": account["last_refresh_at"],
+        "last_failure_at": account["last_failure_at"],
+        "last_attempt": last_attempt(
+            account["last_refresh_at"],
+            account["last_success_at"],
+            account["last_failure_at"],
+        ),
+        "last_error": account["last_error"],
+        "last_error_code": account["last_error_code"],
+        "signed_in": plugin_for(kind).signed_in(config),
+    }
+
+
+def sync_facts_of(account: object) -> dict[str, Any] | None:
+    """`sync_facts` of an ORM account."""
+    return sync_facts({name: getattr(account, name) for name in SYNC_COLUMNS})

@@ -59,10 +59,34 @@ else:
     ]
 
 
+class SyncOut(BaseModel):
+    """One account's sync facts, identical in the account list, its integration and the
+    health page: the UI words them with one formatter."""
+
+    status: str
+    last_success_at: datetime | None = Field(description="newest balance recorded")
+    last_attempt_at: datetime | None = Field(description="newest refresh asked for")
+    last_failure_at: datetime | None = Field(description="newest refresh that failed")
+    last_attempt: Literal["pending", "succeeded", "failed"] | None = Field(
+        description="how the newest refresh ended (pending: still running)"
+    )
+    last_error: str | None
+    last_error_code: str | None
+    signed_in: bool | None = Field(
+        description="Schwab: tokens are stored; null for other brokers"
+    )
+
+
 class IntegrationOut(BaseModel):
     type: Broker | None
     config: dict[str, Any] | None
     status: str
+    sync: SyncOut | None = None
+    refresh_id: uuid.UUID | None = Field(
+        default=None,
+        description="the first refresh this change started (poll "
+        "/integration/refresh/{refresh_id}); null when none was needed",
+    )
     last_error: str | None = None
     last_error_code: str | None = None
     last_refresh_at: datetime | None = None
@@ -75,6 +99,9 @@ class IntegrationOut(BaseModel):
 class TestResultOut(BaseModel):
     success: bool
     message: str
+    code: str | None = Field(
+        default=None, description="the broker's or connector's error code on failure"
+    )
 
 
 class RefreshOut(BaseModel):
@@ -99,6 +126,7 @@ class HealthRowOut(BaseModel):
     account_name: str
     type: str
     status: str
+    sync: SyncOut
     last_success_at: datetime | None
     last_refresh_at: datetime | None
     last_error: str | None
