@@ -30,17 +30,22 @@ async def test_ib_flex_from_the_integration_tab(page: Page, stack: Stack) -> Non
     dialog = page.locator("#account-dialog")
     await dialog.get_by_role("tab", name="Integration").click()
     await page.get_by_label("Integration type").select_option("IB_FLEX")
-    token = page.get_by_label("Flex Web Service token")
+    fields = page.locator("#ib-flex-fields")  # the form rendered from the declaration
+    await expect(fields).to_be_visible()
+    token = fields.get_by_label("Flex Web Service token")
     await expect(token).to_have_attribute("type", "password")
     await expect(dialog).to_contain_text(
         "Flex Web Service Configuration"
     )  # its help text
     await token.fill(FLEX_TOKEN)
-    await page.get_by_label("Flex Query ID").fill(FLEX_QUERY)
-    await page.get_by_label("Account code").fill("U5550001")
+    await fields.get_by_label("Flex Query ID").fill(FLEX_QUERY)
+    await fields.get_by_label("Account code").fill("U5550001")
     await page.locator("#integration-save").click()
     result = page.locator("#integration-result")
-    await expect(result).to_have_text("Saved.")
+    # saving starts the first refresh: one statement from the (simulated) Flex Web Service
+    await expect(result).to_contain_text(
+        re.compile(r"Saved and synced: balance \$15,000\.25"), timeout=SLOW
+    )
     await expect(token).to_have_value("")  # never sent back
     await expect(token).to_have_attribute("placeholder", "********")
     assert FLEX_TOKEN not in await page.content()

@@ -784,15 +784,18 @@ function formFor(type) {
   };
 }
 
-// Put the fieldset of every declared type without a hand-built one into the form (hidden).
-function addDeclaredFieldsets() {
+// The selected type's fieldset, when the type has no hand-built one: cloned from its <template>
+// into #integration-fields (only the selected one, so no two inputs share a label) and filled.
+function showDeclaredFieldset(type) {
   const slot = $("#integration-fields");
-  if (!slot) return;
-  for (const info of TYPES) {
-    if (document.getElementById(`${info.prefix}-fields`)) continue; // hand-built
-    const template = document.getElementById(`${info.prefix}-template`);
-    if (template) slot.append(template.content.cloneNode(true));
-  }
+  const info = typeInfo(type);
+  if (!slot || slot.firstElementChild?.dataset.type === type) return;
+  slot.replaceChildren();
+  const template = info && !FORMS[type] && document.getElementById(`${info.prefix}-template`);
+  if (!template) return;
+  slot.append(template.content.cloneNode(true));
+  const saved = state.integration?.type === type;
+  formFor(type).fill(saved ? state.integration.config || {} : {}, saved);
 }
 
 function fillForm(data) {
@@ -904,6 +907,7 @@ async function loadIntegration() {
 
 function showTypeFields() {
   const type = $("#integration-type").value;
+  showDeclaredFieldset(type);
   for (const info of TYPES) {
     const fieldset = document.getElementById(`${info.prefix}-fields`);
     if (fieldset) fieldset.hidden = type !== info.type;
@@ -1033,7 +1037,6 @@ async function startOAuth(accountId) {
 
 function initIntegration() {
   const form = $("#integration-form");
-  addDeclaredFieldsets();
   initBackups();
   form.type.addEventListener("change", showTypeFields);
   form.addEventListener("submit", async (e) => {
