@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     def new_uow() -> UnitOfWork:
-        return UnitOfWork(sessionmaker)
+        return UnitOfWork(sessionmaker, publisher)
 
     register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(

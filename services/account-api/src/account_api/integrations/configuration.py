@@ -19,13 +19,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.db import UnitOfWork
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    integration_state,
-)
+from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import (
     IBIntegrationIn,
     IntegrationIn,
@@ -33,6 +29,7 @@ from account_api.integrations.schemas import (
     TestResultOut,
 )
 from account_api.tables import Account
+from account_api.unit_of_work import UnitOfWork
 
 
 class IntegrationConfiguration:
@@ -76,7 +73,7 @@ class IntegrationConfiguration:
                 correlation_id=actor.request_id,
                 now=now,
             )
-            self._integrations(uow).save(account, transition)
+            uow.integrations.save(account, transition)
             account.updated_at = now
         return Change(action, account.id, changed)
 
@@ -86,12 +83,9 @@ class IntegrationConfiguration:
         transition = lifecycle.removed(
             integration_state(account), correlation_id=actor.request_id, now=now
         )
-        self._integrations(uow).save(account, transition)
+        uow.integrations.save(account, transition)
         account.updated_at = now
         return Change("integration.delete", account.id, ["type"])
-
-    def _integrations(self, uow: UnitOfWork) -> IntegrationRepository:
-        return IntegrationRepository(uow.session, self._publisher)
 
     async def configure(
         self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn

@@ -10,21 +10,16 @@ from datetime import UTC, datetime
 
 from brokerlink_shared.messaging import EventPublisher
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
-from account_api.db import UnitOfWork
 from account_api.errors import NotFound, UpstreamFailed
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    RefreshRepository,
-    integration_state,
-)
+from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import RefreshJobOut, RefreshOut
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.tables import Account
+from account_api.unit_of_work import UnitOfWork
 
 
 class RefreshService:
@@ -49,10 +44,8 @@ class RefreshService:
             correlation_id=correlation,
             now=datetime.now(UTC),
         )
-        RefreshRepository(uow.session).add(
-            refresh_id, account.id, account.integration_version, job_id
-        )
-        IntegrationRepository(uow.session, self._publisher).save(account, transition)
+        uow.refreshes.add(refresh_id, account.id, account.integration_version, job_id)
+        uow.integrations.save(account, transition)
         return refresh_id
 
     async def refresh(
@@ -101,9 +94,7 @@ class RefreshService:
                 await asyncio.wait_for(done.wait(), timeout)
             done.clear()
             async with uow:
-                refresh = await RefreshRepository(uow.session).get_for_account(
-                    refresh_id, account_id
-                )
+                refresh = await uow.refreshes.get_for_account(refresh_id, account_id)
                 if refresh is not None and refresh.status != "pending":
                     return
 
@@ -112,9 +103,7 @@ class RefreshService:
     ) -> RefreshOut:
         async with uow:
             await owned_account(uow, actor, account_id)
-            refresh = await RefreshRepository(uow.session).get_for_account(
-                refresh_id, account_id
-            )
+            refresh = await uow.refreshes.get_for_account(refresh_id, account_id)
             if refresh is None:
                 raise NotFound("refresh not found")
             if refresh.status == "failed":
@@ -135,10 +124,10 @@ class RefreshService:
         async with uow:
             # Locked, so a concurrent change of an integration cannot slip between our read of
             # its config and the refresh command we queue with it.
-            accounts = await AccountRepository(uow.session).integrated(
+            accounts = await uow.accounts.integrated(
                 actor.user_id if actor else None, lock=True
             )
-            RefreshRepository(uow.session).add_job(
+            uow.refreshes.add_job(
                 job_id, actor.user_id if actor else None, len(accounts), trigger
             )
             for account in accounts:
@@ -171,7 +160,7 @@ class RefreshService:
         self, uow: UnitOfWork, actor: Actor, job_id: uuid.UUID
     ) -> RefreshJobOut:
         async with uow:
-            repo = RefreshRepository(uow.session)
+            repo = uow.refreshes
             job = await repo.job(job_id, actor.user_id)
             if job is None:
                 raise NotFound("refresh job not found")

@@ -19,38 +19,31 @@ from brokerlink_shared.contracts.events import (
     SchwabTokensRotated,
 )
 
-from account_api.accounts.repository import AccountRepository
-from account_api.db import UnitOfWork
-from account_api.history.repository import HistoryRepository
 from account_api.integrations import lifecycle
 from account_api.integrations.repository import (
-    ProcessedEventRepository,
-    RefreshRepository,
-    SnapshotRepository,
     integration_state,
     store_state,
 )
 from account_api.tables import Account, Refresh
+from account_api.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 
 async def _first_time(uow: UnitOfWork, event: Event, consumer: str) -> bool:
-    return await ProcessedEventRepository(uow.session).first_time(
-        event.event_id, consumer
-    )
+    return await uow.processed_events.first_time(event.event_id, consumer)
 
 
 async def _account(uow: UnitOfWork, event: Event) -> Account | None:
     if event.account_id is None:
         return None
-    return await AccountRepository(uow.session).locked(event.account_id, event.user_id)
+    return await uow.accounts.locked(event.account_id, event.user_id)
 
 
 async def _refresh(uow: UnitOfWork, refresh_id: uuid.UUID | None) -> Refresh | None:
     if refresh_id is None:
         return None
-    return await RefreshRepository(uow.session).get(refresh_id)
+    return await uow.refreshes.get(refresh_id)
 
 
 def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str | None:
@@ -75,7 +68,7 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
             await uow.commit()
             return
         now = datetime.now(UTC)
-        refreshes = RefreshRepository(uow.session)
+        refreshes = uow.refreshes
         refresh = await _refresh(uow, p.refresh_id)
         if stale := _stale_reason(account, p.broker.value, refresh):
             # Read with a config no longer in force: it must not overwrite the account.
@@ -96,14 +89,14 @@ async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
                 integration_state(account), now=now
             )
             store_state(account, transition.state)
-            await SnapshotRepository(uow.session).replace(
+            await uow.snapshots.replace(
                 account.id,
                 p.as_of,
                 [pos.model_dump() for pos in p.positions],
                 [(cash.currency, cash.amount) for cash in p.cash],
             )
         # The day's history row follows its own as_of rule (an older event can still fill an empty day).
-        await HistoryRepository(uow.session).upsert(
+        await uow.history.upsert(
             account.id,
             p.as_of.astimezone(UTC).date(),
             p.balance,
@@ -128,7 +121,7 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
             )
             store_state(account, transition.state)
         if refresh is not None and refresh.status == "pending":
-            await RefreshRepository(uow.session).settle(
+            await uow.refreshes.settle(
                 refresh, "failed", datetime.now(UTC), message=p.message
             )
         await uow.commit()
@@ -166,9 +159,7 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         if event.user_id is None:
             await uow.commit()
             return
-        for account in await AccountRepository(uow.session).sharing_login(
-            event.user_id, p.app_key
-        ):
+        for account in await uow.accounts.sharing_login(event.user_id, p.app_key):
             transition = lifecycle.tokens_rotated(
                 integration_state(account),
                 token_enc=p.token_enc,  # already ciphertext under the shared keys
