@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
     integrations_service = IntegrationService.build(
-        settings, secrets, publisher, broker, topology, waiter
+        settings, secrets, broker, topology, waiter
     )
     relay = OutboxRelay(
         settings.libpq_url,

@@ -28,8 +28,8 @@ def schwab(**config: object) -> SchwabIntegrationIn:
 
 
 @pytest.fixture
-def configuration(settings, secret_box, publisher, broker, topology):  # type: ignore[no-untyped-def]
-    return IntegrationConfiguration(settings, secret_box, publisher, broker, topology)
+def configuration(settings, secret_box, broker, topology):  # type: ignore[no-untyped-def]
+    return IntegrationConfiguration(settings, secret_box, broker, topology)
 
 
 async def test_a_new_ib_integration_is_stored_announced_and_audited(

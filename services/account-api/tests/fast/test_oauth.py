@@ -24,8 +24,8 @@ REFRESH = ACCESS + timedelta(days=7)
 
 
 @pytest.fixture
-def flow(settings, secret_box, publisher, broker, topology) -> SchwabOAuthFlow:  # type: ignore[no-untyped-def]
-    return SchwabOAuthFlow(settings, secret_box, publisher, broker, topology)
+def flow(settings, secret_box, broker, topology) -> SchwabOAuthFlow:  # type: ignore[no-untyped-def]
+    return SchwabOAuthFlow(settings, secret_box, broker, topology)
 
 
 def schwab_account(uow, user_id: int, secret_box, app_key: str = "key-1234567"):  # type: ignore[no-untyped-def]

@@ -19,11 +19,10 @@ IB_ITEM = {"host": "gw.example", "port": 4001, "client_id": 3, "read_only": True
 
 
 @pytest.fixture
-def links(settings, secret_box, publisher, broker, topology) -> PendingLinkService:  # type: ignore[no-untyped-def]
+def links(settings, secret_box, broker, topology) -> PendingLinkService:  # type: ignore[no-untyped-def]
     integrations = IntegrationService.build(
         settings,
         secret_box,
-        publisher,
         broker,
         topology,
         RefreshWaiter("postgresql://unused"),

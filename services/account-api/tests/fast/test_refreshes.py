@@ -20,9 +20,9 @@ IB_CONFIG = {"host": "gw.example", "port": 4002, "client_id": 7, "read_only": Tr
 
 
 @pytest.fixture
-def refreshes(publisher) -> RefreshService:  # type: ignore[no-untyped-def]
+def refreshes() -> RefreshService:
     # Never started: `watch` only registers interest in memory.
-    return RefreshService(publisher, RefreshWaiter("postgresql://unused"))
+    return RefreshService(RefreshWaiter("postgresql://unused"))
 
 
 def integrated(uow, user_id: int, **values: object):  # type: ignore[no-untyped-def]

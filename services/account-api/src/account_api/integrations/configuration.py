@@ -10,7 +10,7 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestRequest,
 )
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher, request_model
+from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -37,13 +37,11 @@ class IntegrationConfiguration:
         self,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._publisher = publisher
         self._broker = broker
         self._topology = topology
 

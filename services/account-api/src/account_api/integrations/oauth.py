@@ -15,7 +15,7 @@ from brokerlink_shared.contracts.events import (
     SchwabOAuthExchangeRequest,
 )
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher, request_model
+from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import SCHWAB_OAUTH_EXCHANGE, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -39,13 +39,11 @@ class SchwabOAuthFlow:
         self,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._publisher = publisher
         self._broker = broker
         self._topology = topology
 

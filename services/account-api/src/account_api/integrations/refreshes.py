@@ -8,8 +8,6 @@ import contextlib
 import uuid
 from datetime import UTC, datetime
 
-from brokerlink_shared.messaging import EventPublisher
-
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.errors import NotFound, UpstreamFailed
@@ -23,8 +21,7 @@ from account_api.unit_of_work import UnitOfWork
 
 
 class RefreshService:
-    def __init__(self, publisher: EventPublisher, waiter: RefreshWaiter) -> None:
-        self._publisher = publisher
+    def __init__(self, waiter: RefreshWaiter) -> None:
         self._waiter = waiter
 
     def _stage_refresh(

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import Topology
 from faststream.nats import NatsBroker
 
@@ -31,16 +30,13 @@ class IntegrationService:
         cls,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
         waiter: RefreshWaiter,
     ) -> IntegrationService:
         return cls(
-            configuration=IntegrationConfiguration(
-                settings, secrets, publisher, broker, topology
-            ),
-            refreshes=RefreshService(publisher, waiter),
-            oauth=SchwabOAuthFlow(settings, secrets, publisher, broker, topology),
+            configuration=IntegrationConfiguration(settings, secrets, broker, topology),
+            refreshes=RefreshService(waiter),
+            oauth=SchwabOAuthFlow(settings, secrets, broker, topology),
             reads=IntegrationReads(),
         )
