@@ -149,15 +149,33 @@ class History(Protocol):
 class UnitOfWork(Protocol):
     """One transaction: `commit()` is explicit, leaving the block rolls back what was not."""
 
-    accounts: Accounts
-    audit_log: AuditLog
-    integrations: Integrations
-    refreshes: Refreshes
-    snapshots: Snapshots
-    processed_events: ProcessedEvents
-    oauth_states: OAuthStates
-    pending_links: PendingLinks
-    history: History
+    # Read-only (properties), so an implementation may hold any conforming repository.
+    @property
+    def accounts(self) -> Accounts: ...
+
+    @property
+    def audit_log(self) -> AuditLog: ...
+
+    @property
+    def integrations(self) -> Integrations: ...
+
+    @property
+    def refreshes(self) -> Refreshes: ...
+
+    @property
+    def snapshots(self) -> Snapshots: ...
+
+    @property
+    def processed_events(self) -> ProcessedEvents: ...
+
+    @property
+    def oauth_states(self) -> OAuthStates: ...
+
+    @property
+    def pending_links(self) -> PendingLinks: ...
+
+    @property
+    def history(self) -> History: ...
 
     async def __aenter__(self) -> Self: ...
 
