@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from account_api.accounts.repository import AccountRepository
 from account_api.audit.repository import AuditRepository
 from account_api.config import Settings
+from account_api.gateways.repository import GatewayEndpointRepository
 from account_api.history.repository import HistoryRepository
 from account_api.integrations.repository import (
     IntegrationRepository,
@@ -27,7 +28,9 @@ from account_api.integrations.repository import (
     RefreshRepository,
     SnapshotRepository,
 )
+from account_api.limits import QuotaRepository
 from account_api.pending_links.repository import PendingLinkRepository
+from account_api.throttling import ThrottleRepository
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -75,6 +78,9 @@ class UnitOfWork:
         self.oauth_states = OAuthStateRepository(session)
         self.pending_links = PendingLinkRepository(session)
         self.history = HistoryRepository(session)
+        self.quotas = QuotaRepository(session)
+        self.throttle = ThrottleRepository(session)
+        self.gateway_endpoints = GatewayEndpointRepository(session)
         return self
 
     async def __aexit__(

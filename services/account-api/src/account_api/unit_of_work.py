@@ -11,7 +11,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from account_api.gateways.service import EndpointOwners
 from account_api.integrations.lifecycle import Transition
+from account_api.limits import Quotas
 from account_api.tables import (
     Account,
     AuditEntry,
@@ -23,6 +25,7 @@ from account_api.tables import (
     Refresh,
     RefreshJob,
 )
+from account_api.throttling import Throttle
 
 
 class Accounts(Protocol):
@@ -176,6 +179,15 @@ class UnitOfWork(Protocol):
 
     @property
     def history(self) -> History: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
+
+    @property
+    def throttle(self) -> Throttle: ...
+
+    @property
+    def gateway_endpoints(self) -> EndpointOwners: ...
 
     async def __aenter__(self) -> Self: ...
 

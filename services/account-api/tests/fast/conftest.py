@@ -369,6 +369,57 @@ class FakeHistory:
         return row
 
 
+class FakeQuotas:
+    def __init__(self, accounts: FakeAccounts) -> None:
+        self._accounts = accounts
+        self.locked_users: list[int] = []
+
+    async def lock_user(self, user_id: int) -> None:
+        self.locked_users.append(user_id)
+
+    async def accounts(self, user_id: int) -> int:
+        return sum(a.user_id == user_id for a in self._accounts.rows.values())
+
+    async def integrations(self, user_id: int) -> int:
+        return len(await self._accounts.integrated(user_id))
+
+
+class FakeThrottle:
+    """Fixed windows that never end: each key's count only grows within a test."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    async def hit(self, key: str, window_s: int) -> tuple[int, float]:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return self.counts[key], float(window_s)
+
+
+class FakeEndpointOwners:
+    def __init__(self, accounts: FakeAccounts) -> None:
+        self._accounts = accounts
+        self.owner: dict[tuple[str, int], int] = {}
+
+    async def claim(
+        self, user_id: int, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        keys = set(endpoints)
+        for key in keys:
+            self.owner.setdefault(key, user_id)
+        return {key: self.owner[key] for key in keys}
+
+    async def used_by_others(
+        self, user_id: int, endpoints: Iterable[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        used = {
+            (str(c.get("host", "")).lower(), int(c.get("port", 0)))
+            for a in self._accounts.rows.values()
+            if a.integration_type == "IB" and a.user_id != user_id
+            for c in [a.integration_config or {}]
+        }
+        return used & set(endpoints)
+
+
 class FakeUnitOfWork:
     """Every repository in memory, shared by all the transactions opened on it (the data
     outlives a transaction, as in the database). `commits` counts the commits: a use case that
@@ -385,6 +436,9 @@ class FakeUnitOfWork:
         self.oauth_states = FakeOAuthStates()
         self.pending_links = FakePendingLinks()
         self.history = FakeHistory()
+        self.quotas = FakeQuotas(self.accounts)
+        self.throttle = FakeThrottle()
+        self.gateway_endpoints = FakeEndpointOwners(self.accounts)
         self.commits = 0
         self.open = False
 

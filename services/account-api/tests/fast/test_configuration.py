@@ -4,7 +4,13 @@ outbox and the audit log receive, and that refused input writes nothing."""
 from __future__ import annotations
 
 import pytest
-from account_api.errors import AccountNotFound, IntegrationNotConfigured, InvalidField
+from account_api.errors import (
+    AccountNotFound,
+    IntegrationNotConfigured,
+    InvalidField,
+    TooManyRequests,
+)
+from account_api.gateways.service import GatewayOwnedElsewhere
 from account_api.integrations.configuration import IntegrationConfiguration
 from account_api.integrations.schemas import IBIntegrationIn, SchwabIntegrationIn
 from brokerlink_shared.contracts.events import (
@@ -19,7 +25,7 @@ from faststream.nats import TestNatsBroker
 pytestmark = pytest.mark.fast
 
 IB = IBIntegrationIn.model_validate(
-    {"type": "IB", "config": {"host": "gw.example", "port": 4002, "client_id": 7}}
+    {"type": "IB", "config": {"host": "10.1.2.3", "port": 4002, "client_id": 7}}
 )
 
 
@@ -151,14 +157,60 @@ async def test_a_connection_test_asks_the_connector_and_audits_the_answer(
     @broker.subscriber(topology.subject(INTEGRATION_TEST, Broker.IB))
     async def connector(request: IntegrationTestRequest) -> IntegrationTestReply:
         asked.append(request)
-        return IntegrationTestReply(success=True, message="connected to gw.example")
+        return IntegrationTestReply(success=True, message="connected to 10.1.2.3")
 
     async with TestNatsBroker(broker):
         result = await configuration.test(uow, actor, account.id)
 
-    assert (result.success, result.message) == (True, "connected to gw.example")
+    assert (result.success, result.message) == (True, "connected to 10.1.2.3")
     [request] = asked
     assert (request.account_id, request.user_id) == (account.id, actor.user_id)
-    assert request.config.host == "gw.example"
+    assert request.config.host == "10.1.2.3"
     assert uow.audit_log.entries[-1].action == "integration.test"
     assert uow.audit_log.entries[-1].detail == {"success": True}
+
+
+async def test_a_gateway_another_user_owns_is_refused_and_nothing_is_written(
+    configuration, uow, actor
+) -> None:  # type: ignore[no-untyped-def]
+    uow.gateway_endpoints.owner[("10.1.2.3", 4002)] = actor.user_id + 1
+    account = uow.accounts.put(actor.user_id)
+
+    with pytest.raises(GatewayOwnedElsewhere) as raised:
+        await configuration.configure(uow, actor, account.id, IB)
+
+    assert raised.value.field == "config.host"
+    assert account.integration_type is None
+    assert uow.outbox.events == []
+    assert uow.commits == 0
+
+
+async def test_a_gateway_outside_the_allowed_networks_is_refused(
+    configuration, uow, actor
+) -> None:  # type: ignore[no-untyped-def]
+    account = uow.accounts.put(actor.user_id)
+    public = IBIntegrationIn.model_validate(
+        {"type": "IB", "config": {"host": "8.8.8.8", "port": 4002, "client_id": 7}}
+    )
+
+    with pytest.raises(InvalidField) as raised:
+        await configuration.configure(uow, actor, account.id, public)
+
+    assert raised.value.field == "config.host"
+    assert uow.gateway_endpoints.owner == {}
+    assert uow.commits == 0
+
+
+async def test_connection_tests_are_rate_limited_per_account(
+    configuration, uow, actor, settings, broker, topology
+) -> None:  # type: ignore[no-untyped-def]
+    account = uow.accounts.put(actor.user_id)
+    await configuration.configure(uow, actor, account.id, IB)
+    uow.throttle.counts[f"test:acct:{account.id}"] = (
+        settings.tests_per_account_per_minute
+    )
+
+    with pytest.raises(TooManyRequests):
+        await configuration.test(uow, actor, account.id)
+
+    assert uow.audit_log.actions == ["integration.create"]

@@ -15,7 +15,7 @@ from brokerlink_shared.crypto import SecretBox, generate_key
 
 pytestmark = pytest.mark.fast
 
-IB_ITEM = {"host": "gw.example", "port": 4001, "client_id": 3, "read_only": True}
+IB_ITEM = {"host": "10.1.2.3", "port": 4001, "client_id": 3, "read_only": True}
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_linking_an_ib_item_configures_the_account_and_deletes_the_item(
     out = await links.link(uow, actor, item.id, account.id)
 
     assert (out.type, out.status) == ("IB", "pending")
-    assert account.integration_config["host"] == "gw.example"
+    assert account.integration_config["host"] == "10.1.2.3"
     assert uow.pending_links.rows == {}
     assert len(uow.outbox.of_type(IntegrationConfigured)) == 1
     [entry] = uow.audit_log.entries

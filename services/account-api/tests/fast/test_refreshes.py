@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from account_api.errors import IntegrationNotConfigured, NotFound, UpstreamFailed
+from account_api.errors import (
+    IntegrationNotConfigured,
+    NotFound,
+    TooManyRequests,
+    UpstreamFailed,
+)
 from account_api.integrations.refreshes import RefreshService
 from account_api.integrations.waiter import RefreshWaiter
 from brokerlink_shared.contracts.events import RefreshRequested
@@ -16,13 +21,13 @@ from brokerlink_shared.subjects import Broker
 
 pytestmark = pytest.mark.fast
 
-IB_CONFIG = {"host": "gw.example", "port": 4002, "client_id": 7, "read_only": True}
+IB_CONFIG = {"host": "10.1.2.3", "port": 4002, "client_id": 7, "read_only": True}
 
 
 @pytest.fixture
-def refreshes() -> RefreshService:
+def refreshes(settings) -> RefreshService:  # type: ignore[no-untyped-def]
     # Never started: `watch` only registers interest in memory.
-    return RefreshService(RefreshWaiter("postgresql://unused"))
+    return RefreshService(settings, RefreshWaiter("postgresql://unused"))
 
 
 def integrated(uow, user_id: int, **values: object):  # type: ignore[no-untyped-def]
@@ -53,7 +58,7 @@ async def test_a_refresh_is_queued_with_the_config_in_force(
     [event] = uow.outbox.events
     assert isinstance(event, RefreshRequested)
     assert event.payload.refresh_id == out.refresh_id
-    assert event.payload.config.host == "gw.example"
+    assert event.payload.config.host == "10.1.2.3"
     assert uow.outbox.subjects == [topology.subject("refresh.requested", Broker.IB)]
     assert account.last_refresh_at is not None
     assert uow.audit_log.actions == ["integration.refresh"]
@@ -157,4 +162,19 @@ async def test_the_scheduler_refreshes_everyone_without_an_audit_entry(
 
     assert job.total == 2
     assert all(e.correlation_id == f"scheduled-{job.job_id}" for e in uow.outbox.events)
+    assert uow.audit_log.entries == []
+
+
+async def test_refreshes_past_the_accounts_budget_are_refused_and_nothing_is_queued(
+    refreshes, uow, actor, settings
+) -> None:  # type: ignore[no-untyped-def]
+    account = integrated(uow, actor.user_id)
+    uow.throttle.counts[f"refresh:acct:{account.id}"] = (
+        settings.refreshes_per_account_per_minute
+    )
+
+    with pytest.raises(TooManyRequests):
+        await refreshes.refresh(uow, actor, account.id, wait_s=0)
+
+    assert uow.commits == 0
     assert uow.audit_log.entries == []

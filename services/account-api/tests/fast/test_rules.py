@@ -28,14 +28,14 @@ STORED_SCHWAB = {
 @pytest.mark.parametrize(
     ("config", "field"),
     [
-        ({"host": "gw.example", "port": 0, "client_id": 1}, "port"),
+        ({"host": "10.1.2.3", "port": 0, "client_id": 1}, "port"),
         ({"host": "", "port": 4001, "client_id": 1}, "host"),
         (
-            {"host": "gw.example", "port": 4001, "client_id": 1, "read_only": False},
+            {"host": "10.1.2.3", "port": 4001, "client_id": 1, "read_only": False},
             "read_only",
         ),
         (
-            {"host": "gw.example", "port": 4001, "client_id": 1, "password": "x"},
+            {"host": "10.1.2.3", "port": 4001, "client_id": 1, "password": "x"},
             "password",
         ),
     ],
@@ -118,9 +118,7 @@ def test_public_config_masks_secrets_and_reduces_tokens_to_a_flag() -> None:
 
 
 def test_the_bus_form_carries_ciphertext_only() -> None:
-    ib = rules.bus_connection(
-        "IB", {"host": "gw.example", "port": 4001, "client_id": 1}
-    )
+    ib = rules.bus_connection("IB", {"host": "10.1.2.3", "port": 4001, "client_id": 1})
     schwab = rules.bus_connection("SCHWAB", STORED_SCHWAB)
     assert isinstance(ib, IBConnection)
     assert isinstance(schwab, SchwabConnection)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
+from account_api.config import Settings
 from account_api.errors import NotFound, UpstreamFailed
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
@@ -17,11 +18,13 @@ from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import RefreshJobOut, RefreshOut
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.tables import Account
+from account_api.throttling import rate_limit
 from account_api.unit_of_work import UnitOfWork
 
 
 class RefreshService:
-    def __init__(self, waiter: RefreshWaiter) -> None:
+    def __init__(self, settings: Settings, waiter: RefreshWaiter) -> None:
+        self._settings = settings
         self._waiter = waiter
 
     def _stage_refresh(
@@ -58,6 +61,13 @@ class RefreshService:
                     correlation=actor.request_id,
                     job_id=None,
                     refresh_id=refresh_id,
+                )
+                # after the owner check: nobody else can spend this account's budget
+                await rate_limit(
+                    uow.throttle,
+                    f"refresh:acct:{account.id}",
+                    self._settings.refreshes_per_account_per_minute,
+                    "refreshes of an account",
                 )
                 await audit(
                     uow,
@@ -119,6 +129,13 @@ class RefreshService:
         """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
         job_id = uuid.uuid4()
         async with uow:
+            if actor is not None:
+                await rate_limit(
+                    uow.throttle,
+                    f"refresh-all:user:{actor.user_id}",
+                    self._settings.bulk_refreshes_per_user_per_minute,
+                    "refreshes of all accounts",
+                )
             # Locked, so a concurrent change of an integration cannot slip between our read of
             # its config and the refresh command we queue with it.
             accounts = await uow.accounts.integrated(

@@ -36,7 +36,7 @@ class IntegrationService:
     ) -> IntegrationService:
         return cls(
             configuration=IntegrationConfiguration(settings, secrets, broker, topology),
-            refreshes=RefreshService(waiter),
+            refreshes=RefreshService(settings, waiter),
             oauth=SchwabOAuthFlow(settings, secrets, broker, topology),
             reads=IntegrationReads(),
         )
