@@ -492,6 +492,7 @@ def settings() -> Settings:
         jwt_secret=secrets.token_urlsafe(32),
         integration_test_timeout_s=1.0,
         public_url="https://brokerlink.example",
+        ib_allowed_networks="10.0.0.0/8",  # the tests' gateways; never from the environment
     )
 
 
