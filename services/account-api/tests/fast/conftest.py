@@ -20,6 +20,8 @@ from account_api.actor import Actor
 from account_api.config import Settings
 from account_api.integrations.lifecycle import Transition
 from account_api.integrations.repository import store_state
+from account_api.integrations.service import IntegrationService
+from account_api.integrations.waiter import RefreshWaiter
 from account_api.tables import (
     Account,
     AuditEntry,
@@ -408,6 +410,11 @@ class FakeEndpointOwners:
             self.owner.setdefault(key, user_id)
         return {key: self.owner[key] for key in keys}
 
+    async def owners(
+        self, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        return {key: self.owner[key] for key in set(endpoints) if key in self.owner}
+
     async def used_by_others(
         self, user_id: int, endpoints: Iterable[tuple[str, int]]
     ) -> set[tuple[str, int]]:
@@ -493,6 +500,17 @@ def settings() -> Settings:
         integration_test_timeout_s=1.0,
         public_url="https://brokerlink.example",
         ib_allowed_networks="10.0.0.0/8",  # the tests' gateways; never from the environment
+    )
+
+
+@pytest.fixture
+def integrations(
+    settings: Settings, secret_box: SecretBox, broker: NatsBroker, topology: Topology
+) -> IntegrationService:
+    """The integration use cases as the composition root builds them; the refresh waiter is
+    never started (`watch` only registers interest in memory)."""
+    return IntegrationService.build(
+        settings, secret_box, broker, topology, RefreshWaiter("postgresql://unused")
     )
 
 

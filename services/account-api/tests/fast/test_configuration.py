@@ -13,11 +13,13 @@ from account_api.errors import (
 from account_api.gateways.service import GatewayOwnedElsewhere
 from account_api.integrations.configuration import IntegrationConfiguration
 from account_api.integrations.schemas import IBIntegrationIn, SchwabIntegrationIn
+from account_api.integrations.service import IntegrationService
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
     IntegrationTestReply,
     IntegrationTestRequest,
+    RefreshRequested,
 )
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker
 from faststream.nats import TestNatsBroker
@@ -34,11 +36,11 @@ def schwab(**config: object) -> SchwabIntegrationIn:
 
 
 @pytest.fixture
-def configuration(settings, secret_box, broker, topology):  # type: ignore[no-untyped-def]
-    return IntegrationConfiguration(settings, secret_box, broker, topology)
+def configuration(integrations: IntegrationService) -> IntegrationConfiguration:
+    return integrations.configuration
 
 
-async def test_a_new_ib_integration_is_stored_announced_and_audited(
+async def test_a_new_ib_integration_is_stored_announced_audited_and_first_refreshed(
     configuration, uow, actor, topology
 ) -> None:  # type: ignore[no-untyped-def]
     account = uow.accounts.put(actor.user_id)
@@ -49,12 +51,16 @@ async def test_a_new_ib_integration_is_stored_announced_and_audited(
     assert out.status == "pending"
     assert account.integration_version == 1
     assert account.integration_status_at is not None
-    [event] = uow.outbox.events
-    assert isinstance(event, IntegrationConfigured)
-    assert event.payload.version == 1
-    assert event.correlation_id == actor.request_id
+    configured, first_refresh = uow.outbox.events
+    assert isinstance(configured, IntegrationConfigured)
+    assert configured.payload.version == 1
+    assert configured.correlation_id == actor.request_id
+    assert isinstance(first_refresh, RefreshRequested)
+    assert first_refresh.payload.refresh_id == out.refresh_id
+    assert uow.refreshes.rows[out.refresh_id].integration_version == 1
     assert uow.outbox.subjects == [
-        topology.subject("integration.configured", Broker.IB)
+        topology.subject("integration.configured", Broker.IB),
+        topology.subject("refresh.requested", Broker.IB),
     ]
     [entry] = uow.audit_log.entries
     assert (entry.action, entry.account_id) == ("integration.create", account.id)
@@ -71,7 +77,7 @@ async def test_the_same_configuration_again_writes_nothing(
     await configuration.configure(uow, actor, account.id, IB)
 
     assert account.integration_version == 1
-    assert len(uow.outbox.events) == 1
+    assert len(uow.outbox.events) == 2  # the first save's configuration and refresh
     assert uow.audit_log.actions == ["integration.create"]
     assert uow.commits == 1
 
@@ -167,7 +173,7 @@ async def test_a_connection_test_asks_the_connector_and_audits_the_answer(
     assert (request.account_id, request.user_id) == (account.id, actor.user_id)
     assert request.config.host == "10.1.2.3"
     assert uow.audit_log.entries[-1].action == "integration.test"
-    assert uow.audit_log.entries[-1].detail == {"success": True}
+    assert uow.audit_log.entries[-1].detail["success"] is True
 
 
 async def test_a_gateway_another_user_owns_is_refused_and_nothing_is_written(
@@ -214,3 +220,26 @@ async def test_connection_tests_are_rate_limited_per_account(
         await configuration.test(uow, actor, account.id)
 
     assert uow.audit_log.actions == ["integration.create"]
+
+
+async def test_a_dry_test_checks_gateway_ownership_without_claiming(
+    configuration, uow, actor, broker, topology
+) -> None:  # type: ignore[no-untyped-def]
+    account = uow.accounts.put(actor.user_id)
+    uow.gateway_endpoints.owner[("10.1.2.3", 4002)] = actor.user_id + 1
+
+    with pytest.raises(GatewayOwnedElsewhere):
+        await configuration.test(uow, actor, account.id, IB)
+
+    uow.gateway_endpoints.owner.clear()
+
+    @broker.subscriber(topology.subject(INTEGRATION_TEST, Broker.IB))
+    async def connector(request: IntegrationTestRequest) -> IntegrationTestReply:
+        return IntegrationTestReply(success=True, message="connected")
+
+    async with TestNatsBroker(broker):
+        result = await configuration.test(uow, actor, account.id, IB)
+
+    assert result.success
+    assert uow.gateway_endpoints.owner == {}  # a dry test records no owner
+    assert account.integration_type is None

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from account_api.errors import Conflict, InvalidField
 from account_api.integrations.oauth import SchwabOAuthFlow
+from account_api.integrations.service import IntegrationService
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     SchwabOAuthExchangeReply,
@@ -24,8 +25,8 @@ REFRESH = ACCESS + timedelta(days=7)
 
 
 @pytest.fixture
-def flow(settings, secret_box, broker, topology) -> SchwabOAuthFlow:  # type: ignore[no-untyped-def]
-    return SchwabOAuthFlow(settings, secret_box, broker, topology)
+def flow(integrations: IntegrationService) -> SchwabOAuthFlow:
+    return integrations.oauth
 
 
 def schwab_account(uow, user_id: int, secret_box, app_key: str = "key-1234567"):  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ import json
 import pytest
 from account_api.errors import AccountNotFound, InvalidField
 from account_api.integrations.service import IntegrationService
-from account_api.integrations.waiter import RefreshWaiter
 from account_api.pending_links.service import PendingLinkNotFound, PendingLinkService
 from brokerlink_shared.contracts.events import IntegrationConfigured
 from brokerlink_shared.crypto import SecretBox, generate_key
@@ -19,14 +18,9 @@ IB_ITEM = {"host": "10.1.2.3", "port": 4001, "client_id": 3, "read_only": True}
 
 
 @pytest.fixture
-def links(settings, secret_box, broker, topology) -> PendingLinkService:  # type: ignore[no-untyped-def]
-    integrations = IntegrationService.build(
-        settings,
-        secret_box,
-        broker,
-        topology,
-        RefreshWaiter("postgresql://unused"),
-    )
+def links(
+    integrations: IntegrationService, secret_box: SecretBox
+) -> PendingLinkService:
     return PendingLinkService(integrations, secret_box)
 
 

@@ -15,7 +15,7 @@ from account_api.errors import (
     UpstreamFailed,
 )
 from account_api.integrations.refreshes import RefreshService
-from account_api.integrations.waiter import RefreshWaiter
+from account_api.integrations.service import IntegrationService
 from brokerlink_shared.contracts.events import RefreshRequested
 from brokerlink_shared.subjects import Broker
 
@@ -25,9 +25,8 @@ IB_CONFIG = {"host": "10.1.2.3", "port": 4002, "client_id": 7, "read_only": True
 
 
 @pytest.fixture
-def refreshes(settings) -> RefreshService:  # type: ignore[no-untyped-def]
-    # Never started: `watch` only registers interest in memory.
-    return RefreshService(settings, RefreshWaiter("postgresql://unused"))
+def refreshes(integrations: IntegrationService) -> RefreshService:
+    return integrations.refreshes
 
 
 def integrated(uow, user_id: int, **values: object):  # type: ignore[no-untyped-def]

@@ -30,6 +30,10 @@ class EndpointOwners(Protocol):
         self, user_id: int, endpoints: Iterable[tuple[str, int]]
     ) -> set[tuple[str, int]]: ...
 
+    async def owners(
+        self, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]: ...
+
 
 class GatewayOwnedElsewhere(Conflict):
     def __init__(self, field: str) -> None:
@@ -57,9 +61,25 @@ class GatewayEndpoints:
     ) -> None:
         """Check every endpoint of `config` is reachable by policy and free or the user's own,
         and record the user as owner of the free ones (in the caller's transaction)."""
+        await self._refuse_taken(endpoints_repo, user_id, config, record=True)
+
+    async def check(
+        self, endpoints_repo: EndpointOwners, user_id: int, config: IBConfigIn
+    ) -> None:
+        """As `claim`, recording nothing: for a dry test of settings that are not saved."""
+        await self._refuse_taken(endpoints_repo, user_id, config, record=False)
+
+    async def _refuse_taken(
+        self,
+        endpoints_repo: EndpointOwners,
+        user_id: int,
+        config: IBConfigIn,
+        *,
+        record: bool,
+    ) -> None:
         endpoints = [("config.host", config.host, config.port)] + [
             (f"config.backups.{i}.host", b.host, b.port)
-            for i, b in enumerate(config.backups)
+            for i, b in enumerate(config.backups or [])  # absent: the stored ones stay
         ]
         field_of: dict[tuple[str, int], str] = {}
         for field, host, port in endpoints:
@@ -70,7 +90,11 @@ class GatewayEndpoints:
             for key in [(_name(host), port), *((a, port) for a in addresses)]:
                 field_of.setdefault(key, field)
         taken = await endpoints_repo.used_by_others(user_id, field_of)
-        owners = await endpoints_repo.claim(user_id, field_of)
+        owners = await (
+            endpoints_repo.claim(user_id, field_of)
+            if record
+            else endpoints_repo.owners(field_of)
+        )
         taken |= {key for key, owner in owners.items() if owner != user_id}
         if taken:
             fields = {field_of[key] for key in taken}

@@ -27,6 +27,7 @@ from account_api.config import Settings
 from account_api.errors import AccountNotFound, Conflict, InvalidField
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
+from account_api.integrations.refreshes import RefreshService
 from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import OAuthStartOut
 from account_api.unit_of_work import UnitOfWork
@@ -41,11 +42,13 @@ class SchwabOAuthFlow:
         secrets: SecretBox,
         broker: NatsBroker,
         topology: Topology,
+        refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
         self._broker = broker
         self._topology = topology
+        self._refreshes = refreshes
 
     def _sign(self, nonce: str) -> str:
         key = self._settings.jwt_secret.get_secret_value().encode()
@@ -204,5 +207,7 @@ class SchwabOAuthFlow:
                     detail={"success": True},
                 ),
             )
+            # Signed in: fetch the first balance now rather than at the next schedule.
+            self._refreshes.stage(uow, account, correlation=request_id, job_id=None)
             await uow.commit()
             return account_id, True, reply.message

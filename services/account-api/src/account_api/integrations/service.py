@@ -34,9 +34,12 @@ class IntegrationService:
         topology: Topology,
         waiter: RefreshWaiter,
     ) -> IntegrationService:
+        refreshes = RefreshService(settings, waiter)
         return cls(
-            configuration=IntegrationConfiguration(settings, secrets, broker, topology),
-            refreshes=RefreshService(settings, waiter),
-            oauth=SchwabOAuthFlow(settings, secrets, broker, topology),
+            configuration=IntegrationConfiguration(
+                settings, secrets, broker, topology, refreshes
+            ),
+            refreshes=refreshes,
+            oauth=SchwabOAuthFlow(settings, secrets, broker, topology, refreshes),
             reads=IntegrationReads(),
         )
