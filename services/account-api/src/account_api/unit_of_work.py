@@ -37,6 +37,8 @@ class Accounts(Protocol):
         self, account_id: int, user_id: int | None = None
     ) -> Account | None: ...
 
+    async def locked_many(self, account_ids: Iterable[int]) -> dict[int, Account]: ...
+
     async def sharing_login(self, user_id: int, app_key: str) -> list[Account]: ...
 
     async def integrated(
@@ -81,6 +83,14 @@ class Refreshes(Protocol):
 
     async def get(self, refresh_id: uuid.UUID) -> Refresh | None: ...
 
+    async def get_many(self, refresh_ids: Iterable[uuid.UUID]) -> list[Refresh]: ...
+
+    async def settle_many(
+        self,
+        ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
+        now: dt.datetime,
+    ) -> None: ...
+
     async def settle(
         self,
         refresh: Refresh,
@@ -113,9 +123,21 @@ class Snapshots(Protocol):
         cash: Iterable[tuple[str, Decimal]],
     ) -> None: ...
 
+    async def replace_many(
+        self,
+        snapshots: dict[
+            int,
+            tuple[dt.datetime, list[dict[str, object]], list[tuple[str, Decimal]]],
+        ],
+    ) -> None: ...
+
 
 class ProcessedEvents(Protocol):
     async def first_time(self, event_id: uuid.UUID, consumer: str) -> bool: ...
+
+    async def first_times(
+        self, event_ids: list[uuid.UUID], consumer: str
+    ) -> set[uuid.UUID]: ...
 
 
 class OAuthStates(Protocol):
@@ -147,6 +169,10 @@ class History(Protocol):
         source: str = "MANUAL",
         as_of: dt.datetime | None = None,
     ) -> BalanceHistory | None: ...
+
+    async def upsert_broker_days(
+        self, rows: list[tuple[int, dt.date, Decimal, str, dt.datetime]]
+    ) -> None: ...
 
 
 class UnitOfWork(Protocol):

@@ -85,6 +85,9 @@ class FakeAccounts:
             return None
         return row
 
+    async def locked_many(self, account_ids: Iterable[int]) -> dict[int, Account]:
+        return {i: self.rows[i] for i in sorted(account_ids) if i in self.rows}
+
     async def sharing_login(self, user_id: int, app_key: str) -> list[Account]:
         return [
             a
@@ -205,6 +208,17 @@ class FakeRefreshes:
     async def get(self, refresh_id: uuid.UUID) -> Refresh | None:
         return self.rows.get(refresh_id)
 
+    async def get_many(self, refresh_ids: Iterable[uuid.UUID]) -> list[Refresh]:
+        return [self.rows[i] for i in refresh_ids if i in self.rows]
+
+    async def settle_many(
+        self,
+        ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
+        now: dt.datetime,
+    ) -> None:
+        for refresh, status, message, balance in ended:
+            await self.settle(refresh, status, now, message=message, balance=balance)
+
     async def settle(
         self,
         refresh: Refresh,
@@ -265,6 +279,16 @@ class FakeSnapshots:
             for c, a in cash
         ]
 
+    async def replace_many(
+        self,
+        snapshots: dict[
+            int,
+            tuple[dt.datetime, list[dict[str, object]], list[tuple[str, Decimal]]],
+        ],
+    ) -> None:
+        for account_id, (as_of, positions, cash) in snapshots.items():
+            await self.replace(account_id, as_of, positions, cash)
+
 
 class FakeProcessedEvents:
     def __init__(self) -> None:
@@ -276,6 +300,11 @@ class FakeProcessedEvents:
             return False
         self.seen.add(key)
         return True
+
+    async def first_times(
+        self, event_ids: list[uuid.UUID], consumer: str
+    ) -> set[uuid.UUID]:
+        return {e for e in event_ids if await self.first_time(e, consumer)}
 
 
 class FakeOAuthStates:
@@ -369,6 +398,12 @@ class FakeHistory:
         )
         self.rows[(account_id, day)] = row
         return row
+
+    async def upsert_broker_days(
+        self, rows: list[tuple[int, dt.date, Decimal, str, dt.datetime]]
+    ) -> None:
+        for account_id, day, balance, source, as_of in rows:
+            await self.upsert(account_id, day, balance, source=source, as_of=as_of)
 
 
 class FakeQuotas:

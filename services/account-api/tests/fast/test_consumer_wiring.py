@@ -24,9 +24,10 @@ AS_OF = datetime(2026, 12, 1, 15, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def wired(broker, topology, uow):  # type: ignore[no-untyped-def]
-    register_consumers(broker, topology, lambda: uow)
-    return broker
+async def wired(broker, topology, uow):  # type: ignore[no-untyped-def]
+    balances = register_consumers(broker, topology, lambda: uow)
+    yield broker
+    await balances.aclose()
 
 
 async def test_a_balance_reaches_the_balance_consumer(wired, publisher, uow) -> None:  # type: ignore[no-untyped-def]
