@@ -307,6 +307,8 @@ async def main() -> None:
             "NATS_URL": nats_url,
             "BROKERLINK_NAMESPACE": namespace,
             "BROKERLINK_LOG_LEVEL": "WARNING",
+            # the simulated gateways are on loopback (account-api checks the same reach)
+            "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",
         }
         logs = work / "logs"
         logs.mkdir()
@@ -341,6 +343,10 @@ async def main() -> None:
                 "API_PORT": str(port),
                 "ACCOUNT_API_WORKERS": str(args.api_workers),
                 "ACCOUNT_API_SCHEDULED_REFRESH_INTERVAL_S": "0",
+                # 500/s from 50 users is far past the per-user limits on purpose: lifted here,
+                # as in production that rate comes from many more users and the scheduler.
+                "ACCOUNT_API_BULK_REFRESHES_PER_USER_PER_MINUTE": "1000000",
+                "ACCOUNT_API_REFRESHES_PER_ACCOUNT_PER_MINUTE": "1000000",
             },
             stdout=(logs / "account-api.out").open("wb"),
             stderr=(logs / "account-api.log").open("wb"),
@@ -353,7 +359,6 @@ async def main() -> None:
                 "IB_CONNECTOR_HEALTH_PORT": "0",
                 "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
                 "IB_CONNECTOR_SUBSCRIPTION_MAX_AGE_S": "0",
-                "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",  # the simulated gateways
                 "IB_CONNECTOR_REPLICA_ID": "bench-connector",
             },
             stderr=(logs / "connector.log").open("wb"),

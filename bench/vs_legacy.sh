@@ -39,7 +39,7 @@ if [ -z "${MIRROR:-}" ]; then
   MIRROR=$WORK/mirror.git
   [ -d "$MIRROR" ] || git clone -q --mirror https://github.com/williamcmwan/investment-track "$MIRROR"
 fi
-echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')  cores: $(nproc)  rounds: $ROUNDS" | tee "$RES/env.txt"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')  cores: $(nproc)  rounds: $ROUNDS  migration users: $USERS" | tee "$RES/env.txt"
 echo "building the legacy app (idempotent; the first build compiles SQLite, ~3-5 min)"
 MIRROR=$MIRROR WORK=$WORK "$ANCHOR/setup.sh" > "$RES/setup.log" 2>&1 \
   || { tail -20 "$RES/setup.log"; exit 1; }
@@ -145,7 +145,8 @@ for f in sorted(glob.glob(f"{res}/migration_ours_*.txt")):
         ours_rerun.append(float(m[1]))
 if legacy_s and ours_first:
     first = med([s for s, _ in ours_first])
-    rows.append(("full-size migration",
+    users = re.search(r"migration users: (\d+)", env)
+    rows.append((f"migration, {int(users[1]):,} users" if users else "migration",
                  f"{med(legacy_s):.1f} s (its own script; IB rows only)",
                  f"{first:.1f} s, rerun {med(ours_rerun):.1f} s, {max(m for _, m in ours_first):.0f} MB",
                  f"{first / med(legacy_s):.2f}x the legacy time (goal <= 0.9x); rerun {med(ours_rerun) / first:.2f}x (goal <= 0.25x)"))
