@@ -1,0 +1,69 @@
+"""Security review findings, proved against the running API (real PostgreSQL and NATS).
+
+Each test states the behaviour the brief requires; a finding that is still open is marked
+xfail(strict=True), so the test turns into a failure (XPASS) the day the fix lands and the mark
+must go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .conftest import gateway_port
+
+
+async def _account(client, headers) -> int:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/api/accounts",
+        json={"name": "IB", "currency": "USD", "account_type": "INVESTMENT"},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R1: gateway ownership is per address, and one gateway answers on many addresses",
+)
+async def test_second_user_cannot_reach_a_gateway_through_another_loopback_address(
+    client, new_user
+) -> None:  # type: ignore[no-untyped-def]
+    port = gateway_port()
+    # One IB Gateway, listening as the real one does on every interface.
+    gateway = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", port)
+    try:
+        alice, bob = await new_user(client), await new_user(client)
+        alice_account = await _account(client, alice)
+        r = await client.put(
+            f"/api/accounts/{alice_account}/integration",
+            json={
+                "type": "IB",
+                "config": {"host": "127.0.0.1", "port": port, "client_id": 1},
+            },
+            headers=alice,
+        )
+        assert r.status_code == 200, r.text
+
+        # 127.0.0.2 is the same machine, so the same gateway: Bob reaches Alice's socket.
+        _, writer = await asyncio.open_connection("127.0.0.2", port)
+        writer.close()
+
+        bob_account = await _account(client, bob)
+        r = await client.put(
+            f"/api/accounts/{bob_account}/integration",
+            json={
+                "type": "IB",
+                "config": {"host": "127.0.0.2", "port": port, "client_id": 2},
+            },
+            headers=bob,
+        )
+        assert r.status_code == 409, (
+            r.text
+        )  # today: 200, Bob's integration reads Alice's gateway
+        assert r.json()["code"] == "gateway_owned_elsewhere"
+    finally:
+        gateway.close()
+        await gateway.wait_closed()
