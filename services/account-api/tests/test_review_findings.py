@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from .conftest import gateway_port
 
@@ -85,3 +87,42 @@ async def test_a_rejected_email_is_not_echoed_in_the_422(client) -> None:  # typ
         # in '10.20.30.999')..." and the IDNA decoding of the domain
         assert "10.20.30.999" not in r.text, r.text
         assert "xn--secretpart" not in r.text and "હ" not in r.text, r.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R1: a migrated integration owns no endpoint; others are matched by host text only",
+)
+async def test_a_migrated_gateway_cannot_be_taken_under_another_name(
+    client, api, new_user
+) -> None:  # type: ignore[no-untyped-def]
+    port = gateway_port()
+    alice, bob = await new_user(client), await new_user(client)
+    alice_account = await _account(client, alice)
+    # What brokerlink-migrate writes for a legacy IB integration: the config on the account,
+    # no gateway_endpoints row.
+    url = api.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await conn.execute(
+            "UPDATE accounts SET integration_type = 'IB', integration_status = 'pending', "
+            "integration_config = %s WHERE id = %s",
+            (
+                Jsonb(
+                    {"host": "localhost", "port": port, "client_id": 1}
+                    | {"read_only": True, "backups": [], "account_code": None}
+                ),
+                alice_account,
+            ),
+        )
+        await conn.commit()
+
+    bob_account = await _account(client, bob)
+    r = await client.put(
+        f"/api/accounts/{bob_account}/integration",
+        json={
+            "type": "IB",
+            "config": {"host": "127.0.0.1", "port": port, "client_id": 2},
+        },
+        headers=bob,
+    )
+    assert r.status_code == 409, r.text  # today: 200, Bob now owns Alice's gateway
