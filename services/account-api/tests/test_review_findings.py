@@ -11,6 +11,7 @@ import asyncio
 
 import psycopg
 import pytest
+from brokerlink_devkit.devstack.embedded import free_port
 from psycopg.types.json import Jsonb
 
 from .conftest import gateway_port
@@ -33,7 +34,7 @@ async def _account(client, headers) -> int:  # type: ignore[no-untyped-def]
 async def test_second_user_cannot_reach_a_gateway_through_another_loopback_address(
     client, new_user
 ) -> None:  # type: ignore[no-untyped-def]
-    port = gateway_port()
+    port = free_port()  # bound below: an OS-chosen port, never a fixed one
     # One IB Gateway, listening as the real one does on every interface.
     gateway = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", port)
     try:
