@@ -1,16 +1,11 @@
-"""Security review findings, proved against the running API (real PostgreSQL and NATS).
-
-Each test states the behaviour the brief requires; a finding that is still open is marked
-xfail(strict=True), so the test turns into a failure (XPASS) the day the fix lands and the mark
-must go.
-"""
+"""Security review findings, proved against the running API (real PostgreSQL and NATS): one
+gateway reached under another loopback address or name, and a rejected e-mail echoed in a 422."""
 
 from __future__ import annotations
 
 import asyncio
 
 import psycopg
-import pytest
 from brokerlink_devkit.devstack.embedded import free_port
 from psycopg.types.json import Jsonb
 
@@ -27,10 +22,6 @@ async def _account(client, headers) -> int:  # type: ignore[no-untyped-def]
     return int(r.json()["id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: gateway ownership is per address, and one gateway answers on many addresses",
-)
 async def test_second_user_cannot_reach_a_gateway_through_another_loopback_address(
     client, new_user
 ) -> None:  # type: ignore[no-untyped-def]
@@ -72,10 +63,6 @@ async def test_second_user_cannot_reach_a_gateway_through_another_loopback_addre
         await gateway.wait_closed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R2: _rule only looks for whole whitespace-separated pieces of the input",
-)
 async def test_a_rejected_email_is_not_echoed_in_the_422(client) -> None:  # type: ignore[no-untyped-def]
     for email in ("someone@[10.20.30.999]", "someone@xn--secretpart.com"):
         r = await client.post(
@@ -90,10 +77,6 @@ async def test_a_rejected_email_is_not_echoed_in_the_422(client) -> None:  # typ
         assert "xn--secretpart" not in r.text and "હ" not in r.text, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: a migrated integration owns no endpoint; others are matched by host text only",
-)
 async def test_a_migrated_gateway_cannot_be_taken_under_another_name(
     client, api, new_user
 ) -> None:  # type: ignore[no-untyped-def]
