@@ -26,6 +26,7 @@ from typing import IO
 import httpx
 import orjson
 from brokerlink_shared.crypto import generate_key
+from brokerlink_shared.reach import LOOPBACK
 
 from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
@@ -188,11 +189,13 @@ class DevStack:
 
     # --- children -------------------------------------------------------------------------------
 
-    def spawn(self, name: str, argv: list[str]) -> Child:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> Child:
         child = Child(
             name,
             argv,
-            self.env,
+            self.env if env is None else env,
             next(self._colours),
             self.logs / f"{name}.log",
             self.console_threshold,
@@ -292,8 +295,15 @@ class DevStack:
         self.ports.save()
 
         say("starting account-api and the connectors")
+        # A laptop's gateways are local: the connector may reach loopback only, unless told.
+        env.setdefault("IB_CONNECTOR_ALLOWED_NETWORKS", LOOPBACK)
         for name in ("account-api", "ib-connector", "schwab-connector"):
-            self.spawn(name, [_bin(name)])
+            child_env = env
+            if name == "ib-connector":  # it never decrypts anything: no keys
+                child_env = {
+                    k: v for k, v in env.items() if k != "BROKERLINK_ENCRYPTION_KEYS"
+                }
+            self.spawn(name, [_bin(name)], child_env)
         self._wait_ready(
             {
                 "account-api": f"{public_url}/healthz",
