@@ -839,6 +839,15 @@ async function loadIntegration() {
   paintIntegrationState();
 }
 
+// The saved integration's state only: the form (which the user may be editing) stays as it is.
+async function reloadIntegrationState() {
+  const id = state.open;
+  const { data } = await api("GET", `/api/accounts/${id}/integration`);
+  if (state.open !== id) return;
+  state.integration = data;
+  paintIntegrationState();
+}
+
 function showTypeFields() {
   const type = $("#integration-type").value;
   $("#ib-fields").hidden = type !== "IB";
@@ -936,7 +945,7 @@ async function refreshAccount(id) {
 // After a failed refresh the integration holds the broker's code: word it with the form's context.
 async function refreshFailure(id, result) {
   if (result.pending) return document.createTextNode("Still running — the balance appears when it finishes.");
-  if (state.open === id) await loadIntegration();
+  if (state.open === id) await reloadIntegrationState();
   const data = state.integration;
   const sync = data?.sync;
   const context = configContext(data?.type, data?.config);
@@ -949,7 +958,7 @@ async function showRefresh(id, result, what) {
   await loadAccounts();
   if (state.open !== id) return;
   if (result.ok) {
-    await loadIntegration();
+    await reloadIntegrationState();
     setResult(`✓ ${what}: balance ${money(result.data.balance, account?.currency || "USD")}`, true);
   } else {
     setResult(await refreshFailure(id, result), false);
@@ -1093,7 +1102,7 @@ function oauthText(m) {
 async function watchFirstSync(id) {
   const deadline = Date.now() + 60000;
   while (state.open === id && Date.now() < deadline) {
-    await loadIntegration();
+    await reloadIntegrationState();
     const attempt = state.integration?.sync?.last_attempt;
     if (attempt !== "pending") return attempt;
     setResult("✓ Signed in to Schwab. Fetching the balance…", true, { busy: true });
