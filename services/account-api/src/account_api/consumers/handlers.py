@@ -24,8 +24,8 @@ from brokerlink_shared.subjects import (
 from faststream.nats import NatsBroker
 
 from account_api.consumers.group_commit import GroupCommit
-from account_api.db import UnitOfWork
 from account_api.integrations import results
+from account_api.unit_of_work import UnitOfWork
 
 SERVICE = "account-api"
 UowFactory = Callable[[], UnitOfWork]
