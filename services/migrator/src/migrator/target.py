@@ -33,7 +33,7 @@ STAGING = {
         access_token_enc text, refresh_token_enc text, token_expires_at bigint, outcome text,
         created_at timestamptz, updated_at timestamptz""",
     "stg_pending": """user_id bigint, integration_type text, config jsonb, reason text, suggestions bigint[],
-        legacy_table text, legacy_id bigint""",
+        legacy_table text, legacy_id bigint, kind text, verified_suggestions bigint[]""",
     "stg_rows": "entity text, legacy_id bigint, checksum text",
 }
 
@@ -106,6 +106,8 @@ PENDING_COLS = [
     "suggestions",
     "legacy_table",
     "legacy_id",
+    "kind",
+    "verified_suggestions",
 ]
 # Tables a run writes, children first (the order rollback deletes in).
 JOURNALLED = [
