@@ -279,7 +279,9 @@ def test_rollback_restores_the_state_before_the_last_apply(
     assert code == 0, err
     acc = accounts_by_legacy(target_url)
     assert acc[10][1]["port"] == 4999 and acc[10][3] == 2 and acc[90][0] is None
-    assert q(target_url, "SELECT count(*) FROM pending_links WHERE legacy_id = 206") == [(1,)]
+    assert q(
+        target_url, "SELECT count(*) FROM pending_links WHERE legacy_id = 206"
+    ) == [(1,)]
     assert dump(target_url) != before
     code, out, err = migrate(target_url, "--rollback")
     assert code == 0, err
@@ -445,3 +447,69 @@ def test_email_registered_in_target_is_skipped_across_batches(
         8,
     }
     assert not q(target_url, "SELECT 1 FROM accounts WHERE legacy_id IN (20, 21)")
+
+
+def test_wal_content_of_a_live_copy_is_read_and_nothing_is_written_next_to_it(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    """A copy taken from a live legacy server: the last writes are only in the -wal file (the
+    legacy app never closes its connections). They are imported; the three files are left
+    byte for byte as they were, and nothing new appears next to them."""
+    src = legacy()
+    writer = sqlite3.connect(src)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute(
+        "INSERT INTO users (id, email, password_hash, name) VALUES (9, 'wal@example.com', ?, 'Wal')",
+        (HASH,),
+    )
+    writer.commit()
+    live = tmp_path / "live"
+    live.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        (live / f"investment_tracker.db{suffix}").write_bytes(
+            Path(f"{src}{suffix}").read_bytes()
+        )
+    writer.close()
+    copy = live / "investment_tracker.db"
+    assert copy.read_bytes()[18:20] == b"\x02\x02"  # the header says WAL
+    assert Path(f"{copy}-wal").stat().st_size > 0
+    before = {p.name: p.read_bytes() for p in live.iterdir()}
+    code, _out, err = migrate(target_url, "--source", str(copy))
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in live.iterdir()} == before
+    assert q(target_url, "SELECT name FROM users WHERE legacy_id = 9") == [("Wal",)]
+
+
+def test_checkpointed_wal_header_is_opened_without_writing(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    src = legacy()  # closed cleanly: checkpointed, header still WAL, no -wal left
+    assert src.read_bytes()[18:20] == b"\x02\x02"
+    assert not Path(f"{src}-wal").exists()
+    listing = sorted(p.name for p in src.parent.iterdir())
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    assert sorted(p.name for p in src.parent.iterdir()) == listing
+
+
+def test_runs_next_to_a_running_account_api_but_not_next_to_another_migrator(
+    legacy, target_url, migrate
+) -> None:
+    """account-api's outbox relay holds its advisory lock for as long as it runs (and Alembic
+    takes another): the migrator's lock is its own, so it works against a running stack, and
+    a second migrator is refused with one line."""
+    from account_api.migrate import upgrade
+    from account_api.outbox.relay import RELAY_LOCK_ID
+    from migrator.target import LOCK_KEY
+
+    upgrade(target_url)
+    src = legacy()
+    with psycopg.connect(libpq_url(target_url), autocommit=True) as relay:
+        relay.execute("SELECT pg_advisory_lock(%s)", (RELAY_LOCK_ID,))
+        code, _out, err = migrate(target_url, "--source", str(src))
+        assert code == 0, err
+        relay.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        code, _out, err = migrate(target_url, "--rollback")
+        assert code == 1
+        assert err.strip().splitlines() == [
+            "brokerlink-migrate: another brokerlink-migrate is running against this database"
+        ]

@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-LOCK_KEY = 727275  # pg advisory lock: one migrator at a time (account-api's Alembic uses 727274)
+# pg advisory lock: one migrator at a time. Its own key: account-api's Alembic takes 727274 and
+# its outbox relay holds 727275 for as long as it runs, and the migrator runs next to both.
+LOCK_KEY = 727276
 
 STAGING = {
     "stg_users": """legacy_id bigint, email text, name text, password_hash text, base_currency text,
