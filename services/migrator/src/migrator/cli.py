@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument(
+        "--stack",
+        type=Path,
+        metavar="DIR",
+        help="import into the running `make run` stack whose data is in DIR (its database, "
+        "bus and keys, unless DATABASE_URL / NATS_URL / BROKERLINK_ENCRYPTION_KEYS say otherwise)",
+    )
+    p.add_argument(
         "--batch-users",
         type=int,
         default=5000,
@@ -104,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
 def run_cli(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.stack is not None:
+            from migrator.stack import StackNotFound, stack_env
+
+            try:
+                os.environ.update(stack_env(args.stack, dict(os.environ)))
+            except StackNotFound as exc:
+                raise BadInput(str(exc)) from None
         return _run(args)
     except BadInput as exc:
         sys.stderr.write(f"brokerlink-migrate: {exc}\n")
