@@ -286,12 +286,106 @@ def test_rollback_restores_the_state_before_the_last_apply(
     code, out, err = migrate(target_url, "--rollback")
     assert code == 0, err
     assert "rolled back run" in out
-    assert dump(target_url) == before
+    after = dump(target_url)
+    # every table as before, except: account 10's integration is back, at the next version
+    # (never backwards), and connectors are told through the outbox
+    for table in set(before) - {"accounts", "outbox", "migration_journal"}:
+        assert after[table] == before[table], table
+    acc = accounts_by_legacy(target_url)
+    assert acc[10][1]["port"] == 4001 and acc[10][3] == 3 and 90 not in acc
+    restored = [
+        json.loads(b)
+        for (b,) in q(
+            target_url,
+            "SELECT body FROM outbox WHERE correlation_id = 'migration-2-rollback'",
+        )
+    ]
+    assert [
+        (e["type"], e["account_id"], e["payload"]["version"]) for e in restored
+    ] == [("integration.configured", acc[10][4], 3)]
+    assert restored[0]["payload"]["config"]["port"] == 4001
     # and the first run can be rolled back too, down to the bare schema plus the native user
-    assert migrate(target_url, "--rollback")[0] == 0
+    code, out, err = migrate(target_url, "--rollback")
+    assert code == 0, err
+    assert "kept" not in out, out
     assert q(target_url, "SELECT email FROM users") == [("native@example.com",)]
-    assert q(target_url, "SELECT count(*) FROM outbox") == [(0,)]
+    assert q(target_url, "SELECT count(*) FROM accounts") == [(0,)]
+    # its own unpublished events withdrawn; the removals of what it had configured go out
+    assert q(target_url, "SELECT DISTINCT correlation_id FROM outbox ORDER BY 1") == [
+        ("migration-1-rollback",),
+        ("migration-2-rollback",),
+    ]
     assert migrate(target_url, "--rollback")[1].startswith("nothing to roll back")
+
+
+def test_rollback_after_use_keeps_what_people_changed(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    """After the import people use the system: rollback removes only what is unchanged since,
+    keeps (and lists) what they changed, and a connector's balance refresh is not a change."""
+    src = legacy()
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    acc = accounts_by_legacy(target_url)
+    ids = {legacy_id: row[4] for legacy_id, row in acc.items()}
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        # the owner renames account 12 and configures an integration on 13 (the API bumps the version)
+        conn.execute("UPDATE accounts SET name = 'Renamed' WHERE id = %s", (ids[12],))
+        conn.execute(
+            """UPDATE accounts SET integration_type = 'IB', integration_version = integration_version + 1,
+                      integration_config = '{"host": "h.example", "port": 4001, "client_id": 3}'
+                WHERE id = %s""",
+            (ids[13],),
+        )
+        # a connector refreshes account 10's balance and status
+        conn.execute(
+            "UPDATE accounts SET current_balance = 5, integration_status = 'connected' WHERE id = %s",
+            (ids[10],),
+        )
+        # a history row of account 20 is corrected by hand; account 21 gets a new one
+        conn.execute(
+            "UPDATE account_balance_history SET balance = 101 WHERE legacy_id = 1004"
+        )
+        conn.execute(
+            "INSERT INTO account_balance_history (account_id, date, balance, source) VALUES (%s, '2025-01-01', 3, 'MANUAL')",
+            (ids[21],),
+        )
+    code, out, err = migrate(
+        target_url, "--rollback", "--report", str(tmp_path / "rb.json")
+    )
+    assert code == 0, err
+    assert "kept (changed since the import): 2 users" in out
+    report = json.loads((tmp_path / "rb.json").read_text())
+    left = accounts_by_legacy(target_url)
+    assert set(left) == {12, 13, 20, 21}  # 10 went although its balance was refreshed
+    assert left[13][0] == "IB" and left[12][0] is None
+    users = {r[0] for r in q(target_url, "SELECT legacy_id FROM users")}
+    assert users == {1, 2}  # the owners of what stays
+    kept = report["kept_changed_since_import"]
+    assert set(kept["accounts"]["ids"]) == {ids[12], ids[13], ids[20], ids[21]}
+    assert kept["accounts"]["count"] == 4
+    # the kept accounts keep their migrated history; the edited row is listed
+    assert {
+        r[0]
+        for r in q(
+            target_url,
+            "SELECT legacy_id FROM account_balance_history WHERE legacy_id IS NOT NULL",
+        )
+    } == {1003, 1004}
+    removed = [
+        json.loads(b)
+        for (b,) in q(
+            target_url,
+            "SELECT body FROM outbox WHERE correlation_id = 'migration-1-rollback'",
+        )
+    ]
+    assert ids[10] in {e["account_id"] for e in removed}
+    assert all(e["type"] == "integration.removed" for e in removed)
+    # a new import does not overwrite what was kept
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    assert accounts_by_legacy(target_url)[12][0] is None
+    assert q(target_url, "SELECT name FROM accounts WHERE id = %s", ids[12]) == [
+        ("Renamed",)
+    ]
 
 
 def test_crash_mid_run_then_rerun_equals_one_clean_run(

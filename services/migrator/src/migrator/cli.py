@@ -212,6 +212,18 @@ def _rollback(
                 or "nothing"
             )
         )
+        kept = {
+            t: k for t, k in summary["kept_changed_since_import"].items() if k["count"]
+        }
+        if kept:
+            _say(
+                "kept (changed since the import): "
+                + "; ".join(
+                    f"{k['count']} {t} (ids {', '.join(map(str, k['ids'][:20]))}"
+                    + ("…)" if k["count"] > 20 else ")")
+                    for t, k in kept.items()
+                )
+            )
     return EXIT_OK
 
 

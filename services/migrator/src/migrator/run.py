@@ -315,6 +315,7 @@ class Migration:
             )
         target.write_users(rows)
         user_ids = target.id_map("users", [u.legacy_id for u in users])
+        target.journal_state("users", [user_ids[r[6]] for r in rows])
 
         # accounts with their integrations
         rows, stored_of = [], {}
@@ -361,6 +362,7 @@ class Migration:
                 )
             )
         updated, inserted = target.write_accounts(rows)
+        target.journal_state("accounts", [r[1] for r in [*updated, *inserted]])
         staged = EventBatch(
             self.publisher, correlation(target.run_id), datetime.now(UTC)
         )

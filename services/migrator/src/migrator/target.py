@@ -122,6 +122,18 @@ JOURNALLED = [
 ]
 
 
+# What "changed since the import" means, per table: the columns a person changes (or the API
+# changes on their behalf). Balances, statuses, ciphertexts (token rotation, rekey) and password
+# rehashes at login move without anyone meaning to change the row: they are not looked at. A
+# user's integration change always bumps `integration_version`.
+STATE_SQL = {
+    "users": "md5(concat_ws('|', t.email, t.name, t.base_currency, t.two_factor_enabled::text))",
+    "accounts": """md5(concat_ws('|', t.user_id::text, t.name, t.currency, t.account_type,
+        t.account_number, t.original_capital::text, t.integration_type, t.integration_version::text,
+        (t.integration_config - 'app_secret_enc' - 'token_enc' - 'unverified' - 'account_hash')::text))""",
+}
+
+
 def libpq_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
         if url.startswith(prefix):
@@ -205,7 +217,7 @@ class Target:
 
     def run_changed_anything(self) -> bool:
         row = self.conn.execute(
-            """SELECT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(r)s)
+            """SELECT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(r)s AND op <> 'xid')
                    OR EXISTS (SELECT 1 FROM migration_rows WHERE run_id = %(r)s)
                    OR EXISTS (SELECT 1 FROM outbox WHERE correlation_id = %(c)s)""",
             {"r": self.run_id, "c": correlation(self.run_id)},
@@ -300,6 +312,19 @@ class Target:
             params,
         ).fetchall()
         return updated, [r[1:] for r in inserted]
+
+    def journal_state(self, table: str, ids: Sequence[int]) -> None:
+        """Journal the state this run left `ids` of `table` in (`op='after'`), so rollback can
+        tell a row nobody touched since from one a person changed."""
+        if not ids:
+            return
+        self.conn.execute(
+            f"""INSERT INTO migration_journal (run_id, table_name, op, ids, before)
+                SELECT %(run)s, %(table)s, 'after', array_agg(t.id ORDER BY t.id),
+                       jsonb_build_object('digests', jsonb_agg({STATE_SQL[table]} ORDER BY t.id))
+                  FROM {table} t WHERE t.id = ANY(%(ids)s::bigint[]) HAVING count(*) > 0""",
+            {"run": self.run_id, "table": table, "ids": list(ids)},
+        )
 
     def write_users(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
         """Rows in USER_COLS order; returns (updated, inserted)."""
@@ -483,6 +508,15 @@ class Target:
             rows,
         )
         params = {"run": self.run_id}
+        # Rows this transaction writes carry its id in `xmin` until someone changes them:
+        # rollback restores or deletes only those.
+        self.conn.execute(
+            """INSERT INTO migration_journal (run_id, table_name, op, before)
+               SELECT %(run)s, 'account_balance_history', 'xid', jsonb_build_object('xid', pg_current_xact_id()::text)
+                WHERE NOT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(run)s AND op = 'xid'
+                                    AND before->>'xid' = pg_current_xact_id()::text)""",
+            params,
+        )
         # Resolve each staged row once (its account, the target row it already has), then
         # update the changed ones, insert the new ones and name the skipped ones from that.
         self.conn.execute("TRUNCATE stg_history_r")
