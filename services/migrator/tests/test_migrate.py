@@ -607,3 +607,84 @@ def test_runs_next_to_a_running_account_api_but_not_next_to_another_migrator(
         assert err.strip().splitlines() == [
             "brokerlink-migrate: another brokerlink-migrate is running against this database"
         ]
+
+
+def _every_ciphertext(url: str) -> list[str]:
+    """Every stored ciphertext: `*_enc` columns and `*_enc` keys at any depth of JSON values."""
+    from account_api.rekey import rotate_json
+
+    found: list[str] = []
+
+    def collect(value: str) -> str:
+        found.append(value)
+        return value
+
+    with psycopg.connect(libpq_url(url)) as conn:
+        cols = conn.execute(
+            """SELECT table_name, column_name, data_type FROM information_schema.columns
+                WHERE table_schema = current_schema() AND (column_name LIKE '%%\\_enc' OR data_type IN ('jsonb', 'bytea'))"""
+        ).fetchall()
+        for table, column, kind in cols:
+            for (value,) in conn.execute(
+                f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL'
+            ).fetchall():
+                if kind == "text":
+                    found.append(value)
+                elif kind == "jsonb":
+                    rotate_json(value, collect)
+                elif table == "outbox":
+                    rotate_json(json.loads(bytes(value)), collect)
+    return found
+
+
+def test_rekey_then_dropping_the_old_key_keeps_rollback_and_integrations_working(
+    infra, legacy, target_url, migrate, monkeypatch
+) -> None:
+    """`rekey` re-encrypts every stored secret, wherever it lives (legacy copies, journal
+    before-images, pending items, outbox, configs, TOTP secrets): afterwards the old key can
+    go, and verification, rollback and every integration still read their secrets."""
+    from account_api.rekey import rekey
+    from brokerlink_shared.crypto import SecretBox, generate_key
+
+    src = legacy()
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    conn2 = sqlite3.connect(src)  # a second run journals before-images holding secrets
+    conn2.execute(
+        "UPDATE schwab_settings SET app_secret = 'alice-secret-2' WHERE id = 200"
+    )
+    conn2.execute(
+        "UPDATE users SET two_factor_secret = 'KRSXG5CTMVRXEZLU' WHERE id = 1"
+    )
+    conn2.execute(
+        """UPDATE accounts SET integration_config = json_set(integration_config, '$.appSecret', 's1-new')
+            WHERE id = 41"""
+    )
+    conn2.commit()
+    conn2.close()
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    old = infra.encryption_keys
+    assert len(_every_ciphertext(target_url)) > 20
+
+    new = generate_key()
+    rekey(target_url, SecretBox([new, old]))
+    only_new = SecretBox([new])
+    for ciphertext in _every_ciphertext(target_url):
+        only_new.decrypt(ciphertext)  # raises if anything was left under the old key
+
+    monkeypatch.setattr(infra, "encryption_keys", new)  # the old key is gone
+    code, out, err = migrate(target_url, "--source", str(src))
+    assert code == 0 and "nothing to change" in out, (
+        err
+    )  # verification decrypts the copies
+    assert migrate(target_url, "--rollback")[0] == 0
+    acc = accounts_by_legacy(target_url)
+    assert (
+        only_new.decrypt(acc[41][1]["app_secret_enc"]) == "s1"
+    )  # the before-image, readable
+    (secret,) = q(
+        target_url, "SELECT two_factor_secret_enc FROM users WHERE legacy_id = 1"
+    )[0]
+    assert only_new.decrypt(secret) == "JBSWY3DPEHPK3PXP"
+    for ciphertext in _every_ciphertext(target_url):
+        only_new.decrypt(ciphertext)
+    assert migrate(target_url, "--rollback")[0] == 0
