@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         default=100_000,
         help="history rows per transaction (default 100000)",
     )
+    p.add_argument(
+        "--no-schwab-check",
+        action="store_true",
+        help="do not ask schwab-connector (on NATS_URL) which accounts the legacy Schwab "
+        "logins see: every user-level Schwab setting becomes a pending link",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -358,6 +364,10 @@ def _execute(
         progress,
         batch_users=max(1, args.batch_users),
         batch_history=max(1, args.batch_history),
+        nats_url=None
+        if args.no_schwab_check
+        else os.environ.get("NATS_URL", "").strip(),
+        namespace=namespace,
     )
     migration.run()
 

@@ -504,9 +504,17 @@ def schwab_suggestions(
     return [legacy_id for _rank, legacy_id in sorted(ranked)], verified
 
 
-SchwabSeen = dict[int, list[tuple[str, str]] | None]
-"""schwab_settings id -> [(account number, account hash)] the login sees, as schwab-connector
-answered during the import; None (or absent) when it could not be asked or did not answer."""
+@dataclass(slots=True)
+class SchwabAnswer:
+    """What schwab-connector answered for a legacy login during the import."""
+
+    accounts: list[tuple[str, str]]  # (account number, account hash) the login sees
+    token: dict[str, Any] | None = None  # the token object after a refresh on the way
+
+
+SchwabSeen = dict[int, SchwabAnswer]
+"""schwab_settings id -> the connector's answer; absent when it could not be asked or did not
+answer (then nothing is verified)."""
 
 
 def plan_user(
@@ -735,12 +743,15 @@ def _plan_schwab(
     plan: UserPlan,
     user_legacy_id: int,
     r: tuple[Any, ...],
-    seen: list[tuple[str, str]] | None,
+    answer: SchwabAnswer | None,
     now: datetime,
 ) -> None:
     rid = int(r[0])
     app_key, app_secret = cv.clean(r[2]), cv.clean(r[3])
     token = cv.schwab_token(cv.clean(r[4]), cv.clean(r[5]), r[6])
+    seen = answer.accounts if answer is not None else None
+    if answer is not None and answer.token is not None:
+        token = answer.token  # refreshed while asking: the legacy one may be spent
     plain = _schwab_plain(app_key or "", app_secret or "", token, None, None, True)
     too_long = [
         name

@@ -118,6 +118,8 @@ class Migration:
         *,
         batch_users: int = 5000,
         batch_history: int = 100_000,
+        nats_url: str | None = None,
+        namespace: str = "brokerlink",
     ) -> None:
         self.source = source
         self.target = target
@@ -127,6 +129,8 @@ class Migration:
         self.progress = progress
         self.batch_users = batch_users
         self.batch_history = batch_history
+        self.nats_url = nats_url
+        self.namespace = namespace
         self.now = datetime.now(UTC)
         self.emails: dict[str, int] = {}
         self.expected_integrations: dict[
@@ -154,6 +158,7 @@ class Migration:
         for table, n in totals.items():
             rep.tables[table].read = n
         users_total = totals["users"]
+        self._ask_schwab()
         # Plan batch N+1 while PostgreSQL writes batch N: a one-deep pipeline with one writer
         # thread, which alone uses the connection during this phase (as for history).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="users") as writer:
@@ -182,6 +187,28 @@ class Migration:
                 pending.result()
         self.progress.step("users and accounts", users_total, users_total)
         self._history(totals["account_balance_history"])
+
+    def _ask_schwab(self) -> None:
+        """Ask schwab-connector which accounts each legacy Schwab login sees (see schwab_probe)."""
+        if not self.nats_url or not self.source.has("schwab_settings"):
+            if self.source.count("schwab_settings"):
+                self.report.notes.append(
+                    "Schwab logins not verified: no bus to ask schwab-connector on (NATS_URL unset)"
+                )
+            return
+        from migrator.schwab_probe import ask_all
+
+        self.progress.line(
+            "asking schwab-connector which accounts the legacy Schwab logins see"
+        )
+        self.schwab_seen, summary = ask_all(
+            self.source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"),
+            self.box,
+            self.nats_url,
+            self.namespace,
+        )
+        self.report.notes.append(summary)
+        self.progress.line(summary)
 
     def _bad_row(self, table: str, legacy_id: Any, reason: str) -> None:
         """A row that cannot be placed at all: quarantined in the report (there is no user to
