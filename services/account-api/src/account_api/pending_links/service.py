@@ -40,6 +40,8 @@ def summary(item: PendingLink) -> str:
     """What the item is, in a person's words (no secrets)."""
     c = item.config or {}
     if item.integration_type == "IB":
+        if not c.get("host"):
+            return "IB connection (its settings could not be read)"
         return f"IB gateway {c.get('host') or '?'}:{c.get('port') or '?'} (client id {c.get('client_id', '?')})"
     key = rules.public_config("SCHWAB", c) or {}
     return f"Schwab login (app key {key.get('app_key') or '?'})"
