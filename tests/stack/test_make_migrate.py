@@ -17,7 +17,7 @@ import bcrypt
 import httpx
 import psutil
 import pytest
-from brokerlink_shared.devstack.embedded import free_port
+from brokerlink_devkit.devstack.embedded import free_port
 from migrator.legacy_schema import create
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,49 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from account_api.config import Settings
+from account_api.integrations import lifecycle
+from account_api.rekey_repository import (
+    SECRET_COLUMNS,
+    SecretColumn,
+    SecretRowsRepository,
+)
 
 ENC_SUFFIX = "_enc"
-
-# (table, key column, column, kind, filter): kind "text" is a ciphertext column, "jsonb" a
-# JSON document, "body" the outbox's JSON bytes.
-TARGETS: list[tuple[str, str, str, str, str]] = [
-    (
-        "users",
-        "id",
-        "two_factor_secret_enc",
-        "text",
-        "two_factor_secret_enc IS NOT NULL",
-    ),
-    ("accounts", "id", "integration_config", "jsonb", "integration_config IS NOT NULL"),
-    ("pending_links", "id", "config", "jsonb", "TRUE"),
-    (
-        "legacy_schwab_settings",
-        "id",
-        "app_secret_enc",
-        "text",
-        "app_secret_enc IS NOT NULL",
-    ),
-    (
-        "legacy_schwab_settings",
-        "id",
-        "access_token_enc",
-        "text",
-        "access_token_enc IS NOT NULL",
-    ),
-    (
-        "legacy_schwab_settings",
-        "id",
-        "refresh_token_enc",
-        "text",
-        "refresh_token_enc IS NOT NULL",
-    ),
-    ("migration_journal", "id", "before", "jsonb", "before::text LIKE '%\\_enc\"%'"),
-    ("outbox", "seq", "body", "body", "published_at IS NULL"),
-]
 
 
 def rotate_json(value: Any, rotate: Callable[[str], str]) -> tuple[Any, bool]:
@@ -77,46 +46,25 @@ def rotate_json(value: Any, rotate: Callable[[str], str]) -> tuple[Any, bool]:
     return value, False
 
 
-def _rekey_column(
-    conn: Connection,
-    secrets: SecretBox,
-    table: str,
-    key: str,
-    column: str,
-    kind: str,
-    where: str,
-    batch: int,
-) -> int:
-    count, last = 0, 0
-    while rows := conn.execute(
-        text(
-            f"SELECT {key}, {column} FROM {table} WHERE {key} > :last AND ({where})"
-            f" ORDER BY {key} LIMIT :batch FOR UPDATE"
-        ),
-        {"last": last, "batch": batch},
-    ).all():
-        for row_key, value in rows:
-            last = row_key
-            if kind == "text":
-                new: Any = secrets.rotate(value)
-            else:
-                doc = json.loads(bytes(value)) if kind == "body" else value
-                doc, changed = rotate_json(doc, secrets.rotate)
-                if not changed:
-                    continue
-                new = (
-                    json.dumps(doc, separators=(",", ":")).encode()
-                    if kind == "body"
-                    else json.dumps(doc)
-                )
-            cast = "CAST(:v AS jsonb)" if kind == "jsonb" else ":v"
-            conn.execute(
-                text(f"UPDATE {table} SET {column} = {cast} WHERE {key} = :k"),
-                {"v": new, "k": row_key},
-            )
-            count += 1
-        conn.commit()
-    return count
+def _rotated(
+    column: SecretColumn, value: Any, rotate: Callable[[str], str]
+) -> Any | None:
+    """The column's new value, or None when it holds no secret."""
+    if column.kind == "text":
+        return rotate(value)
+    if (
+        column.table == "accounts"
+    ):  # an integration config: the lifecycle knows its secrets
+        return lifecycle.secrets_reencrypted(value, rotate)
+    doc = json.loads(bytes(value)) if column.kind == "body" else value
+    doc, changed = rotate_json(doc, rotate)
+    if not changed:
+        return None
+    return (
+        json.dumps(doc, separators=(",", ":")).encode()
+        if column.kind == "body"
+        else doc
+    )
 
 
 def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, int]:
@@ -124,22 +72,22 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
     engine = create_engine(database_url)
     counts: dict[str, int] = {}
     try:
-        with engine.connect() as conn:
-            present = {
-                r[0]
-                for r in conn.execute(
-                    text(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                    )
-                )
-            }
-            conn.commit()
-            for table, key, column, kind, where in TARGETS:
-                if table not in present:
+        with Session(engine) as session:
+            rows = SecretRowsRepository(session)
+            present = rows.tables()
+            for column in SECRET_COLUMNS:
+                if column.table not in present:
                     continue
-                counts[table] = counts.get(table, 0) + _rekey_column(
-                    conn, secrets, table, key, column, kind, where, batch
-                )
+                counts.setdefault(column.table, 0)
+                last = 0
+                while batch_rows := rows.after(column, last, batch):
+                    for key, value in batch_rows:
+                        last = key
+                        new = _rotated(column, value, secrets.rotate)
+                        if new is not None:
+                            rows.set(column, key, new)
+                            counts[column.table] += 1
+                    session.commit()
     finally:
         engine.dispose()
     return counts

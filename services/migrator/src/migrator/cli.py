@@ -248,7 +248,7 @@ def _apply(
     progress: Progress,
     args: argparse.Namespace,
 ) -> int:
-    from account_api.migrate import upgrade
+    from account_api.migrator_facade import upgrade
 
     from migrator.target import Target
 
@@ -309,7 +309,7 @@ def _dry_run(
 
 def _migrate_in_transaction(sa_conn: Any) -> list[str]:
     """Run account-api's pending Alembic revisions on this connection, inside its transaction."""
-    from account_api.migrate import alembic_config
+    from account_api.migrator_facade import alembic_config
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from account_api.integrations import rules
-from account_api.outbox.repository import OutboxRepository
+from account_api.migrator_facade import bus_connection, outbox_row
 from brokerlink_shared.contracts.events import IntegrationRemoved
 from brokerlink_shared.messaging import EventPublisher
 
@@ -35,11 +34,6 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
         (table,),
     ).fetchall()
     return [r[0] for r in rows]
-
-
-class _Staged(list[Any]):
-    def add(self, obj: Any) -> None:
-        self.append(obj)
 
 
 def rollback(target: Target, publisher: EventPublisher) -> dict[str, Any]:
@@ -337,24 +331,21 @@ class _Events:
     def removed(
         self, user_id: int, account_id: int, kind: str, stored: dict[str, Any] | None
     ) -> None:
-        staged = _Staged()
         config = None
         if stored:
             try:
-                config = rules.bus_connection(kind, stored)
+                config = bus_connection(kind, stored)
             except (
                 Exception
             ):  # a config that no longer validates: the removal still goes out
                 config = None
-        OutboxRepository(staged, self.publisher).add(  # type: ignore[arg-type]
+        row = outbox_row(
+            self.publisher,
             IntegrationRemoved(
                 user_id=user_id,
                 account_id=account_id,
                 correlation_id=self.correlation_id,
                 payload={"broker": kind, "config": config},
-            )
+            ),
         )
-        m = staged[0]
-        self._removed.append(
-            (m.event_id, m.family, m.subject, m.partition_key, m.body, m.correlation_id)
-        )
+        self._removed.append(row)
