@@ -688,3 +688,20 @@ def test_rekey_then_dropping_the_old_key_keeps_rollback_and_integrations_working
     for ciphertext in _every_ciphertext(target_url):
         only_new.decrypt(ciphertext)
     assert migrate(target_url, "--rollback")[0] == 0
+
+
+def test_local_time_updated_at_is_read_in_the_legacy_servers_zone(
+    legacy, target_url, migrate
+) -> None:
+    """created_at is UTC (CURRENT_TIMESTAMP); updated_at is the server's local time without a
+    zone (datetime('now','localtime')): on a UTC+8 server the fixture's two are the same moment."""
+    src = legacy()
+    code, _out, err = migrate(
+        target_url, "--source", str(src), "--legacy-timezone", "Asia/Hong_Kong"
+    )
+    assert code == 0, err
+    [(created, updated)] = q(
+        target_url, "SELECT created_at, updated_at FROM users WHERE legacy_id = 1"
+    )
+    assert created == updated
+    assert created.isoformat().startswith("2024-01-02T03:04:05")

@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import sys
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
@@ -71,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         help="history rows per transaction (default 100000)",
     )
     p.add_argument(
+        "--legacy-timezone",
+        type=_zone,
+        default=UTC,
+        metavar="ZONE",
+        help="the legacy server's time zone (e.g. Asia/Hong_Kong): the legacy app wrote "
+        "updated_at / last_updated in local time without a zone (default UTC)",
+    )
+    p.add_argument(
         "--no-schwab-check",
         action="store_true",
         help="do not ask schwab-connector (on NATS_URL) which accounts the legacy Schwab "
@@ -78,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {name[:40]!r}") from None
 
 
 def _redact(url: str) -> str:
@@ -368,6 +385,7 @@ def _execute(
         if args.no_schwab_check
         else os.environ.get("NATS_URL", "").strip(),
         namespace=namespace,
+        local=args.legacy_timezone,
     )
     migration.run()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -26,9 +26,11 @@ _IB_CODE = re.compile(IB_ACCOUNT_CODE)
 _NOT_DIGIT = re.compile(r"[\s-]")
 
 
-def timestamp(value: Any) -> datetime | None:
-    """A legacy timestamp (text `YYYY-MM-DD HH:MM:SS` in UTC, ISO text, or epoch number) as an
-    aware datetime; None when absent or unreadable."""
+def timestamp(value: Any, zone: tzinfo = UTC) -> datetime | None:
+    """A legacy timestamp (text `YYYY-MM-DD HH:MM:SS`, ISO text, or epoch number) as an aware
+    datetime; None when absent or unreadable. Text without a zone is in `zone`: UTC for the
+    legacy app's `created_at` (CURRENT_TIMESTAMP), the server's local time for the `updated_at`
+    it wrote with datetime('now','localtime')."""
     if value is None or value == "":
         return None
     if isinstance(value, int | float):
@@ -37,7 +39,9 @@ def timestamp(value: Any) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     text = str(value).strip()
-    if len(text) == 19:  # the legacy app's `YYYY-MM-DD HH:MM:SS` (UTC): the fast path
+    if (
+        len(text) == 19 and zone is UTC
+    ):  # the legacy app's `YYYY-MM-DD HH:MM:SS`: the fast path
         try:
             return datetime.fromisoformat(text + "+00:00")
         except ValueError:
@@ -48,7 +52,9 @@ def timestamp(value: Any) -> datetime | None:
     except ValueError:
         return None
     return (
-        parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed.replace(tzinfo=zone).astimezone(UTC)
+        if parsed.tzinfo is None
+        else parsed.astimezone(UTC)
     )
 
 

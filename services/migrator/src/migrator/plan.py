@@ -4,7 +4,7 @@ which account, what is pending, what conflicts. Pure: plaintext in, plaintext ou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -193,8 +193,10 @@ class UserPlan:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def user_row(row: tuple[Any, ...]) -> tuple[UserRow | None, str | None]:
-    """(row, None) or (None, reason)."""
+def user_row(
+    row: tuple[Any, ...], local: tzinfo = UTC
+) -> tuple[UserRow | None, str | None]:
+    """(row, None) or (None, reason); `local` is the legacy server's time zone (`updated_at`)."""
     uid, email, pw, name, currency, secret, enabled, created, updated = row
     legacy_id = cv.legacy_id(uid)
     if legacy_id is None:
@@ -223,13 +225,15 @@ def user_row(row: tuple[Any, ...]) -> tuple[UserRow | None, str | None]:
             two_factor_secret=cv.clean(secret),
             two_factor_enabled=cv.boolean(enabled),
             created_at=cv.timestamp(created),
-            updated_at=cv.timestamp(updated),
+            updated_at=cv.timestamp(updated, local),
         ),
         None,
     )
 
 
-def account_row(row: tuple[Any, ...]) -> tuple[AccountRow | None, str | None]:
+def account_row(
+    row: tuple[Any, ...], local: tzinfo = UTC
+) -> tuple[AccountRow | None, str | None]:
     (
         aid,
         uid,
@@ -272,9 +276,9 @@ def account_row(row: tuple[Any, ...]) -> tuple[AccountRow | None, str | None]:
             account_number=number_text[:64] if number_text else None,
             original_capital=cv.money(capital) or Decimal("0.0000"),
             current_balance=cv.money(balance) or Decimal("0.0000"),
-            last_updated=cv.timestamp(last),
+            last_updated=cv.timestamp(last, local),
             created_at=cv.timestamp(created),
-            updated_at=cv.timestamp(updated),
+            updated_at=cv.timestamp(updated, local),
         ),
         None,
     )
@@ -526,17 +530,18 @@ def plan_user(
     *,
     user_skip_reason: str | None = None,
     schwab_seen: SchwabSeen | None = None,
+    local: tzinfo = UTC,
 ) -> UserPlan:
     """Everything that happens to one legacy user and the rows hanging off it."""
     if user is None or user_skip_reason:
         return _skip_user(user, accounts, ibs, schwabs, user_skip_reason)
-    urow, why = user_row(user)
+    urow, why = user_row(user, local)
     if urow is None:
         return _skip_user(user, accounts, ibs, schwabs, why)
     plan = UserPlan(user=urow)
     by_id: dict[int, AccountRow] = {}
     for raw in accounts:
-        acc, why = account_row(raw)
+        acc, why = account_row(raw, local)
         if acc is None:
             plan.skipped.append(
                 ("accounts", cv.legacy_id(raw[0]) or 0, why or "invalid")

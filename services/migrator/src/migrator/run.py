@@ -9,7 +9,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from brokerlink_shared.crypto import SecretBox
@@ -120,6 +120,7 @@ class Migration:
         batch_history: int = 100_000,
         nats_url: str | None = None,
         namespace: str = "brokerlink",
+        local: tzinfo = UTC,
     ) -> None:
         self.source = source
         self.target = target
@@ -130,6 +131,7 @@ class Migration:
         self.batch_users = batch_users
         self.batch_history = batch_history
         self.nats_url = nats_url
+        self.local = local
         self.namespace = namespace
         self.now = datetime.now(UTC)
         self.emails: dict[str, int] = {}
@@ -253,6 +255,7 @@ class Migration:
                 self.now,
                 user_skip_reason=reason,
                 schwab_seen=self.schwab_seen,
+                local=self.local,
             )
             out.append((plan, lower))
         return out
