@@ -85,6 +85,8 @@ def money(value: Any) -> Decimal | None:
 
 def legacy_id(value: Any) -> int | None:
     """A legacy id (INTEGER PK / reference) as an int; None when it is not a whole number."""
+    if type(value) is int:  # the common case, first
+        return value if -(2**63) <= value < 2**63 else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):

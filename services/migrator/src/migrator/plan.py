@@ -261,11 +261,16 @@ def account_row(
         return None, "account_number longer than 64 characters"
     if name is not None and len(str(name)) > 200:
         return None, "name longer than 200 characters"
+    amounts = []
     for label, value in (("original_capital", capital), ("current_balance", balance)):
-        if value not in (None, "") and cv.money(value) is None:
-            return None, f"{label} is not a number"
-        if value not in (None, "") and abs(cv.money(value) or 0) >= 10**16:
+        amount = cv.money(value)
+        if amount is None:
+            if value not in (None, ""):
+                return None, f"{label} is not a number"
+            amount = Decimal("0.0000")
+        elif abs(amount) >= 10**16:
             return None, f"{label} out of range"
+        amounts.append(amount)
     return (
         AccountRow(
             legacy_id=legacy_id,
@@ -274,8 +279,8 @@ def account_row(
             currency=code,
             account_type=kind_text if kind_text in ACCOUNT_TYPES else "INVESTMENT",
             account_number=number_text[:64] if number_text else None,
-            original_capital=cv.money(capital) or Decimal("0.0000"),
-            current_balance=cv.money(balance) or Decimal("0.0000"),
+            original_capital=amounts[0],
+            current_balance=amounts[1],
             last_updated=cv.timestamp(last, local),
             created_at=cv.timestamp(created),
             updated_at=cv.timestamp(updated, local),
