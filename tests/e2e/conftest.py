@@ -144,6 +144,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from account_api.migrate import upgrade
     from brokerlink_devkit.devstack.embedded import free_port
     from brokerlink_devkit.testing.serving import serving
+    from brokerlink_shared.reach import LOOPBACK
     from brokerlink_simulators.ib_gateway import (
         GatewaySpec,
         IBGatewaySimulator,
@@ -173,8 +174,8 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             IbSettings(
                 nats_url=infra.nats_url,
                 namespace=namespace,
-                encryption_keys=infra.encryption_keys,
                 health_enabled=False,
+                allowed_networks=LOOPBACK,
                 connect_timeout_s=3.0,
                 request_timeout_s=6.0,
                 backoff_initial_s=0.2,
@@ -217,6 +218,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
                 "refresh_wait_default_s": 5.0,
                 "integration_test_timeout_s": 5.0,
                 "schwab_authorize_url": f"{schwab_sim.base_url}/v1/oauth/authorize",
+                "ib_allowed_networks": LOOPBACK,
             }
         )
         base_url = await cleanup.enter_async_context(

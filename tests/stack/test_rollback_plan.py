@@ -96,7 +96,9 @@ def test_the_documented_rollback_plan_runs_as_written(
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         states.append(_state(url))
     dry, imported, rolled_back, downgraded, reimported = states
-    assert dry == {"revision": None}  # the dry run committed nothing, not even the schema
+    assert dry == {
+        "revision": None
+    }  # the dry run committed nothing, not even the schema
     assert imported["migrated_users"] == 1
     assert (
         rolled_back["migrated_users"] == 0

@@ -1,5 +1,5 @@
-"""The outbox survives a NATS outage: changes are accepted while NATS is down and arrive once,
-in per-account order, when it returns."""
+"""The outbox survives a NATS outage: changes are accepted while NATS is down (the API stays
+live and ready) and arrive once, in per-account order, when it returns."""
 
 from __future__ import annotations
 
@@ -42,11 +42,23 @@ async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
                 )
                 ids.append(r.json()["id"])
             private_nats.stop()
+            await wait_until(
+                lambda: _bus_down(client), timeout_s=20, message="API sees NATS down"
+            )
+            # the outage fails neither liveness nor readiness: the API keeps taking writes
+            assert (await client.get("/livez")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["bus"] == "disconnected"
+            assert (await client.get("/healthz")).status_code == 503
             for n in range(20):
                 for aid in ids:
                     body = {
                         "type": "IB",
-                        "config": {"host": "gw", "port": 4000 + n + 1, "client_id": 1},
+                        "config": {
+                            "host": "127.0.0.1",
+                            "port": 4000 + n + 1,
+                            "client_id": 1,
+                        },
                     }
                     r = await client.put(
                         f"/api/accounts/{aid}/integration", headers=h, json=body
@@ -84,6 +96,10 @@ async def test_hundred_changes_during_nats_outage_arrive_once_in_order(
 
 async def _bus_up(client: httpx.AsyncClient) -> bool:
     return (await client.get("/healthz")).json().get("bus") == "connected"
+
+
+async def _bus_down(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/healthz")).json().get("bus") == "disconnected"
 
 
 async def _outbox_drained(client: httpx.AsyncClient) -> bool:

@@ -12,6 +12,7 @@ PAGES = {
     "/login": "login",
     "/register": "register",
     "/health-dashboard": "health",
+    "/security": "security",
 }
 
 
@@ -29,7 +30,7 @@ async def test_page_shell_renders(
 
 
 async def test_every_input_has_a_bound_label(client: httpx.AsyncClient) -> None:
-    for path in ("/", "/login", "/register"):
+    for path in ("/", "/login", "/register", "/security"):
         html = (await client.get(path)).text
         ids = re.findall(r"<(?:input|select)[^>]*\bid=\"([^\"]+)\"", html)
         labelled = set(re.findall(r'<label for="([^"]+)"', html))

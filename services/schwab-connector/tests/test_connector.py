@@ -539,8 +539,13 @@ async def test_health_and_no_plaintext_secret_on_the_bus(world: World) -> None:
     health = HealthReply.model_validate_json(reply.body)
     assert health.status == "ok" and health.detail["dead_letters"] == 0
     async with httpx.AsyncClient() as http:
-        probe = await http.get(f"http://127.0.0.1:{world.runtime.health_port}/healthz")
-    assert probe.status_code == 200
+        base = f"http://127.0.0.1:{world.runtime.health_port}"
+        probes = [
+            (await http.get(base + path)) for path in ("/healthz", "/readyz", "/livez")
+        ]
+        missing = await http.get(base + "/nope")
+    assert [p.status_code for p in probes] == [200, 200, 200]
+    assert probes[2].json() == {"status": "alive"} and missing.status_code == 404
 
     state = world.sim.state
     secrets = [

@@ -22,9 +22,11 @@ async def list_accounts(actor: CurrentActor, c: ContainerDep) -> JSONBytes:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
 async def create_account(
-    body: AccountCreate, actor: CurrentActor, uow: UowDep
+    body: AccountCreate, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> AccountOut:
-    return await service.create_account(uow, actor, body)
+    return await service.create_account(
+        uow, actor, body, c.settings.max_accounts_per_user
+    )
 
 
 @router.get("/{account_id}", response_model=AccountOut)

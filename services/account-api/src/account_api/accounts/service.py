@@ -13,6 +13,7 @@ from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound
 from account_api.integrations import rules
 from account_api.integrations.service import IntegrationService
+from account_api.limits import ensure_account_quota
 from account_api.tables import Account
 
 
@@ -44,9 +45,10 @@ async def get_account(
 
 
 async def create_account(
-    uow: UnitOfWork, actor: Actor, body: AccountCreate
+    uow: UnitOfWork, actor: Actor, body: AccountCreate, max_accounts: int
 ) -> AccountOut:
     async with uow:
+        await ensure_account_quota(uow.session, actor.user_id, max_accounts)
         account = await AccountRepository(uow.session).add(
             Account(
                 user_id=actor.user_id,
@@ -107,6 +109,9 @@ async def update_account(
             removal = configuration.apply_removal(uow, actor, account)
             await audit(uow, actor, removal)
         elif body.integration is not None:
+            await configuration.check_configuration(
+                uow, actor, account, body.integration
+            )
             change = configuration.apply_configuration(
                 uow, actor, account, body.integration
             )

@@ -20,6 +20,7 @@ from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
 from account_api.db import UnitOfWork
+from account_api.gateways.service import GatewayEndpoints
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
 from account_api.integrations.repository import (
@@ -32,7 +33,9 @@ from account_api.integrations.schemas import (
     IntegrationOut,
     TestResultOut,
 )
+from account_api.limits import ensure_integration_quota
 from account_api.tables import Account
+from account_api.throttling import rate_limit
 
 
 class IntegrationConfiguration:
@@ -49,6 +52,20 @@ class IntegrationConfiguration:
         self._publisher = publisher
         self._broker = broker
         self._topology = topology
+        self._gateways = GatewayEndpoints(settings.ib_reach)
+
+    async def check_configuration(
+        self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
+    ) -> None:
+        """Before `apply_configuration`: a new integration must fit the user's quota, and an
+        IB config's gateways must be allowed and free or the actor's own (the free ones
+        become the actor's)."""
+        if account.integration_type is None:
+            await ensure_integration_quota(
+                uow.session, actor.user_id, self._settings.max_integrations_per_user
+            )
+        if isinstance(body, IBIntegrationIn):
+            await self._gateways.claim(uow.session, actor.user_id, body.config)
 
     def apply_configuration(
         self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
@@ -98,6 +115,7 @@ class IntegrationConfiguration:
     ) -> IntegrationOut:
         async with uow:
             account = await owned_account(uow, actor, account_id, lock=True)
+            await self.check_configuration(uow, actor, account, body)
             change = self.apply_configuration(uow, actor, account, body)
             if change.fields:
                 await audit(uow, actor, change)
@@ -118,6 +136,13 @@ class IntegrationConfiguration:
             account = await owned_account(uow, actor, account_id)
             state = lifecycle.tested(integration_state(account)).state
             kind = Broker(state.require_configured())
+            await rate_limit(
+                uow.session,
+                f"test:acct:{account.id}",
+                self._settings.tests_per_account_per_minute,
+                "connection tests of an account",
+            )
+            await uow.commit()
             request = IntegrationTestRequest(
                 broker=kind,
                 account_id=account.id,

@@ -40,7 +40,7 @@ class IntegrationService:
             configuration=IntegrationConfiguration(
                 settings, secrets, publisher, broker, topology
             ),
-            refreshes=RefreshService(publisher, waiter),
+            refreshes=RefreshService(settings, publisher, waiter),
             oauth=SchwabOAuthFlow(settings, secrets, publisher, broker, topology),
             reads=IntegrationReads(),
         )

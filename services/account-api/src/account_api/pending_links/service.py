@@ -158,6 +158,9 @@ class PendingLinkService:
             out = []
             for account in sorted(accounts, key=lambda a: account_ids.index(a.id)):
                 body = build_integration_in(item, account, self._secrets)
+                await self._integrations.configuration.check_configuration(
+                    uow, actor, account, body
+                )
                 change = self._integrations.configuration.apply_configuration(
                     uow, actor, account, body
                 )

@@ -34,14 +34,14 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-log = logging.getLogger(__name__)
+from ib_connector.domain.endpoints import SessionKey, session_key
 
-SessionKey = tuple[str, int, int]
+log = logging.getLogger(__name__)
 
 
 def session_kv_key(key: SessionKey) -> str:
     """A KV-safe, stable name for a session key."""
-    digest = hashlib.sha256(f"{key[0]}|{key[1]}|{key[2]}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256("|".join(map(str, key)).encode()).hexdigest()[:24]
     return f"s{digest}"
 
 
@@ -54,10 +54,16 @@ class SessionRecord:
     accounts: dict[str, dict[str, Any]] = field(
         default_factory=dict
     )  # account_id -> {user_id, account_code}
+    user_id: int = 0
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"owner": self.owner, "config": self.config, "accounts": self.accounts}
+            {
+                "owner": self.owner,
+                "config": self.config,
+                "accounts": self.accounts,
+                "user_id": self.user_id,
+            }
         )
 
     @classmethod
@@ -67,11 +73,16 @@ class SessionRecord:
             owner=data["owner"],
             config=data["config"],
             accounts=data.get("accounts", {}),
+            user_id=int(data.get("user_id") or 0),
         )
 
     @property
     def ib_config(self) -> IBConnection:
         return IBConnection.model_validate(self.config)
+
+    @property
+    def session_key(self) -> SessionKey:
+        return session_key(self.ib_config, self.user_id)
 
 
 AdoptSession = Callable[[SessionRecord], Awaitable[None]]
@@ -173,7 +184,9 @@ class SessionOwnership:
                 if known is None:
                     known = await self._read(kv_key)
                 if known is None:
-                    record = SessionRecord(self.replica_id, _config_dict(config))
+                    record = SessionRecord(
+                        self.replica_id, _config_dict(config), user_id=key.user_id
+                    )
                     _add_account(record, account_id, user_id, config)
                     try:
                         revision = await self._kv.create(kv_key, record.encode())
@@ -194,7 +207,10 @@ class SessionOwnership:
                     return record.owner
                 # free or owned by a replica that is gone: take it over
                 taken = SessionRecord(
-                    self.replica_id, _config_dict(config), dict(record.accounts)
+                    self.replica_id,
+                    _config_dict(config),
+                    dict(record.accounts),
+                    key.user_id,
                 )
                 _add_account(taken, account_id, user_id, config)
                 if await self._write(kv_key, taken, revision):
@@ -303,7 +319,7 @@ class SessionOwnership:
                     "gateway session taken over by another replica",
                     extra={"owner": record.owner},
                 )
-                await self._release(record.ib_config.session_key)
+                await self._release(record.session_key)
 
     async def _is_live(self, replica: str) -> bool:
         """Whether a replica holds its lease; asks the bucket when the cached view says no
@@ -352,7 +368,9 @@ class SessionOwnership:
         # share the orphans among the survivors instead of the fastest taking all
         share = -(-len(orphans) // max(1, len(self._live)))
         for kv_key, record, revision in orphans[:share]:
-            taken = SessionRecord(self.replica_id, record.config, dict(record.accounts))
+            taken = SessionRecord(
+                self.replica_id, record.config, dict(record.accounts), record.user_id
+            )
             if await self._write(kv_key, taken, revision):
                 log.info(
                     "took over gateway session",

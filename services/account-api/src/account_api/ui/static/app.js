@@ -38,6 +38,16 @@ function signOut() {
   location.assign("/login");
 }
 
+// Ends the session on the server too (its tokens stop working everywhere), then locally.
+async function signOutEverywhere(path = "/api/auth/logout") {
+  try {
+    await api("POST", path, undefined, { retry: false });
+  } catch {
+    // signed out already, or offline: forget the tokens anyway
+  }
+  signOut();
+}
+
 let refreshing = null;
 
 async function renewToken() {
@@ -262,9 +272,18 @@ function showErrors(form, err, prefixFor, formError) {
 
 // ---- login / register ----------------------------------------------------------------------
 
-async function login(email, password) {
-  const { data } = await api("POST", "/api/auth/login", { email, password }, { retry: false });
+async function login(email, password, code) {
+  const body = code ? { email, password, code } : { email, password };
+  const { data } = await api("POST", "/api/auth/login", body, { retry: false });
   saveTokens(data);
+}
+
+function loginError(err) {
+  const code = err.body?.code;
+  if (code === "two_factor_required") return "Enter the code from your authenticator app.";
+  if (code === "two_factor_invalid") return err.message;
+  if (err.status === 429) return "Too many attempts. Try again later.";
+  return err.status === 401 ? "Wrong email or password." : err.message;
 }
 
 function initLogin() {
@@ -273,10 +292,14 @@ function initLogin() {
     e.preventDefault();
     clearErrors(form);
     try {
-      await login(form.email.value, form.password.value);
+      await login(form.email.value, form.password.value, form.code.value.trim());
       location.assign(new URLSearchParams(location.search).get("next") || "/");
     } catch (err) {
-      $("#login-error").textContent = err.status === 401 ? "Wrong email or password." : err.message;
+      if (String(err.body?.code).startsWith("two_factor")) {
+        $("#login-code-field").hidden = false;
+        form.code.focus();
+      }
+      $("#login-error").textContent = loginError(err);
     }
   });
 }
@@ -302,7 +325,7 @@ function requireSignIn() {
     location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
     return false;
   }
-  $("#sign-out")?.addEventListener("click", signOut);
+  $("#sign-out")?.addEventListener("click", () => signOutEverywhere());
   api("GET", "/api/auth/me")
     .then(({ data }) => {
       $("#user-name").textContent = data.name;
@@ -1044,7 +1067,82 @@ function initHealth() {
   setInterval(tickTimes, 1000);
 }
 
+// ---- security: two-factor, password, devices -----------------------------------------------
+
+async function loadTwoFactor() {
+  const { data } = await api("GET", "/api/auth/me");
+  $("#twofa-state").textContent = data.two_factor_enabled
+    ? "Two-factor sign-in is on."
+    : "Two-factor sign-in is off.";
+  $("#twofa-off").hidden = data.two_factor_enabled;
+  $("#twofa-disable").hidden = !data.two_factor_enabled;
+  $("#twofa-enrol").hidden = true;
+}
+
+function initSecurity() {
+  if (!requireSignIn()) return;
+  loadTwoFactor().catch((err) => toast(err.message));
+  $("#twofa-start").addEventListener("click", async () => {
+    const { data } = await api("POST", "/api/auth/2fa/setup");
+    $("#twofa-qr").src = `data:image/svg+xml;base64,${btoa(data.qr_svg)}`;
+    $("#twofa-secret").textContent = data.secret;
+    $("#twofa-off").hidden = true;
+    $("#twofa-enrol").hidden = false;
+    $("#twofa-confirm-code").focus();
+  });
+  $("#twofa-enrol").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      const { data } = await api("POST", "/api/auth/2fa/confirm", { code: form.code.value.trim() });
+      $("#twofa-code-list").replaceChildren(...data.recovery_codes.map((c) => el("li", {}, el("code", {}, c))));
+      $("#twofa-codes").hidden = false;
+      form.reset();
+      await loadTwoFactor();
+    } catch (err) {
+      showErrors(form, err, () => "twofa-confirm", $("#twofa-enrol-error"));
+    }
+  });
+  $("#twofa-disable").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      await api("POST", "/api/auth/2fa/disable", { password: form.password.value, code: form.code.value.trim() });
+      form.reset();
+      $("#twofa-codes").hidden = true;
+      await loadTwoFactor();
+      toast("Two-factor sign-in is off.");
+    } catch (err) {
+      showErrors(form, err, () => "twofa-disable", $("#twofa-disable-error"));
+    }
+  });
+  $("#password-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      await api("POST", "/api/auth/password", {
+        current_password: form.current_password.value,
+        new_password: form.new_password.value,
+      });
+      form.reset();
+      toast("Password changed; other devices are signed out.");
+    } catch (err) {
+      showErrors(form, err, () => "password", $("#password-error"));
+    }
+  });
+  $("#logout-all").addEventListener("click", () => signOutEverywhere("/api/auth/logout-all"));
+}
+
 // ---- start ---------------------------------------------------------------------------------
 
-const pages = { login: initLogin, register: initRegister, accounts: initAccounts, health: initHealth };
+const pages = {
+  login: initLogin,
+  register: initRegister,
+  accounts: initAccounts,
+  health: initHealth,
+  security: initSecurity,
+};
 pages[document.body.dataset.page]?.();
