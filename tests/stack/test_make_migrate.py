@@ -16,12 +16,14 @@ from typing import Any
 import bcrypt
 import httpx
 import psutil
+import pyotp
 import pytest
 from brokerlink_devkit.devstack.embedded import free_port
 from migrator.legacy_schema import create
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "legacy password 1"
+TOTP_SECRET = "JBSWY3DPEHPK3PXP"
 STACK_VARS = (
     "NATS_URL",
     "DATABASE_URL",
@@ -56,6 +58,11 @@ def _legacy(path: Path) -> Path:
         "(1, 'mig-one@example.com', ?, 'One', '2024-01-02 03:04:05', '2024-01-02 11:04:05'), "
         "(2, 'mig-two@example.com', ?, 'Two', '2024-01-02 03:04:05', '2024-01-02 11:04:05')",
         (pw, pw),
+    )
+    conn.execute(  # two-factor on, secret as another authenticator app stored it
+        "INSERT INTO users (id, email, password_hash, name, two_factor_secret, two_factor_enabled)"
+        " VALUES (3, 'mig-2fa@example.com', ?, 'Three', ?, 1)",
+        (pw, TOTP_SECRET),
     )
     ib = json.dumps(
         {"type": "IB", "host": "127.0.0.1", "port": 4001, "clientId": 7},
@@ -197,6 +204,16 @@ def test_make_migrate_into_the_running_stack(tmp_path: Path) -> None:
             ("ib_connections", "IB"),
             ("schwab_settings", "SCHWAB"),
         }
+        # a two-factor user keeps the same authenticator: the password alone is not enough
+        assert _as(base, "mig-2fa@example.com") is None
+        code = pyotp.TOTP(TOTP_SECRET).now()
+        r = httpx.post(
+            f"{base}/api/auth/login",
+            json={"email": "mig-2fa@example.com", "password": PASSWORD, "code": code},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+
         two = _as(base, "mig-two@example.com")
         assert two is not None
         (acc,) = _get(base, "/api/accounts", two)

@@ -1,9 +1,10 @@
 """`--stack DIR`: the database, bus and keys of the running `make run` stack whose data lives in
 DIR (`.data` by default), for whatever the environment does not already name. Read-only: it reads
-the files the supervisor writes (PostgreSQL's `postmaster.pid`, `nats.port`, `encryption.key`)."""
+the files the supervisor writes (PostgreSQL's `postmaster.pid`, `ports.json`, `encryption.key`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -23,10 +24,18 @@ def stack_env(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
     key = data_dir / "encryption.key"
     if not env.get("BROKERLINK_ENCRYPTION_KEYS", "").strip() and key.is_file():
         out["BROKERLINK_ENCRYPTION_KEYS"] = key.read_text().strip()
-    port = data_dir / "nats.port"
-    if not env.get("NATS_URL", "").strip() and port.is_file():
-        out["NATS_URL"] = f"nats://127.0.0.1:{port.read_text().strip()}"
+    if not env.get("NATS_URL", "").strip() and (port := _nats_port(data_dir)):
+        out["NATS_URL"] = f"nats://127.0.0.1:{port}"
     return out
+
+
+def _nats_port(data_dir: Path) -> int | None:
+    """The embedded NATS server's port, as the supervisor remembered it."""
+    try:
+        port = json.loads((data_dir / "ports.json").read_text()).get("nats")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return port if isinstance(port, int) and 0 < port < 65536 else None
 
 
 def _database_url(data_dir: Path) -> str:
