@@ -4,11 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 UV = $(shell ./scripts/bootstrap.sh | tail -n 1)
 
-<<<<<<< HEAD
-.PHONY: run test lint format bootstrap browser asyncapi bench migrate
-=======
-.PHONY: run test lint format bootstrap browser asyncapi bench deploy-smoke
->>>>>>> main
+.PHONY: run test lint format bootstrap browser asyncapi bench deploy-smoke migrate
 
 bootstrap:
 	@./scripts/bootstrap.sh >/dev/null
