@@ -13,6 +13,8 @@ config maps and secrets. What stands in for the container runtime, and nothing e
   binds the pod's address (see netshim/sitecustomize.py), so a service that binds 127.0.0.1 is
   as unreachable for the kubelet as it would be;
 - volumes are directories under the run's temporary directory;
+- the pods' loopback addresses count as the container network for IB_CONNECTOR_ALLOWED_NETWORKS
+  (added to whatever the manifest allows, as the private range of a real cluster network is);
 - the image contains only its package's runtime dependencies: imports of anything else fail;
 - the Schwab simulator serves TLS for api.schwabapi.com with a CA the pods trust.
 
@@ -49,10 +51,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import yaml
+from brokerlink_shared.reach import PRIVATE_RANGES
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = Path(__file__).with_name("netshim")
 VENV_BIN = Path(sys.executable).parent
+POD_NETWORK = (
+    "127.0.0.0/8"  # every pod's stand-in address is in here (see `Container.ip`)
+)
 IB_SIM_HOST = (
     "ib-gateway.brokerlink.test"  # where the Kubernetes run's user says the gateway is
 )
@@ -344,6 +350,10 @@ class Container:
             "BROKERLINK_SMOKE_NET": json.dumps(net),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        # Pods' addresses are loopback here, standing in for the container network's private
+        # range: whatever networks the manifest allows IB gateways in, this stand-in is one.
+        allowed = env.get("IB_CONNECTOR_ALLOWED_NETWORKS") or PRIVATE_RANGES
+        env["IB_CONNECTOR_ALLOWED_NETWORKS"] = f"{allowed},{POD_NETWORK}"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             try:

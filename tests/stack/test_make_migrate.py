@@ -23,7 +23,9 @@ from migrator.legacy_schema import create
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "legacy password 1"
-TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 160 bits, as authenticator apps issue
+TOTP_SECRET = (
+    "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 160 bits, as authenticator apps issue
+)
 STACK_VARS = (
     "NATS_URL",
     "DATABASE_URL",

@@ -363,6 +363,7 @@ async def test_code_exchange_resolves_account_hash(world: World) -> None:
         15,
     )
     assert answer.success, answer.message
+    assert answer.code is None
 
 
 async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) -> None:
@@ -388,6 +389,9 @@ async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) 
         Decimal("100.25"),
         "USD",
     )
+    assert [(c["currency"], Decimal(c["amount"])) for c in a1["cash"]] == [
+        ("USD", Decimal("100.25"))
+    ]
     assert (
         a1["positions"][0]["symbol"] == "AAPL"
         and Decimal(a1["positions"][0]["quantity"]) == 5
