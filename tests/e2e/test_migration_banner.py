@@ -50,7 +50,7 @@ def _legacy(path: Path) -> Path:
     )
     conn.execute(
         "INSERT INTO ib_connections (id, user_id, name, host, port, client_id, target_account_id)"
-        " VALUES (1, 1, 'old', '10.0.0.5', 4001, 3, NULL)"
+        " VALUES (1, 1, 'old', '127.0.0.1', 4001, 3, NULL)"
     )
     conn.execute(
         "INSERT INTO schwab_settings (id, user_id, app_key, app_secret, access_token, refresh_token, token_expires_at)"
@@ -127,7 +127,7 @@ async def test_migrated_user_attaches_and_discards_pending_items(
     await expect(items).to_have_count(3)
 
     # what it is, and why: the IB gateway with its client id, nothing preselected (unverified)
-    ib = items.filter(has_text="IB gateway 10.0.0.5:4001 (client id 3)")
+    ib = items.filter(has_text="IB gateway 127.0.0.1:4001 (client id 3)")
     await expect(ib).to_contain_text("no target account")
     select = ib.get_by_label("Attach to")
     await expect(select).to_have_value("")
@@ -135,6 +135,7 @@ async def test_migrated_user_attaches_and_discards_pending_items(
     await expect(suggested).to_have_text(["IB Old (U3333333)"])
     await select.select_option(label="IB Old (U3333333)")
     await ib.get_by_role("button", name="Attach").click()
+    await expect(page.locator("#toast")).to_contain_text("Connection attached")
     await expect(items).to_have_count(2)
 
     # the Schwab login: several accounts of it in one action; suggestions ranked, none checked
@@ -156,7 +157,7 @@ async def test_migrated_user_attaches_and_discards_pending_items(
 
     accounts = {a["name"]: a for a in await _api(stack, "/api/accounts")}
     assert accounts["IB Old"]["integration_type"] == "IB"
-    assert accounts["IB Old"]["integration_config"]["host"] == "10.0.0.5"
+    assert accounts["IB Old"]["integration_config"]["host"] == "127.0.0.1"
     for name in ("Schwab A", "Schwab B"):
         config = accounts[name]["integration_config"]
         assert (

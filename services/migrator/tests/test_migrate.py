@@ -676,7 +676,8 @@ def test_rekey_then_dropping_the_old_key_keeps_rollback_and_integrations_working
     assert code == 0 and "nothing to change" in out, (
         err
     )  # verification decrypts the copies
-    assert migrate(target_url, "--rollback")[0] == 0
+    code, out, err = migrate(target_url, "--rollback")
+    assert code == 0, err
     acc = accounts_by_legacy(target_url)
     assert (
         only_new.decrypt(acc[41][1]["app_secret_enc"]) == "s1"

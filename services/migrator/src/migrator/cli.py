@@ -221,7 +221,10 @@ def _rollback(
             "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
         )
         return EXIT_FAILED
-    summary = rollback(target, _publisher(namespace))
+    try:
+        summary = rollback(target, _publisher(namespace))
+    finally:
+        target.unlock()
     _write_report(args.report, {"mode": "rollback", "target": _redact(url), **summary})
     if summary["rolled_back"] is None:
         _say(summary["message"])
@@ -284,7 +287,10 @@ def _apply(
                 "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
             )
             return EXIT_FAILED
-        return _execute(source, target, box, namespace, report, progress, args)
+        try:
+            return _execute(source, target, box, namespace, report, progress, args)
+        finally:
+            target.unlock()
 
 
 def _dry_run(

@@ -171,6 +171,16 @@ class Target:
             ).fetchone()[0]
         )  # type: ignore[index]
 
+    def unlock(self) -> None:
+        """Release the lock now: a closed connection's server process may linger (and keep
+        it) for a moment on a busy server, and the next run must not find it taken."""
+        if self.conn.closed:
+            return
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.rollback()
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        self.conn.commit()
+
     def commit(self) -> None:
         if not self.dry_run:
             self.conn.commit()
