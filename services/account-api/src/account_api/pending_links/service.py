@@ -12,10 +12,8 @@ from typing import Any
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from pydantic import ValidationError
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
-from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound, InvalidField, NotFound
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out
@@ -26,9 +24,9 @@ from account_api.integrations.schemas import (
     SchwabIntegrationIn,
 )
 from account_api.integrations.service import IntegrationService
-from account_api.pending_links.repository import PendingLinkRepository
 from account_api.pending_links.schemas import PendingLinkOut
 from account_api.tables import Account, PendingLink
+from account_api.unit_of_work import UnitOfWork
 
 IB_FIELDS = ("host", "port", "client_id", "account_code", "read_only", "backups")
 REFRESH_TTL = timedelta(days=7)
@@ -121,12 +119,7 @@ class PendingLinkService:
 
     async def list(self, uow: UnitOfWork, actor: Actor) -> list[PendingLinkOut]:
         async with uow:
-            return [
-                _out(i)
-                for i in await PendingLinkRepository(uow.session).for_user(
-                    actor.user_id
-                )
-            ]
+            return [_out(i) for i in await uow.pending_links.for_user(actor.user_id)]
 
     async def link(
         self, uow: UnitOfWork, actor: Actor, link_id: int, account_ids: list[int]
@@ -134,7 +127,7 @@ class PendingLinkService:
         """Attach the item to the account(s) in one transaction and delete it. Several accounts
         only for a Schwab login (they share it, tokens included); an IB connection is one."""
         async with uow:
-            repo = PendingLinkRepository(uow.session)
+            repo = uow.pending_links
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
@@ -144,7 +137,7 @@ class PendingLinkService:
                 )
             accounts = []
             for account_id in sorted(account_ids):  # lock order: by id, as everywhere
-                account = await AccountRepository(uow.session).owned(
+                account = await uow.accounts.owned(
                     actor.user_id, account_id, for_update=True
                 )
                 if account is None:
@@ -196,7 +189,7 @@ class PendingLinkService:
 
     async def discard(self, uow: UnitOfWork, actor: Actor, link_id: int) -> None:
         async with uow:
-            repo = PendingLinkRepository(uow.session)
+            repo = uow.pending_links
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
