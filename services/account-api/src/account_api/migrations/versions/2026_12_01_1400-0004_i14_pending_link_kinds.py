@@ -1,7 +1,7 @@
 """pending links say what kind of item they are and which suggestions the broker verified
 
 Revision ID: 0004_i14
-Revises: 0004_i19
+Revises: 0004_i18
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_i14"
-down_revision: str | None = "0004_i19"  # chained after main's head on merging
+down_revision: str | None = "0004_i18"  # chained after main's head on merging
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
