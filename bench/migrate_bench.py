@@ -75,7 +75,12 @@ def generate(path: Path, scale: float, seed: int = 7) -> dict[str, int]:
                 kind, cfg = (
                     "IB",
                     json.dumps(
-                        {"type": "IB", "host": "127.0.0.1", "port": 4001, "clientId": 99},
+                        {
+                            "type": "IB",
+                            "host": "127.0.0.1",
+                            "port": 4001,
+                            "clientId": 99,
+                        },
                         separators=(",", ":"),
                     ),
                 )
