@@ -38,6 +38,11 @@ class Settings(ServiceSettings):
     db_pool_size: int = Field(default=10, ge=1, le=100)
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
 
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="proxies whose X-Forwarded-For is trusted for the client address "
+        "(sign-in throttling counts per client): the ingress/proxy addresses, or *",
+    )
     login_account_max_failures: int = Field(
         default=5, ge=1, description="failed sign-ins per e-mail address per window"
     )
