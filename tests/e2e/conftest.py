@@ -32,6 +32,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ROOT = Path(__file__).resolve().parents[2]
+# Every page and step is saved here as a test artifact (CI can upload the folder); the ones the
+# docs show are copied to docs/screenshots from the same files, so the docs never drift.
+ARTIFACTS = (
+    Path(os.environ.get("BROKERLINK_ARTIFACTS", ROOT / "test-results")) / "screenshots"
+)
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -304,7 +309,24 @@ async def page(browser: Any, stack: Stack) -> AsyncIterator[Any]:
         await context.close()
 
 
+class Screenshots:
+    """`await shots.take(page, "name")` saves an artifact; `doc=True` also refreshes the docs'
+    copy of the same image."""
+
+    def __init__(self) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.taken: list[str] = []
+
+    async def take(self, page: Any, name: str, *, doc: bool = False) -> Path:
+        path = ARTIFACTS / f"{name}.png"
+        await page.screenshot(path=str(path))
+        self.taken.append(name)
+        if doc:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
+        return path
+
+
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def shots() -> Screenshots:
+    return Screenshots()

@@ -175,6 +175,7 @@ async def test_integration_test_request(
     reply = await bus.test(config.model_copy(update={"client_id": 31}), timeout_s=3)
     assert not reply.success
     assert "connection refused" in reply.message
+    assert reply.code == "502" and "(code" not in reply.message  # clients word the code
 
 
 async def test_removed_integration_closes_its_session(

@@ -22,6 +22,15 @@ class Settings(ServiceSettings):
         default=8000, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "port")
     )
     workers: int = Field(default=2, ge=1, le=64)
+    worker_healthcheck_timeout_s: int = Field(
+        default=120,
+        ge=5,
+        le=900,
+        description=(
+            "how long uvicorn lets a worker go without answering its health ping before it "
+            "kills it; covers start-up, when importing the app takes seconds on a busy machine"
+        ),
+    )
     public_url: str = "http://127.0.0.1:8000"
     jwt_secret: SecretStr = SecretStr("")
     access_token_minutes: int = Field(default=15, ge=1, le=1440)

@@ -205,6 +205,7 @@ def run() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            timeout_worker_healthcheck=settings.worker_healthcheck_timeout_s,
             log_config=None,
             access_log=False,
             loop="uvloop",

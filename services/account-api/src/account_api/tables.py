@@ -99,6 +99,7 @@ class Account(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     token_access_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True)

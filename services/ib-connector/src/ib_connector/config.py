@@ -29,7 +29,10 @@ class Settings(BusSettings):
         env_prefix="IB_CONNECTOR_", extra="ignore", populate_by_name=True
     )
 
-    health_host: str = "127.0.0.1"
+    health_host: str = Field(
+        default="0.0.0.0",
+        description="probes arrive on the pod's address; `make run` binds loopback",
+    )
     health_port: int = Field(
         default=8081, ge=0, le=65535, description="0 picks a free port"
     )

@@ -71,11 +71,15 @@ def create_app(settings: Settings) -> FastStream:
     health_server: list[asyncio.Server] = []
 
     async def health() -> HealthReply:
+        connected = await bus_connected(broker)
         try:
-            parked = await dead_letter_count(broker, topology, SERVICE)
+            parked = (
+                await asyncio.wait_for(dead_letter_count(broker, topology, SERVICE), 2)
+                if connected
+                else -1
+            )
         except Exception:
             parked = -1
-        connected = await bus_connected(broker)
         ownership = service.ownership
         return HealthReply(
             service=SERVICE,

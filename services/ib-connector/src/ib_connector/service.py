@@ -120,11 +120,15 @@ class IBConnectorService:
                 return await self._test(request, budget)
         except TimeoutError:
             return IntegrationTestReply(
-                success=False, message=f"no answer from the gateway within {budget:g}s"
+                success=False,
+                message=f"no answer from the gateway within {budget:g}s",
+                code="timeout",
             )
         except (ForwardFailed, RetryLater) as exc:
             return IntegrationTestReply(
-                success=False, message=f"connector replica handover in progress: {exc}"
+                success=False,
+                message=f"connector replica handover in progress: {exc}",
+                code="handover",
             )
 
     async def on_forwarded(self, command: ForwardedCommand) -> ForwardReply:
@@ -259,10 +263,10 @@ class IBConnectorService:
                 message = await self._one_shot_test(config, request.user_id, budget)
         except (RefreshError, GatewayError) as exc:
             return IntegrationTestReply(
-                success=False, message=f"{exc.message} (code {exc.code})"
+                success=False, message=exc.message, code=str(exc.code)[:64]
             )
         except AccountSelectionError as exc:
-            return IntegrationTestReply(success=False, message=str(exc))
+            return IntegrationTestReply(success=False, message=str(exc), code=exc.code)
         return IntegrationTestReply(success=True, message=message)
 
     async def _one_shot_test(

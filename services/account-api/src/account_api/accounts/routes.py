@@ -6,7 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from account_api.accounts import service
 from account_api.accounts.repository import AccountReadModel
-from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.accounts.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    TotalsOut,
+)
 from account_api.audit import service as audit_service
 from account_api.audit.schemas import AuditOut
 from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
@@ -27,6 +32,11 @@ async def create_account(
     return await service.create_account(
         uow, actor, body, c.settings.max_accounts_per_user
     )
+
+
+@router.get("/totals", response_model=TotalsOut)
+async def totals(actor: CurrentActor, c: ContainerDep) -> TotalsOut:
+    return await service.totals(AccountReadModel(c.read_pool), actor)
 
 
 @router.get("/{account_id}", response_model=AccountOut)

@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from account_api.accounts.repository import AccountReadModel, AccountRepository
-from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.accounts.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    CurrencyTotalOut,
+    TotalsOut,
+)
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.db import UnitOfWork
@@ -18,21 +24,40 @@ from account_api.tables import Account
 
 
 def account_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of the read model as the API shows it (secrets masked)."""
+    """A row of the read model as the API shows it (secrets masked, sync facts gathered)."""
+    row["sync"] = rules.sync_facts(row)
+    for name in ("last_success_at", "last_failure_at", "last_error_code"):
+        del row[name]
     row["integration_config"] = rules.public_config(
         row["integration_type"], row["integration_config"]
     )
     return row
 
 
+_ROW_FIELDS = (set(AccountOut.model_fields) - {"sync"}) | set(rules.SYNC_COLUMNS)
+
+
 def _out(account: Account) -> AccountOut:
     return AccountOut.model_validate(
-        account_view({k: getattr(account, k) for k in AccountOut.model_fields})
+        account_view({k: getattr(account, k) for k in _ROW_FIELDS})
     )
 
 
 async def list_accounts(reads: AccountReadModel, actor: Actor) -> list[dict[str, Any]]:
     return [account_view(r) for r in await reads.list_for_user(actor.user_id)]
+
+
+async def totals(reads: AccountReadModel, actor: Actor) -> TotalsOut:
+    """Per-currency totals; one net worth only where the currencies agree (no FX source)."""
+    base, rows = await reads.totals_for_user(actor.user_id)
+    by_currency = [CurrencyTotalOut.model_validate(r) for r in rows]
+    single = by_currency[0] if len(by_currency) == 1 else None
+    return TotalsOut(
+        base_currency=base,
+        by_currency=by_currency,
+        net_worth=single.total if single else None,
+        net_worth_currency=single.currency if single else None,
+    )
 
 
 async def get_account(
@@ -117,6 +142,7 @@ async def update_account(
             )
             if change.fields:
                 await audit(uow, actor, change)
+                configuration.first_refresh(uow, actor, account)
         if changed:
             account.updated_at = datetime.now(UTC)
             await audit(uow, actor, Change("account.update", account.id, changed))

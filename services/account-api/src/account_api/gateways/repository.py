@@ -30,6 +30,15 @@ class GatewayEndpointRepository:
             .values([{"address": a, "port": p, "user_id": user_id} for a, p in keys])
             .on_conflict_do_nothing()
         )
+        return await self.owners(keys)
+
+    async def owners(
+        self, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The owner of each of `endpoints` that has one."""
+        keys = sorted(set(endpoints))
+        if not keys:
+            return {}
         rows = await self._session.execute(
             select(
                 GatewayEndpoint.address, GatewayEndpoint.port, GatewayEndpoint.user_id

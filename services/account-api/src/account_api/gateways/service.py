@@ -44,9 +44,20 @@ class GatewayEndpoints:
     ) -> None:
         """Check every endpoint of `config` is reachable by policy and free or the user's own,
         and record the user as owner of the free ones (in the caller's transaction)."""
+        await self._refuse_taken(session, user_id, config, record=True)
+
+    async def check(
+        self, session: AsyncSession, user_id: int, config: IBConfigIn
+    ) -> None:
+        """As `claim`, recording nothing: for a dry test of settings that are not saved."""
+        await self._refuse_taken(session, user_id, config, record=False)
+
+    async def _refuse_taken(
+        self, session: AsyncSession, user_id: int, config: IBConfigIn, *, record: bool
+    ) -> None:
         endpoints = [("config.host", config.host, config.port)] + [
             (f"config.backups.{i}.host", b.host, b.port)
-            for i, b in enumerate(config.backups)
+            for i, b in enumerate(config.backups or [])  # absent: the stored ones stay
         ]
         field_of: dict[tuple[str, int], str] = {}
         for field, host, port in endpoints:
@@ -58,7 +69,11 @@ class GatewayEndpoints:
                 field_of.setdefault(key, field)
         endpoints_repo = GatewayEndpointRepository(session)
         taken = await endpoints_repo.used_by_others(user_id, field_of)
-        owners = await endpoints_repo.claim(user_id, field_of)
+        owners = await (
+            endpoints_repo.claim(user_id, field_of)
+            if record
+            else endpoints_repo.owners(field_of)
+        )
         taken |= {key for key, owner in owners.items() if owner != user_id}
         if taken:
             fields = {field_of[key] for key in taken}
