@@ -28,6 +28,10 @@ lint:
 format:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run ruff check --fix . && "$$uv_bin" run ruff format .
 
+# Every bench in its short mode, compared with bench/budgets.json; not part of `make test`.
+bench:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python bench/gate.py
+
 asyncapi:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python -m brokerlink_shared.asyncapi > docs/asyncapi.json
 

@@ -93,12 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessionmaker,
         publisher,
         batch_size=settings.outbox_batch_size,
+        poll_interval_s=settings.outbox_poll_interval_s,
     )
+    relay.wake_on_commit()
 
     def new_uow() -> UnitOfWork:
         return UnitOfWork(sessionmaker)
 
-    register_consumers(broker, topology, new_uow)
+    balances = register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
         new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
@@ -150,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
             await broker.stop()
+            await balances.aclose()
             await read_pool.close()
             await engine.dispose()
 

@@ -92,8 +92,10 @@ class RefreshService:
                     ),
                 )
                 await uow.commit()
-            if wait_s > 0:
-                await self._wait_for(uow, account_id, refresh_id, done, wait_s)
+            if wait_s <= 0:
+                # Just committed as pending; reading it back would cost a second transaction.
+                return RefreshOut(refresh_id=refresh_id, status="pending")
+            await self._wait_for(uow, account_id, refresh_id, done, wait_s)
         return await self.refresh_status(uow, actor, account_id, refresh_id)
 
     async def _wait_for(
