@@ -76,6 +76,7 @@ class Stack:
     gateway_port: int
     schwab_sim: Any
     flex_sim: Any
+    database_url: str = ""  # account-api's database (the migrator's target)
 
 
 def _ib_scenario_accounts() -> list[Any]:
@@ -299,6 +300,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             gateway_port=gateway.port,
             schwab_sim=schwab_sim,
             flex_sim=flex_sim,
+            database_url=database,
         )
 
 

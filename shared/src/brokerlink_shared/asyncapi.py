@@ -16,6 +16,8 @@ from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationTestReply,
     IntegrationTestRequest,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
@@ -23,6 +25,7 @@ from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.subjects import (
     HEALTH,
     INTEGRATION_TEST,
+    SCHWAB_ACCOUNT_NUMBERS,
     SCHWAB_OAUTH_EXCHANGE,
     STREAM_OF_FAMILY,
     Topology,
@@ -49,6 +52,11 @@ def _roles(family: str) -> tuple[str, list[str], list[str]]:
 REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
     INTEGRATION_TEST: (IntegrationTestRequest, IntegrationTestReply, "{broker}"),
     SCHWAB_OAUTH_EXCHANGE: (SchwabOAuthExchangeRequest, SchwabOAuthExchangeReply, ""),
+    SCHWAB_ACCOUNT_NUMBERS: (
+        SchwabAccountNumbersRequest,
+        SchwabAccountNumbersReply,
+        "",
+    ),
     HEALTH: (BaseModel, HealthReply, "{service}"),
 }
 
