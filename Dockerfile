@@ -29,6 +29,7 @@ COPY shared-dev/pyproject.toml shared-dev/pyproject.toml
 COPY services/account-api/pyproject.toml services/account-api/pyproject.toml
 COPY services/ib-connector/pyproject.toml services/ib-connector/pyproject.toml
 COPY services/schwab-connector/pyproject.toml services/schwab-connector/pyproject.toml
+COPY services/ibflex-connector/pyproject.toml services/ibflex-connector/pyproject.toml
 COPY services/migrator/pyproject.toml services/migrator/pyproject.toml
 COPY simulators/pyproject.toml simulators/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/uv \

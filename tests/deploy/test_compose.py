@@ -59,6 +59,7 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
         "account-api",
         "ib-connector",
         "schwab-connector",
+        "ibflex-connector",
     }
     assert always <= set(services)
     for name in always:
@@ -66,6 +67,7 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
     assert services["legacy-migrator"]["profiles"] == ["migrate"]
     assert services["ib-gateway-sim"]["profiles"] == ["demo"]
     assert services["schwab-api-sim"]["profiles"] == ["demo"]
+    assert services["ibflex-sim"]["profiles"] == ["demo"]
 
 
 def test_startup_order_and_healthchecks(compose: dict[str, Any]) -> None:
@@ -79,14 +81,19 @@ def test_startup_order_and_healthchecks(compose: dict[str, Any]) -> None:
     assert api["migrate"]["condition"] == "service_completed_successfully"
     assert api["nats"]["condition"] == "service_healthy"
     assert api["postgres"]["condition"] == "service_healthy"
-    for name in ("ib-connector", "schwab-connector"):
+    for name in ("ib-connector", "schwab-connector", "ibflex-connector"):
         assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy"
     for name, svc in services.items():
         if svc.get("restart") == "no":
             continue
         test = svc["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
-    ports = {"account-api": 8000, "ib-connector": 8081, "schwab-connector": 8082}
+    ports = {
+        "account-api": 8000,
+        "ib-connector": 8081,
+        "schwab-connector": 8082,
+        "ibflex-connector": 8083,
+    }
     for name, port in ports.items():
         assert f"http://127.0.0.1:{port}/readyz" in " ".join(
             services[name]["healthcheck"]["test"]

@@ -136,7 +136,13 @@ def test_structure_check_catches_problems() -> None:
 def test_every_compose_image_names_a_package_and_its_command() -> None:
     packages = _packages()
     builds = _builds()
-    assert {"account-api", "ib-connector", "schwab-connector", "migrate"} <= set(builds)
+    assert {
+        "account-api",
+        "ib-connector",
+        "schwab-connector",
+        "ibflex-connector",
+        "migrate",
+    } <= set(builds)
     for name, build in builds.items():
         assert build["dockerfile"] == "Dockerfile" and build["context"] == ".", name
         package, command = build["args"]["PACKAGE"], build["args"]["COMMAND"]

@@ -153,6 +153,7 @@ def test_long_running_pods_probe_their_real_health_endpoint(
         "account-api": 8000,
         "ib-connector": 8081,
         "schwab-connector": 8082,
+        "ibflex-connector": 8083,
     }
     for name, port in expected_ports.items():
         obj = (
@@ -175,6 +176,7 @@ def test_long_running_pods_probe_their_real_health_endpoint(
         health_env = {
             "ib-connector": "IB_CONNECTOR_HEALTH_PORT",
             "schwab-connector": "SCHWAB_CONNECTOR_HEALTH_PORT",
+            "ibflex-connector": "IBFLEX_CONNECTOR_HEALTH_PORT",
             "account-api": "API_PORT",
         }
         assert env[health_env[name]]["value"] == str(port)
@@ -268,7 +270,12 @@ def test_network_policies(rendered: list[dict[str, Any]]) -> None:
         for n, lab in labels.items()
         if lab.get("brokerlink.io/postgres-client") == "true"
     }
-    assert nats_clients == {"account-api", "ib-connector", "schwab-connector"}
+    assert nats_clients == {
+        "account-api",
+        "ib-connector",
+        "schwab-connector",
+        "ibflex-connector",
+    }
     assert pg_clients == {"account-api", "schema-migrate", "legacy-migrator"}
 
 

@@ -18,7 +18,7 @@ from .conftest import DEPLOY, REPO, nats_server
 
 VALUES = DEPLOY / "nats" / "values.yaml"
 COMPOSE_CONF = DEPLOY / "compose" / "nats.conf"
-SERVICES = ("account-api", "ib-connector", "schwab-connector")
+SERVICES = ("account-api", "ib-connector", "schwab-connector", "ibflex-connector")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,10 @@ EXPECTATIONS = [
         "sub",
         False,
     ),
+    # replies arrive under the service's own inbox prefix: nobody reads another's replies
+    ("account-api", "_INBOX_account-api.abc.1", "sub", True),
+    ("ib-connector", "_INBOX_account-api.abc.1", "sub", False),
+    ("schwab-connector", "_INBOX.abc", "sub", False),
     # no service may delete or purge a stream, or touch another service's consumers
     ("account-api", "$JS.API.STREAM.DELETE.BROKERLINK_COMMANDS", "pub", False),
     ("ib-connector", "$JS.API.STREAM.PURGE.BROKERLINK_CONNECTOR_EVENTS", "pub", False),
@@ -170,6 +174,29 @@ EXPECTATIONS = [
     ("ib-connector", "$JS.API.STREAM.CREATE.KV_brokerlink_ib_sessions", "pub", True),
     ("ib-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
     ("account-api", "$KV.brokerlink_ib_sessions.s1", "pub", False),
+    # IB Flex: its own broker token and KV buckets (ibflex_connector.main), nothing of the others
+    ("account-api", "brokerlink.refresh.requested.ib_flex", "pub", True),
+    ("ibflex-connector", "brokerlink.balance.updated.ib_flex", "pub", True),
+    ("ibflex-connector", "brokerlink.integration.test.ib_flex", "sub", True),
+    ("ibflex-connector", "$KV.brokerlink_ibflex_rate.budget", "pub", True),
+    (
+        "ibflex-connector",
+        "$JS.API.DIRECT.GET.KV_brokerlink_ibflex_statements.$KV.brokerlink_ibflex_statements.r",
+        "pub",
+        True,
+    ),
+    (
+        "ibflex-connector",
+        "$JS.API.STREAM.CREATE.KV_brokerlink_ibflex_rate",
+        "pub",
+        True,
+    ),
+    ("ibflex-connector", "$JS.API.STREAM.DELETE.BROKERLINK_COMMANDS", "pub", False),
+    ("ibflex-connector", "brokerlink.balance.updated.ib", "pub", False),
+    ("ibflex-connector", "brokerlink.integration.test.ib", "sub", False),
+    ("ibflex-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
+    ("ib-connector", "brokerlink.balance.updated.ib_flex", "pub", False),
+    ("ib-connector", "brokerlink.integration.test.ib_flex", "sub", False),
 ]
 
 
@@ -250,6 +277,7 @@ def test_compose_nats_conf_is_accepted_by_nats_server() -> None:
         "ACCOUNT_API_NATS_PASSWORD",
         "IB_CONNECTOR_NATS_PASSWORD",
         "SCHWAB_CONNECTOR_NATS_PASSWORD",
+        "IBFLEX_CONNECTOR_NATS_PASSWORD",
         "NATS_SYSTEM_PASSWORD",
     }
     proc = _nats_test(COMPOSE_CONF, env)

@@ -1,4 +1,4 @@
-"""The browser end-to-end stack: real account-api, both connectors and both simulators on the
+"""The browser end-to-end stack: real account-api, every connector and every simulator on the
 session's NATS and PostgreSQL (from the `infra` fixture), driven by Playwright through Debian's
 chromium. Everything runs in the session's event loop; nothing is downloaded.
 
@@ -47,6 +47,10 @@ SCHWAB_APP_KEY = "e2e-app-key"
 SCHWAB_APP_SECRET = "e2e-app-secret-123"
 SCHWAB_LOGIN = "e2e-login"
 SCHWAB_NUMBER = "87654321"
+FLEX_TOKEN = "556677889900112233445566"
+FLEX_EXPIRED_TOKEN = "665544332211009988776655"
+FLEX_QUERY, FLEX_EXPIRED_QUERY = "700001", "700002"
+FLEX_ACCOUNTS = {"U5550001": 15000.25, "U5550002": 2500.5}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,6 +75,8 @@ class Stack:
     ib_admin_url: str
     gateway_port: int
     schwab_sim: Any
+    flex_sim: Any
+    database_url: str = ""  # account-api's database (the migrator's target)
 
 
 def _ib_scenario_accounts() -> list[Any]:
@@ -140,6 +146,38 @@ def _schwab_scenario() -> Any:
     )
 
 
+def _flex_scenario() -> Any:
+    from brokerlink_simulators.ib_flex import (
+        FlexAccount,
+        FlexLimits,
+        FlexQuery,
+        FlexToken,
+        Scenario,
+    )
+
+    return Scenario(
+        tokens=[
+            FlexToken(token=FLEX_TOKEN),
+            FlexToken(token=FLEX_EXPIRED_TOKEN, expired=True),
+        ],
+        queries=[
+            FlexQuery(
+                query_id=FLEX_QUERY, token=FLEX_TOKEN, accounts=list(FLEX_ACCOUNTS)
+            ),
+            FlexQuery(
+                query_id=FLEX_EXPIRED_QUERY,
+                token=FLEX_EXPIRED_TOKEN,
+                accounts=["U5550003"],
+            ),
+        ],
+        accounts=[
+            FlexAccount(account_id=code, nav=nav, cash={"USD": nav}, positions=[])
+            for code, nav in FLEX_ACCOUNTS.items()
+        ],
+        limits=FlexLimits(per_window=20, window_s=5, min_interval_s=0),
+    )
+
+
 @pytest.fixture(scope="session")
 async def stack(infra: Any) -> AsyncIterator[Stack]:
     """Simulators, connectors and account-api, each in this event loop on its own port."""
@@ -149,6 +187,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from brokerlink_devkit.devstack.embedded import free_port
     from brokerlink_devkit.testing.serving import serving
     from brokerlink_shared.reach import LOOPBACK
+    from brokerlink_simulators.ib_flex import IbFlexSimulator
     from brokerlink_simulators.ib_gateway import (
         GatewaySpec,
         IBGatewaySimulator,
@@ -157,6 +196,8 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from brokerlink_simulators.schwab_api import SchwabApiSimulator
     from ib_connector.config import Settings as IbSettings
     from ib_connector.main import create_app as create_ib
+    from ibflex_connector.config import Settings as FlexSettings
+    from ibflex_connector.main import create_app as create_flex
     from schwab_connector.config import Settings as SchwabSettings
     from schwab_connector.main import create_app as create_schwab
 
@@ -206,6 +247,29 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
         await schwab_app.start()
         cleanup.push_async_callback(lambda: asyncio.wait_for(schwab_app.stop(), 30))
 
+        flex_sim = IbFlexSimulator(_flex_scenario())
+        await flex_sim.start()
+        cleanup.push_async_callback(flex_sim.stop)
+        flex_app = create_flex(
+            FlexSettings(
+                nats_url=infra.nats_url,
+                namespace=namespace,
+                encryption_keys=infra.encryption_keys,
+                send_request_url=flex_sim.send_request_url,
+                health_host="127.0.0.1",
+                health_port=0,
+                # the simulator's throttle scaled down (20 per 5 s): 4 per 1.25 s slice
+                rate_limit=20,
+                rate_window_s=5.0,
+                rate_slices=4,
+                rate_min_spacing_s=0.0,
+                backoff_base_s=0.05,
+                backoff_cap_s=0.3,
+            )
+        )
+        await flex_app.start()
+        cleanup.push_async_callback(lambda: asyncio.wait_for(flex_app.stop(), 30))
+
         database = infra.new_database("e2e")
         upgrade(database)
         port = free_port()
@@ -235,6 +299,8 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             ib_admin_url=ib_sim.admin_url,
             gateway_port=gateway.port,
             schwab_sim=schwab_sim,
+            flex_sim=flex_sim,
+            database_url=database,
         )
 
 

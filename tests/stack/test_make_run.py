@@ -20,10 +20,13 @@ import nats
 import psutil
 import pytest
 from brokerlink_shared.contracts.events import HealthReply
+from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.subjects import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = {"email": "demo@example.com", "password": "demo-password-2026"}
+# one connector per declared integration type (ib-connector, schwab-connector, ibflex-connector)
+CONNECTORS = tuple(dict.fromkeys(p.service for p in PLUGINS.values()))
 
 
 def _start(data_dir: Path, **extra: str) -> subprocess.Popen[str]:
@@ -93,7 +96,7 @@ async def _connector_health(nats_url: str) -> list[str]:
     nc = await nats.connect(nats_url)
     try:
         answered = []
-        for service in ("ib-connector", "schwab-connector"):
+        for service in CONNECTORS:
             reply = await nc.request(
                 Topology("brokerlink").health_subject(service), b"", timeout=10
             )
@@ -106,10 +109,10 @@ async def _connector_health(nats_url: str) -> list[str]:
 def _refresh_ib_accounts(base: str) -> list[str]:
     headers = _login(base)
     accounts = httpx.get(f"{base}/api/accounts", headers=headers, timeout=10).json()
-    assert len(accounts) == 4
+    assert len(accounts) == 5  # two IB, two Schwab, one IB Flex
     statuses = []
     for account in accounts:
-        if not account["name"].startswith("IB"):
+        if account["integration_type"] != "IB":
             continue
         refresh = httpx.post(
             f"{base}/api/accounts/{account['id']}/integration/refresh",
@@ -122,62 +125,48 @@ def _refresh_ib_accounts(base: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_make_run_restarts_with_a_working_demo(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    proc = _start(data)
+def test_two_runs_side_by_side_then_a_restart_with_a_working_demo(
+    tmp_path: Path,
+) -> None:
+    first, second = _start(tmp_path / "a"), _start(tmp_path / "b")
     try:
-        output = _wait_up(proc)
-        ports = _ports(data)
+        output = _wait_up(first)
+        _wait_up(second)
+        ports = _ports(tmp_path / "a")
+        assert not set(ports.values()) & set(_ports(tmp_path / "b").values())
         base = f"http://127.0.0.1:{ports['api']}"
         assert f"open          {base}" in "\n".join(output)
         assert any("demo login    demo@example.com" in line for line in output)
         # quiet: no JSON log line reached the terminal
         assert not [line for line in output if '"level"' in line], output
-        assert asyncio.run(_connector_health(f"nats://127.0.0.1:{ports['nats']}")) == [
-            "ib-connector",
-            "schwab-connector",
-        ]
+        assert asyncio.run(
+            _connector_health(f"nats://127.0.0.1:{ports['nats']}")
+        ) == list(CONNECTORS)
         assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
-        for name in ("ib-connector-health", "schwab-connector-health"):
+        for name in (f"{service}-health" for service in CONNECTORS):
             probe = httpx.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=5)
             assert probe.status_code == 200, probe.text
-        assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
+        for data in ("a", "b"):
+            other = f"http://127.0.0.1:{_ports(tmp_path / data)['api']}"
+            assert _refresh_ib_accounts(other) == ["succeeded", "succeeded"]
     finally:
-        if proc.poll() is None:
-            _stop(proc)
+        for proc in (first, second):
+            if proc.poll() is None:
+                _stop(proc)
 
     # Restart on the same data with the gateway's last port taken: the simulated gateway moves,
     # the demo accounts follow it, nothing is created twice.
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["ib-gateway-sim"]))
         squatter.listen()
-        proc = _start(data)
+        proc = _start(tmp_path / "a")
         try:
             _wait_up(proc)
-            again = _ports(data)
+            again = _ports(tmp_path / "a")
             assert again["ib-gateway-sim"] != ports["ib-gateway-sim"]
             base = f"http://127.0.0.1:{again['api']}"
             assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
         finally:
-            if proc.poll() is None:
-                _stop(proc)
-
-
-@pytest.mark.slow
-def test_two_runs_side_by_side(tmp_path: Path) -> None:
-    first = _start(tmp_path / "a")
-    second = _start(tmp_path / "b")
-    try:
-        _wait_up(first)
-        _wait_up(second)
-        a, b = _ports(tmp_path / "a"), _ports(tmp_path / "b")
-        assert not set(a.values()) & set(b.values()), (a, b)
-        for ports in (a, b):
-            base = f"http://127.0.0.1:{ports['api']}"
-            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-            assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
-    finally:
-        for proc in (first, second):
             if proc.poll() is None:
                 _stop(proc)
 

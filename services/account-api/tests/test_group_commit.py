@@ -15,9 +15,17 @@ from account_api.db import UnitOfWork
 from account_api.integrations import results
 from account_api.migrate import upgrade
 from brokerlink_shared.contracts.events import BalanceUpdated
+from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.subjects import Topology
+from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _uow(sessionmaker: async_sessionmaker) -> UnitOfWork:  # type: ignore[type-arg]
+    # Balances write no outbox rows; the publisher would only encode them (no connection).
+    return UnitOfWork(sessionmaker, EventPublisher(NatsBroker(), Topology("unused")))
 
 
 def _balance(
@@ -146,7 +154,7 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
     events = _events(user_id, ids, refreshes)
 
     for event in events:
-        await results.record_balances(UnitOfWork(sessionmaker), [event])
+        await results.record_balances(_uow(sessionmaker), [event])
     one_by_one = await _state(libpq)
 
     other = infra.new_database("gc")
@@ -168,7 +176,7 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
             for e in events
         ]
         await results.record_balances(
-            UnitOfWork(async_sessionmaker(engine, expire_on_commit=False)), batch
+            _uow(async_sessionmaker(engine, expire_on_commit=False)), batch
         )
         together = await _state(other_libpq)
     finally:
@@ -193,7 +201,7 @@ async def test_group_commit_answers_each_submitter(database) -> None:  # type: i
         batches.append(len(events))
         if any(e.account_id == ids[5] for e in events):
             raise RuntimeError("a poison message")
-        await results.record_balances(UnitOfWork(sessionmaker), events)
+        await results.record_balances(_uow(sessionmaker), events)
 
     group = GroupCommit(record)
     outcomes = await asyncio.gather(

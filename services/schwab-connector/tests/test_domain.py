@@ -1,21 +1,18 @@
-"""Pure rules: token lifecycle, rate arithmetic, batching, mapping, retry delays (no network)."""
+"""Pure rules: token lifecycle, mapping, retry delays (no network)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from brokerlink_shared.contracts.values import IntegrationStatus
-from schwab_connector.domain.batching import LoginBatcher
 from schwab_connector.domain.mapping import (
     AccountDataError,
     pick_account,
     resolve_hash,
     snapshot,
 )
-from schwab_connector.domain.rate import RatePlan
 from schwab_connector.domain.retry import parse_retry_after, retry_delay
 from schwab_connector.domain.tokens import (
     is_newer,
@@ -24,6 +21,8 @@ from schwab_connector.domain.tokens import (
     needs_access_refresh,
     token_times,
 )
+
+pytestmark = pytest.mark.fast
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 WEEK = 7 * 24 * 3600
@@ -75,50 +74,6 @@ def test_newer_token_wins_and_reauth_errors() -> None:
         for e in ("invalid_grant", "unsupported_token_type", "invalid_client")
     )
     assert not is_reauth_error("server_error") and not is_reauth_error(None)
-
-
-def test_rate_plan_never_exceeds_limit_on_any_window() -> None:
-    plan = RatePlan(120, 12)
-    assert (plan.slice_s, plan.per_slice) == (5.0, 8)
-    assert (
-        plan.worst_case_per_window(60.001) <= 120
-    )  # a sliding window plus a little latency
-    for limit in (1, 7, 60, 120, 1000):
-        for slices in (1, 6, 12, 60):
-            assert RatePlan(limit, slices).worst_case_per_window(60.001) <= max(
-                limit, RatePlan(limit, slices).per_slice * (slices + 2)
-            )
-    assert plan.wait_for_next_slice(12.5) == pytest.approx(2.5)
-
-
-async def test_batcher_coalesces_one_login_and_keeps_logins_apart() -> None:
-    batcher: LoginBatcher[str, int] = LoginBatcher(window_s=0.05)
-    calls: list[str] = []
-
-    async def fetch(key: str) -> int:
-        calls.append(key)
-        await asyncio.sleep(0.01)
-        return len(calls)
-
-    results = await asyncio.gather(
-        *(batcher.run(k, lambda k=k: fetch(k)) for k in ["a"] * 5 + ["b"] * 3)
-    )
-    assert sorted(calls) == ["a", "b"]
-    assert len(set(results[:5])) == 1 and len(set(results[5:])) == 1
-    later = await batcher.run("a", lambda: fetch("a"))
-    assert later == 3  # a new batch after the first one closed
-
-
-async def test_batcher_shares_failures() -> None:
-    batcher: LoginBatcher[str, int] = LoginBatcher(window_s=0.01)
-
-    async def boom() -> int:
-        raise RuntimeError("schwab down")
-
-    results = await asyncio.gather(
-        *(batcher.run("a", boom) for _ in range(3)), return_exceptions=True
-    )
-    assert all(isinstance(r, RuntimeError) for r in results)
 
 
 ELEMENT = {

@@ -1,18 +1,17 @@
-"""Cross-replica coordination in real NATS KV: the shared rate budget and the refresh lease."""
+"""Cross-replica coordination in real NATS KV: the refresh lease."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 import pytest
+from brokerlink_shared.rate_budget import open_bucket
 from nats.js.kv import KeyValue
-from schwab_connector.adapters.kv import KvLoginCoordinator, KvRateBudget, open_bucket
-from schwab_connector.domain.rate import RatePlan
+from schwab_connector.adapters.kv import KvLoginCoordinator
 
 
 @pytest.fixture
@@ -25,26 +24,6 @@ async def kv(infra: Any) -> AsyncIterator[KeyValue]:
     finally:
         await nc.jetstream().delete_key_value(name)
         await nc.close()
-
-
-async def test_two_replicas_share_one_budget(kv: KeyValue) -> None:
-    plan = RatePlan(
-        requests_per_minute=124, slices_per_minute=60
-    )  # 1-second slices, 2 each
-    replicas = [KvRateBudget(kv, plan), KvRateBudget(kv, plan)]
-    stamps: list[float] = []
-
-    async def spend(budget: KvRateBudget) -> None:
-        await budget.acquire("app-x")
-        stamps.append(time.time())
-
-    await asyncio.gather(*(spend(replicas[i % 2]) for i in range(6)))
-    per_slice = Counter(plan.slice_index(t) for t in stamps)
-    assert max(per_slice.values()) <= plan.per_slice
-    assert len(per_slice) >= 3
-    other_app = time.monotonic()
-    await replicas[0].acquire("app-y")  # another app key has its own budget
-    assert time.monotonic() - other_app < 0.5
 
 
 async def test_lease_is_exclusive_and_lapses(kv: KeyValue) -> None:

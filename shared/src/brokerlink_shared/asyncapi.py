@@ -16,29 +16,47 @@ from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationTestReply,
     IntegrationTestRequest,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
+from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.subjects import (
     HEALTH,
     INTEGRATION_TEST,
+    SCHWAB_ACCOUNT_NUMBERS,
     SCHWAB_OAUTH_EXCHANGE,
     STREAM_OF_FAMILY,
     Topology,
 )
 
-PRODUCERS = {
-    "integration.configured": ("account-api", ["ib-connector", "schwab-connector"]),
-    "integration.removed": ("account-api", ["ib-connector", "schwab-connector"]),
-    "refresh.requested": ("account-api", ["ib-connector", "schwab-connector"]),
-    "balance.updated": ("ib-connector, schwab-connector", ["account-api"]),
-    "refresh.failed": ("ib-connector, schwab-connector", ["account-api"]),
-    "integration.status": ("ib-connector, schwab-connector", ["account-api"]),
-    "schwab.tokens.rotated": ("schwab-connector", ["account-api"]),
-}
+
+def _roles(family: str) -> tuple[str, list[str], list[str]]:
+    """(producer, consumers, broker tokens) of an event family, from the plugin declarations."""
+    consumers = [p for p in PLUGINS.values() if family in p.consumes]
+    if consumers:
+        return (
+            "account-api",
+            [p.service for p in consumers],
+            [p.integration_type.token for p in consumers],
+        )
+    producers = [p for p in PLUGINS.values() if family in p.emits]
+    return (
+        ", ".join(p.service for p in producers),
+        ["account-api"],
+        [p.integration_type.token for p in producers],
+    )
+
+
 REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
     INTEGRATION_TEST: (IntegrationTestRequest, IntegrationTestReply, "{broker}"),
     SCHWAB_OAUTH_EXCHANGE: (SchwabOAuthExchangeRequest, SchwabOAuthExchangeReply, ""),
+    SCHWAB_ACCOUNT_NUMBERS: (
+        SchwabAccountNumbersRequest,
+        SchwabAccountNumbersReply,
+        "",
+    ),
     HEALTH: (BaseModel, HealthReply, "{service}"),
 }
 
@@ -55,13 +73,13 @@ def build(namespace: str = "brokerlink") -> dict[str, Any]:
             ref_template="#/components/schemas/{model}"
         )
         schemas.update(schemas[name].pop("$defs", {}))
-        producer, consumers = PRODUCERS[event_type]
+        producer, consumers, tokens = _roles(model.family)
         channel = event_type.replace(".", "_")
         channels[channel] = {
             "address": topology.subject(model.family) + ".{broker}",
             "description": f"JetStream stream {topology.stream_name(STREAM_OF_FAMILY[model.family])}; "
             f"published by {producer}; consumed by {', '.join(consumers)}. Header Nats-Msg-Id de-duplicates.",
-            "parameters": {"broker": {"enum": ["ib", "schwab"]}},
+            "parameters": {"broker": {"enum": tokens}},
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
         }
         operations[f"publish_{channel}"] = {

@@ -16,6 +16,7 @@ class Broker(StrEnum):
 
     IB = "IB"
     SCHWAB = "SCHWAB"
+    IB_FLEX = "IB_FLEX"
 
     @property
     def token(self) -> str:
@@ -33,6 +34,7 @@ SCHWAB_TOKENS_ROTATED = "schwab.tokens.rotated"
 # Core NATS request/reply (not persisted).
 INTEGRATION_TEST = "integration.test"
 SCHWAB_OAUTH_EXCHANGE = "schwab.oauth.exchange"
+SCHWAB_ACCOUNT_NUMBERS = "schwab.account.numbers"
 HEALTH = "health"
 DEAD_LETTER = "deadletter"
 

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
     integrations_service = IntegrationService.build(
-        settings, secrets, publisher, broker, topology, waiter
+        settings, secrets, broker, topology, waiter
     )
     relay = OutboxRelay(
         settings.libpq_url,
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     relay.wake_on_commit()
 
     def new_uow() -> UnitOfWork:
-        return UnitOfWork(sessionmaker)
+        return UnitOfWork(sessionmaker, publisher)
 
     balances = register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
@@ -213,6 +213,8 @@ def run() -> None:
             access_log=False,
             loop="uvloop",
             http="httptools",
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     else:
         sys.stderr.write(

@@ -65,7 +65,7 @@ class Report:
     started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
 
-    def skip(self, table: str, legacy_id: int, reason: str) -> None:
+    def skip(self, table: str, legacy_id: int | str, reason: str) -> None:
         key = reason if len(reason) < 80 else reason[:77] + "..."
         self.tables[table].skipped[_reason_class(key)] += 1
         if len(self.skipped_rows) < LIST_CAP:

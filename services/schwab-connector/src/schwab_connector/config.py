@@ -28,7 +28,7 @@ class Settings(ServiceSettings):
         default=12,
         ge=1,
         le=60,
-        description="budget granularity; see domain.rate for the arithmetic",
+        description="budget granularity; see brokerlink_shared.rate_budget for the arithmetic",
     )
     # the health server only: probes arrive on the pod's address; `make run` binds loopback
     health_host: str = "0.0.0.0"  # noqa: S104

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
+from brokerlink_shared.batching import KeyedBatcher
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -23,6 +25,9 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestReply,
     IntegrationTestRequest,
     RefreshRequested,
+    SchwabAccountNumber,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
     SchwabTokensRotated,
@@ -46,7 +51,6 @@ from schwab_connector.adapters.token_vault import (
     LoginState,
     TokenVault,
 )
-from schwab_connector.domain.batching import LoginBatcher
 from schwab_connector.domain.clock import Clock
 from schwab_connector.domain.mapping import (
     AccountDataError,
@@ -95,7 +99,7 @@ class SchwabConnector:
         self._publisher = publisher
         self._results = RefreshResultPublisher(publisher, Broker.SCHWAB)
         self._clock = clock
-        self.batcher: LoginBatcher[LoginKey, list[dict[str, Any]]] = LoginBatcher(
+        self.batcher: KeyedBatcher[LoginKey, list[dict[str, Any]]] = KeyedBatcher(
             batch_window_s, batch_max_wait_s
         )
         self.accounts: dict[int, AccountBinding] = {}
@@ -372,6 +376,64 @@ class SchwabConnector:
             account_hash=account_hash,
             access_expires_at=state.times.access_expires_at,
             refresh_expires_at=state.times.refresh_expires_at,
+        )
+
+    async def account_numbers(
+        self, request: SchwabAccountNumbersRequest
+    ) -> SchwabAccountNumbersReply:
+        """The account numbers a login sees, asked with tokens we do not hold (the migrator's
+        legacy settings); a refreshed token comes back for the caller to keep."""
+
+        async def numbers(client: AsyncClient) -> Any:
+            async def on_unauthorized() -> None:
+                await self.gateway.refresh_token(client)
+
+            return await self.gateway.call_json(
+                request.app_key,
+                "accountNumbers",
+                lambda: client.get_account_numbers(),
+                on_unauthorized,
+            )
+
+        try:
+            data, rotated = await asyncio.wait_for(
+                self.vault.detached_call(
+                    request.app_key, request.app_secret_enc, request.token_enc, numbers
+                ),
+                request.timeout_s,
+            )
+        except SecretDecryptionError:
+            return SchwabAccountNumbersReply(
+                success=False, message="the app secret or token could not be decrypted"
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return SchwabAccountNumbersReply(
+                success=False, message="the token is not a token object"
+            )
+        except TimeoutError:
+            return SchwabAccountNumbersReply(
+                success=False, message="Schwab did not answer in time"
+            )
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            return SchwabAccountNumbersReply(success=False, message=exc.reason)
+        if not isinstance(data, list):
+            return SchwabAccountNumbersReply(
+                success=False,
+                message="accountNumbers: Schwab answered something other than a list",
+                token_enc=rotated,
+            )
+        accounts = [
+            SchwabAccountNumber(
+                account_number=str(n["accountNumber"]), account_hash=str(n["hashValue"])
+            )
+            for n in data
+            if isinstance(n, dict) and n.get("accountNumber") and n.get("hashValue")
+        ]
+        return SchwabAccountNumbersReply(
+            success=True,
+            message=f"the login sees {len(accounts)} account(s)",
+            accounts=accounts,
+            token_enc=rotated,
         )
 
     # ---- lifecycle and events ---------------------------------------------------------------

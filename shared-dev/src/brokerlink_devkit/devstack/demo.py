@@ -1,7 +1,7 @@
-"""Demo data for `make run`: a user with two IB accounts on the simulated gateway and two
-Schwab accounts, created through account-api's public API (the same path a person takes).
-On later runs the IB accounts are re-pointed when the simulated gateway had to move to
-another port (its last port was taken)."""
+"""Demo data for `make run`: a user with two IB accounts on the simulated gateway, two Schwab
+accounts and one IB Flex account (the simulated Flex Web Service), created through account-api's
+public API (the same path a person takes). On later runs the IB accounts are re-pointed when the
+simulated gateway had to move to another port (its last port was taken)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import httpx
 DEMO_EMAIL = "demo@example.com"
 # the local demo stack's published sign-in, printed by `make run`; never in a deployment
 DEMO_PASSWORD = "demo-password-2026"  # noqa: S105
+# simulators/scenarios/ibflex_demo.json
+DEMO_FLEX = {"token": "1234567890123456789012345", "query_id": "654321"}
 
 
 def ensure_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
@@ -95,6 +97,27 @@ def ensure_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
                     },
                 },
             ).raise_for_status()
+        account = (
+            client.post(
+                "/api/accounts",
+                json={
+                    "name": "IB Flex (daily)",
+                    "currency": "USD",
+                    "account_type": "INVESTMENT",
+                    "account_number": "U3456789",
+                    "original_capital": "80000",
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
+        client.put(
+            f"/api/accounts/{account['id']}/integration",
+            json={
+                "type": "IB_FLEX",
+                "config": {**DEMO_FLEX, "account_code": "U3456789"},
+            },
+        ).raise_for_status()
         client.post("/api/integrations/refresh")
     return DEMO_EMAIL, DEMO_PASSWORD
 

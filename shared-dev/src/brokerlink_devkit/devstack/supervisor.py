@@ -25,6 +25,7 @@ from typing import IO
 
 import httpx
 import orjson
+from brokerlink_shared.contracts.plugins import PLUGINS
 from brokerlink_shared.crypto import generate_key
 from brokerlink_shared.reach import LOOPBACK
 
@@ -162,6 +163,14 @@ def _read_or_create(path: Path, factory: str) -> str:
     return factory
 
 
+# One connector per declared integration type, each with its health port setting
+# (`<SERVICE>_HEALTH_PORT`, e.g. IBFLEX_CONNECTOR_HEALTH_PORT).
+CONNECTOR_HEALTH_PORTS = {
+    service: service.upper().replace("-", "_") + "_HEALTH_PORT"
+    for service in dict.fromkeys(p.service for p in PLUGINS.values())
+}
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -247,10 +256,7 @@ class DevStack:
         )
         env.setdefault("ACCOUNT_API_WORKERS", "1")  # one worker is plenty on a laptop
         health_ports = {}
-        for service, setting in (
-            ("ib-connector", "IB_CONNECTOR_HEALTH_PORT"),
-            ("schwab-connector", "SCHWAB_CONNECTOR_HEALTH_PORT"),
-        ):
+        for service, setting in CONNECTOR_HEALTH_PORTS.items():
             health_ports[service] = self.ports.take(
                 f"{service}-health", setting=setting, given=env.get(setting)
             )
@@ -291,14 +297,15 @@ class DevStack:
             gateways = self._start_simulators()
             summary["demo brokers"] = (
                 f"IB gateway 127.0.0.1:{next(iter(gateways.values()))}, "
-                f"Schwab API {env['SCHWAB_CONNECTOR_API_BASE_URL']}"
+                f"Schwab API {env['SCHWAB_CONNECTOR_API_BASE_URL']}, "
+                f"IB Flex {env['IBFLEX_CONNECTOR_SEND_REQUEST_URL'].split('/Account')[0]}"
             )
         self.ports.save()
 
         say("starting account-api and the connectors")
         # A laptop's gateways are local: the connector may reach loopback only, unless told.
         env.setdefault("IB_CONNECTOR_ALLOWED_NETWORKS", LOOPBACK)
-        for name in ("account-api", "ib-connector", "schwab-connector"):
+        for name in ("account-api", *CONNECTOR_HEALTH_PORTS):
             child_env = env
             if name == "ib-connector":  # it never decrypts anything: no keys
                 child_env = {
@@ -360,7 +367,8 @@ class DevStack:
         except Exception as exc:
             log = self.data / "pg" / "log"
             raise StartupError(
-                f"the embedded PostgreSQL did not start: {type(exc).__name__}: {exc}",
+                "the embedded PostgreSQL did not start: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}",
                 f"see {log} (if another `make run` uses {self.data}, stop it or give this one "
                 "its own BROKERLINK_DATA_DIR), or point DATABASE_URL at a PostgreSQL 16",
             ) from None
@@ -377,6 +385,9 @@ class DevStack:
             "schwab-api-sim",
             setting="SCHWAB_API_SIM_PORT",
             given=env.get("SCHWAB_API_SIM_PORT"),
+        )
+        flex_port = self.ports.take(
+            "ibflex-sim", setting="IBFLEX_SIM_PORT", given=env.get("IBFLEX_SIM_PORT")
         )
         scenarios = self.root / "simulators" / "scenarios"
         if not scenarios.is_dir():
@@ -407,6 +418,16 @@ class DevStack:
                     str(schwab_port),
                 ],
             ),
+            self.spawn(
+                "ibflex-sim",
+                [
+                    _bin("ibflex-sim"),
+                    "--scenario",
+                    str(scenarios / "ibflex_demo.json"),
+                    "--port",
+                    str(flex_port),
+                ],
+            ),
         ]
         for sim in sims:
             if not sim.ready.wait(60) or not sim.first_json:
@@ -426,6 +447,8 @@ class DevStack:
         )
         env["IB_GATEWAY_SIM_ADMIN_URL"] = ib_info["admin_url"]
         env["SCHWAB_API_SIM_ADMIN_URL"] = schwab_info["base_url"] + "/admin"
+        flex_info = orjson.loads(sims[2].first_json[0])
+        env["IBFLEX_CONNECTOR_SEND_REQUEST_URL"] = flex_info["send_request_url"]
         return {str(k): int(v) for k, v in ib_info["gateways"].items()}
 
     def _wait_ready(self, urls: dict[str, str], timeout_s: float) -> None:

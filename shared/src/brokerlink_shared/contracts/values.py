@@ -105,11 +105,6 @@ class SchwabConnection(Strict):
         return self.app_key
 
 
-IntegrationConnection = Annotated[
-    IBConnection | SchwabConnection, Field(discriminator="type")
-]
-
-
 class Position(Strict):
     """One holding as reported by the broker."""
 

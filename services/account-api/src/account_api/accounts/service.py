@@ -81,7 +81,7 @@ async def create_account(
     uow: UnitOfWork, actor: Actor, body: AccountCreate, max_accounts: int
 ) -> AccountOut:
     async with uow:
-        await ensure_account_quota(uow.session, actor.user_id, max_accounts)
+        await ensure_account_quota(uow.quotas, actor.user_id, max_accounts)
         account = await AccountRepository(uow.session).add(
             Account(
                 user_id=actor.user_id,

@@ -26,8 +26,8 @@ from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import LogicSubscriber
 
 from account_api.consumers.group_commit import GroupCommit
-from account_api.db import UnitOfWork
 from account_api.integrations import results
+from account_api.unit_of_work import UnitOfWork
 
 SERVICE = "account-api"
 UowFactory = Callable[[], UnitOfWork]

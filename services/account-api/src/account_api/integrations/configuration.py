@@ -11,8 +11,9 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestReply,
     IntegrationTestRequest,
 )
+from brokerlink_shared.contracts.plugins import IBConfigIn, plugin_for
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher, request_model
+from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -21,17 +22,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.db import UnitOfWork
 from account_api.gateways.service import GatewayEndpoints
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
 from account_api.integrations.refreshes import RefreshService
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    integration_state,
-)
+from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import (
-    IBIntegrationIn,
     IntegrationIn,
     IntegrationOut,
     TestResultOut,
@@ -39,6 +35,7 @@ from account_api.integrations.schemas import (
 from account_api.limits import ensure_integration_quota
 from account_api.tables import Account
 from account_api.throttling import rate_limit
+from account_api.unit_of_work import UnitOfWork
 
 
 class IntegrationConfiguration:
@@ -46,14 +43,12 @@ class IntegrationConfiguration:
         self,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
         refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._publisher = publisher
         self._broker = broker
         self._topology = topology
         self._refreshes = refreshes
@@ -67,10 +62,12 @@ class IntegrationConfiguration:
         become the actor's)."""
         if account.integration_type is None:
             await ensure_integration_quota(
-                uow.session, actor.user_id, self._settings.max_integrations_per_user
+                uow.quotas, actor.user_id, self._settings.max_integrations_per_user
             )
-        if isinstance(body, IBIntegrationIn):
-            await self._gateways.claim(uow.session, actor.user_id, body.config)
+        if isinstance(body.config, IBConfigIn):
+            await self._gateways.claim(
+                uow.gateway_endpoints, actor.user_id, body.config
+            )
 
     def apply_configuration(
         self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
@@ -94,20 +91,19 @@ class IntegrationConfiguration:
                 correlation_id=actor.request_id,
                 now=now,
             )
-            self._integrations(uow).save(account, transition)
+            uow.integrations.save(account, transition)
             account.updated_at = now
         return Change(action, account.id, changed)
 
     def _merged(self, account: Account, body: IntegrationIn) -> dict[str, Any]:
-        """The stored form `body` would give this account (omitted secrets and backups kept)."""
+        """The stored form `body` would give this account, by its type's declaration (omitted
+        secrets and kept-when-absent fields such as IB's backups stay as stored)."""
         same = (
             account.integration_config
             if account.integration_type == body.type
             else None
         )
-        if isinstance(body, IBIntegrationIn):
-            return rules.merge_ib(body.config, same)
-        return rules.merge_schwab(body.config, same, self._secrets)
+        return rules.stored_config(body.type, body.config, same, self._secrets)
 
     def apply_removal(self, uow: UnitOfWork, actor: Actor, account: Account) -> Change:
         """Remove the integration in the open transaction and tell the connector."""
@@ -115,12 +111,9 @@ class IntegrationConfiguration:
         transition = lifecycle.removed(
             integration_state(account), correlation_id=actor.request_id, now=now
         )
-        self._integrations(uow).save(account, transition)
+        uow.integrations.save(account, transition)
         account.updated_at = now
         return Change("integration.delete", account.id, ["type"])
-
-    def _integrations(self, uow: UnitOfWork) -> IntegrationRepository:
-        return IntegrationRepository(uow.session, self._publisher)
 
     async def configure(
         self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn
@@ -166,27 +159,33 @@ class IntegrationConfiguration:
             account = await owned_account(uow, actor, account_id)
             if body is not None:
                 kind = Broker(body.type)
-                if isinstance(body, IBIntegrationIn):
+                if isinstance(body.config, IBConfigIn):
                     # the same reach and ownership rules as a save, recording nothing
-                    await self._gateways.check(uow.session, actor.user_id, body.config)
+                    await self._gateways.check(
+                        uow.gateway_endpoints, actor.user_id, body.config
+                    )
                 stored = self._merged(account, body)
             else:
                 state = lifecycle.tested(integration_state(account)).state
                 kind = Broker(state.require_configured())
                 stored = dict(state.config or {})
             await rate_limit(
-                uow.session,
+                uow.throttle,
                 f"test:acct:{account.id}",
                 self._settings.tests_per_account_per_minute,
                 "connection tests of an account",
             )
             await uow.commit()
+            timeout_s = max(
+                self._settings.integration_test_timeout_s,
+                plugin_for(kind).test_timeout_s or 0.0,
+            )
             request = IntegrationTestRequest(
                 broker=kind,
                 account_id=account.id,
                 user_id=actor.user_id,
                 config=rules.bus_connection(kind.value, stored),
-                timeout_s=self._settings.integration_test_timeout_s,
+                timeout_s=timeout_s,
             )
         try:
             reply = await request_model(
@@ -194,7 +193,7 @@ class IntegrationConfiguration:
                 self._topology.subject(INTEGRATION_TEST, kind),
                 request,
                 IntegrationTestReply,
-                timeout_s=self._settings.integration_test_timeout_s + 1,
+                timeout_s=timeout_s + 1,
             )
             result = TestResultOut(
                 success=reply.success, message=reply.message, code=reply.code

@@ -21,6 +21,7 @@ from brokerlink_shared.contracts.events import (
     IntegrationRemoved,
     RefreshRequested,
 )
+from brokerlink_shared.contracts.plugins import plugin_for
 from brokerlink_shared.contracts.values import IntegrationStatus
 
 from account_api.errors import IntegrationNotConfigured
@@ -92,10 +93,10 @@ def configured(
     now: datetime,
 ) -> Transition:
     """A new or changed configuration: a new version, pending until a connector reports.
-    A Schwab login's token expiries are forgotten when the app key (or the type) changes."""
-    previous = state.config or {}
-    drop_tokens = state.type == "SCHWAB" and (
-        kind != "SCHWAB" or previous.get("app_key") != stored.get("app_key")
+    A login's token expiries are forgotten when the login changes (its declaration's credential
+    fields, or the type)."""
+    drop_tokens = state.type is not None and not plugin_for(state.type).same_login(
+        state.config or {} if state.type == kind else None, stored
     )
     new = state.with_(
         type=kind,

@@ -22,38 +22,31 @@ from brokerlink_shared.contracts.events import (
     SchwabTokensRotated,
 )
 
-from account_api.accounts.repository import AccountRepository
-from account_api.db import UnitOfWork
-from account_api.history.repository import HistoryRepository
 from account_api.integrations import lifecycle
 from account_api.integrations.repository import (
-    ProcessedEventRepository,
-    RefreshRepository,
-    SnapshotRepository,
     integration_state,
     store_state,
 )
 from account_api.tables import Account, Refresh
+from account_api.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 
 async def _first_time(uow: UnitOfWork, event: Event, consumer: str) -> bool:
-    return await ProcessedEventRepository(uow.session).first_time(
-        event.event_id, consumer
-    )
+    return await uow.processed_events.first_time(event.event_id, consumer)
 
 
 async def _account(uow: UnitOfWork, event: Event) -> Account | None:
     if event.account_id is None:
         return None
-    return await AccountRepository(uow.session).locked(event.account_id, event.user_id)
+    return await uow.accounts.locked(event.account_id, event.user_id)
 
 
 async def _refresh(uow: UnitOfWork, refresh_id: uuid.UUID | None) -> Refresh | None:
     if refresh_id is None:
         return None
-    return await RefreshRepository(uow.session).get(refresh_id)
+    return await uow.refreshes.get(refresh_id)
 
 
 def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str | None:
@@ -73,9 +66,8 @@ async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> 
     statements however many there are; the outcome equals recording them one by one in
     `as_of` order."""
     async with uow:
-        session = uow.session
         unique = list({e.event_id: e for e in events}.values())
-        fresh_ids = await ProcessedEventRepository(session).first_times(
+        fresh_ids = await uow.processed_events.first_times(
             [e.event_id for e in unique], "balances"
         )
         fresh = sorted(
@@ -85,10 +77,10 @@ async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> 
         if not fresh:
             await uow.commit()
             return
-        accounts = await AccountRepository(session).locked_many(
+        accounts = await uow.accounts.locked_many(
             {e.account_id for e in fresh if e.account_id is not None}
         )
-        refreshes = RefreshRepository(session)
+        refreshes = uow.refreshes
         pending = {
             r.id: r
             for r in await refreshes.get_many(
@@ -138,7 +130,7 @@ async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> 
                 days[day] = event
             if refresh is not None:
                 ended.append((refresh, "succeeded", None, p.balance))
-        await SnapshotRepository(session).replace_many(
+        await uow.snapshots.replace_many(
             {
                 account_id: (
                     e.payload.as_of,
@@ -148,7 +140,7 @@ async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> 
                 for account_id, e in snapshots.items()
             }
         )
-        await HistoryRepository(session).upsert_broker_days(
+        await uow.history.upsert_broker_days(
             [
                 (
                     account_id,
@@ -180,7 +172,7 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
             )
             store_state(account, transition.state)
         if refresh is not None and refresh.status == "pending":
-            await RefreshRepository(uow.session).settle(
+            await uow.refreshes.settle(
                 refresh, "failed", datetime.now(UTC), message=p.message
             )
         await uow.commit()
@@ -218,9 +210,7 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         if event.user_id is None:
             await uow.commit()
             return
-        for account in await AccountRepository(uow.session).sharing_login(
-            event.user_id, p.app_key
-        ):
+        for account in await uow.accounts.sharing_login(event.user_id, p.app_key):
             transition = lifecycle.tokens_rotated(
                 integration_state(account),
                 token_enc=p.token_enc,  # already ciphertext under the shared keys

@@ -1,5 +1,6 @@
 """Integration rules as pure functions: merging a request into the stored config, masking it for
-output, building the bus form, and which changes matter. No I/O here."""
+output, building the bus form, and which changes matter. No I/O here, and no branch per
+integration type: each type's declaration (brokerlink_shared.contracts.plugins) says how."""
 
 from __future__ import annotations
 
@@ -7,75 +8,47 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, overload
 
-from brokerlink_shared.contracts.values import IBConnection, SchwabConnection
+from brokerlink_shared.contracts.plugins import SECRET_MASK, ConfigError, plugin_for
 from brokerlink_shared.crypto import SecretBox
+from pydantic import BaseModel
 
 from account_api.errors import InvalidField
-from account_api.integrations.schemas import IBConfigIn, SchwabConfigIn
 
-MASK = "********"
-SECRET_FIELDS = frozenset(
-    {"app_secret", "app_secret_enc", "token_enc", "access_token", "refresh_token"}
-)
+MASK = SECRET_MASK
 
 
-def merge_ib(config: IBConfigIn, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Stored form of an IB config (it holds no secrets). Backup gateways the request does not
-    mention are kept (absent = keep, `[]` = clear), so a form that cannot show them never
-    drops them."""
-    values = config.model_dump(exclude={"backups"})
-    values["backups"] = (
-        (stored or {}).get("backups", [])
-        if config.backups is None
-        else [b.model_dump() for b in config.backups]
-    )
-    return IBConnection.model_validate(values).model_dump(mode="json", exclude={"type"})
-
-
-def merge_schwab(
-    incoming: SchwabConfigIn, stored: dict[str, Any] | None, secrets: SecretBox
+def stored_config(
+    integration_type: str,
+    incoming: BaseModel,
+    stored: dict[str, Any] | None,
+    secrets: SecretBox,
 ) -> dict[str, Any]:
-    """Stored form of a Schwab config: omitted or masked secrets keep the stored value;
-    a new app key drops the old login's tokens."""
-    previous = stored or {}
-    app_key = incoming.app_key or previous.get("app_key")
-    if not app_key:
-        raise InvalidField(
-            "app_key is required when Schwab is first configured",
-            field="config.app_key",
+    """Stored form of a config, by the type's declaration: secrets encrypted (omitted or masked
+    ones keep the stored value), login-bound values dropped when the login changes. `stored` is
+    the current config when the type stays the same, else None."""
+    try:
+        return plugin_for(integration_type).stored_config(
+            incoming, stored, secrets.encrypt
         )
-    secret = incoming.app_secret.get_secret_value() if incoming.app_secret else None
-    if secret in (None, "", MASK):
-        if not previous.get("app_secret_enc"):
-            raise InvalidField(
-                "app_secret is required when Schwab is first configured",
-                field="config.app_secret",
-            )
-        secret_enc = previous["app_secret_enc"]
-    else:
-        secret_enc = secrets.encrypt(secret)
-    same_login = previous.get("app_key") == app_key
-    merged: dict[str, Any] = {
-        "app_key": app_key,
-        "app_secret_enc": secret_enc,
-        "account_number": incoming.account_number
-        if incoming.account_number is not None
-        else previous.get("account_number"),
-        "account_hash": incoming.account_hash
-        if incoming.account_hash is not None
-        else (previous.get("account_hash") if same_login else None),
-        "token_enc": previous.get("token_enc") if same_login else None,
-    }
-    if "unverified" in previous and same_login:
-        merged["unverified"] = previous["unverified"]
-    return merged
+    except ConfigError as exc:
+        raise InvalidField(str(exc), field=f"config.{exc.field}") from None
+
+
+def merge_ib(config: BaseModel) -> dict[str, Any]:
+    """Stored form of an IB config (it holds no secrets); the migrator's reference."""
+    return plugin_for("IB").stored_config(config, None, _no_secrets)
+
+
+def _no_secrets(_text: str) -> str:
+    raise AssertionError("IB configs hold no secrets")
 
 
 def can_refresh(integration_type: str | None, stored: dict[str, Any] | None) -> bool:
-    """Whether a refresh could succeed now: IB always, Schwab once signed in."""
-    if integration_type == "IB":
-        return True
-    return integration_type == "SCHWAB" and bool((stored or {}).get("token_enc"))
+    """Whether a refresh could succeed now: configured, and signed in where the type has a
+    sign-in step (Schwab)."""
+    return integration_type is not None and plugin_for(integration_type).can_refresh(
+        stored
+    )
 
 
 def changed_fields(
@@ -100,46 +73,15 @@ def public_config(
 def public_config(
     integration_type: str | None, stored: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """The config as a client may see it: secrets masked, tokens reduced to a flag."""
+    """The config as a client may see it: secrets masked, tokens reduced to flags."""
     if integration_type is None or stored is None:
         return None
-    if integration_type == "IB":
-        return {k: v for k, v in stored.items() if k not in SECRET_FIELDS}
-    return {
-        "app_key": _mask_key(stored.get("app_key")),
-        "app_secret": MASK if stored.get("app_secret_enc") else None,
-        "account_number": stored.get("account_number"),
-        "account_hash": stored.get("account_hash"),
-        "has_tokens": bool(stored.get("token_enc")),
-        "unverified": bool(stored.get("unverified", False)),
-    }
+    return plugin_for(integration_type).public_config(stored)
 
 
-def _mask_key(key: str | None) -> str | None:
-    if not key:
-        return None
-    return key[:4] + "…" if len(key) > 8 else "…"
-
-
-def bus_connection(
-    integration_type: str, stored: dict[str, Any]
-) -> IBConnection | SchwabConnection:
+def bus_connection(integration_type: str, stored: dict[str, Any]) -> BaseModel:
     """The config as it travels to connectors (secrets stay ciphertext)."""
-    if integration_type == "IB":
-        return IBConnection.model_validate(
-            {
-                k: v
-                for k, v in stored.items()
-                if k in IBConnection.model_fields and k != "type"
-            }
-        )
-    return SchwabConnection(
-        app_key=stored["app_key"],
-        app_secret_enc=stored["app_secret_enc"],
-        token_enc=stored.get("token_enc"),
-        account_number=stored.get("account_number"),
-        account_hash=stored.get("account_hash"),
-    )
+    return plugin_for(integration_type).bus_connection(stored)
 
 
 # ---- sync facts ------------------------------------------------------------------------------
@@ -194,7 +136,7 @@ def sync_facts(account: Mapping[str, Any]) -> dict[str, Any] | None:
         ),
         "last_error": account["last_error"],
         "last_error_code": account["last_error_code"],
-        "signed_in": bool(config.get("token_enc")) if kind == "SCHWAB" else None,
+        "signed_in": plugin_for(kind).signed_in(config),
     }
 
 

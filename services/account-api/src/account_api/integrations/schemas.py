@@ -1,86 +1,63 @@
-"""API models of the integration routes. Tokens are never accepted from clients: unknown
-fields are rejected, so `access_token` in a request is a 422."""
+"""API models of the integration routes. The request body of each integration type comes from its
+declaration (brokerlink_shared.contracts.plugins). Tokens are never accepted from clients:
+unknown fields are rejected, so `access_token` in a request is a 422."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from brokerlink_shared.contracts.values import (
-    IB_ACCOUNT_CODE,
-    ClientId,
-    GatewayAddress,
-    Port,
-    validate_host,
+from brokerlink_shared.contracts.plugins import (
+    PLUGINS,
+    IBConfigIn,
+    IntegrationPlugin,
+    SchwabConfigIn,
 )
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from brokerlink_shared.subjects import Broker
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+__all__ = [
+    "IBConfigIn",
+    "SchwabConfigIn",
+]  # the legacy routes build IB and Schwab configs
 
 
-class _In(BaseModel):
+class IntegrationRequest(BaseModel):
+    """Body of `PUT …/integration`: a `type` and that type's config (its declaration's
+    `config_in`, which holds the validation). One subclass per declared type."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-
-class IBConfigIn(_In):
-    host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Port
-    client_id: ClientId
-    account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
-    read_only: bool = True
-    backups: (
-        Annotated[
-            list[GatewayAddress],
-            Field(
-                max_length=8,
-                description="tried in order when the main gateway is down; "
-                "absent keeps the stored list, [] clears it",
-            ),
-        ]
-        | None
-    ) = None
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        return validate_host(value)
-
-    @field_validator("read_only")
-    @classmethod
-    def _read_only(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("brokerlink only uses the IB API read-only")
-        return value
+    type: str
+    config: BaseModel
 
 
-class SchwabConfigIn(_In):
-    app_key: (
-        Annotated[
-            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-        ]
-        | None
-    ) = None
-    app_secret: Annotated[SecretStr, Field(min_length=1, max_length=256)] | None = None
-    account_number: Annotated[str, Field(pattern=r"^\d{4,12}$")] | None = None
-    account_hash: (
-        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]+$")]
-        | None
-    ) = None
+def _request_model(plugin: IntegrationPlugin) -> type[IntegrationRequest]:
+    name = plugin.short_label.replace(" ", "") + "IntegrationIn"
+    return create_model(
+        name,
+        __base__=IntegrationRequest,
+        # a Literal built at run time from the declaration: no static type to check
+        type=(Literal[plugin.integration_type.value], ...),  # type: ignore[arg-type]
+        config=(plugin.config_in, ...),
+    )
 
 
-class IBIntegrationIn(_In):
-    type: Literal["IB"]
-    config: IBConfigIn
+REQUEST_MODELS: dict[Broker, type[IntegrationRequest]] = {
+    kind: _request_model(plugin) for kind, plugin in PLUGINS.items()
+}
+IBIntegrationIn = REQUEST_MODELS[Broker.IB]
+SchwabIntegrationIn = REQUEST_MODELS[Broker.SCHWAB]
 
-
-class SchwabIntegrationIn(_In):
-    type: Literal["SCHWAB"]
-    config: SchwabConfigIn
-
-
-IntegrationIn = Annotated[
-    IBIntegrationIn | SchwabIntegrationIn, Field(discriminator="type")
-]
+if TYPE_CHECKING:
+    IntegrationIn = IntegrationRequest
+else:
+    IntegrationIn = Annotated[
+        Union[tuple(REQUEST_MODELS.values())],  # noqa: UP007 (a union built at run time)
+        Field(discriminator="type"),
+    ]
 
 
 class SyncOut(BaseModel):
@@ -102,7 +79,7 @@ class SyncOut(BaseModel):
 
 
 class IntegrationOut(BaseModel):
-    type: Literal["IB", "SCHWAB"] | None
+    type: Broker | None
     config: dict[str, Any] | None
     status: str
     sync: SyncOut | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from brokerlink_shared.contracts.plugins import PLUGINS
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -42,6 +43,8 @@ def _page(request: Request, template: str, page: str, title: str) -> HTMLRespons
             for key, href, label in NAV
         ],
         "signed_in": page not in ("login", "register"),
+        # the integration form, labels and health columns come from the type declarations
+        "integration_types": [plugin.form() for plugin in PLUGINS.values()],
     }
     response = templates.TemplateResponse(request, template, context)
     response.headers["Content-Security-Policy"] = CSP

@@ -1,1 +1,1 @@
-"""Pure rules of the connector: token lifecycle, rate budget arithmetic, batching, mapping."""
+"""Pure rules of the connector: token lifecycle, retry, mapping."""

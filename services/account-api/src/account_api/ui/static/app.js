@@ -6,6 +6,17 @@ import { apiErrorText, brokerErrorText, countdown, fieldErrorText, manualLine, r
 const TOKENS = "brokerlink.tokens";
 const POLL_MS = 2500;
 
+// ---- integration types ---------------------------------------------------------------------
+
+// The integration types' declarations (brokerlink_shared.contracts.plugins), embedded in the page:
+// the type choices, names, the fields of a type without a hand-built form, and which types have
+// a sign-in step come from them.
+const TYPES = JSON.parse(document.getElementById("integration-types")?.textContent || "[]");
+
+function typeInfo(type) {
+  return TYPES.find((t) => t.type === type);
+}
+
 // ---- API client ----------------------------------------------------------------------------
 
 // `message` is for people (words.js); the code and the API's own words stay in `code` and
@@ -164,7 +175,7 @@ function tickTimes() {
 
 // ---- statuses and sync lines ---------------------------------------------------------------
 
-const BROKER_NAMES = { IB: "IB", SCHWAB: "Schwab" };
+const BROKER_NAMES = Object.fromEntries(TYPES.map((t) => [t.type, t.short_label]));
 
 function paintBadge(node, summary, type) {
   node.dataset.status = summary.key;
@@ -226,7 +237,7 @@ function fieldErrors(err) {
   if (!body) return out;
   if (Array.isArray(body.detail)) {
     for (const d of body.detail) {
-      const loc = (d.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")) && p !== "IB" && p !== "SCHWAB");
+      const loc = (d.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")) && !typeInfo(p));
       out.push({ field: loc.join("."), message: fieldErrorText(d), code: d.type });
     }
   } else if (body.field) {
@@ -511,13 +522,49 @@ function initRefreshAll() {
 }
 
 // ---- migration banner ----------------------------------------------------------------------
+// Items the legacy import could not attach with certainty (GET /api/integrations/pending-links).
+// An IB connection goes to one account; a Schwab login to one or more of its accounts. Only
+// suggestions the broker verified are preselected; attaching or discarding is one click.
 
-function describeLink(item) {
-  const c = item.config || {};
-  if (item.integration_type === "IB") {
-    return `IB gateway ${c.host ?? "?"}:${c.port ?? "?"} (client ${c.client_id ?? "?"}${c.account_code ? `, ${c.account_code}` : ""})`;
+const PENDING_KIND = {
+  link: "Not linked",
+  conflict: "Differs from an account's own settings",
+  quarantine: "Could not be read",
+};
+
+function pendingChooser(item, accounts) {
+  const suggested = item.suggested_account_ids || [];
+  const verified = new Set(item.verified_account_ids || []);
+  const byId = new Map(accounts.map((a) => [a.id, a]));
+  const ordered = [
+    ...suggested.filter((id) => byId.has(id)).map((id) => byId.get(id)),
+    ...accounts.filter((a) => !suggested.includes(a.id)),
+  ];
+  const label = (a) => `${a.name}${a.account_number ? ` (${a.account_number})` : ""}${verified.has(a.id) ? " — seen by Schwab" : ""}`;
+  if (item.type === "SCHWAB") {
+    const boxes = ordered.map((a) =>
+      el("label", { class: "pending-choice" },
+        el("input", { type: "checkbox", value: a.id, checked: verified.has(a.id) }),
+        ` ${label(a)}${suggested.includes(a.id) && !verified.has(a.id) ? " — suggested" : ""}`),
+    );
+    const group = el("fieldset", { class: "pending-choices" }, el("legend", { text: "Attach to" }), ...boxes);
+    return { node: group, chosen: () => [...group.querySelectorAll("input:checked")].map((i) => Number(i.value)) };
   }
-  return `Schwab app ${c.app_key ?? ""}${c.account_number ? ` (account ${c.account_number})` : ""}`;
+  const selectId = `link-${item.id}`;
+  const suggestedAccounts = ordered.filter((a) => suggested.includes(a.id));
+  const select = el(
+    "select",
+    { id: selectId },
+    el("option", { value: "", text: "Choose an account…", selected: verified.size === 0 }),
+    suggestedAccounts.length
+      ? el("optgroup", { label: "Suggested" }, ...suggestedAccounts.map((a) => el("option", { value: a.id, text: label(a), selected: verified.has(a.id) })))
+      : null,
+    el("optgroup", { label: suggestedAccounts.length ? "Other accounts" : "Accounts" }, ...ordered.filter((a) => !suggested.includes(a.id)).map((a) => el("option", { value: a.id, text: label(a) }))),
+  );
+  return {
+    node: el("span", {}, el("label", { for: selectId, text: "Attach to " }), select),
+    chosen: () => (select.value ? [Number(select.value)] : []),
+  };
 }
 
 async function loadPendingLinks() {
@@ -530,40 +577,43 @@ async function loadPendingLinks() {
     return;
   }
   const list = $("#pending-links");
+  const accounts = [...state.accounts.values()];
   list.replaceChildren(
     ...(items || []).map((item) => {
-      const selectId = `link-${item.id}`;
-      const suggested = new Set(item.suggestions || []);
-      const all = [...state.accounts.values()];
-      const select = el(
-        "select",
-        { id: selectId },
-        suggested.size
-          ? el("optgroup", { label: "Suggested" }, ...all.filter((a) => suggested.has(a.id)).map((a) => el("option", { value: a.id, text: a.name })))
-          : null,
-        el("optgroup", { label: suggested.size ? "Other accounts" : "Accounts" }, ...all.filter((a) => !suggested.has(a.id)).map((a) => el("option", { value: a.id, text: a.name }))),
-      );
+      const chooser = pendingChooser(item, accounts);
       const message = el("span", { class: "form-error", role: "alert" });
+      const done = (text) => {
+        li.remove();
+        toast(text);
+        banner.hidden = !list.children.length;
+      };
       const li = el(
         "li",
-        { "data-link-id": item.id },
-        el("p", {}, el("strong", { text: describeLink(item) }), item.reason ? el("span", { class: "muted", text: ` — ${item.reason}` }) : null),
-        el("label", { for: selectId, text: "Attach to" }),
-        select,
+        { "data-link-id": item.id, "data-kind": item.kind },
+        el("p", {},
+          el("strong", { text: item.summary }),
+          el("span", { class: "pending-kind", text: ` · ${PENDING_KIND[item.kind] || item.kind}` }),
+          el("br"),
+          el("span", { class: "muted", text: item.reason })),
+        chooser.node,
         el("button", {
           type: "button",
           class: "primary",
           text: "Attach",
           onclick: async () => {
+            const ids = chooser.chosen();
+            if (!ids.length) {
+              message.textContent = "Choose an account first.";
+              return;
+            }
             try {
-              await api("POST", `/api/integrations/pending-links/${item.id}/link`, { account_id: Number(select.value) });
-              li.remove();
-              toast("Connection attached.");
+              const body = item.type === "SCHWAB" ? { account_ids: ids } : { account_id: ids[0] };
+              await api("POST", `/api/integrations/pending-links/${item.id}/link`, body);
+              done(ids.length > 1 ? `Connection attached to ${ids.length} accounts.` : "Connection attached.");
               await loadAccounts();
             } catch (err) {
               message.textContent = err.message;
             }
-            banner.hidden = !list.children.length;
           },
         }),
         el("button", {
@@ -572,12 +622,10 @@ async function loadPendingLinks() {
           onclick: async () => {
             try {
               await api("DELETE", `/api/integrations/pending-links/${item.id}`);
-              li.remove();
-              toast("Connection discarded.");
+              done("Connection discarded.");
             } catch (err) {
               message.textContent = err.message;
             }
-            banner.hidden = !list.children.length;
           },
         }),
         message,
@@ -732,12 +780,67 @@ const FORMS = {
   },
 };
 
+// A type without a hand-built form above gets one from its declaration: its fieldset is
+// rendered from a <template> (templates/_integration_fields.html), filled and read generically.
+function formFor(type) {
+  if (FORMS[type]) return FORMS[type];
+  const info = typeInfo(type);
+  const input = (f) => document.getElementById(`${info.prefix}-${f.id}`);
+  return {
+    fill(c, saved) {
+      for (const f of info.fields) {
+        const node = input(f);
+        if (!node || f.locked || f.kind === "boolean") continue;
+        const hint = document.getElementById(`${info.prefix}-${f.id}-hint`);
+        const value = saved ? c[f.name] : null;
+        if (f.masked) {
+          // secrets and masked identifiers are never sent back: the mask is a placeholder only
+          node.value = "";
+          node.placeholder = value || f.placeholder || "";
+          if (hint) hint.textContent = value ? (f.secret ? "Stored and never shown; leave empty to keep it." : "Stored; leave empty to keep it.") : hint.dataset.help || "";
+        } else {
+          node.value = saved ? (value ?? "") : f.default;
+        }
+      }
+    },
+    body() {
+      const config = {};
+      for (const f of info.fields) {
+        const node = input(f);
+        if (!node || f.locked) continue;
+        if (f.kind === "boolean") {
+          config[f.name] = node.checked;
+          continue;
+        }
+        const text = f.secret ? node.value : node.value.trim();
+        if (text === "") continue; // omitted: kept as stored, or the field's default
+        config[f.name] = f.kind === "integer" ? toNumber(text) : text;
+      }
+      return config;
+    },
+  };
+}
+
+// The selected type's fieldset, when the type has no hand-built one: cloned from its <template>
+// into #integration-fields (only the selected one, so no two inputs share a label) and filled.
+function showDeclaredFieldset(type) {
+  const slot = $("#integration-fields");
+  const info = typeInfo(type);
+  if (!slot || slot.firstElementChild?.dataset.type === type) return;
+  slot.replaceChildren();
+  const template = info && !FORMS[type] && document.getElementById(`${info.prefix}-template`);
+  if (!template) return;
+  slot.append(template.content.cloneNode(true));
+  const saved = state.integration?.type === type;
+  formFor(type).fill(saved ? state.integration.config || {} : {}, saved);
+}
+
 function fillForm(data) {
-  for (const [type, form] of Object.entries(FORMS)) form.fill(data.type === type ? data.config || {} : {}, data.type === type);
+  for (const { type } of TYPES) formFor(type).fill(data.type === type ? data.config || {} : {}, data.type === type);
 }
 
 function formBody(type) {
-  return { type, config: FORMS[type].body() };
+  return { type, config: formFor(type).body() };
 }
 
 // ---- IB backup gateways: add, remove, reorder
@@ -839,10 +942,22 @@ async function loadIntegration() {
   paintIntegrationState();
 }
 
+// The saved integration's state only: the form (which the user may be editing) stays as it is.
+async function reloadIntegrationState() {
+  const id = state.open;
+  const { data } = await api("GET", `/api/accounts/${id}/integration`);
+  if (state.open !== id) return;
+  state.integration = data;
+  paintIntegrationState();
+}
+
 function showTypeFields() {
   const type = $("#integration-type").value;
-  $("#ib-fields").hidden = type !== "IB";
-  $("#schwab-fields").hidden = type !== "SCHWAB";
+  showDeclaredFieldset(type);
+  for (const info of TYPES) {
+    const fieldset = document.getElementById(`${info.prefix}-fields`);
+    if (fieldset) fieldset.hidden = type !== info.type;
+  }
   // Test works on what the form says, saved or not; the rest needs a saved integration.
   $("#integration-actions").hidden = !type;
   paintIntegrationState();
@@ -857,7 +972,7 @@ function paintIntegrationState() {
   $("#integration-state").hidden = !saved;
   $("#btn-refresh").hidden = !same;
   $("#btn-remove").hidden = !saved;
-  $("#btn-reauth").hidden = !(same && saved === "SCHWAB");
+  $("#btn-reauth").hidden = !(same && typeInfo(saved)?.sign_in);
   // Sign-in state belongs to this account's saved Schwab integration, nothing else.
   const oauthLine = $("#schwab-oauth-line");
   const oauth = $("#schwab-oauth");
@@ -936,7 +1051,7 @@ async function refreshAccount(id) {
 // After a failed refresh the integration holds the broker's code: word it with the form's context.
 async function refreshFailure(id, result) {
   if (result.pending) return document.createTextNode("Still running — the balance appears when it finishes.");
-  if (state.open === id) await loadIntegration();
+  if (state.open === id) await reloadIntegrationState();
   const data = state.integration;
   const sync = data?.sync;
   const context = configContext(data?.type, data?.config);
@@ -949,7 +1064,7 @@ async function showRefresh(id, result, what) {
   await loadAccounts();
   if (state.open !== id) return;
   if (result.ok) {
-    await loadIntegration();
+    await reloadIntegrationState();
     setResult(`✓ ${what}: balance ${money(result.data.balance, account?.currency || "USD")}`, true);
   } else {
     setResult(await refreshFailure(id, result), false);
@@ -985,7 +1100,7 @@ function initIntegration() {
     try {
       ({ data: saved } = await api("PUT", `/api/accounts/${id}/integration`, body));
     } catch (err) {
-      const prefix = form.type.value === "IB" ? "ib" : "schwab";
+      const prefix = typeInfo(form.type.value)?.prefix;
       showErrors(form, err, (field) => (field.startsWith("config.") ? prefix : null), $("#integration-error-form"));
       return;
     }
@@ -995,7 +1110,7 @@ function initIntegration() {
       // Save started the first refresh: show it running, then its balance.
       setResult("Saved. Fetching the balance…", undefined, { busy: true });
       await showRefresh(id, await followRefresh(id, saved.refresh_id), "Saved and synced");
-    } else if (body.type === "SCHWAB" && !saved.sync?.signed_in) {
+    } else if (typeInfo(body.type)?.sign_in && !saved.sync?.signed_in) {
       setResult("Saved. Now sign in with Re-authenticate.", true);
     } else {
       setResult("Saved.", true);
@@ -1012,7 +1127,7 @@ function initIntegration() {
         if (data.success) setResult(`✓ Connection works: ${data.message}`, true);
         else setResult(errorNode(`✗ ${brokerErrorText(data.code, data.message, configContext(body.type, body.config))}`, data.code, data.message), false);
       } catch (err) {
-        const prefix = body.type === "IB" ? "ib" : "schwab";
+        const prefix = typeInfo(body.type)?.prefix;
         if (err.status === 422) {
           setResult("");
           showErrors(form, err, (field) => (field.startsWith("config.") ? prefix : null), $("#integration-error-form"));
@@ -1093,7 +1208,7 @@ function oauthText(m) {
 async function watchFirstSync(id) {
   const deadline = Date.now() + 60000;
   while (state.open === id && Date.now() < deadline) {
-    await loadIntegration();
+    await reloadIntegrationState();
     const attempt = state.integration?.sync?.last_attempt;
     if (attempt !== "pending") return attempt;
     setResult("✓ Signed in to Schwab. Fetching the balance…", true, { busy: true });
@@ -1236,7 +1351,7 @@ async function loadHistory() {
   );
 }
 
-const SOURCES = { MANUAL: "Manual", IB: "IB", SCHWAB: "Schwab" };
+const SOURCES = { MANUAL: "Manual", ...BROKER_NAMES };
 const SVG = "http://www.w3.org/2000/svg";
 
 function svg(tag, attrs = {}, text) {
@@ -1308,7 +1423,7 @@ function healthActions(row) {
       }),
   });
   const reauth =
-    row.type === "SCHWAB"
+    typeInfo(row.type)?.sign_in
       ? el("button", {
           type: "button",
           "aria-label": `Re-authenticate ${row.account_name}`,
@@ -1345,7 +1460,7 @@ async function loadHealthPage() {
         el("td", {}, badge(summary)),
         el("td", { class: "sync" }, partsNode(summary.line)),
         problem ? el("td", { class: "error-text problem" }, problem) : el("td", { class: "muted problem", text: "—" }),
-        el("td", { class: "expiry" }, row.type === "SCHWAB" && row.sync.signed_in ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
+        el("td", { class: "expiry" }, typeInfo(row.type)?.sign_in && row.sync.signed_in ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
         healthActions(row),
       );
     }),

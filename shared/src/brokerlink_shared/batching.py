@@ -1,4 +1,4 @@
-"""Coalescing: refreshes of accounts that share one login cost one call per burst."""
+"""Coalescing: refreshes of accounts that share one credential cost one broker call per burst."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class _Batch(Generic[R]):
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-class LoginBatcher(Generic[K, R]):
+class KeyedBatcher(Generic[K, R]):
     """Callers asking for the same key share one `fetch`.
 
     A batch stays open while callers keep joining less than `window_s` apart (a bulk refresh

@@ -1,0 +1,1 @@
+"""IB Flex Web Service connector: daily balances, positions and cash from a Flex Query."""

@@ -1,0 +1,1 @@
+"""The connector's edges: IB's Flex Web Service over HTTPS."""

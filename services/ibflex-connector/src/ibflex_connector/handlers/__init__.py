@@ -1,0 +1,1 @@
+"""Thin FastStream subscribers: decode, log at DEBUG, call the connector."""
