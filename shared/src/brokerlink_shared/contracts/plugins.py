@@ -200,7 +200,8 @@ class IntegrationPlugin:
                 continue
             if value is None and decl is not None and decl.keep_when_absent:
                 if name not in prev:
-                    if decl.required:  # nothing stored to keep: a first config must name it
+                    # nothing stored to keep: a first config must name a required field
+                    if decl.required:
                         raise ConfigError(name, self._required_message(name))
                     continue  # first time: the bus model's default (e.g. no backups)
                 value = prev[name]
