@@ -3,7 +3,9 @@
 - `make_broker` builds the FastStream NATS broker with our ack policy: handlers that raise are
   NACKed with exponential backoff; on the last allowed delivery (or for a message that can never
   succeed, such as one that fails validation) the message is parked in the dead-letter stream
-  and acknowledged. Nothing is dropped silently.
+  and acknowledged. Nothing is dropped silently. A transient infrastructure failure (database or
+  bus away, see `outage`) spends no attempt: it is retried for the outage budget while the
+  consumer pauses.
 - `durable_subscriber` declares a JetStream pull consumer bound (never declared) to a stream.
 - `EventPublisher` validates an event against its model before it reaches the bus and sets
   `Nats-Msg-Id` so JetStream de-duplicates retries.
@@ -35,6 +37,12 @@ from brokerlink_shared.contracts.events import (
     RefreshRequested,
 )
 from brokerlink_shared.logging import correlation_id
+from brokerlink_shared.outage import (
+    DEFAULT_OUTAGE_BUDGET_S,
+    OutageTracker,
+    TransientClassifier,
+    is_transient_io_error,
+)
 from brokerlink_shared.subjects import (
     DEAD_LETTERS,
     STREAMS,
@@ -96,10 +104,14 @@ class DeadLetterMiddleware(BaseMiddleware):
         context: Any,
         publish_dead_letter: Callable[[Msg, BaseException], Awaitable[None]],
         max_deliver: int,
+        transient: TransientClassifier = is_transient_io_error,
+        outage: OutageTracker | None = None,
     ) -> None:
         super().__init__(msg, context=context)
         self._publish_dead_letter = publish_dead_letter
         self._max_deliver = max_deliver
+        self._transient = transient
+        self._outage = outage or OutageTracker()
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         raw = msg.raw_message
@@ -110,18 +122,41 @@ class DeadLetterMiddleware(BaseMiddleware):
             and (cid := raw.headers.get(CORRELATION_HEADER))
         ):
             token = correlation_id.set(cid)
+        jetstream = (
+            isinstance(raw, Msg) and bool(raw.reply) and raw.reply.startswith("$JS.ACK")
+        )
+        key = (raw.metadata.stream, raw.metadata.sequence.stream) if jetstream else None
         try:
-            return await call_next(msg)
+            if jetstream:
+                await self._outage.wait(raw.in_progress)  # an outage: pause, don't spin
+            result = await call_next(msg)
+            if key is not None:
+                self._outage.settled(key, success=True)
+            return result
         except (AckMessage, NackMessage):
             raise
         except Exception as exc:
-            if (
-                not isinstance(raw, Msg)
-                or not raw.reply
-                or not raw.reply.startswith("$JS.ACK")
-            ):
+            if key is None:
                 raise  # core NATS request: nothing to redeliver
             delivered = raw.metadata.num_delivered
+            if self._transient(exc) and not isinstance(exc, PermanentFailure):
+                if self._outage.transient_failure(key):
+                    delay = backoff_delay(delivered, cap=10.0)
+                    log.warning(
+                        "infrastructure unavailable, will retry",
+                        extra={
+                            "subject": raw.subject,
+                            "delivered": delivered,
+                            "delay_s": round(delay, 2),
+                            "error": repr(exc)[:300],
+                        },
+                    )
+                    raise NackMessage(delay=delay) from exc
+                log.error(
+                    "outage budget spent",
+                    extra={"subject": raw.subject, "budget_s": self._outage.budget_s},
+                )
+                await self._park(raw, exc, delivered)
             if isinstance(exc, RetryLater) and delivered < RETRY_LATER_CEILING:
                 log.info(
                     "handler asked to retry later",
@@ -136,17 +171,10 @@ class DeadLetterMiddleware(BaseMiddleware):
             permanent = isinstance(
                 exc, ValidationError | PermanentFailure | InvalidEventError
             )
-            if permanent or delivered >= self._max_deliver:
-                log.error(
-                    "message parked in dead letters",
-                    extra={
-                        "subject": raw.subject,
-                        "delivered": delivered,
-                        "error": repr(exc),
-                    },
-                )
-                await self._publish_dead_letter(raw, exc)
-                raise AckMessage() from exc
+            # Deliveries that met an outage are not attempts at this message.
+            attempts = delivered - self._outage.transient_failures(key)
+            if permanent or attempts >= self._max_deliver:
+                await self._park(raw, exc, delivered)
             delay = backoff_delay(delivered)
             log.warning(
                 "handler failed, redelivering",
@@ -161,6 +189,30 @@ class DeadLetterMiddleware(BaseMiddleware):
         finally:
             if token is not None:
                 correlation_id.reset(token)
+
+    async def _park(self, raw: Msg, exc: BaseException, delivered: int) -> None:
+        """Publish to dead letters and ack; if even that fails, redeliver later (never spin)."""
+        try:
+            await self._publish_dead_letter(raw, exc)
+        except Exception as publish_exc:
+            delay = backoff_delay(delivered)
+            log.error(
+                "could not park the message in dead letters; redelivering",
+                extra={
+                    "subject": raw.subject,
+                    "delay_s": round(delay, 2),
+                    "error": repr(publish_exc)[:300],
+                },
+            )
+            raise NackMessage(delay=delay) from exc
+        self._outage.settled(
+            (raw.metadata.stream, raw.metadata.sequence.stream), success=False
+        )
+        log.error(
+            "message parked in dead letters",
+            extra={"subject": raw.subject, "delivered": delivered, "error": repr(exc)},
+        )
+        raise AckMessage() from exc
 
 
 class _EmptyFetchFilter(logging.Filter):
@@ -186,11 +238,15 @@ def make_broker(
     *,
     max_deliver: int = 5,
     on_parked: ParkedHook | None = None,
+    transient: TransientClassifier = is_transient_io_error,
+    outage_budget_s: float = DEFAULT_OUTAGE_BUDGET_S,
     **kwargs: Any,
 ) -> NatsBroker:
     """Build the service's broker with the dead-letter convention installed; `on_parked` runs
-    after a message was parked (e.g. to tell the requester it failed)."""
+    after a message was parked (e.g. to tell the requester it failed); `transient` tells an
+    infrastructure failure (retried for `outage_budget_s`) from a bad message."""
     holder: dict[str, NatsBroker] = {}
+    outage = OutageTracker(outage_budget_s)
 
     async def publish_dead_letter(raw: Msg, exc: BaseException) -> None:
         headers = dict(raw.headers or {})
@@ -215,6 +271,8 @@ def make_broker(
         DeadLetterMiddleware,
         publish_dead_letter=publish_dead_letter,
         max_deliver=max_deliver,
+        transient=transient,
+        outage=outage,
     )
     broker = NatsBroker(
         [

@@ -26,7 +26,7 @@ from account_api.auth.tokens import TokenIssuer
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
-from account_api.db import UnitOfWork, make_engine, make_read_pool
+from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
 from account_api.errors import add_exception_handlers
 from account_api.history.routes import router as history_router
@@ -75,7 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     read_pool = make_read_pool(settings)
     broker = make_broker(
-        settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver
+        settings.nats_url,
+        topology,
+        SERVICE,
+        max_deliver=settings.max_deliver,
+        transient=is_transient,
+        outage_budget_s=settings.outage_budget_s,
     )
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)

@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> FastStream:
         SERVICE,
         max_deliver=settings.max_deliver,
         on_parked=fail_parked_refreshes(topology, SERVICE),
+        outage_budget_s=settings.outage_budget_s,
     )
     publisher = EventPublisher(broker, topology)
     statuses = StatusPublisher(publisher)

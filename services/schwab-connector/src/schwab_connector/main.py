@@ -48,6 +48,7 @@ class ConnectorRuntime:
             SERVICE,
             max_deliver=settings.max_deliver,
             on_parked=fail_parked_refreshes(self.topology, SERVICE),
+            outage_budget_s=settings.outage_budget_s,
         )
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
