@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import asyncio
 
+import psycopg
+from fastapi import FastAPI, Request
+from sqlalchemy import exc as sa_exc
+
+from account_api.db import is_transient
 from account_api.responses import JSONBytes
 
 
@@ -73,6 +78,9 @@ def error_response(exc: AccountApiError) -> JSONBytes:
     return JSONBytes(body, status_code=exc.status_code, headers=headers)
 
 
+_pool_checks: set[asyncio.Task[None]] = set()
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Map the error tree to HTTP for the whole app."""
 
@@ -81,3 +89,15 @@ def add_exception_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     app.add_exception_handler(AccountApiError, handle)
+
+    async def database_away(_request: Request, exc: Exception) -> JSONBytes:
+        if not is_transient(exc):
+            raise exc
+        response = error_response(
+            ServiceUnavailable("the database is unavailable for a moment; retry shortly")
+        )
+        response.headers["Retry-After"] = "2"
+        return response
+
+    for kind in (psycopg.OperationalError, sa_exc.DBAPIError, sa_exc.TimeoutError):
+        app.add_exception_handler(kind, database_away)
