@@ -32,6 +32,7 @@ from account_api.errors import add_exception_handlers
 from account_api.history.routes import router as history_router
 from account_api.integrations.routes import router as integrations_router
 from account_api.integrations.service import IntegrationService
+from account_api.integrations.sweeper import RefreshSweeper
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.outbox.relay import OutboxRelay
 from account_api.pending_links.routes import router as pending_links_router
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     scheduler = RefreshScheduler(
         new_uow, integrations_service, settings.scheduled_refresh_interval_s
     )
+    sweeper = RefreshSweeper(new_uow, broker, topology, settings.refresh_deadline_s)
     container = Container(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -126,9 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter.start()
         relay.start()
         scheduler.start()
+        sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()

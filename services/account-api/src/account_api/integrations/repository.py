@@ -65,6 +65,21 @@ class RefreshRepository:
             )
         ).scalar_one_or_none()
 
+    async def overdue(
+        self, requested_before: datetime, limit: int
+    ) -> list[tuple[Refresh, str | None]]:
+        """Pending refreshes asked before `requested_before`, with their account's integration
+        type, locked (others' locked rows are skipped: another replica is sweeping them)."""
+        rows = await self._session.execute(
+            select(Refresh, Account.integration_type)
+            .join(Account, Account.id == Refresh.account_id)
+            .where(Refresh.status == "pending", Refresh.requested_at < requested_before)
+            .order_by(Refresh.requested_at)
+            .limit(limit)
+            .with_for_update(of=Refresh, skip_locked=True)
+        )
+        return [(refresh, kind) for refresh, kind in rows.all()]
+
     async def job_counts(self, job_id: uuid.UUID) -> dict[str, int]:
         rows = await self._session.execute(
             select(Refresh.status, func.count())
