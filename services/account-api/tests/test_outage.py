@@ -10,18 +10,23 @@ from datetime import UTC, datetime
 import httpx
 import nats
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from account_api.migrate import upgrade
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher, dead_letter_count, make_broker
 from brokerlink_shared.subjects import CONNECTOR_EVENTS, Topology
 from brokerlink_shared.testing import wait_until
+from psycopg.conninfo import conninfo_to_dict
 
 from .conftest import register_user
 
 IB = {
     "type": "IB",
-    "config": {"host": "gw.local", "port": 4001, "client_id": 7, "account_code": "U1234567"},
+    "config": {
+        "host": "gw.local",
+        "port": 4001,
+        "client_id": 7,
+        "account_code": "U1234567",
+    },
 }
 
 

@@ -134,7 +134,9 @@ async def test_unanswered_refreshes_end_with_their_reason(infra, api_factory) ->
                 value = r.json()["current_balance"]
                 return float(value) if value is not None else None
 
-            assert await wait_until(balance, timeout_s=30, message="late balance") == 77.5
+            assert (
+                await wait_until(balance, timeout_s=30, message="late balance") == 77.5
+            )
             r = await client.get(
                 f"/api/accounts/{ids[0]}/integration/refresh/{refresh_id}", headers=h
             )

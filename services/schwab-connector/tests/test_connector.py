@@ -557,3 +557,23 @@ async def test_health_and_no_plaintext_secret_on_the_bus(world: World) -> None:
     assert len(payloads) > 300
     leaks = [s for s in secrets for p in payloads if s.encode() in p]
     assert not leaks
+
+
+async def test_a_refresh_that_cannot_be_bound_is_answered_failed(world: World) -> None:
+    refresh_id = uuid.uuid4()
+    await world.publisher.publish(
+        RefreshRequested(
+            user_id=None,  # no user: the connector cannot bind the login
+            account_id=A1,
+            payload={
+                "broker": Broker.SCHWAB,
+                "refresh_id": refresh_id,
+                "config": world.config(A1, "app-alice", NUMBERS[A1]),
+            },
+        )
+    )
+    outcome = await wait_until(
+        lambda: world.outcome(refresh_id), timeout_s=15, message="refresh answered"
+    )
+    assert outcome["type"] == "refresh.failed"
+    assert outcome["payload"]["code"] == "bad_config"

@@ -94,7 +94,9 @@ def add_exception_handlers(app: FastAPI) -> None:
         if not is_transient(exc):
             raise exc
         response = error_response(
-            ServiceUnavailable("the database is unavailable for a moment; retry shortly")
+            ServiceUnavailable(
+                "the database is unavailable for a moment; retry shortly"
+            )
         )
         response.headers["Retry-After"] = "2"
         return response

@@ -147,6 +147,12 @@ class SchwabConnector:
         payload = event.payload
         binding = self._bind(event.user_id, event.account_id, payload.config)
         if binding is None:
+            # Still answered: whoever waits on this refresh must learn it cannot run.
+            await self._fail(
+                event,
+                "bad_config",
+                "the refresh names no user, account or Schwab config; it cannot run",
+            )
             return
         state = self.vault.logins[binding.login]
         code: str | None
@@ -213,26 +219,30 @@ class SchwabConnector:
             log.debug("balance published", extra={"account": binding.account_id})
             await self._report(binding, state)
             return
+        await self._fail(event, code, reason)
+        await self._report(binding, state, status, reason, code)
+
+    async def _fail(self, event: RefreshRequested, code: str, reason: str) -> None:
+        """Answer a refresh with `refresh.failed` (de-duplicated per refresh)."""
         log.info(
             "schwab refresh failed",
-            extra={"account": binding.account_id, "code": code, "reason": reason},
+            extra={"account": event.account_id, "code": code, "reason": reason},
         )
         failed = RefreshFailed(
-            user_id=binding.user_id,
-            account_id=binding.account_id,
+            user_id=event.user_id,
+            account_id=event.account_id,
             correlation_id=event.correlation_id,
             payload=RefreshFailedPayload(
                 broker=Broker.SCHWAB,
-                refresh_id=payload.refresh_id,
-                job_id=payload.job_id,
+                refresh_id=event.payload.refresh_id,
+                job_id=event.payload.job_id,
                 code=code,
                 message=reason,
             ),
         )
         await self._publisher.publish(
-            failed, msg_id=f"{binding.account_id}:{payload.refresh_id}:failed"
+            failed, msg_id=f"{event.account_id}:{event.payload.refresh_id}:failed"
         )
-        await self._report(binding, state, status, reason, code)
 
     # ---- Schwab calls -----------------------------------------------------------------------
 

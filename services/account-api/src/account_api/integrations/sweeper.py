@@ -106,9 +106,7 @@ class RefreshSweeper:
             return False
         subject = self._topology.health_subject(Broker(kind).connector)
         try:
-            await self._broker.connection.request(
-                subject, b"", timeout=PROBE_TIMEOUT_S
-            )
+            await self._broker.connection.request(subject, b"", timeout=PROBE_TIMEOUT_S)
         except Exception:
             return False
         return True
