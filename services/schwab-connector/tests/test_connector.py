@@ -19,6 +19,7 @@ import pytest
 from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationConfigured,
+    IntegrationRemoved,
     IntegrationTestReply,
     IntegrationTestRequest,
     RefreshRequested,
@@ -577,3 +578,45 @@ async def test_a_refresh_that_cannot_be_bound_is_answered_failed(world: World) -
     )
     assert outcome["type"] == "refresh.failed"
     assert outcome["payload"]["code"] == "bad_config"
+
+
+async def test_configure_then_remove_delivered_in_reverse_order(world: World) -> None:
+    account_id = 301
+    config = world.config(B1, "app-bob", NUMBERS[B1])
+    await world.publisher.publish(
+        IntegrationRemoved(
+            user_id=BOB,
+            account_id=account_id,
+            payload={"broker": Broker.SCHWAB, "config": config, "version": 3},
+        )
+    )
+    connector = world.runtime.connector()
+    await wait_until(
+        lambda: connector.order.held(account_id) == 3, message="removal applied"
+    )
+    await world.publisher.publish(
+        IntegrationConfigured(
+            user_id=BOB,
+            account_id=account_id,
+            payload={"broker": Broker.SCHWAB, "config": config, "version": 2},
+        )
+    )
+    refresh_id = uuid.uuid4()
+    await world.publisher.publish(
+        RefreshRequested(
+            user_id=BOB,
+            account_id=account_id,
+            payload={
+                "broker": Broker.SCHWAB,
+                "refresh_id": refresh_id,
+                "config": config,
+                "version": 2,
+            },
+        )
+    )
+    outcome = await wait_until(
+        lambda: world.outcome(refresh_id), timeout_s=15, message="refresh answered"
+    )
+    assert (outcome["type"], outcome["payload"]["code"]) == ("refresh.failed", "stale")
+    assert account_id not in connector.accounts
+    assert world.events("integration.status", account_id) == []

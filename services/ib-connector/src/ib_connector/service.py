@@ -22,6 +22,7 @@ from brokerlink_shared.contracts.events import (
 )
 from brokerlink_shared.contracts.values import IBConnection
 from brokerlink_shared.messaging import EventPublisher, RetryLater
+from brokerlink_shared.ordering import CommandOrder
 from brokerlink_shared.subjects import Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -62,6 +63,7 @@ class IBConnectorService:
         self.publisher = publisher
         self.pool = pool
         self.ownership: SessionOwnership | None = None
+        self.order = CommandOrder()
         self.refreshes_ok = 0
         self.refreshes_failed = 0
 
@@ -69,6 +71,9 @@ class IBConnectorService:
 
     async def on_refresh(self, event: RefreshRequested) -> None:
         config = _ib_config(event.payload.config)
+        if not self.order.admits(event.account_id, event.payload.version, "refresh"):
+            await self._answer_stale(event)
+            return
         if await self._route(
             "refresh",
             config,
@@ -80,7 +85,9 @@ class IBConnectorService:
 
     async def on_configured(self, event: IntegrationConfigured) -> None:
         config = _ib_config(event.payload.config)
-        if event.account_id is None:
+        if event.account_id is None or not self.order.admits(
+            event.account_id, event.payload.version, "configured"
+        ):
             return
         if await self._route(
             "configured",
@@ -89,10 +96,20 @@ class IBConnectorService:
             event.user_id,
             event.model_dump(mode="json"),
         ):
-            self.pool.attach(config, event.account_id, event.user_id)
+            self._attach(event)
+
+    def _attach(self, event: IntegrationConfigured) -> None:
+        assert event.account_id is not None
+        if not self.order.admits(event.account_id, event.payload.version, "configured"):
+            return
+        config = _ib_config(event.payload.config)
+        self.pool.attach(config, event.account_id, event.user_id)
+        self.order.applied(event.account_id, event.payload.version)
 
     async def on_removed(self, event: IntegrationRemoved) -> None:
-        if event.account_id is None:
+        if event.account_id is None or not self.order.admits(
+            event.account_id, event.payload.version, "removed"
+        ):
             return
         config = (
             _ib_config(event.payload.config)
@@ -108,7 +125,7 @@ class IBConnectorService:
             if owner != self.ownership.replica_id:
                 await self._forward(owner, "removed", event.model_dump(mode="json"))
                 return
-        await self.remove_local(event.account_id, config)
+        await self.remove_local(event.account_id, config, event.payload.version)
 
     async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
         budget = max(
@@ -144,13 +161,15 @@ class IBConnectorService:
                 ):
                     return _reply(ok=False, error="not the owner")
                 if configured.account_id is not None:
-                    self.pool.attach(config, configured.account_id, configured.user_id)
+                    self._attach(configured)
             elif kind == "removed":
                 removed = IntegrationRemoved.model_validate(data)
                 cfg = removed.payload.config
                 if removed.account_id is not None:
                     await self.remove_local(
-                        removed.account_id, _ib_config(cfg) if cfg is not None else None
+                        removed.account_id,
+                        _ib_config(cfg) if cfg is not None else None,
+                        removed.payload.version,
                     )
             elif kind == "test":
                 request = IntegrationTestRequest.model_validate(data)
@@ -172,7 +191,11 @@ class IBConnectorService:
     ) -> None:
         """Read the account on this replica's session and publish `balance.updated` or `refresh.failed`."""
         assert event.account_id is not None
+        if not self.order.admits(event.account_id, event.payload.version, "refresh"):
+            await self._answer_stale(event)
+            return
         session, binding = self.pool.attach(config, event.account_id, event.user_id)
+        self.order.applied(event.account_id, event.payload.version)
         refresh_id = event.payload.refresh_id
         try:
             snapshot = await session.refresh(binding, self.settings.request_timeout_s)
@@ -226,7 +249,30 @@ class IBConnectorService:
             extra={"account_id": event.account_id, "refresh_id": str(refresh_id)},
         )
 
-    async def remove_local(self, account_id: int, config: IBConnection | None) -> None:
+    async def _answer_stale(self, event: RefreshRequested) -> None:
+        """A refresh asked with a config this connector already saw replaced: answer it."""
+        failed = RefreshFailed(
+            user_id=event.user_id,
+            account_id=event.account_id,
+            correlation_id=event.correlation_id,
+            payload=RefreshFailedPayload(
+                broker=Broker.IB,
+                refresh_id=event.payload.refresh_id,
+                job_id=event.payload.job_id,
+                code="stale",
+                message="the integration changed after this refresh was asked",
+            ),
+        )
+        await self.publisher.publish(
+            failed, msg_id=f"{event.account_id}:{event.payload.refresh_id}:failed"
+        )
+
+    async def remove_local(
+        self, account_id: int, config: IBConnection | None, version: int | None = None
+    ) -> None:
+        if not self.order.admits(account_id, version, "removed"):
+            return
+        self.order.applied(account_id, version)
         closed = await self.pool.detach(config, account_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(

@@ -74,7 +74,11 @@ def rollback(target: Target, publisher: EventPublisher) -> dict[str, Any]:
                     user_id=event.get("user_id"),
                     account_id=event["account_id"],
                     correlation_id=f"{correlation(run_id)}-rollback",
-                    payload={"broker": payload["broker"], "config": payload["config"]},
+                    payload={
+                        "broker": payload["broker"],
+                        "config": payload["config"],
+                        "version": int(payload.get("version") or 0) + 1,
+                    },
                 )
             )
     summary["events_withdrawn"] = len(withdrawn) - len(staged)

@@ -35,6 +35,7 @@ from brokerlink_shared.contracts.events import (
 from brokerlink_shared.contracts.values import IntegrationStatus, SchwabConnection
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.ordering import CommandOrder
 from brokerlink_shared.subjects import Broker
 from schwab.client import AsyncClient
 
@@ -101,6 +102,7 @@ class SchwabConnector:
             batch_window_s, batch_max_wait_s
         )
         self.accounts: dict[int, AccountBinding] = {}
+        self.order = CommandOrder()
         self._numbers: dict[LoginKey, dict[str, str]] = {}  # hash -> account number
 
     # ---- commands ---------------------------------------------------------------------------
@@ -132,11 +134,17 @@ class SchwabConnector:
 
     async def on_configured(self, event: IntegrationConfigured) -> None:
         """Remember the account and report its token status (no Schwab call)."""
+        if not self.order.admits(event.account_id, event.payload.version, "configured"):
+            return
         binding = self._bind(event.user_id, event.account_id, event.payload.config)
+        self.order.applied(event.account_id, event.payload.version)
         if binding is not None and binding.config.token_enc:
             await self._report(binding, self.vault.logins[binding.login])
 
     async def on_removed(self, event: IntegrationRemoved) -> None:
+        if not self.order.admits(event.account_id, event.payload.version, "removed"):
+            return
+        self.order.applied(event.account_id, event.payload.version)
         if event.account_id is not None:
             self.accounts.pop(event.account_id, None)
             self.vault.forget_account(event.account_id)
@@ -145,7 +153,13 @@ class SchwabConnector:
     async def on_refresh(self, event: RefreshRequested) -> None:
         """Read the account (one call per login, shared by concurrent requests) and publish it."""
         payload = event.payload
+        if not self.order.admits(event.account_id, payload.version, "refresh"):
+            await self._fail(
+                event, "stale", "the integration changed after this refresh was asked"
+            )
+            return
         binding = self._bind(event.user_id, event.account_id, payload.config)
+        self.order.applied(event.account_id, payload.version)
         if binding is None:
             # Still answered: whoever waits on this refresh must learn it cannot run.
             await self._fail(

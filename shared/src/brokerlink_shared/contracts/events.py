@@ -102,6 +102,12 @@ class IntegrationConfigured(Event):
 class IntegrationRemovedPayload(Strict):
     broker: Broker
     config: IntegrationConnection | None = None
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="the account's integration version after the removal; a connector "
+        "drops commands with an older one",
+    )
 
 
 class IntegrationRemoved(Event):
@@ -116,6 +122,12 @@ class RefreshRequestedPayload(Strict):
     job_id: uuid.UUID | None = None
     config: IntegrationConnection = Field(
         description="the config in force when the refresh was asked"
+    )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="the integration version of `config`; a connector that already applied "
+        "a newer one answers the refresh as stale",
     )
 
 

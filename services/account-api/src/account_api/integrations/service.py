@@ -171,6 +171,7 @@ class IntegrationService:
         """Remove the integration in the open transaction and tell the connector."""
         kind = account.integration_type
         assert kind is not None
+        account.integration_version += 1
         self._outbox(uow).add(
             IntegrationRemoved(
                 user_id=actor.user_id,
@@ -181,12 +182,12 @@ class IntegrationService:
                     "config": rules.bus_connection(
                         kind, account.integration_config or {}
                     ),
+                    "version": account.integration_version,
                 },
             )
         )
         account.integration_type = None
         account.integration_config = None
-        account.integration_version += 1
         account.integration_status = IntegrationStatus.NOT_CONFIGURED.value
         account.integration_status_at = datetime.now(UTC)
         account.last_error = account.last_error_code = None
@@ -317,6 +318,7 @@ class IntegrationService:
                     "config": rules.bus_connection(
                         kind, account.integration_config or {}
                     ),
+                    "version": account.integration_version,
                 },
             )
         )
