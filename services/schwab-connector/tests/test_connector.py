@@ -6,6 +6,7 @@ each other's state like a user's week: sign in, refresh, an hour later, six days
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -620,3 +621,73 @@ async def test_configure_then_remove_delivered_in_reverse_order(world: World) ->
     assert (outcome["type"], outcome["payload"]["code"]) == ("refresh.failed", "stale")
     assert account_id not in connector.accounts
     assert world.events("integration.status", account_id) == []
+
+
+async def test_a_refresh_finishing_after_a_new_consent_keeps_the_new_consent(
+    world: World,
+) -> None:
+    """Replica A refreshes alice's old token slowly; meanwhile the user signs in again and
+    replica B exchanges the code. The new consent must survive A finishing last."""
+    replica_b = ConnectorRuntime(world.runtime.settings, world.clock)
+    await replica_b.app.start()
+    try:
+        a, b = world.runtime.connector(), replica_b.connector()
+        await world.advance(31 * 60)  # alice's access token is due for a refresh
+        await world.http.post(
+            "/admin/faults",
+            json={"endpoint": "token", "app_key": "app-alice", "delay_s": 2.0},
+        )
+        refresh_id = uuid.uuid4()
+        slow = asyncio.create_task(
+            a.on_refresh(
+                RefreshRequested(
+                    user_id=ALICE,
+                    account_id=A1,
+                    payload={
+                        "broker": Broker.SCHWAB,
+                        "refresh_id": refresh_id,
+                        "config": world.config(A1, "app-alice", NUMBERS[A1]),
+                    },
+                )
+            )
+        )
+
+        async def refresh_in_flight() -> bool:
+            return not (await world.http.get("/admin/state")).json()["faults"]
+
+        await wait_until(
+            refresh_in_flight, timeout_s=15, message="token refresh started"
+        )
+        consent = await b.exchange_code(
+            SchwabOAuthExchangeRequest(
+                user_id=ALICE,
+                account_id=A1,
+                app_key="app-alice",
+                app_secret_enc=world.box.encrypt(SECRETS["app-alice"]),
+                code_enc=world.box.encrypt(await world.code("app-alice", "alice")),
+                redirect_uri=CALLBACK,
+                account_number=NUMBERS[A1],
+            )
+        )
+        assert consent.success, consent.message
+        await slow
+        assert world.outcome(refresh_id)["type"] == "balance.updated"  # type: ignore[index]
+
+        login = a.vault.logins[(ALICE, "app-alice")].login_id
+        assert await b.vault._coordinator.latest_token(login) == consent.token_enc
+        # A picks the consent up instead of using (or refreshing) the old login again.
+        await world.advance(31 * 60)
+        again = await world.refresh_account(A1)
+        await wait_until(lambda: world.outcome(again), timeout_s=20, message="again")
+        assert world.outcome(again)["type"] == "balance.updated"  # type: ignore[index]
+        for connector in (a, b):
+            state = connector.vault.logins.get((ALICE, "app-alice"))
+            if state is not None and state.times is not None:
+                assert state.times.refresh_expires_at >= _refresh_expiry(world, consent)
+    finally:
+        await replica_b.app.stop()
+
+
+def _refresh_expiry(world: World, reply: SchwabOAuthExchangeReply) -> Any:
+    assert reply.refresh_expires_at is not None
+    return reply.refresh_expires_at

@@ -361,21 +361,27 @@ class SchwabConnector:
             return SchwabOAuthExchangeReply(
                 success=False, message="the app secret or code could not be decrypted"
             )
-        try:
-            token = await self.gateway.exchange_code(
-                request.app_key, secret, code, request.redirect_uri
-            )
-        except SchwabCallError as exc:
-            return SchwabOAuthExchangeReply(success=False, message=exc.reason)
         config = SchwabConnection(
             app_key=request.app_key,
             app_secret_enc=request.app_secret_enc,
             account_number=request.account_number,
         )
         state = self.vault.observe(request.user_id, request.account_id, config)
-        self.vault.adopt(state, self.vault.stamp({"token": token}))
+        try:
+            # Under the login's lease: a refresh of the old token cannot interleave.
+            async with self.vault.exclusive(state):
+                token = await self.gateway.exchange_code(
+                    request.app_key, secret, code, request.redirect_uri
+                )
+                self.vault.adopt(state, self.vault.stamp({"token": token}))
+                await self.vault.share(state)
+        except SchwabCallError as exc:
+            return SchwabOAuthExchangeReply(success=False, message=exc.reason)
+        except TimeoutError:
+            return SchwabOAuthExchangeReply(
+                success=False, message="the Schwab login is busy; try signing in again"
+            )
         assert state.token_enc is not None and state.times is not None
-        await self._coordinator.store_token(state.login_id, state.token_enc)
         log.info(
             "schwab login authorised",
             extra={"user": request.user_id, "account": request.account_id},

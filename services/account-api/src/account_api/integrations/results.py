@@ -217,6 +217,22 @@ async def record_status(uow: UnitOfWork, event: IntegrationStatusChanged) -> Non
         await uow.commit()
 
 
+def token_is_newer(
+    candidate: tuple[datetime | None, datetime | None],
+    stored: tuple[datetime | None, datetime | None],
+) -> bool:
+    """The one ordering rule for Schwab tokens (the connector's too): the later refresh expiry
+    (a later login) wins; within one login, the later access expiry wins. Unknown is oldest."""
+    oldest = datetime.min.replace(tzinfo=UTC)
+
+    def key(
+        times: tuple[datetime | None, datetime | None],
+    ) -> tuple[datetime, datetime]:
+        return (times[0] or oldest, times[1] or oldest)
+
+    return key(candidate) > key(stored)
+
+
 async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
     p = event.payload
     async with uow:
@@ -228,11 +244,11 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         for account in await accounts_sharing_login(
             uow.session, event.user_id, p.app_key
         ):
-            if (
-                account.token_access_expires_at
-                and account.token_access_expires_at > p.access_expires_at
+            if not token_is_newer(
+                (p.refresh_expires_at, p.access_expires_at),
+                (account.token_refresh_expires_at, account.token_access_expires_at),
             ):
-                continue  # a newer token is already stored
+                continue  # a newer token (say, a new consent) is already stored
             config = dict(account.integration_config or {})
             config["token_enc"] = (
                 p.token_enc

@@ -44,7 +44,9 @@ LoginKey = tuple[int, str]  # (user_id, app_key)
 class LoginCoordinator(Protocol):
     def lease(self, login_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
     async def latest_token(self, login_id: str) -> str | None: ...
-    async def store_token(self, login_id: str, token_enc: str) -> None: ...
+    async def store_token(
+        self, login_id: str, token_enc: str, times: LoginTokenTimes
+    ) -> str: ...
 
 
 class LocalCoordinator:
@@ -57,8 +59,10 @@ class LocalCoordinator:
     async def latest_token(self, login_id: str) -> str | None:
         return None
 
-    async def store_token(self, login_id: str, token_enc: str) -> None:
-        return None
+    async def store_token(
+        self, login_id: str, token_enc: str, times: LoginTokenTimes
+    ) -> str:
+        return token_enc
 
 
 @dataclass(eq=False)
@@ -290,10 +294,25 @@ class TokenVault:
                     state.rejected = exc.reason
                     raise
                 self.refreshes += 1
-                assert state.token_enc is not None
-                await self._coordinator.store_token(state.login_id, state.token_enc)
+                await self.share(state)
             log.info("schwab access token refreshed", extra={"user": state.user_id})
             await self.flush_rotation(state)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, state: LoginState) -> AsyncIterator[None]:
+        """Hold the login here (its lock) and across replicas (its lease)."""
+        async with state.lock, self._coordinator.lease(state.login_id):
+            yield
+
+    async def share(self, state: LoginState) -> None:
+        """Store the login's token for every replica, unless a newer one is stored already —
+        then that one is adopted (a new consent beats a refresh of the old login)."""
+        assert state.token_enc is not None and state.times is not None
+        stored = await self._coordinator.store_token(
+            state.login_id, state.token_enc, state.times
+        )
+        if stored != state.token_enc:
+            self._adopt_encrypted(state, stored, only_if_newer=False)
 
     async def flush_rotation(self, state: LoginState) -> None:
         """Report a token written since the last report (ours, or authlib refreshing on its own)."""
