@@ -93,6 +93,16 @@ def _scenario() -> Scenario:
                     ),
                 ],
             ),
+            SimLogin(  # alice's partner, signing in through alice's registered app
+                login_id="carol",
+                accounts=[
+                    SimAccount(
+                        account_number="44444444",
+                        liquidation_value=4444,
+                        cash_balance=4,
+                    )
+                ],
+            ),
             SimLogin(
                 login_id="bob",
                 accounts=[
@@ -123,6 +133,7 @@ class World:
     tokens: dict[int, str] = field(
         default_factory=dict
     )  # account id -> latest token_enc
+    logins: dict[int, str] = field(default_factory=dict)  # account id -> login id
 
     def events(self, type_: str, account_id: int | None = None) -> list[dict[str, Any]]:
         out = []
@@ -170,6 +181,7 @@ class World:
             app_secret_enc=self.box.encrypt(SECRETS[app_key]),
             token_enc=self.tokens.get(account_id),
             account_number=number,
+            login=self.logins.get(account_id),
         )
 
     async def exchange(
@@ -190,9 +202,15 @@ class World:
             account_number=number,
         )
         subject = self.topology.subject(SCHWAB_OAUTH_EXCHANGE)
-        return await request_model(
+        reply = await request_model(
             self.broker, subject, request, SchwabOAuthExchangeReply, timeout_s=15
         )
+        if reply.success and reply.login:
+            # what account-api does: the login's accounts (by number) now belong to it
+            for ours, theirs in NUMBERS.items():
+                if theirs in reply.visible_accounts or ours == account_id:
+                    self.logins[ours] = reply.login
+        return reply
 
     async def configure(
         self, user_id: int, account_id: int, app_key: str, number: str | None
@@ -252,7 +270,8 @@ class World:
 
 ALICE, BOB = 1, 2
 A1, A2, B1 = 101, 102, 201  # our account ids
-NUMBERS = {A1: "11111111", A2: "22222222", B1: "33333333"}
+C1 = 103  # alice's partner carol's account, on alice's app key
+NUMBERS = {A1: "11111111", A2: "22222222", B1: "33333333", C1: "44444444"}
 OWNER = {A1: (ALICE, "app-alice"), A2: (ALICE, "app-alice"), B1: (BOB, "app-bob")}
 
 
@@ -629,7 +648,8 @@ async def test_a_refresh_finishing_after_a_new_consent_keeps_the_new_consent(
     """Replica A refreshes alice's old token slowly; meanwhile the user signs in again and
     replica B exchanges the code. The new consent must survive A finishing last."""
     replica_b = ConnectorRuntime(world.runtime.settings, world.clock)
-    await replica_b.app.start()
+    # Its connector only (no subscribers): the test drives both replicas by hand.
+    await replica_b.start()
     try:
         a, b = world.runtime.connector(), replica_b.connector()
         await world.advance(31 * 60)  # alice's access token is due for a refresh
@@ -673,7 +693,7 @@ async def test_a_refresh_finishing_after_a_new_consent_keeps_the_new_consent(
         await slow
         assert world.outcome(refresh_id)["type"] == "balance.updated"  # type: ignore[index]
 
-        login = a.vault.logins[(ALICE, "app-alice")].login_id
+        login = a.vault.logins[(ALICE, "app-alice", consent.login)].login_id
         assert await b.vault._coordinator.latest_token(login) == consent.token_enc
         # A picks the consent up instead of using (or refreshing) the old login again.
         await world.advance(31 * 60)
@@ -681,13 +701,73 @@ async def test_a_refresh_finishing_after_a_new_consent_keeps_the_new_consent(
         await wait_until(lambda: world.outcome(again), timeout_s=20, message="again")
         assert world.outcome(again)["type"] == "balance.updated"  # type: ignore[index]
         for connector in (a, b):
-            state = connector.vault.logins.get((ALICE, "app-alice"))
+            state = connector.vault.logins.get((ALICE, "app-alice", consent.login))
             if state is not None and state.times is not None:
                 assert state.times.refresh_expires_at >= _refresh_expiry(world, consent)
     finally:
-        await replica_b.app.stop()
+        await replica_b.stop()
+        await replica_b.broker.stop()
 
 
 def _refresh_expiry(world: World, reply: SchwabOAuthExchangeReply) -> Any:
     assert reply.refresh_expires_at is not None
     return reply.refresh_expires_at
+
+
+async def test_two_logins_under_one_app_key_refresh_and_reauthenticate_independently(
+    world: World,
+) -> None:
+    carol = await world.exchange(ALICE, C1, "app-alice", "carol", NUMBERS[C1])
+    assert carol.success, carol.message
+    alice_login = world.logins[A1]
+    assert carol.login and carol.login != alice_login
+    assert (
+        world.logins[A2] == alice_login
+    )  # carol's sign-in did not take alice's accounts
+    world.tokens[C1] = carol.token_enc or ""
+    await world.configure(ALICE, C1, "app-alice", NUMBERS[C1])
+
+    async def refreshed(account_id: int) -> dict[str, Any]:
+        user, _ = OWNER.get(account_id, (ALICE, "app-alice"))
+        refresh_id = await world.refresh(
+            user, account_id, "app-alice", NUMBERS[account_id]
+        )
+        return await wait_until(  # type: ignore[no-any-return]
+            lambda: world.outcome(refresh_id), timeout_s=20, message="refresh"
+        )
+
+    both = [await refreshed(C1), await refreshed(A1)]
+    assert [(o["type"], Decimal(o["payload"]["balance"])) for o in both] == [
+        ("balance.updated", Decimal(4444)),
+        ("balance.updated", Decimal("1000.5")),
+    ]
+
+    # Carol revokes brokerlink at Schwab: only her account needs signing in again.
+    await world.http.post(
+        "/admin/tokens/revoke", json={"app_key": "app-alice", "login_id": "carol"}
+    )
+    dead = await refreshed(C1)
+    assert (dead["type"], dead["payload"]["code"]) == (
+        "refresh.failed",
+        "reauth_required",
+    )
+    await wait_until(
+        lambda: world.last_status(C1) == "reauth_required", message="carol reauth"
+    )
+    alive = await refreshed(A1)
+    assert alive["type"] == "balance.updated"
+    assert world.last_status(A1) != "reauth_required"
+    rotated = [
+        e["payload"]
+        for e in world.events("schwab.tokens.rotated")
+        if e["payload"].get("login") == carol.login
+    ]
+    assert all(C1 in r["account_ids"] and A1 not in r["account_ids"] for r in rotated)
+
+    # Carol signs in again; alice's login is untouched.
+    again = await world.exchange(ALICE, C1, "app-alice", "carol", NUMBERS[C1])
+    assert again.success and again.login == carol.login
+    world.tokens[C1] = again.token_enc or ""
+    back = await refreshed(C1)
+    assert back["type"] == "balance.updated"
+    assert world.logins[A1] == alice_login

@@ -52,6 +52,7 @@ from schwab_connector.adapters.token_vault import (
 )
 from schwab_connector.domain.batching import LoginBatcher
 from schwab_connector.domain.clock import Clock
+from schwab_connector.domain.logins import login_identity
 from schwab_connector.domain.mapping import (
     AccountDataError,
     pick_account,
@@ -75,7 +76,7 @@ class AccountBinding:
 
     @property
     def login(self) -> LoginKey:
-        return (self.user_id, self.config.app_key)
+        return (self.user_id, self.config.app_key, self.config.login)
 
 
 class SchwabConnector:
@@ -123,7 +124,7 @@ class SchwabConnector:
         if binding is None or binding.config != config or binding.user_id != user_id:
             reported = (
                 binding.reported
-                if binding and binding.login == (user_id, config.app_key)
+                if binding and binding.login == (user_id, config.app_key, config.login)
                 else None
             )
             binding = self.accounts[account_id] = AccountBinding(
@@ -361,43 +362,55 @@ class SchwabConnector:
             return SchwabOAuthExchangeReply(
                 success=False, message="the app secret or code could not be decrypted"
             )
+        try:
+            token = await self.gateway.exchange_code(
+                request.app_key, secret, code, request.redirect_uri
+            )
+        except SchwabCallError as exc:
+            return SchwabOAuthExchangeReply(success=False, message=exc.reason)
+        # Who signed in? The accounts the new token sees say (several logins can share an app).
+        probe = LoginState(
+            (request.user_id, request.app_key, None), request.app_secret_enc
+        )
+        self.vault.adopt(probe, self.vault.stamp({"token": token}))
+        try:
+            numbers = await self._account_numbers(probe)
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            self.vault.discard(probe)
+            return SchwabOAuthExchangeReply(
+                success=False,
+                message=f"signed in, but Schwab did not list the login's accounts: "
+                f"{exc.reason}; try again",
+            )
+        listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
+        account_hash, message = resolve_hash(listed, request.account_number)
+        if account_hash is None and request.account_number:
+            self.vault.discard(probe)
+            return SchwabOAuthExchangeReply(success=False, message=message)
+        login = login_identity(numbers)
         config = SchwabConnection(
             app_key=request.app_key,
             app_secret_enc=request.app_secret_enc,
             account_number=request.account_number,
+            login=login,
         )
         state = self.vault.observe(request.user_id, request.account_id, config)
         try:
-            # Under the login's lease: a refresh of the old token cannot interleave.
+            # Under the login's lock and lease: a refresh of its old token cannot interleave.
             async with self.vault.exclusive(state):
-                token = await self.gateway.exchange_code(
-                    request.app_key, secret, code, request.redirect_uri
-                )
-                self.vault.adopt(state, self.vault.stamp({"token": token}))
+                self.vault.install(state, probe)
                 await self.vault.share(state)
-        except SchwabCallError as exc:
-            return SchwabOAuthExchangeReply(success=False, message=exc.reason)
         except TimeoutError:
             return SchwabOAuthExchangeReply(
                 success=False, message="the Schwab login is busy; try signing in again"
             )
+        self._numbers[state.key] = numbers
         assert state.token_enc is not None and state.times is not None
         log.info(
             "schwab login authorised",
             extra={"user": request.user_id, "account": request.account_id},
         )
-        try:
-            numbers = await self._account_numbers(state)
-        except (ReauthRequiredError, SchwabCallError) as exc:
-            account_hash, message = (
-                None,
-                f"signed in, but the account list failed: {exc.reason}",
-            )
-        else:
-            listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
-            account_hash, message = resolve_hash(listed, request.account_number)
-            if account_hash is None and request.account_number:
-                return SchwabOAuthExchangeReply(success=False, message=message)
+        self._rebind_visible(state, numbers)
         await self.publish_rotated(state)
         for binding in self._bindings_of(state.key):
             if binding.account_id != request.account_id:
@@ -407,9 +420,32 @@ class SchwabConnector:
             message=message,
             token_enc=state.token_enc,
             account_hash=account_hash,
+            login=login,
+            visible_accounts={n: h for h, n in numbers.items()},
             access_expires_at=state.times.access_expires_at,
             refresh_expires_at=state.times.refresh_expires_at,
         )
+
+    def _rebind_visible(self, state: LoginState, numbers: dict[str, str]) -> None:
+        """The user's accounts on this app key that the login sees now belong to it."""
+        for binding in list(self.accounts.values()):
+            config = binding.config
+            if (
+                binding.user_id == state.user_id
+                and config.app_key == state.app_key
+                and config.login != state.login
+                and (
+                    config.account_number in numbers.values()
+                    or config.account_hash in numbers
+                )
+            ):
+                self._bind(
+                    binding.user_id,
+                    binding.account_id,
+                    config.model_copy(
+                        update={"login": state.login, "token_enc": state.token_enc}
+                    ),
+                )
 
     # ---- lifecycle and events ---------------------------------------------------------------
 
@@ -454,6 +490,7 @@ class SchwabConnector:
             user_id=state.user_id,
             payload=SchwabTokensRotatedPayload(
                 app_key=state.app_key,
+                login=state.login,
                 account_ids=sorted(state.account_ids),
                 token_enc=state.token_enc,
                 access_expires_at=state.times.access_expires_at,

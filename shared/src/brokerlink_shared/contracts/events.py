@@ -197,6 +197,9 @@ class IntegrationStatusChanged(Event):
 class SchwabTokensRotatedPayload(Strict):
     broker: Literal[Broker.SCHWAB] = Broker.SCHWAB
     app_key: str
+    login: str | None = Field(
+        default=None, description="the Schwab login the token belongs to"
+    )
     account_ids: list[int] = Field(
         description="accounts sharing this login that should store it"
     )
@@ -270,6 +273,12 @@ class SchwabOAuthExchangeReply(Strict):
     message: str
     token_enc: str | None = None
     account_hash: str | None = None
+    login: str | None = Field(
+        default=None, description="opaque id of the Schwab login that signed in"
+    )
+    visible_accounts: dict[str, str] = Field(
+        default={}, description="account number -> hash of every account the login sees"
+    )
     access_expires_at: datetime | None = None
     refresh_expires_at: datetime | None = None
 

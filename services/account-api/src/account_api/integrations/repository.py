@@ -157,3 +157,26 @@ async def accounts_sharing_login(
         )
     )
     return list((await session.execute(query)).scalars())
+
+
+def of_login(
+    accounts: list[Account],
+    login: str | None,
+    visible: dict[str, str] | None = None,
+) -> list[Account]:
+    """The accounts (of one user and app key) that belong to one Schwab login: those already
+    bound to it, and those it sees (by number or hash) when it has just signed in. Without a
+    login id (a token from before logins were told apart) every account of the app key."""
+    if login is None:
+        return accounts
+    numbers, hashes = set(visible or {}), set((visible or {}).values())
+
+    def belongs(account: Account) -> bool:
+        config = account.integration_config or {}
+        return (
+            config.get("login") == login
+            or config.get("account_number") in numbers
+            or config.get("account_hash") in hashes
+        )
+
+    return [a for a in accounts if belongs(a)]

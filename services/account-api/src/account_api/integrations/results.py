@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from account_api.db import UnitOfWork
 from account_api.history.repository import HistoryRepository
-from account_api.integrations.repository import accounts_sharing_login
+from account_api.integrations.repository import accounts_sharing_login, of_login
 from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
 from account_api.tables import (
     Account,
@@ -241,8 +241,9 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         if event.user_id is None:
             await uow.commit()
             return
-        for account in await accounts_sharing_login(
-            uow.session, event.user_id, p.app_key
+        for account in of_login(
+            await accounts_sharing_login(uow.session, event.user_id, p.app_key),
+            p.login,
         ):
             if not token_is_newer(
                 (p.refresh_expires_at, p.access_expires_at),

@@ -58,6 +58,8 @@ def merge_schwab(
         else (previous.get("account_hash") if same_login else None),
         "token_enc": previous.get("token_enc") if same_login else None,
     }
+    if same_login and previous.get("login"):
+        merged["login"] = previous["login"]
     if "unverified" in previous and same_login:
         merged["unverified"] = previous["unverified"]
     return merged
@@ -118,4 +120,5 @@ def bus_connection(
         token_enc=stored.get("token_enc"),
         account_number=stored.get("account_number"),
         account_hash=stored.get("account_hash"),
+        login=stored.get("login"),
     )

@@ -57,6 +57,7 @@ from account_api.integrations.repository import (
     RefreshRepository,
     SnapshotRepository,
     accounts_sharing_login,
+    of_login,
 )
 from account_api.integrations.schemas import (
     CashOut,
@@ -633,12 +634,17 @@ class IntegrationService:
                 )
                 await uow.commit()
                 return account_id, False, reply.message
-            for sibling in siblings:
+            # Only this login's accounts: other logins on the same app key keep their own.
+            for sibling in {
+                *of_login(siblings, reply.login, reply.visible_accounts),
+                account,
+            }:
                 self._store_tokens(
                     sibling,
                     reply.token_enc,
                     reply.access_expires_at,
                     reply.refresh_expires_at,
+                    reply.login,
                 )
             stored = dict(account.integration_config or {})
             if reply.account_hash:
@@ -680,9 +686,12 @@ class IntegrationService:
         token_enc: str,
         access_exp: datetime | None,
         refresh_exp: datetime | None,
+        login: str | None,
     ) -> None:
         config: dict[str, Any] = dict(account.integration_config or {})
         config["token_enc"] = token_enc
+        if login:
+            config["login"] = login
         account.integration_config = config
         account.token_access_expires_at = access_exp
         account.token_refresh_expires_at = refresh_exp

@@ -1,4 +1,5 @@
-"""The in-memory, encrypted token cache: one entry per Schwab login (user, app key).
+"""The in-memory, encrypted token cache: one entry per Schwab login (user, app key, login
+identity — see domain.logins; the identity is unknown until the first sign-in).
 
 Accounts that share a login share its entry, its schwab-py client and therefore its token. Tokens
 are held only as `SecretBox` ciphertext (plus whatever the live httpx session needs in memory).
@@ -38,7 +39,7 @@ from schwab_connector.domain.tokens import (
 
 log = logging.getLogger(__name__)
 
-LoginKey = tuple[int, str]  # (user_id, app_key)
+LoginKey = tuple[int, str, str | None]  # (user_id, app_key, login identity)
 
 
 class LoginCoordinator(Protocol):
@@ -89,8 +90,12 @@ class LoginState:
         return self.key[1]
 
     @property
+    def login(self) -> str | None:
+        return self.key[2]
+
+    @property
     def login_id(self) -> str:
-        return key_token("login", *self.key)
+        return key_token("login", *self.key[:2], *self.key[2:3] if self.login else ())
 
 
 class TokenVault:
@@ -125,7 +130,7 @@ class TokenVault:
         self, user_id: int, account_id: int, config: SchwabConnection
     ) -> LoginState:
         """Record an account's login and adopt its token if it is newer than ours."""
-        key = (user_id, config.app_key)
+        key = (user_id, config.app_key, config.login)
         state = self.logins.get(key)
         if state is None:
             state = self.logins[key] = LoginState(key, config.app_secret_enc)
@@ -147,6 +152,18 @@ class TokenVault:
             if not state.account_ids:
                 self._drop_client(state)
                 del self.logins[key]
+
+    def install(self, state: LoginState, signed_in: LoginState) -> None:
+        """Give `state` the token of a sign-in that was probed under `signed_in`."""
+        state.token_enc, state.times = signed_in.token_enc, signed_in.times
+        state.generation += 1
+        state.rejected = None
+        self._drop_client(state)
+        self._drop_client(signed_in)
+
+    def discard(self, state: LoginState) -> None:
+        """Let go of a state that was never registered (a failed sign-in's probe)."""
+        self._drop_client(state)
 
     def adopt(self, state: LoginState, token_object: TokenObject) -> None:
         """Install a fresh token (after a code exchange), whatever we held before."""
