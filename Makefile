@@ -22,7 +22,7 @@ lint:
 	@uv_bin="$${UV_BIN:-$$(./scripts/bootstrap.sh | tail -n 1)}" && \
 	  "$$uv_bin" run --frozen ruff check . && \
 	  "$$uv_bin" run --frozen ruff format --check . && \
-	  "$$uv_bin" run --frozen mypy shared/src && \
+	  "$$uv_bin" run --frozen mypy shared/src shared-dev/src && \
 	  "$$uv_bin" run --frozen lint-imports
 
 format:

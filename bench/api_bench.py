@@ -25,13 +25,13 @@ import httpx
 import psycopg
 from account_api.auth.tokens import TokenIssuer
 from account_api.migrate import upgrade
-from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import (
+from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     free_port,
     sqlalchemy_url,
 )
+from brokerlink_shared.crypto import generate_key
 
 LUA = """
 local tokens = {}

@@ -32,9 +32,9 @@ from typing import Any
 import nats
 import orjson
 import psutil  # type: ignore[import-untyped]
+from brokerlink_devkit.devstack.embedded import EmbeddedNats
 from brokerlink_shared.contracts.events import IntegrationConfigured, RefreshRequested
 from brokerlink_shared.contracts.values import IBConnection
-from brokerlink_shared.devstack.embedded import EmbeddedNats
 from brokerlink_shared.messaging import ensure_streams, make_broker
 from brokerlink_shared.subjects import (
     BALANCE_UPDATED,

@@ -221,7 +221,7 @@ def main() -> None:
         base, _, query = admin.partition("?")
         url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
     else:
-        from brokerlink_shared.devstack.embedded import EmbeddedPostgres
+        from brokerlink_devkit.devstack.embedded import EmbeddedPostgres
 
         embedded = EmbeddedPostgres(work / "pg")
         embedded.start()

@@ -23,6 +23,8 @@ from typing import Any
 
 import nats
 import orjson
+from brokerlink_devkit.devstack.embedded import EmbeddedNats
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     RefreshRequested,
@@ -31,10 +33,8 @@ from brokerlink_shared.contracts.events import (
 )
 from brokerlink_shared.contracts.values import SchwabConnection
 from brokerlink_shared.crypto import SecretBox, generate_key
-from brokerlink_shared.devstack.embedded import EmbeddedNats
 from brokerlink_shared.messaging import EventPublisher, make_broker, request_model
 from brokerlink_shared.subjects import SCHWAB_OAUTH_EXCHANGE, Broker, Topology
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.schwab_api import SchwabApiSimulator
 from brokerlink_simulators.schwab_api.scenario import (
     Scenario,

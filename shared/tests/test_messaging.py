@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated, IntegrationConfigured
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -20,7 +21,6 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from brokerlink_shared.testing import wait_until
 
 
 def _balance(account_id: int, balance: str = "100.50") -> BalanceUpdated:

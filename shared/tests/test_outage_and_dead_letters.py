@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -26,7 +27,6 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from brokerlink_shared.testing import wait_until
 
 ADMIN = str(Path(sys.executable).parent / "brokerlink-admin")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from brokerlink_shared.testing import wait_until
+from brokerlink_devkit.testing import wait_until
 from brokerlink_simulators.ib_gateway import (
     AccountSpec,
     GatewaySpec,

@@ -141,8 +141,8 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from account_api.config import Settings as ApiSettings
     from account_api.main import create_app as create_api
     from account_api.migrate import upgrade
-    from brokerlink_shared.devstack.embedded import free_port
-    from brokerlink_shared.testing.serving import serving
+    from brokerlink_devkit.devstack.embedded import free_port
+    from brokerlink_devkit.testing.serving import serving
     from brokerlink_simulators.ib_gateway import (
         GatewaySpec,
         IBGatewaySimulator,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from brokerlink_shared.devstack.embedded import free_port, nats_server_binary
+from brokerlink_devkit.devstack.embedded import free_port, nats_server_binary
 
 BIN = Path(sys.executable).parent
 

@@ -32,8 +32,8 @@ import httpx
 import nats
 import psycopg
 import pytest
+from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import free_port
 from brokerlink_shared.subjects import (
     COMMANDS,
     CONNECTOR_EVENTS,

@@ -15,8 +15,8 @@ import httpx
 import nats
 import psutil
 import pytest
+from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_shared.contracts.events import HealthReply
-from brokerlink_shared.devstack.embedded import free_port
 from brokerlink_shared.subjects import Topology
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import pytest
 from account_api.config import Settings
 from account_api.main import create_app
 from account_api.migrate import upgrade
-from brokerlink_shared.devstack.embedded import free_port
-from brokerlink_shared.testing.serving import serving
+from brokerlink_devkit.devstack.embedded import free_port
+from brokerlink_devkit.testing.serving import serving
 
 
 @dataclass

@@ -6,7 +6,7 @@ import httpx
 
 
 async def test_healthz_reports_db_and_bus(client: httpx.AsyncClient, new_user) -> None:
-    from brokerlink_shared.testing import wait_until
+    from brokerlink_devkit.testing import wait_until
 
     async def healthy() -> dict | None:
         r = await client.get("/healthz")

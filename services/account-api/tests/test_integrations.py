@@ -9,10 +9,10 @@ import httpx
 import nats
 import psycopg
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated, IntegrationStatusChanged
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
-from brokerlink_shared.testing import wait_until
 
 IB = {
     "type": "IB",

@@ -11,10 +11,10 @@ import httpx
 import nats
 import psycopg
 from account_api.migrate import upgrade
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher, dead_letter_count, make_broker
 from brokerlink_shared.subjects import CONNECTOR_EVENTS, Topology
-from brokerlink_shared.testing import wait_until
 from psycopg.conninfo import conninfo_to_dict
 
 from .conftest import register_user

@@ -9,9 +9,9 @@ import httpx
 import nats
 import orjson
 from account_api.migrate import upgrade
-from brokerlink_shared.devstack.embedded import EmbeddedNats
+from brokerlink_devkit.devstack.embedded import EmbeddedNats
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.subjects import COMMANDS, Topology
-from brokerlink_shared.testing import wait_until
 
 
 async def test_hundred_changes_during_nats_outage_arrive_once_in_order(

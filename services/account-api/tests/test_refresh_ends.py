@@ -9,10 +9,10 @@ import httpx
 import nats
 import psycopg
 from account_api.migrate import upgrade
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Broker, Topology
-from brokerlink_shared.testing import wait_until
 
 from .conftest import register_user
 
@@ -146,9 +146,11 @@ async def test_unanswered_refreshes_end_with_their_reason(infra, api_factory) ->
 
 
 async def test_reason_texts() -> None:
-    from account_api.integrations.sweeper import overdue_reason
+    from account_api.integrations.lifecycle import refresh_overdue_reason
 
-    assert overdue_reason("IB", False, 120).startswith("connector unavailable")
-    assert overdue_reason("SCHWAB", True, 120) == (
+    assert refresh_overdue_reason(
+        "IB", connector_answers=False, deadline_s=120
+    ).startswith("connector unavailable")
+    assert refresh_overdue_reason("SCHWAB", connector_answers=True, deadline_s=120) == (
         "timed out: the SCHWAB connector did not answer within 120 s; retry"
     )

@@ -15,7 +15,7 @@ async def test_one_replica_wins_each_interval(api) -> None:  # type: ignore[no-u
         return UnitOfWork(container.sessionmaker)
 
     replicas = [
-        RefreshScheduler(new_uow, container.integrations, interval_s=3600)
+        RefreshScheduler(new_uow, container.integrations.refreshes, interval_s=3600)
         for _ in range(4)
     ]
     first = await asyncio.gather(*(r.tick() for r in replicas))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from account_api.integrations.results import token_is_newer
+from account_api.integrations.lifecycle import token_is_newer
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 H = timedelta(hours=1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     BalanceUpdated,
     Event,
@@ -34,7 +35,6 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import (
     AccountSpec,
     GatewaySpec,

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from brokerlink_shared.backoff import Backoff
 from brokerlink_shared.contracts.values import IntegrationStatus
 from ib_connector.domain.accounts import AccountSelectionError, select_account
-from ib_connector.domain.backoff import ReconnectBackoff
 from ib_connector.domain.endpoints import failover_order
 from ib_connector.domain.session_state import (
     Endpoint,
@@ -45,11 +45,11 @@ class TestSelectAccount:
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    backoff = ReconnectBackoff(initial_s=1, cap_s=8, uniform=lambda low, high: high)
+    backoff = Backoff(initial_s=1, cap_s=8, uniform=lambda low, high: high)
     assert [backoff.next_delay() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
     backoff.reset()
     assert backoff.next_delay() == 1
-    jittered = ReconnectBackoff(initial_s=1, cap_s=8)
+    jittered = Backoff(initial_s=1, cap_s=8)
     assert all(0.5 <= jittered.next_delay() <= 8 for _ in range(20))
 
 

@@ -6,8 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.values import GatewayAddress, IntegrationStatus
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import FaultPatch, IBGatewaySimulator
 from ib_async import IB
 

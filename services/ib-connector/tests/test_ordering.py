@@ -10,6 +10,7 @@ from typing import Any
 
 import nats
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -17,7 +18,6 @@ from brokerlink_shared.contracts.events import (
 )
 from brokerlink_shared.contracts.values import IBConnection, IntegrationStatus
 from brokerlink_shared.subjects import COMMANDS, Broker
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import IBGatewaySimulator
 
 from .conftest import Bus, account, add_gateway

@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.values import IntegrationStatus
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import IBGatewaySimulator, PositionSpec
 
 from .conftest import Bus, account, add_gateway

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.contracts.values import IBConnection, IntegrationStatus
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.ib_gateway import IBGatewaySimulator
 
 from .conftest import Bus, account, add_gateway

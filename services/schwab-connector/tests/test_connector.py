@@ -17,6 +17,7 @@ import httpx
 import nats
 import orjson
 import pytest
+from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationConfigured,
@@ -36,7 +37,6 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from brokerlink_shared.testing import wait_until
 from brokerlink_simulators.schwab_api import SchwabApiSimulator
 from brokerlink_simulators.schwab_api.scenario import (
     Scenario,

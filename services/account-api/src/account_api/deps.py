@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from account_api.actor import Actor
 from account_api.auth.tokens import TokenIssuer
 from account_api.config import Settings
 from account_api.db import UnitOfWork
@@ -53,14 +54,6 @@ async def get_uow(container: ContainerDep) -> UnitOfWork:
 
 UowDep = Annotated[UnitOfWork, Depends(get_uow)]
 _bearer = HTTPBearer(auto_error=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who is calling, and the request id the audit log records."""
-
-    user_id: int
-    request_id: str
 
 
 async def current_actor(

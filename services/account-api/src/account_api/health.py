@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from brokerlink_shared.messaging import dead_letter_count
+from brokerlink_shared.messaging import bus_connected, dead_letter_count
 from fastapi import APIRouter
-from sqlalchemy import text
 
 from account_api.deps import ContainerDep
-from account_api.outbox.repository import pending_count
+from account_api.outbox.repository import OutboxQueue
 from account_api.responses import JSONBytes
 
 router = APIRouter(tags=["health"])
@@ -20,12 +19,13 @@ async def healthz(c: ContainerDep) -> JSONBytes:
     body: dict[str, object] = {"service": "account-api"}
     try:
         async with c.sessionmaker() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), 3)
-            body["outbox_pending"] = await pending_count(session)
+            outbox = OutboxQueue(session)
+            await asyncio.wait_for(outbox.ping(), 3)
+            body["outbox_pending"] = await outbox.pending_count()
         body["database"] = "ok"
     except Exception as exc:
         body["database"] = f"error: {type(exc).__name__}"
-    connected = c.broker.connection is not None and c.broker.connection.is_connected
+    connected = await bus_connected(c.broker)
     body["bus"] = "connected" if connected else "disconnected"
     if connected:
         try:

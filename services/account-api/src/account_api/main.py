@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 
+from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
@@ -28,7 +29,7 @@ from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
 from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
-from account_api.errors import add_exception_handlers
+from account_api.exception_handlers import add_exception_handlers
 from account_api.history.routes import router as history_router
 from account_api.integrations.routes import router as integrations_router
 from account_api.integrations.service import IntegrationService
@@ -60,7 +61,7 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
                 "NATS not reachable yet; retrying",
                 extra={"error": repr(exc), "attempt": attempt},
             )
-            await asyncio.sleep(min(5.0, 0.5 * attempt))
+            await asyncio.sleep(backoff_delay(attempt, cap=5.0))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
-    integrations_service = IntegrationService(
+    integrations_service = IntegrationService.build(
         settings, secrets, publisher, broker, topology, waiter
     )
     relay = OutboxRelay(
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
-        new_uow, integrations_service, settings.scheduled_refresh_interval_s
+        new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
     sweeper = RefreshSweeper(new_uow, broker, topology, settings.refresh_deadline_s)
     container = Container(

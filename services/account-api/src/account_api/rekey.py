@@ -3,17 +3,15 @@ batches, while the service keeps running (old keys stay in the list until this f
 
 from __future__ import annotations
 
-import json
 import sys
 
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from account_api.config import Settings
-from account_api.tables import Account, User
-
-SECRET_KEYS = ("app_secret_enc", "token_enc")
+from account_api.integrations import lifecycle
+from account_api.rekey_repository import SecretRowsRepository
 
 
 def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, int]:
@@ -21,62 +19,30 @@ def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, 
     engine = create_engine(database_url.replace("+psycopg", "+psycopg"))
     counts = {"accounts": 0, "users": 0, "pending_links": 0}
     with Session(engine) as session:
+        rows_repo = SecretRowsRepository(session)
         last = 0
-        while (
-            rows := session.execute(
-                select(Account)
-                .where(Account.id > last, Account.integration_config.is_not(None))
-                .order_by(Account.id)
-                .limit(batch)
-                .with_for_update()
-            )
-            .scalars()
-            .all()
-        ):
+        while rows := rows_repo.integrated_accounts_after(last, batch):
             for account in rows:
-                config = dict(account.integration_config or {})
-                touched = False
-                for key in SECRET_KEYS:
-                    if config.get(key):
-                        config[key] = secrets.rotate(config[key])
-                        touched = True
-                if touched:
+                config = lifecycle.secrets_reencrypted(
+                    account.integration_config or {}, secrets.rotate
+                )
+                if config is not None:
                     account.integration_config = config
                     counts["accounts"] += 1
                 last = account.id
             session.commit()
         last = 0
-        while (
-            users := session.execute(
-                select(User)
-                .where(User.id > last, User.two_factor_secret_enc.is_not(None))
-                .order_by(User.id)
-                .limit(batch)
-                .with_for_update()
-            )
-            .scalars()
-            .all()
-        ):
+        while users := rows_repo.users_with_2fa_after(last, batch):
             for user in users:
                 assert user.two_factor_secret_enc is not None
                 user.two_factor_secret_enc = secrets.rotate(user.two_factor_secret_enc)
                 counts["users"] += 1
                 last = user.id
             session.commit()
-        for row in session.execute(text("SELECT id, config FROM pending_links")).all():
-            config = dict(row.config)
-            changed = False
-            for key in SECRET_KEYS:
-                if config.get(key):
-                    config[key] = secrets.rotate(config[key])
-                    changed = True
-            if changed:
-                session.execute(
-                    text(
-                        "UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"
-                    ),
-                    {"c": json.dumps(config), "id": row.id},
-                )
+        for link_id, stored in rows_repo.pending_link_configs():
+            config = lifecycle.secrets_reencrypted(stored, secrets.rotate)
+            if config is not None:
+                rows_repo.set_pending_link_config(link_id, config)
                 counts["pending_links"] += 1
         session.commit()
     engine.dispose()

@@ -10,11 +10,12 @@ from brokerlink_shared.health import serve_http_health
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
+    bus_connected,
     dead_letter_count,
     ensure_streams,
-    fail_parked_refreshes,
     make_broker,
 )
+from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 
@@ -69,7 +70,7 @@ def create_app(settings: Settings) -> FastStream:
             parked = await dead_letter_count(broker, topology, SERVICE)
         except Exception:
             parked = -1
-        connected = broker.connection is not None and broker.connection.is_connected
+        connected = await bus_connected(broker)
         ownership = service.ownership
         return HealthReply(
             service=SERVICE,

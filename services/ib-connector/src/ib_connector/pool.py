@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from brokerlink_shared.backoff import Backoff
 from brokerlink_shared.contracts.values import IBConnection
 
 from ib_connector.adapters.ib_gateway import (
@@ -27,7 +28,6 @@ from ib_connector.adapters.ib_gateway import (
     IBGatewayClient,
 )
 from ib_connector.domain.accounts import AccountSelectionError, select_account
-from ib_connector.domain.backoff import ReconnectBackoff
 from ib_connector.domain.endpoints import failover_order
 from ib_connector.domain.session_state import (
     Endpoint,
@@ -120,10 +120,10 @@ class GatewaySession:
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _backoff: ReconnectBackoff = field(default_factory=ReconnectBackoff)
+    _backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
-        self._backoff = ReconnectBackoff(
+        self._backoff = Backoff(
             self.settings.backoff_initial_s, self.settings.backoff_max_s
         )
 

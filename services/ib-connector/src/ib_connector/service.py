@@ -8,21 +8,25 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from brokerlink_shared.contracts.events import (
-    BalanceUpdated,
-    BalanceUpdatedPayload,
     IntegrationConfigured,
     IntegrationRemoved,
     IntegrationTestReply,
     IntegrationTestRequest,
-    RefreshFailed,
-    RefreshFailedPayload,
     RefreshRequested,
+)
+from brokerlink_shared.contracts.replicas import (
+    ForwardedCommand,
+    ForwardedConfigured,
+    ForwardedRefresh,
+    ForwardedRemoved,
+    ForwardedTest,
+    ForwardReply,
 )
 from brokerlink_shared.contracts.values import IBConnection
 from brokerlink_shared.messaging import EventPublisher, RetryLater
 from brokerlink_shared.ordering import CommandOrder
+from brokerlink_shared.refreshes import RefreshResultPublisher
 from brokerlink_shared.subjects import Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -61,6 +65,7 @@ class IBConnectorService:
         self.topology = topology
         self.broker = broker
         self.publisher = publisher
+        self.results = RefreshResultPublisher(publisher, Broker.IB)
         self.pool = pool
         self.ownership: SessionOwnership | None = None
         self.order = CommandOrder()
@@ -75,11 +80,7 @@ class IBConnectorService:
             await self._answer_stale(event)
             return
         if await self._route(
-            "refresh",
-            config,
-            event.account_id,
-            event.user_id,
-            event.model_dump(mode="json"),
+            ForwardedRefresh(data=event), config, event.account_id, event.user_id
         ):
             await self.refresh_local(event, config)
 
@@ -90,11 +91,7 @@ class IBConnectorService:
         ):
             return
         if await self._route(
-            "configured",
-            config,
-            event.account_id,
-            event.user_id,
-            event.model_dump(mode="json"),
+            ForwardedConfigured(data=event), config, event.account_id, event.user_id
         ):
             self._attach(event)
 
@@ -123,7 +120,7 @@ class IBConnectorService:
         ):
             owner = await self.ownership.claim(config.session_key, config, None, None)
             if owner != self.ownership.replica_id:
-                await self._forward(owner, "removed", event.model_dump(mode="json"))
+                await self._forward(owner, ForwardedRemoved(data=event))
                 return
         await self.remove_local(event.account_id, config, event.payload.version)
 
@@ -143,27 +140,26 @@ class IBConnectorService:
                 success=False, message=f"connector replica handover in progress: {exc}"
             )
 
-    async def on_forwarded(self, message: dict[str, Any]) -> bytes:
+    async def on_forwarded(self, command: ForwardedCommand) -> ForwardReply:
         """Handle a command another replica routed here because this replica owns the session."""
-        kind, data = message["kind"], message["data"]
         try:
-            if kind == "refresh":
-                event = RefreshRequested.model_validate(data)
+            if isinstance(command, ForwardedRefresh):
+                event = command.data
                 config = _ib_config(event.payload.config)
                 if not await self._owned_here(config, event.account_id, event.user_id):
-                    return _reply(ok=False, error="not the owner")
+                    return ForwardReply(ok=False, error="not the owner")
                 await self.refresh_local(event, config)
-            elif kind == "configured":
-                configured = IntegrationConfigured.model_validate(data)
+            elif isinstance(command, ForwardedConfigured):
+                configured = command.data
                 config = _ib_config(configured.payload.config)
                 if not await self._owned_here(
                     config, configured.account_id, configured.user_id
                 ):
-                    return _reply(ok=False, error="not the owner")
+                    return ForwardReply(ok=False, error="not the owner")
                 if configured.account_id is not None:
                     self._attach(configured)
-            elif kind == "removed":
-                removed = IntegrationRemoved.model_validate(data)
+            elif isinstance(command, ForwardedRemoved):
+                removed = command.data
                 cfg = removed.payload.config
                 if removed.account_id is not None:
                     await self.remove_local(
@@ -171,18 +167,16 @@ class IBConnectorService:
                         _ib_config(cfg) if cfg is not None else None,
                         removed.payload.version,
                     )
-            elif kind == "test":
-                request = IntegrationTestRequest.model_validate(data)
+            else:
+                request = command.data
                 reply = await self._test_local(
                     request, max(0.5, request.timeout_s - 1.0)
                 )
-                return _reply(ok=True, result=reply.model_dump(mode="json"))
-            else:
-                return _reply(ok=False, error=f"unknown kind {kind!r}")
+                return ForwardReply(ok=True, result=reply)
         except Exception as exc:
-            log.exception("forwarded command failed", extra={"kind": kind})
-            return _reply(ok=False, error=repr(exc)[:500])
-        return _reply(ok=True)
+            log.exception("forwarded command failed", extra={"kind": command.kind})
+            return ForwardReply(ok=False, error=repr(exc)[:500])
+        return ForwardReply(ok=True)
 
     # ---- local work ------------------------------------------------------------------------
 
@@ -209,40 +203,18 @@ class IBConnectorService:
                     "reason": exc.message,
                 },
             )
-            failed = RefreshFailed(
-                user_id=event.user_id,
-                account_id=event.account_id,
-                correlation_id=event.correlation_id,
-                payload=RefreshFailedPayload(
-                    broker=Broker.IB,
-                    refresh_id=refresh_id,
-                    job_id=event.payload.job_id,
-                    code=exc.code[:64],
-                    message=exc.message[:2000],
-                ),
-            )
-            await self.publisher.publish(
-                failed, msg_id=f"{event.account_id}:{refresh_id}:failed"
-            )
+            await self.results.failed(event, code=exc.code, message=exc.message)
             return
-        balance = BalanceUpdated(
-            user_id=event.user_id,
-            account_id=event.account_id,
-            correlation_id=event.correlation_id,
-            payload=BalanceUpdatedPayload(
-                broker=Broker.IB,
-                refresh_id=refresh_id,
-                job_id=event.payload.job_id,
-                as_of=datetime.now(UTC),
-                currency=snapshot.currency,
-                balance=snapshot.net_liquidation,
-                cash_balance=snapshot.total_cash,
-                cash=snapshot.cash,
-                positions=snapshot.positions,
-                broker_account=snapshot.account_code,
-            ),
+        await self.results.succeeded(
+            event,
+            as_of=datetime.now(UTC),
+            currency=snapshot.currency,
+            balance=snapshot.net_liquidation,
+            cash_balance=snapshot.total_cash,
+            cash=snapshot.cash,
+            positions=snapshot.positions,
+            broker_account=snapshot.account_code,
         )
-        await self.publisher.publish(balance, msg_id=f"{event.account_id}:{refresh_id}")
         self.refreshes_ok += 1
         log.debug(
             "refreshed",
@@ -251,20 +223,10 @@ class IBConnectorService:
 
     async def _answer_stale(self, event: RefreshRequested) -> None:
         """A refresh asked with a config this connector already saw replaced: answer it."""
-        failed = RefreshFailed(
-            user_id=event.user_id,
-            account_id=event.account_id,
-            correlation_id=event.correlation_id,
-            payload=RefreshFailedPayload(
-                broker=Broker.IB,
-                refresh_id=event.payload.refresh_id,
-                job_id=event.payload.job_id,
-                code="stale",
-                message="the integration changed after this refresh was asked",
-            ),
-        )
-        await self.publisher.publish(
-            failed, msg_id=f"{event.account_id}:{event.payload.refresh_id}:failed"
+        await self.results.failed(
+            event,
+            code="stale",
+            message="the integration changed after this refresh was asked",
         )
 
     async def remove_local(
@@ -302,10 +264,12 @@ class IBConnectorService:
         if self.ownership is not None and not self.ownership.owns(config.session_key):
             owner = await self.ownership.owner_if_known(config.session_key)
             if owner is not None and owner != self.ownership.replica_id:
-                result = await self._forward(
-                    owner, "test", request.model_dump(mode="json"), timeout_s=budget
+                answer = await self._forward(
+                    owner, ForwardedTest(data=request), timeout_s=budget
                 )
-                return IntegrationTestReply.model_validate(result)
+                if answer.result is None:
+                    raise ForwardFailed(f"replica {owner} sent no test result")
+                return answer.result
         return await self._test_local(request, budget)
 
     async def _test_local(
@@ -332,11 +296,10 @@ class IBConnectorService:
 
     async def _route(
         self,
-        kind: str,
+        command: ForwardedRefresh | ForwardedConfigured,
         config: IBConnection,
         account_id: int | None,
         user_id: int | None,
-        data: dict[str, Any],
     ) -> bool:
         """True when this replica handles the command; otherwise it was forwarded to the owner."""
         if self.ownership is None:
@@ -352,7 +315,7 @@ class IBConnectorService:
         owner = await self.ownership.claim(key, config, account_id, user_id)
         if owner == self.ownership.replica_id:
             return True
-        await self._forward(owner, kind, data)
+        await self._forward(owner, command)
         return False
 
     async def _owned_here(
@@ -368,11 +331,10 @@ class IBConnectorService:
     async def _forward(
         self,
         owner: str,
-        kind: str,
-        data: dict[str, Any],
+        command: ForwardedCommand,
         timeout_s: float | None = None,
-    ) -> Any:
-        body = orjson.dumps({"kind": kind, "data": data})
+    ) -> ForwardReply:
+        body = command.model_dump_json().encode()
         try:
             reply = await self.broker.connection.request(
                 forward_subject(self.topology, owner),
@@ -388,17 +350,13 @@ class IBConnectorService:
             ) from None
         except (NatsTimeoutError, TimeoutError) as exc:
             raise ForwardFailed(f"replica {owner} did not answer: {exc!r}") from None
-        answer = orjson.loads(reply.data)
-        if not answer.get("ok"):
+        answer = ForwardReply.model_validate_json(reply.data)
+        if not answer.ok:
             raise ForwardFailed(
-                f"replica {owner} refused {kind}: {answer.get('error')}"
+                f"replica {owner} refused {command.kind}: {answer.error}"
             )
-        log.debug("forwarded", extra={"kind": kind, "owner": owner})
-        return answer.get("result")
-
-
-def _reply(*, ok: bool, error: str | None = None, result: Any = None) -> bytes:
-    return orjson.dumps({"ok": ok, "error": error, "result": result})
+        log.debug("forwarded", extra={"kind": command.kind, "owner": owner})
+        return answer
 
 
 def _ib_config(config: Any) -> IBConnection:

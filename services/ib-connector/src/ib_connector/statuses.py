@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.contracts.events import (
     IntegrationStatusChanged,
     IntegrationStatusPayload,
@@ -82,6 +83,8 @@ class StatusPublisher:
                             extra={"attempt": attempt + 1},
                             exc_info=True,
                         )
-                        await asyncio.sleep(0.2 * (attempt + 1))
+                        await asyncio.sleep(
+                            backoff_delay(attempt + 1, base=0.2, cap=2.0)
+                        )
             finally:
                 self._queue.task_done()

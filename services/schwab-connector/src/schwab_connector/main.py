@@ -12,11 +12,12 @@ from brokerlink_shared.health import serve_http_health
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
+    bus_connected,
     dead_letter_count,
     ensure_streams,
-    fail_parked_refreshes,
     make_broker,
 )
+from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 from faststream.nats import NatsBroker
@@ -144,9 +145,7 @@ class ConnectorRuntime:
 
     async def probe(self) -> HealthReply:
         """Health for the bus responder and /healthz."""
-        connected = bool(
-            self.broker._connection and self.broker._connection.is_connected
-        )
+        connected = await bus_connected(self.broker)
         detail: dict[str, object] = {"nats": connected}
         if connected:
             detail["dead_letters"] = await dead_letter_count(

@@ -16,16 +16,12 @@ from typing import Any
 
 import httpx
 from brokerlink_shared.contracts.events import (
-    BalanceUpdated,
-    BalanceUpdatedPayload,
     IntegrationConfigured,
     IntegrationRemoved,
     IntegrationStatusChanged,
     IntegrationStatusPayload,
     IntegrationTestReply,
     IntegrationTestRequest,
-    RefreshFailed,
-    RefreshFailedPayload,
     RefreshRequested,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
@@ -36,6 +32,7 @@ from brokerlink_shared.contracts.values import IntegrationStatus, SchwabConnecti
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.ordering import CommandOrder
+from brokerlink_shared.refreshes import RefreshResultPublisher
 from brokerlink_shared.subjects import Broker
 from schwab.client import AsyncClient
 
@@ -98,6 +95,7 @@ class SchwabConnector:
         self.gateway = gateway
         self._coordinator = coordinator
         self._publisher = publisher
+        self._results = RefreshResultPublisher(publisher, Broker.SCHWAB)
         self._clock = clock
         self.batcher: LoginBatcher[LoginKey, list[dict[str, Any]]] = LoginBatcher(
             batch_window_s, batch_max_wait_s
@@ -212,24 +210,14 @@ class SchwabConnector:
                 f"unexpected answer from Schwab ({type(exc).__name__})",
             )
         else:
-            balance = BalanceUpdated(
-                user_id=binding.user_id,
-                account_id=binding.account_id,
-                correlation_id=event.correlation_id,
-                payload=BalanceUpdatedPayload(
-                    broker=Broker.SCHWAB,
-                    refresh_id=payload.refresh_id,
-                    job_id=payload.job_id,
-                    as_of=self._clock.now(),
-                    currency="USD",
-                    balance=snap.balance,
-                    cash_balance=snap.cash_balance,
-                    positions=snap.positions,
-                    broker_account=snap.account_number,
-                ),
-            )
-            await self._publisher.publish(
-                balance, msg_id=f"{binding.account_id}:{payload.refresh_id}"
+            await self._results.succeeded(
+                event,
+                as_of=self._clock.now(),
+                currency="USD",
+                balance=snap.balance,
+                cash_balance=snap.cash_balance,
+                positions=snap.positions,
+                broker_account=snap.account_number,
             )
             log.debug("balance published", extra={"account": binding.account_id})
             await self._report(binding, state)
@@ -243,21 +231,7 @@ class SchwabConnector:
             "schwab refresh failed",
             extra={"account": event.account_id, "code": code, "reason": reason},
         )
-        failed = RefreshFailed(
-            user_id=event.user_id,
-            account_id=event.account_id,
-            correlation_id=event.correlation_id,
-            payload=RefreshFailedPayload(
-                broker=Broker.SCHWAB,
-                refresh_id=event.payload.refresh_id,
-                job_id=event.payload.job_id,
-                code=code,
-                message=reason,
-            ),
-        )
-        await self._publisher.publish(
-            failed, msg_id=f"{event.account_id}:{event.payload.refresh_id}:failed"
-        )
+        await self._results.failed(event, code=code, message=reason)
 
     # ---- Schwab calls -----------------------------------------------------------------------
 

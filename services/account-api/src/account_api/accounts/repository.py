@@ -30,6 +30,31 @@ class AccountRepository:
             query = query.with_for_update()
         return (await self._session.execute(query)).scalar_one_or_none()
 
+    async def locked(
+        self, account_id: int, user_id: int | None = None
+    ) -> Account | None:
+        """The account, locked for update; when `user_id` is given, only if it is theirs."""
+        query = select(Account).where(Account.id == account_id).with_for_update()
+        if user_id is not None:
+            query = query.where(Account.user_id == user_id)
+        return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def sharing_login(self, user_id: int, app_key: str) -> list[Account]:
+        """The user's Schwab accounts on one app key, locked in id order (a fixed lock order
+        keeps the OAuth callback and the token consumer from deadlocking or overwriting each
+        other)."""
+        query = (
+            select(Account)
+            .order_by(Account.id)
+            .with_for_update()
+            .where(
+                Account.user_id == user_id,
+                Account.integration_type == "SCHWAB",
+                Account.integration_config["app_key"].astext == app_key,
+            )
+        )
+        return list((await self._session.execute(query)).scalars())
+
     async def integrated(
         self, user_id: int | None = None, *, lock: bool = False
     ) -> list[Account]:

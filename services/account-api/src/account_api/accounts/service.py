@@ -7,10 +7,10 @@ from typing import Any
 
 from account_api.accounts.repository import AccountReadModel, AccountRepository
 from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
-from account_api.audit.repository import AuditRepository
+from account_api.actor import Actor
+from account_api.audit.service import Change, audit
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
-from account_api.errors import AccountNotFound, IntegrationNotConfigured
+from account_api.errors import AccountNotFound
 from account_api.integrations import rules
 from account_api.integrations.service import IntegrationService
 from account_api.tables import Account
@@ -61,13 +61,10 @@ async def create_account(
                 last_updated=datetime.now(UTC),
             )
         )
-        await AuditRepository(uow.session).record(
-            actor=str(actor.user_id),
-            user_id=actor.user_id,
-            account_id=account.id,
-            action="account.create",
-            changed_fields=sorted(body.model_fields_set),
-            request_id=actor.request_id,
+        await audit(
+            uow,
+            actor,
+            Change("account.create", account.id, sorted(body.model_fields_set)),
         )
         await uow.commit()
         return _out(account)
@@ -105,47 +102,19 @@ async def update_account(
                 changed.append(field)
         if "current_balance" in changed:
             account.last_updated = datetime.now(UTC)
-        audit = AuditRepository(uow.session)
+        configuration = integrations.configuration
         if body.remove_integration:
-            if account.integration_type is None:
-                raise IntegrationNotConfigured()
-            integrations.apply_removal(uow, actor, account)
-            await audit.record(
-                actor=str(actor.user_id),
-                user_id=actor.user_id,
-                account_id=account.id,
-                action="integration.delete",
-                changed_fields=["type"],
-                request_id=actor.request_id,
-            )
+            removal = configuration.apply_removal(uow, actor, account)
+            await audit(uow, actor, removal)
         elif body.integration is not None:
-            action = (
-                "integration.update"
-                if account.integration_type
-                else "integration.create"
-            )
-            integration_changes = integrations.apply_configuration(
+            change = configuration.apply_configuration(
                 uow, actor, account, body.integration
             )
-            if integration_changes:
-                await audit.record(
-                    actor=str(actor.user_id),
-                    user_id=actor.user_id,
-                    account_id=account.id,
-                    action=action,
-                    changed_fields=integration_changes,
-                    request_id=actor.request_id,
-                )
+            if change.fields:
+                await audit(uow, actor, change)
         if changed:
             account.updated_at = datetime.now(UTC)
-            await audit.record(
-                actor=str(actor.user_id),
-                user_id=actor.user_id,
-                account_id=account.id,
-                action="account.update",
-                changed_fields=changed,
-                request_id=actor.request_id,
-            )
+            await audit(uow, actor, Change("account.update", account.id, changed))
         await uow.commit()
         return _out(account)
 
@@ -159,14 +128,11 @@ async def delete_account(
         if account is None:
             raise AccountNotFound()
         if account.integration_type is not None:
-            integrations.apply_removal(uow, actor, account)
-        await AuditRepository(uow.session).record(
-            actor=str(actor.user_id),
-            user_id=actor.user_id,
-            account_id=account.id,
-            action="account.delete",
-            request_id=actor.request_id,
-            detail={"name": account.name},
+            integrations.configuration.apply_removal(uow, actor, account)
+        await audit(
+            uow,
+            actor,
+            Change("account.delete", account.id, detail={"name": account.name}),
         )
         await repo.delete(account)
         await uow.commit()

@@ -21,7 +21,8 @@ from account_api.compat.schemas import (
 )
 from account_api.compat.service import CompatService, usage
 from account_api.deps import ContainerDep, CurrentActor, UowDep
-from account_api.errors import AccountApiError, error_response
+from account_api.errors import AccountApiError
+from account_api.exception_handlers import error_response
 
 DEPRECATED_ON = "@1795478400"  # 2026-11-24 (RFC 9745 structured date)
 SUNSET = "Mon, 31 May 2027 00:00:00 GMT"  # RFC 8594: removed with the first release after this date

@@ -1,6 +1,6 @@
 """The legacy routes' behaviour over per-account integrations: IB settings map to the IB
 integration of `target_account_id`'s account, Schwab settings to every Schwab account of the
-user. Writes go through `IntegrationService.configure` (validation, outbox event, audit)."""
+user. Writes go through `IntegrationConfiguration.configure` (validation, outbox event, audit)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
 from account_api.compat.schemas import (
     IBBalanceOut,
     IBSettingsIn,
@@ -20,7 +21,6 @@ from account_api.compat.schemas import (
     SchwabTokenStatusOut,
 )
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import Conflict, InvalidField
 from account_api.integrations import rules
 from account_api.integrations.schemas import IBIntegrationIn, SchwabIntegrationIn
@@ -149,7 +149,9 @@ class CompatService:
             )
         except ValidationError as exc:
             raise _invalid(exc) from None
-        await self._integrations.configure(uow, actor, account_id, integration)
+        await self._integrations.configuration.configure(
+            uow, actor, account_id, integration
+        )
         return await self.ib_settings(uow, actor, account_id)
 
     async def ib_balance(self, uow: UnitOfWork, actor: Actor) -> IBBalanceOut:
@@ -184,7 +186,9 @@ class CompatService:
             raise Conflict("no IB integration configured", field="target_account_id")
         out = []
         for account_id in ids:
-            result = await self._integrations.refresh(uow, actor, account_id, 0)
+            result = await self._integrations.refreshes.refresh(
+                uow, actor, account_id, 0
+            )
             out.append(
                 {
                     "account_id": account_id,
@@ -244,7 +248,9 @@ class CompatService:
         except ValidationError as exc:
             raise _invalid(exc) from None
         for account_id in ids:
-            await self._integrations.configure(uow, actor, account_id, integration)
+            await self._integrations.configuration.configure(
+                uow, actor, account_id, integration
+            )
         return await self.schwab_settings(uow, actor)
 
     async def schwab_token_status(

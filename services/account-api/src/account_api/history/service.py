@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 
 from account_api.accounts.repository import AccountRepository
-from account_api.audit.repository import AuditRepository
+from account_api.actor import Actor
+from account_api.audit.service import Change, audit
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound, Conflict, NotFound
 from account_api.history.repository import HistoryRepository
 from account_api.history.schemas import HistoryIn, HistoryOut, HistoryUpdate
@@ -37,13 +37,10 @@ async def add_history(
         row = await HistoryRepository(uow.session).upsert(
             account_id, body.date, body.balance, note=body.note
         )
-        await AuditRepository(uow.session).record(
-            actor=str(actor.user_id),
-            user_id=actor.user_id,
-            account_id=account_id,
-            action="history.upsert",
-            changed_fields=sorted(body.model_fields_set),
-            request_id=actor.request_id,
+        await audit(
+            uow,
+            actor,
+            Change("history.upsert", account_id, sorted(body.model_fields_set)),
         )
         out = HistoryOut.model_validate(row)
         await uow.commit()
@@ -63,14 +60,7 @@ async def update_history(
             if field in body.model_fields_set and getattr(body, field) is not None:
                 setattr(row, field, getattr(body, field))
                 changed.append(field)
-        await AuditRepository(uow.session).record(
-            actor=str(actor.user_id),
-            user_id=actor.user_id,
-            account_id=account_id,
-            action="history.update",
-            changed_fields=changed,
-            request_id=actor.request_id,
-        )
+        await audit(uow, actor, Change("history.update", account_id, changed))
         try:
             await uow.session.flush()
         except IntegrityError:
@@ -92,12 +82,9 @@ async def delete_history(
         if row is None:
             raise NotFound("history entry not found")
         await repo.delete(row)
-        await AuditRepository(uow.session).record(
-            actor=str(actor.user_id),
-            user_id=actor.user_id,
-            account_id=account_id,
-            action="history.delete",
-            request_id=actor.request_id,
-            detail={"date": row.date.isoformat()},
+        await audit(
+            uow,
+            actor,
+            Change("history.delete", account_id, detail={"date": row.date.isoformat()}),
         )
         await uow.commit()

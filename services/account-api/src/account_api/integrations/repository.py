@@ -1,21 +1,74 @@
-"""Queries of refreshes, refresh jobs, snapshots and OAuth states."""
+"""Queries of refreshes, refresh jobs, snapshots, OAuth states and processed events, and the
+mapping between an account row and its `IntegrationState`."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from brokerlink_shared.contracts.values import IntegrationStatus
+from brokerlink_shared.messaging import EventPublisher
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from account_api.integrations.lifecycle import IntegrationState, Transition
+from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
+from account_api.outbox.repository import OutboxRepository
 from account_api.tables import (
     Account,
     CashSnapshot,
     OAuthState,
     PositionSnapshot,
+    ProcessedEvent,
     Refresh,
     RefreshJob,
 )
+
+# IntegrationState field -> Account column, where the names differ.
+_COLUMN = {
+    "type": "integration_type",
+    "config": "integration_config",
+    "version": "integration_version",
+    "status": "integration_status",
+    "status_at": "integration_status_at",
+}
+_STATE_FIELDS = (
+    "type",
+    "config",
+    "version",
+    "status",
+    "status_at",
+    "last_error",
+    "last_error_code",
+    "last_refresh_at",
+    "last_success_at",
+    "last_connected_at",
+    "token_access_expires_at",
+    "token_refresh_expires_at",
+)
+
+
+def integration_state(account: Account) -> IntegrationState:
+    """The lifecycle's view of an account row."""
+    values = {f: getattr(account, _COLUMN.get(f, f)) for f in _STATE_FIELDS}
+    values["status"] = IntegrationStatus(values["status"])
+    return IntegrationState(account_id=account.id, user_id=account.user_id, **values)
+
+
+def store_state(account: Account, state: IntegrationState) -> None:
+    """Write a transition's new state back to the row (only the fields that changed)."""
+    for name in _STATE_FIELDS:
+        value = getattr(state, name)
+        if name == "status":
+            value = value.value
+        elif name == "config" and value is not None:
+            value = dict(value)  # a new object, so the JSONB column is seen as changed
+        column = _COLUMN.get(name, name)
+        if getattr(account, column) != value:
+            setattr(account, column, value)
 
 
 class RefreshRepository:
@@ -45,6 +98,44 @@ class RefreshRepository:
             RefreshJob(id=job_id, user_id=user_id, total=total, trigger=trigger)
         )
 
+    async def get(self, refresh_id: uuid.UUID) -> Refresh | None:
+        return await self._session.get(Refresh, refresh_id)
+
+    async def settle(
+        self,
+        refresh: Refresh,
+        status: str,
+        now: datetime,
+        *,
+        message: str | None = None,
+        balance: Decimal | None = None,
+    ) -> None:
+        """End a pending refresh and wake its waiters (NOTIFY is delivered on commit)."""
+        refresh.status, refresh.completed_at = status, now
+        if message is not None:
+            refresh.message = message
+        if balance is not None:
+            refresh.balance = balance
+        await self._session.execute(
+            text("SELECT pg_notify(:ch, :id)"),
+            {"ch": REFRESH_CHANNEL, "id": str(refresh.id)},
+        )
+
+    async def overdue(
+        self, requested_before: datetime, limit: int
+    ) -> list[tuple[Refresh, str | None]]:
+        """Pending refreshes asked before `requested_before`, with their account's integration
+        type, locked (others' locked rows are skipped: another replica is sweeping them)."""
+        rows = await self._session.execute(
+            select(Refresh, Account.integration_type)
+            .join(Account, Account.id == Refresh.account_id)
+            .where(Refresh.status == "pending", Refresh.requested_at < requested_before)
+            .order_by(Refresh.requested_at)
+            .limit(limit)
+            .with_for_update(of=Refresh, skip_locked=True)
+        )
+        return [(refresh, kind) for refresh, kind in rows.all()]
+
     async def get_for_account(
         self, refresh_id: uuid.UUID, account_id: int
     ) -> Refresh | None:
@@ -64,21 +155,6 @@ class RefreshRepository:
                 )
             )
         ).scalar_one_or_none()
-
-    async def overdue(
-        self, requested_before: datetime, limit: int
-    ) -> list[tuple[Refresh, str | None]]:
-        """Pending refreshes asked before `requested_before`, with their account's integration
-        type, locked (others' locked rows are skipped: another replica is sweeping them)."""
-        rows = await self._session.execute(
-            select(Refresh, Account.integration_type)
-            .join(Account, Account.id == Refresh.account_id)
-            .where(Refresh.status == "pending", Refresh.requested_at < requested_before)
-            .order_by(Refresh.requested_at)
-            .limit(limit)
-            .with_for_update(of=Refresh, skip_locked=True)
-        )
-        return [(refresh, kind) for refresh, kind in rows.all()]
 
     async def job_counts(self, job_id: uuid.UUID) -> dict[str, int]:
         rows = await self._session.execute(
@@ -108,6 +184,46 @@ class SnapshotRepository:
             .order_by(CashSnapshot.currency)
         )
         return list((await self._session.execute(query)).scalars())
+
+    async def replace(
+        self,
+        account_id: int,
+        as_of: datetime,
+        positions: Iterable[dict[str, object]],
+        cash: Iterable[tuple[str, Decimal]],
+    ) -> None:
+        """The account's positions and cash become exactly these, as of `as_of`."""
+        await self._session.execute(
+            delete(PositionSnapshot).where(PositionSnapshot.account_id == account_id)
+        )
+        await self._session.execute(
+            delete(CashSnapshot).where(CashSnapshot.account_id == account_id)
+        )
+        for pos in positions:
+            self._session.add(
+                PositionSnapshot(account_id=account_id, as_of=as_of, **pos)
+            )
+        for currency, amount in cash:
+            self._session.add(
+                CashSnapshot(
+                    account_id=account_id, currency=currency, amount=amount, as_of=as_of
+                )
+            )
+
+
+class ProcessedEventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def first_time(self, event_id: uuid.UUID, consumer: str) -> bool:
+        """Record that `consumer` handled `event_id`; False when it already had."""
+        result = await self._session.execute(
+            insert(ProcessedEvent)
+            .values(event_id=event_id, consumer=consumer)
+            .on_conflict_do_nothing()
+            .returning(ProcessedEvent.event_id)
+        )
+        return result.scalar_one_or_none() is not None
 
 
 class OAuthStateRepository:
@@ -141,32 +257,29 @@ class OAuthStateRepository:
         return result.scalar_one_or_none()
 
 
-async def accounts_sharing_login(
-    session: AsyncSession, user_id: int, app_key: str
-) -> list[Account]:
-    """The user's Schwab accounts on one app key, locked in id order (a fixed lock order keeps
-    the OAuth callback and the token consumer from deadlocking or overwriting each other)."""
-    query = (
-        select(Account)
-        .order_by(Account.id)
-        .with_for_update()
-        .where(
-            Account.user_id == user_id,
-            Account.integration_type == "SCHWAB",
-            Account.integration_config["app_key"].astext == app_key,
-        )
-    )
-    return list((await session.execute(query)).scalars())
+class IntegrationRepository:
+    """Saves a lifecycle transition: the new state on the account row and its events in the
+    outbox, in the caller's transaction."""
+
+    def __init__(self, session: AsyncSession, publisher: EventPublisher) -> None:
+        self._session = session
+        self._outbox = OutboxRepository(session, publisher)
+
+    def save(self, account: Account, transition: Transition) -> None:
+        store_state(account, transition.state)
+        for event in transition.events:
+            self._outbox.add(event)
 
 
 def of_login(
-    accounts: list[Account],
+    accounts: Iterable[Account],
     login: str | None,
     visible: dict[str, str] | None = None,
 ) -> list[Account]:
     """The accounts (of one user and app key) that belong to one Schwab login: those already
     bound to it, and those it sees (by number or hash) when it has just signed in. Without a
     login id (a token from before logins were told apart) every account of the app key."""
+    accounts = list(accounts)
     if login is None:
         return accounts
     numbers, hashes = set(visible or {}), set((visible or {}).values())

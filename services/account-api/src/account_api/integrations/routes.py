@@ -34,21 +34,21 @@ async def put_integration(
     uow: UowDep,
     c: ContainerDep,
 ) -> IntegrationOut:
-    return await c.integrations.configure(uow, actor, account_id, body)
+    return await c.integrations.configuration.configure(uow, actor, account_id, body)
 
 
 @router.get(ACCOUNT, response_model=IntegrationOut)
 async def get_integration(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> IntegrationOut:
-    return await c.integrations.get(uow, actor, account_id)
+    return await c.integrations.reads.get(uow, actor, account_id)
 
 
 @router.delete(ACCOUNT, status_code=status.HTTP_204_NO_CONTENT)
 async def delete_integration(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> Response:
-    await c.integrations.remove(uow, actor, account_id)
+    await c.integrations.configuration.remove(uow, actor, account_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -56,7 +56,7 @@ async def delete_integration(
 async def test_integration(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> TestResultOut:
-    return await c.integrations.test(uow, actor, account_id)
+    return await c.integrations.configuration.test(uow, actor, account_id)
 
 
 @router.post(
@@ -82,7 +82,7 @@ async def refresh_integration(
     ] = None,
 ) -> RefreshOut:
     wait_s = c.settings.refresh_wait_default_s if wait is None else wait
-    result = await c.integrations.refresh(uow, actor, account_id, wait_s)
+    result = await c.integrations.refreshes.refresh(uow, actor, account_id, wait_s)
     if result.status == "pending":
         response.status_code = status.HTTP_202_ACCEPTED
         response.headers["Location"] = (
@@ -99,28 +99,30 @@ async def get_refresh(
     uow: UowDep,
     c: ContainerDep,
 ) -> RefreshOut:
-    return await c.integrations.refresh_status(uow, actor, account_id, refresh_id)
+    return await c.integrations.refreshes.refresh_status(
+        uow, actor, account_id, refresh_id
+    )
 
 
 @router.get(f"{ACCOUNT}/portfolio", response_model=list[PositionOut])
 async def portfolio(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[PositionOut]:
-    return await c.integrations.positions(uow, actor, account_id)
+    return await c.integrations.reads.positions(uow, actor, account_id)
 
 
 @router.get(f"{ACCOUNT}/cash", response_model=list[CashOut])
 async def cash(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[CashOut]:
-    return await c.integrations.cash(uow, actor, account_id)
+    return await c.integrations.reads.cash(uow, actor, account_id)
 
 
 @router.post(f"{ACCOUNT}/oauth/start", response_model=OAuthStartOut)
 async def oauth_start(
     account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> OAuthStartOut:
-    return await c.integrations.oauth_start(uow, actor, account_id)
+    return await c.integrations.oauth.oauth_start(uow, actor, account_id)
 
 
 @router.post(
@@ -131,7 +133,7 @@ async def oauth_start(
 async def refresh_all(
     actor: CurrentActor, uow: UowDep, c: ContainerDep, response: Response
 ) -> RefreshJobOut:
-    job = await c.integrations.refresh_all(uow, actor)
+    job = await c.integrations.refreshes.refresh_all(uow, actor)
     response.headers["Location"] = f"/api/integrations/refresh/{job.job_id}"
     return job
 
@@ -140,14 +142,14 @@ async def refresh_all(
 async def refresh_job(
     job_id: uuid.UUID, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> RefreshJobOut:
-    return await c.integrations.job(uow, actor, job_id)
+    return await c.integrations.refreshes.job(uow, actor, job_id)
 
 
 @router.get("/api/integrations/health", response_model=list[HealthRowOut])
 async def integrations_health(
     actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> list[HealthRowOut]:
-    return await c.integrations.health(uow, actor)
+    return await c.integrations.reads.health(uow, actor)
 
 
 @router.get("/api/integrations/schwab/callback", include_in_schema=False)
@@ -160,7 +162,7 @@ async def schwab_callback(
 ) -> RedirectResponse:
     request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:128]
     try:
-        account_id, ok, _message = await c.integrations.oauth_callback(
+        account_id, ok, _message = await c.integrations.oauth.oauth_callback(
             uow, code, state, request_id
         )
     except AccountApiError as exc:

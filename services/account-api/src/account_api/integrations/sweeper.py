@@ -15,24 +15,14 @@ from datetime import UTC, datetime, timedelta
 
 from brokerlink_shared.subjects import Broker, Topology
 from faststream.nats import NatsBroker
-from sqlalchemy import text
 
 from account_api.db import UnitOfWork
+from account_api.integrations.lifecycle import refresh_overdue_reason
 from account_api.integrations.repository import RefreshRepository
-from account_api.integrations.waiter import CHANNEL
-from account_api.tables import Refresh
 
 log = logging.getLogger(__name__)
 BATCH = 500
 PROBE_TIMEOUT_S = 2.0
-
-
-def overdue_reason(kind: str | None, connector_answers: bool, deadline_s: float) -> str:
-    """What the user reads on a refresh the sweeper ended."""
-    name = f"{kind} connector" if kind else "connector"
-    if not connector_answers:
-        return f"connector unavailable: no {name} is running; retry later"
-    return f"timed out: the {name} did not answer within {deadline_s:g} s; retry"
 
 
 class RefreshSweeper:
@@ -75,7 +65,8 @@ class RefreshSweeper:
         now = datetime.now(UTC)
         uow = self._new_uow()
         async with uow:
-            rows = await RefreshRepository(uow.session).overdue(
+            refreshes = RefreshRepository(uow.session)
+            rows = await refreshes.overdue(
                 now - timedelta(seconds=self.deadline_s), BATCH
             )
             if not rows:
@@ -83,23 +74,16 @@ class RefreshSweeper:
             for kind in {k for _, k in rows} - answers.keys():
                 answers[kind] = await self._connector_answers(kind)
             for refresh, kind in rows:
-                self._end(
-                    refresh, overdue_reason(kind, answers[kind], self.deadline_s), now
+                reason = refresh_overdue_reason(
+                    kind, connector_answers=answers[kind], deadline_s=self.deadline_s
                 )
-                await uow.session.execute(
-                    text("SELECT pg_notify(:ch, :id)"),
-                    {"ch": CHANNEL, "id": str(refresh.id)},
-                )
+                await refreshes.settle(refresh, "failed", now, message=reason)
             await uow.commit()
         log.warning(
             "overdue refreshes ended",
             extra={"count": len(rows), "deadline_s": self.deadline_s},
         )
         return len(rows)
-
-    @staticmethod
-    def _end(refresh: Refresh, reason: str, now: datetime) -> None:
-        refresh.status, refresh.message, refresh.completed_at = "failed", reason, now
 
     async def _connector_answers(self, kind: str | None) -> bool:
         if kind not in Broker.__members__:

@@ -13,10 +13,11 @@ import contextlib
 import logging
 
 import psycopg
-from brokerlink_shared.messaging import EventPublisher, backoff_delay
+from brokerlink_shared.backoff import backoff_delay
+from brokerlink_shared.messaging import EventPublisher
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from account_api.outbox.repository import PURGE, claim, mark_published
+from account_api.outbox.repository import OutboxQueue
 
 log = logging.getLogger(__name__)
 RELAY_LOCK_ID = 727275
@@ -126,7 +127,7 @@ class OutboxRelay:
             rounds += 1
             if rounds % 720 == 0:
                 async with self._sessionmaker() as session:
-                    await session.execute(PURGE)
+                    await OutboxQueue(session).purge_published()
                     await session.commit()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
@@ -134,7 +135,8 @@ class OutboxRelay:
     async def _drain_once(self) -> int:
         """Publish one batch in order; returns how many rows were published."""
         async with self._sessionmaker() as session:
-            rows = await claim(session, self._batch)
+            queue = OutboxQueue(session)
+            rows = await queue.claim(self._batch)
             if not rows:
                 return 0
             done: list[int] = []
@@ -150,7 +152,7 @@ class OutboxRelay:
                     done.append(row.seq)
             finally:
                 if done:
-                    await mark_published(session, done)
+                    await queue.mark_published(done)
                     await session.commit()
                     self.published_total += len(done)
             return len(done)

@@ -40,18 +40,31 @@ CLAIM = text(
 )
 MARK = text("UPDATE outbox SET published_at = :now WHERE seq = ANY(:seqs)")
 PENDING = text("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+PING = text("SELECT 1")
 PURGE = text(
     "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - interval '7 days'"
 )
 
 
-async def claim(session: AsyncSession, limit: int) -> list[Any]:
-    return list((await session.execute(CLAIM, {"limit": limit})).all())
+class OutboxQueue:
+    """The relay's view of the outbox: unpublished rows in `seq` order."""
 
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
 
-async def mark_published(session: AsyncSession, seqs: list[int]) -> None:
-    await session.execute(MARK, {"now": datetime.now(UTC), "seqs": seqs})
+    async def claim(self, limit: int) -> list[Any]:
+        return list((await self._session.execute(CLAIM, {"limit": limit})).all())
 
+    async def mark_published(self, seqs: list[int]) -> None:
+        await self._session.execute(MARK, {"now": datetime.now(UTC), "seqs": seqs})
 
-async def pending_count(session: AsyncSession) -> int:
-    return int((await session.execute(PENDING)).scalar_one())
+    async def pending_count(self) -> int:
+        return int((await self._session.execute(PENDING)).scalar_one())
+
+    async def purge_published(self) -> None:
+        """Forget rows published more than a week ago."""
+        await self._session.execute(PURGE)
+
+    async def ping(self) -> None:
+        """A trivial round trip, for health checks."""
+        await self._session.execute(PING)

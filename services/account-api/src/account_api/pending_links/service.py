@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -12,17 +13,19 @@ from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from pydantic import ValidationError
 
 from account_api.accounts.repository import AccountRepository
-from account_api.audit.repository import AuditRepository
+from account_api.actor import Actor
+from account_api.audit.service import Change, audit
 from account_api.db import UnitOfWork
-from account_api.deps import Actor
 from account_api.errors import AccountNotFound, InvalidField, NotFound
-from account_api.integrations import rules
+from account_api.integrations import lifecycle, rules
+from account_api.integrations.reads import integration_out
+from account_api.integrations.repository import integration_state, store_state
 from account_api.integrations.schemas import (
     IBIntegrationIn,
     IntegrationOut,
     SchwabIntegrationIn,
 )
-from account_api.integrations.service import IntegrationService, integration_out
+from account_api.integrations.service import IntegrationService
 from account_api.pending_links.repository import PendingLinkRepository
 from account_api.pending_links.schemas import PendingLinkOut
 from account_api.tables import Account, PendingLink
@@ -125,51 +128,42 @@ class PendingLinkService:
             if account is None:
                 raise AccountNotFound()
             body = build_integration_in(item, account, self._secrets)
-            action = (
-                "integration.update"
-                if account.integration_type
-                else "integration.create"
+            change = self._integrations.configuration.apply_configuration(
+                uow, actor, account, body
             )
-            changed = self._integrations.apply_configuration(uow, actor, account, body)
             if item.integration_type == "SCHWAB":
                 self._keep_legacy_login(account, item.config or {})
-            await AuditRepository(uow.session).record(
-                actor=str(actor.user_id),
-                user_id=actor.user_id,
-                account_id=account.id,
-                action=action,
-                changed_fields=changed,
-                request_id=actor.request_id,
-                detail={
-                    "pending_link_id": item.id,
-                    "legacy_table": item.legacy_table,
-                    "legacy_id": item.legacy_id,
-                },
-            )
+            detail = {
+                "pending_link_id": item.id,
+                "legacy_table": item.legacy_table,
+                "legacy_id": item.legacy_id,
+            }
+            await audit(uow, actor, dataclasses.replace(change, detail=detail))
             await repo.delete(item)
             await uow.commit()
             return integration_out(account)
 
     def _keep_legacy_login(self, account: Account, pending: dict[str, Any]) -> None:
-        """A Schwab item keeps the legacy login's tokens (they reach the connector with the next
-        refresh request) and stays unverified until Schwab confirms the account number."""
-        stored = dict(account.integration_config or {})
-        stored["unverified"] = not stored.get("account_hash")
+        """A Schwab item keeps the legacy login's tokens and their expiries, when readable."""
         token_enc = pending.get("token_enc")
+        access = refresh = None
         if token_enc:
-            stored["token_enc"] = token_enc
             try:
                 token = json.loads(self._secrets.decrypt(token_enc))
-                account.token_access_expires_at = datetime.fromtimestamp(
-                    token["token"]["expires_at"], UTC
-                )
-                account.token_refresh_expires_at = (
+                access = datetime.fromtimestamp(token["token"]["expires_at"], UTC)
+                refresh = (
                     datetime.fromtimestamp(token["creation_timestamp"], UTC)
                     + REFRESH_TTL
                 )
             except (SecretDecryptionError, ValueError, KeyError, TypeError):
-                pass
-        account.integration_config = stored
+                access = refresh = None
+        transition = lifecycle.legacy_login_adopted(
+            integration_state(account),
+            token_enc=token_enc,
+            access_expires_at=access,
+            refresh_expires_at=refresh,
+        )
+        store_state(account, transition.state)
 
     async def discard(self, uow: UnitOfWork, actor: Actor, link_id: int) -> None:
         async with uow:
@@ -177,18 +171,19 @@ class PendingLinkService:
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
-            await AuditRepository(uow.session).record(
-                actor=str(actor.user_id),
-                user_id=actor.user_id,
-                account_id=None,
-                action="pending_link.discard",
-                request_id=actor.request_id,
-                detail={
-                    "pending_link_id": item.id,
-                    "type": item.integration_type,
-                    "legacy_table": item.legacy_table,
-                    "legacy_id": item.legacy_id,
-                },
+            await audit(
+                uow,
+                actor,
+                Change(
+                    "pending_link.discard",
+                    None,
+                    detail={
+                        "pending_link_id": item.id,
+                        "type": item.integration_type,
+                        "legacy_table": item.legacy_table,
+                        "legacy_id": item.legacy_id,
+                    },
+                ),
             )
             await repo.delete(item)
             await uow.commit()

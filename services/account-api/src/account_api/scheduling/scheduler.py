@@ -10,30 +10,23 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
-
 from account_api.db import UnitOfWork
-from account_api.integrations.service import IntegrationService
+from account_api.integrations.refreshes import RefreshService
+from account_api.scheduling.repository import SchedulerRepository
 
 log = logging.getLogger(__name__)
 JOB = "refresh-all"
-CLAIM = text(
-    """INSERT INTO scheduler_state (name, next_run_at) VALUES (:name, :next)
-       ON CONFLICT (name) DO UPDATE SET next_run_at = :next
-       WHERE scheduler_state.next_run_at <= :now
-       RETURNING name"""
-)
 
 
 class RefreshScheduler:
     def __init__(
         self,
         new_uow: Callable[[], UnitOfWork],
-        integrations: IntegrationService,
+        refreshes: RefreshService,
         interval_s: float,
     ) -> None:
         self._new_uow = new_uow
-        self._integrations = integrations
+        self._refreshes = refreshes
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
@@ -53,20 +46,13 @@ class RefreshScheduler:
         now = datetime.now(UTC)
         uow = self._new_uow()
         async with uow:
-            won = (
-                await uow.session.execute(
-                    CLAIM,
-                    {
-                        "name": JOB,
-                        "now": now,
-                        "next": now + timedelta(seconds=self._interval),
-                    },
-                )
-            ).scalar_one_or_none()
+            won = await SchedulerRepository(uow.session).claim(
+                JOB, now, now + timedelta(seconds=self._interval)
+            )
             await uow.commit()
         if not won:
             return False
-        job = await self._integrations.refresh_all(
+        job = await self._refreshes.refresh_all(
             self._new_uow(), None, trigger="schedule"
         )
         self.runs += 1

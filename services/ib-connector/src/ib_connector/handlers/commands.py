@@ -13,6 +13,7 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestRequest,
     RefreshRequested,
 )
+from brokerlink_shared.contracts.replicas import FORWARDED_COMMAND, ForwardReply
 from brokerlink_shared.messaging import durable_subscriber
 from brokerlink_shared.subjects import (
     COMMANDS,
@@ -24,6 +25,7 @@ from brokerlink_shared.subjects import (
     Topology,
 )
 from faststream.nats import NatsBroker
+from pydantic import ValidationError
 
 from ib_connector.config import SERVICE, Settings
 from ib_connector.service import IBConnectorService, forward_subject
@@ -75,8 +77,16 @@ def register_handlers(
         forward_subject(topology, settings.replica_id),
         max_workers=settings.max_concurrent_requests,
     )
-    async def on_forwarded(command: dict[str, Any]) -> bytes:
-        return await service.on_forwarded(command)
+    async def on_forwarded(message: dict[str, Any]) -> bytes:
+        try:
+            command = FORWARDED_COMMAND.validate_python(message)
+        except ValidationError as exc:
+            reply = ForwardReply(
+                ok=False, error=f"invalid forwarded command: {exc}"[:500]
+            )
+        else:
+            reply = await service.on_forwarded(command)
+        return reply.model_dump_json().encode()
 
     @broker.subscriber(topology.health_subject(SERVICE))
     async def on_health() -> HealthReply:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 
-from brokerlink_shared.messaging import backoff_delay
+from brokerlink_shared.backoff import backoff_delay
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 

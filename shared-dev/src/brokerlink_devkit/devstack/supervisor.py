@@ -20,9 +20,9 @@ from typing import IO
 
 import httpx
 import orjson
-
 from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import (
+
+from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     port_is_free,
@@ -246,7 +246,7 @@ def main() -> None:
             children.append(child)
         wait_for_healthy(f"{public_url}/healthz", children, timeout_s=90)
         if demo:
-            from brokerlink_shared.devstack.demo import seed_demo
+            from brokerlink_devkit.devstack.demo import seed_demo
 
             login = seed_demo(public_url, demo_gateways)
             say(f"demo login: {login[0]} / {login[1]}")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from brokerlink_shared.crypto import generate_key
-from brokerlink_shared.devstack.embedded import (
+
+from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     sqlalchemy_url,

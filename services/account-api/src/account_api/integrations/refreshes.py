@@ -1,0 +1,187 @@
+"""Refreshing balances: one account (optionally waiting for the result), every account of a
+user or of everyone (a job), and reading a refresh's or a job's progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime
+
+from brokerlink_shared.messaging import EventPublisher
+
+from account_api.accounts.repository import AccountRepository
+from account_api.actor import Actor
+from account_api.audit.service import Change, audit
+from account_api.db import UnitOfWork
+from account_api.errors import NotFound, UpstreamFailed
+from account_api.integrations import lifecycle
+from account_api.integrations.reads import owned_account
+from account_api.integrations.repository import (
+    IntegrationRepository,
+    RefreshRepository,
+    integration_state,
+)
+from account_api.integrations.schemas import RefreshJobOut, RefreshOut
+from account_api.integrations.waiter import RefreshWaiter
+from account_api.tables import Account
+
+
+class RefreshService:
+    def __init__(self, publisher: EventPublisher, waiter: RefreshWaiter) -> None:
+        self._publisher = publisher
+        self._waiter = waiter
+
+    def _stage_refresh(
+        self,
+        uow: UnitOfWork,
+        account: Account,
+        *,
+        correlation: str | None,
+        job_id: uuid.UUID | None,
+        refresh_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        refresh_id = refresh_id or uuid.uuid4()
+        transition = lifecycle.refresh_requested(
+            integration_state(account),
+            refresh_id=refresh_id,
+            job_id=job_id,
+            correlation_id=correlation,
+            now=datetime.now(UTC),
+        )
+        RefreshRepository(uow.session).add(
+            refresh_id, account.id, account.integration_version, job_id
+        )
+        IntegrationRepository(uow.session, self._publisher).save(account, transition)
+        return refresh_id
+
+    async def refresh(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, wait_s: float
+    ) -> RefreshOut:
+        refresh_id = uuid.uuid4()
+        async with self._waiter.watch(refresh_id) as done:
+            async with uow:
+                account = await owned_account(uow, actor, account_id, lock=True)
+                self._stage_refresh(
+                    uow,
+                    account,
+                    correlation=actor.request_id,
+                    job_id=None,
+                    refresh_id=refresh_id,
+                )
+                await audit(
+                    uow,
+                    actor,
+                    Change(
+                        "integration.refresh",
+                        account.id,
+                        detail={"refresh_id": str(refresh_id)},
+                    ),
+                )
+                await uow.commit()
+            if wait_s > 0:
+                await self._wait_for(uow, account_id, refresh_id, done, wait_s)
+        return await self.refresh_status(uow, actor, account_id, refresh_id)
+
+    async def _wait_for(
+        self,
+        uow: UnitOfWork,
+        account_id: int,
+        refresh_id: uuid.UUID,
+        done: asyncio.Event,
+        wait_s: float,
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+            # Re-check now and then in case a notification was lost with a connection.
+            timeout = (
+                remaining if self._waiter.listening.is_set() else min(remaining, 1.0)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+            done.clear()
+            async with uow:
+                refresh = await RefreshRepository(uow.session).get_for_account(
+                    refresh_id, account_id
+                )
+                if refresh is not None and refresh.status != "pending":
+                    return
+
+    async def refresh_status(
+        self, uow: UnitOfWork, actor: Actor, account_id: int, refresh_id: uuid.UUID
+    ) -> RefreshOut:
+        async with uow:
+            await owned_account(uow, actor, account_id)
+            refresh = await RefreshRepository(uow.session).get_for_account(
+                refresh_id, account_id
+            )
+            if refresh is None:
+                raise NotFound("refresh not found")
+            if refresh.status == "failed":
+                raise UpstreamFailed(refresh.message or "refresh failed")
+            return RefreshOut(
+                refresh_id=refresh.id,
+                status=refresh.status,  # type: ignore[arg-type]
+                balance=refresh.balance,
+                updated_at=refresh.completed_at,
+                message=refresh.message,
+            )
+
+    async def refresh_all(
+        self, uow: UnitOfWork, actor: Actor | None, trigger: str = "user"
+    ) -> RefreshJobOut:
+        """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
+        job_id = uuid.uuid4()
+        async with uow:
+            # Locked, so a concurrent change of an integration cannot slip between our read of
+            # its config and the refresh command we queue with it.
+            accounts = await AccountRepository(uow.session).integrated(
+                actor.user_id if actor else None, lock=True
+            )
+            RefreshRepository(uow.session).add_job(
+                job_id, actor.user_id if actor else None, len(accounts), trigger
+            )
+            for account in accounts:
+                self._stage_refresh(
+                    uow,
+                    account,
+                    correlation=actor.request_id if actor else f"scheduled-{job_id}",
+                    job_id=job_id,
+                )
+            if actor:
+                await audit(
+                    uow,
+                    actor,
+                    Change(
+                        "integration.refresh_all",
+                        detail={"job_id": str(job_id), "accounts": len(accounts)},
+                    ),
+                )
+            await uow.commit()
+            return RefreshJobOut(
+                job_id=job_id,
+                total=len(accounts),
+                done=0,
+                failed=0,
+                pending=len(accounts),
+                created_at=datetime.now(UTC),
+            )
+
+    async def job(
+        self, uow: UnitOfWork, actor: Actor, job_id: uuid.UUID
+    ) -> RefreshJobOut:
+        async with uow:
+            repo = RefreshRepository(uow.session)
+            job = await repo.job(job_id, actor.user_id)
+            if job is None:
+                raise NotFound("refresh job not found")
+            counts = await repo.job_counts(job_id)
+            done, failed = counts.get("succeeded", 0), counts.get("failed", 0)
+            return RefreshJobOut(
+                job_id=job.id,
+                total=job.total,
+                done=done,
+                failed=failed,
+                pending=job.total - done - failed,
+                created_at=job.created_at,
+            )

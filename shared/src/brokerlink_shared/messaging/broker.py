@@ -1,0 +1,122 @@
+"""Broker set-up: `make_broker` builds the service's FastStream NATS broker with the
+dead-letter convention installed (`middleware.DeadLetterMiddleware`); `bus_connected` and
+`dead_letter_count` for health checks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from brokerlink_shared.messaging.middleware import DeadLetterMiddleware
+from brokerlink_shared.outage import (
+    DEFAULT_OUTAGE_BUDGET_S,
+    OutageTracker,
+    TransientClassifier,
+    is_transient_io_error,
+)
+from brokerlink_shared.subjects import DEAD_LETTERS, Topology
+
+ParkedHook = Callable[[NatsBroker, Msg, BaseException], Awaitable[None]]
+
+
+class _EmptyFetchFilter(logging.Filter):
+    """Drop FastStream's 'raised an exception, retrying' for an empty JetStream fetch.
+
+    nats-py 2.16 can raise the builtin `TimeoutError` from an empty `fetch()`, while FastStream
+    0.7.8 only suppresses nats' own subclass, so its supervisor logs an ERROR and restarts the
+    (healthy) pull loop. Nothing is lost; the record is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (type(exc) is TimeoutError and "retrying" in record.getMessage())
+
+
+_bus_log = logging.getLogger("brokerlink.bus")
+_bus_log.addFilter(_EmptyFetchFilter())
+
+
+def make_broker(
+    nats_url: str,
+    topology: Topology,
+    service: str,
+    *,
+    max_deliver: int = 5,
+    on_parked: ParkedHook | None = None,
+    transient: TransientClassifier = is_transient_io_error,
+    outage_budget_s: float = DEFAULT_OUTAGE_BUDGET_S,
+    **kwargs: Any,
+) -> NatsBroker:
+    """Build the service's broker with the dead-letter convention installed; `on_parked` runs
+    after a message was parked (e.g. to tell the requester it failed); `transient` tells an
+    infrastructure failure (retried for `outage_budget_s`) from a bad message."""
+    holder: dict[str, NatsBroker] = {}
+    outage = OutageTracker(outage_budget_s)
+
+    async def publish_dead_letter(raw: Msg, exc: BaseException) -> None:
+        headers = dict(raw.headers or {})
+        headers.update(
+            {
+                "X-Original-Subject": raw.subject,
+                "X-Error": repr(exc)[:500],
+                "X-Delivered": str(raw.metadata.num_delivered),
+                "Nats-Msg-Id": f"dl-{raw.metadata.stream}-{raw.metadata.sequence.stream}",
+            }
+        )
+        await holder["broker"].publish(
+            raw.data,
+            topology.dead_letter_subject(service),
+            headers=headers,
+            stream=topology.stream_name(DEAD_LETTERS),
+        )
+        if on_parked is not None:
+            await on_parked(holder["broker"], raw, exc)
+
+    middleware = functools.partial(
+        DeadLetterMiddleware,
+        publish_dead_letter=publish_dead_letter,
+        max_deliver=max_deliver,
+        transient=transient,
+        outage=outage,
+    )
+    broker = NatsBroker(
+        [
+            url.strip() for url in nats_url.split(",") if url.strip()
+        ],  # a cluster: comma-separated
+        name=service,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=5,
+        middlewares=[middleware],
+        logger=_bus_log,
+        log_level=logging.DEBUG,
+        graceful_timeout=10.0,
+        **kwargs,
+    )
+    holder["broker"] = broker
+    return broker
+
+
+async def bus_connected(broker: NatsBroker, timeout_s: float = 0.2) -> bool:
+    """Whether the broker's NATS connection is up (FastStream's public `ping`)."""
+    return await broker.ping(timeout=timeout_s)
+
+
+async def dead_letter_count(
+    broker: NatsBroker, topology: Topology, service: str
+) -> int:
+    """How many messages this service has parked."""
+    js = broker.connection.jetstream()
+    subject = topology.dead_letter_subject(service)
+    try:
+        info = await js.stream_info(
+            topology.stream_name(DEAD_LETTERS), subjects_filter=subject
+        )
+    except NotFoundError:
+        return 0
+    return int((info.state.subjects or {}).get(subject, 0))

@@ -1,0 +1,77 @@
+"""Streams and consumers: `ensure_streams` creates or updates the streams (their owners call it
+at start-up); `durable_subscriber` declares a JetStream pull consumer bound to one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from brokerlink_shared.subjects import STREAMS, Broker, StreamSpec, Topology
+
+
+def durable_subscriber(
+    broker: NatsBroker,
+    topology: Topology,
+    *,
+    family: str,
+    spec: StreamSpec,
+    service: str,
+    purpose: str,
+    brokers: Iterable[Broker] | None = None,
+    batch_size: int = 64,
+    ack_wait_s: float = 30.0,
+    max_ack_pending: int = 1000,
+    max_workers: int = 1,
+) -> Any:
+    """A durable pull consumer on `family` (optionally for some brokers), shared by replicas.
+
+    `max_workers` > 1 handles that many messages at once, so one slow message does not hold
+    back the next fetch (with 1, a fetched batch is awaited as a whole).
+    """
+    tokens = [b.token for b in brokers] if brokers else [">"]
+    subjects = [topology.subject(family, t) for t in tokens]
+    return broker.subscriber(
+        subjects[0] if len(subjects) == 1 else "",
+        stream=JStream(topology.stream_name(spec), declare=False),
+        durable=topology.durable(service, purpose),
+        pull_sub=PullSub(batch_size=batch_size, timeout=5.0),
+        config=ConsumerConfig(
+            filter_subjects=subjects if len(subjects) > 1 else None,
+            ack_wait=ack_wait_s,
+            max_ack_pending=max_ack_pending,
+            max_deliver=-1,
+        ),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_workers=max_workers,
+    )
+
+
+async def ensure_streams(
+    broker: NatsBroker,
+    topology: Topology,
+    specs: Iterable[StreamSpec] = STREAMS,
+    *,
+    replicas: int = 1,
+    sync_always: bool = False,
+) -> None:
+    """Create or update streams idempotently (called by their owners at start-up)."""
+    js = broker.connection.jetstream()
+    for spec in specs:
+        config = StreamConfig(
+            name=topology.stream_name(spec),
+            subjects=topology.stream_subjects(spec),
+            storage=StorageType.FILE,
+            duplicate_window=spec.duplicate_window_s,
+            max_age=spec.max_age_s,
+            num_replicas=replicas,
+        )
+        try:
+            await js.stream_info(topology.stream_name(spec))
+            await js.update_stream(config)
+        except NotFoundError:
+            await js.add_stream(config)
