@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> FastStream:
             adopt=service.adopt,
             release=service.release,
             replicas=settings.stream_replicas,
+            lose=service.lose_sessions,
         )
         await service.ownership.start()
         if settings.health_enabled:

@@ -23,7 +23,7 @@ from brokerlink_shared.contracts.replicas import (
     ForwardedTest,
     ForwardReply,
 )
-from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.contracts.values import IBConnection, IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher, RetryLater
 from brokerlink_shared.ordering import CommandOrder
 from brokerlink_shared.refreshes import RefreshResultPublisher
@@ -36,6 +36,7 @@ from ib_connector.adapters.ib_gateway import GatewayError, IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership, SessionRecord
 from ib_connector.config import SERVICE, Settings
 from ib_connector.domain.accounts import AccountSelectionError, select_account
+from ib_connector.domain.session_state import StatusView
 from ib_connector.pool import GatewaySessionPool, RefreshError, SessionKey
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,18 @@ class IBConnectorService:
                 update={"account_code": info.get("account_code")}
             )
             self.pool.attach(account_config, int(account_id), info.get("user_id"))
+
+    async def lose_sessions(self, keys: list[SessionKey]) -> None:
+        """This replica lost its ownership lease: close those sessions at once (the next owner
+        must not meet our client ids) and tell their accounts why they are not connected."""
+        view = StatusView(
+            IntegrationStatus.DISCONNECTED,
+            code="handover",
+            message="the connector replica serving this account stopped; "
+            "another one is taking over",
+        )
+        for key in keys:
+            await self.pool.hand_over(key, view)
 
     async def release(self, key: SessionKey) -> None:
         """Another replica owns this session now: close ours without status events."""
