@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from brokerlink_shared.admission import BUSY_CODE, BUSY_MESSAGE, RefreshAdmission
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -70,13 +71,19 @@ class IBConnectorService:
         self.pool = pool
         self.ownership: SessionOwnership | None = None
         self.order = CommandOrder()
+        self.admission = RefreshAdmission(
+            settings.max_in_flight_refreshes, settings.max_queued_s
+        )
         self.refreshes_ok = 0
         self.refreshes_failed = 0
 
     # ---- entry points (from handlers) ------------------------------------------------------
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
         config = _ib_config(event.payload.config)
+        if self.admission.too_old(queued_s):
+            await self._answer_busy(event)
+            return
         if not self.order.admits(event.account_id, event.payload.version, "refresh"):
             await self._answer_stale(event)
             return
@@ -184,7 +191,21 @@ class IBConnectorService:
     async def refresh_local(
         self, event: RefreshRequested, config: IBConnection
     ) -> None:
-        """Read the account on this replica's session and publish `balance.updated` or `refresh.failed`."""
+        """Read the account on this replica's session and publish `balance.updated` or
+        `refresh.failed` — at once `busy` when this replica already works on its bound."""
+        with self.admission.slot() as admitted:
+            if not admitted:
+                await self._answer_busy(event)
+                return
+            await self._refresh_local(event, config)
+
+    async def _answer_busy(self, event: RefreshRequested) -> None:
+        self.refreshes_failed += 1
+        await self.results.failed(event, code=BUSY_CODE, message=BUSY_MESSAGE)
+
+    async def _refresh_local(
+        self, event: RefreshRequested, config: IBConnection
+    ) -> None:
         assert event.account_id is not None
         if not self.order.admits(event.account_id, event.payload.version, "refresh"):
             await self._answer_stale(event)

@@ -49,6 +49,11 @@ class Settings(ServiceSettings):
     batch_max_wait_s: float = Field(
         default=1.0, ge=0, description="a batch waits at most this long before its call"
     )
+    max_queued_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a refresh that waited longer than this in the stream is answered busy",
+    )
     refresh_workers: int = Field(
         default=1000,
         ge=1,

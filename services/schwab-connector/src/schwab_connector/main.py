@@ -123,6 +123,7 @@ class ConnectorRuntime:
             self.clock,
             s.batch_window_s,
             s.batch_max_wait_s,
+            s.max_queued_s,
         )
         self._health = await serve_http_health(s.health_host, s.health_port, self.probe)
         self._lifecycle = asyncio.create_task(

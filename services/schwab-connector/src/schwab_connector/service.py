@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from brokerlink_shared.admission import BUSY_CODE, BUSY_MESSAGE
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -89,7 +90,9 @@ class SchwabConnector:
         clock: Clock,
         batch_window_s: float,
         batch_max_wait_s: float = 1.0,
+        max_queued_s: float = 0.0,
     ) -> None:
+        self.max_queued_s = max_queued_s
         self._box = box
         self.vault = vault
         self.gateway = gateway
@@ -149,9 +152,14 @@ class SchwabConnector:
             self.vault.forget_account(event.account_id)
             log.info("schwab account removed", extra={"account": event.account_id})
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
-        """Read the account (one call per login, shared by concurrent requests) and publish it."""
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
+        """Read the account (one call per login, shared by concurrent requests) and publish it.
+        In-flight refreshes are bounded by the consumer's workers; one that waited in the
+        stream past `max_queued_s` is answered busy at once."""
         payload = event.payload
+        if self.max_queued_s and queued_s > self.max_queued_s:
+            await self._fail(event, BUSY_CODE, BUSY_MESSAGE)
+            return
         if not self.order.admits(event.account_id, payload.version, "refresh"):
             await self._fail(
                 event, "stale", "the integration changed after this refresh was asked"
