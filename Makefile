@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 UV = $(shell ./scripts/bootstrap.sh | tail -n 1)
 
-.PHONY: run test lint format bootstrap browser asyncapi bench
+.PHONY: run test lint format bootstrap browser asyncapi bench deploy-smoke
 
 bootstrap:
 	@./scripts/bootstrap.sh >/dev/null
@@ -30,3 +30,8 @@ format:
 
 asyncapi:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python -m brokerlink_shared.asyncapi > docs/asyncapi.json
+
+# docker-compose.yml and the production Kubernetes overlay started as local processes, exactly as
+# written, and used through the REST API (also part of `make test`).
+deploy-smoke:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen pytest tests/deploy/test_deploy_smoke.py -q

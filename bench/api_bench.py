@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -149,7 +150,7 @@ def main() -> None:
         for uid, aid in rows:
             by_user.setdefault(uid, []).append(aid)
         sample = random.sample(sorted(by_user), min(500, len(by_user)))
-        tokens = {uid: issuer.issue(uid).access_token for uid in sample}
+        tokens = {uid: issuer.access_token(uid, uuid.uuid4()) for uid in sample}
         print(
             f"machine: {os.cpu_count()} cores; account-api: {args.workers} uvicorn workers; wrk 2 threads, {args.connections} connections, {args.duration}s per route"
         )

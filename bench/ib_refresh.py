@@ -222,6 +222,7 @@ async def main() -> None:
             "IB_CONNECTOR_HEALTH_PORT": "0",
             "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
             "IB_CONNECTOR_REPLICA_ID": "bench-connector",
+            "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",  # the simulated gateways
         }
         profile = (
             ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]

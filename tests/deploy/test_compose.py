@@ -88,7 +88,7 @@ def test_startup_order_and_healthchecks(compose: dict[str, Any]) -> None:
         assert test[0] in ("CMD", "CMD-SHELL"), name
     ports = {"account-api": 8000, "ib-connector": 8081, "schwab-connector": 8082}
     for name, port in ports.items():
-        assert f"http://127.0.0.1:{port}/healthz" in " ".join(
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(
             services[name]["healthcheck"]["test"]
         )
 

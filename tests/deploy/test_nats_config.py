@@ -120,18 +120,56 @@ EXPECTATIONS = [
     ("ib-connector", "brokerlink.integration.test.schwab", "sub", False),
     ("ib-connector", "brokerlink.schwab.oauth.exchange", "sub", False),
     ("schwab-connector", "brokerlink.balance.updated.schwab", "pub", True),
-    ("schwab-connector", "brokerlink.schwab.tokens.rotated", "pub", True),
+    ("schwab-connector", "brokerlink.schwab.tokens.rotated.schwab", "pub", True),
+    ("ib-connector", "brokerlink.ib-connector.replica.ib-connector-1", "pub", True),
+    ("ib-connector", "brokerlink.ib-connector.replica.ib-connector-0", "sub", True),
+    (
+        "schwab-connector",
+        "brokerlink.ib-connector.replica.ib-connector-0",
+        "sub",
+        False,
+    ),
+    # no service may delete or purge a stream, or touch another service's consumers
+    ("account-api", "$JS.API.STREAM.DELETE.BROKERLINK_COMMANDS", "pub", False),
+    ("ib-connector", "$JS.API.STREAM.PURGE.BROKERLINK_CONNECTOR_EVENTS", "pub", False),
+    (
+        "ib-connector",
+        "$JS.API.CONSUMER.MSG.NEXT.BROKERLINK_COMMANDS.ib-connector-refresh",
+        "pub",
+        True,
+    ),
+    (
+        "ib-connector",
+        "$JS.API.CONSUMER.MSG.NEXT.BROKERLINK_COMMANDS.schwab-connector-refresh",
+        "pub",
+        False,
+    ),
+    (
+        "account-api",
+        "$JS.API.CONSUMER.DELETE.BROKERLINK_CONNECTOR_EVENTS.account-api-balances",
+        "pub",
+        False,
+    ),
     ("schwab-connector", "brokerlink.balance.updated.ib", "pub", False),
     ("schwab-connector", "brokerlink.integration.configured.schwab", "pub", False),
     ("schwab-connector", "brokerlink.schwab.oauth.exchange", "sub", True),
     ("schwab-connector", "brokerlink.health.schwab-connector", "sub", True),
     ("schwab-connector", "brokerlink.health.ib-connector", "sub", False),
-    # KV buckets as schwab_connector.main opens them: f"{namespace}_schwab_rate" / "_schwab_logins"
+    # KV buckets as the connectors open them: f"{namespace}_schwab_rate" / "_schwab_logins",
+    # f"{namespace}_ib_replicas" / "_ib_sessions"
     ("schwab-connector", "$KV.brokerlink_schwab_rate.budget", "pub", True),
-    ("schwab-connector", "$KV.brokerlink_schwab_logins.acct", "sub", True),
-    ("schwab-connector", "$KV.brokerlink_ib_leases.session", "pub", False),
-    ("ib-connector", "$KV.brokerlink_ib_leases.session", "pub", True),
+    (
+        "schwab-connector",
+        "$JS.API.DIRECT.GET.KV_brokerlink_schwab_logins.$KV.brokerlink_schwab_logins.a",
+        "pub",
+        True,
+    ),
+    ("schwab-connector", "$KV.brokerlink_ib_sessions.s1", "pub", False),
+    ("ib-connector", "$KV.brokerlink_ib_sessions.s1", "pub", True),
+    ("ib-connector", "$KV.brokerlink_ib_replicas.ib-connector-0", "pub", True),
+    ("ib-connector", "$JS.API.STREAM.CREATE.KV_brokerlink_ib_sessions", "pub", True),
     ("ib-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
+    ("account-api", "$KV.brokerlink_ib_sessions.s1", "pub", False),
 ]
 
 

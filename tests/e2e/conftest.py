@@ -32,6 +32,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ROOT = Path(__file__).resolve().parents[2]
+# Every page and step is saved here as a test artifact (CI can upload the folder); the ones the
+# docs show are copied to docs/screenshots from the same files, so the docs never drift.
+ARTIFACTS = (
+    Path(os.environ.get("BROKERLINK_ARTIFACTS", ROOT / "test-results")) / "screenshots"
+)
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -143,6 +148,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
     from account_api.migrate import upgrade
     from brokerlink_devkit.devstack.embedded import free_port
     from brokerlink_devkit.testing.serving import serving
+    from brokerlink_shared.reach import LOOPBACK
     from brokerlink_simulators.ib_gateway import (
         GatewaySpec,
         IBGatewaySimulator,
@@ -172,8 +178,8 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             IbSettings(
                 nats_url=infra.nats_url,
                 namespace=namespace,
-                encryption_keys=infra.encryption_keys,
                 health_enabled=False,
+                allowed_networks=LOOPBACK,
                 connect_timeout_s=3.0,
                 request_timeout_s=6.0,
                 backoff_initial_s=0.2,
@@ -216,6 +222,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
                 "refresh_wait_default_s": 5.0,
                 "integration_test_timeout_s": 5.0,
                 "schwab_authorize_url": f"{schwab_sim.base_url}/v1/oauth/authorize",
+                "ib_allowed_networks": LOOPBACK,
             }
         )
         base_url = await cleanup.enter_async_context(
@@ -302,7 +309,24 @@ async def page(browser: Any, stack: Stack) -> AsyncIterator[Any]:
         await context.close()
 
 
+class Screenshots:
+    """`await shots.take(page, "name")` saves an artifact; `doc=True` also refreshes the docs'
+    copy of the same image."""
+
+    def __init__(self) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.taken: list[str] = []
+
+    async def take(self, page: Any, name: str, *, doc: bool = False) -> Path:
+        path = ARTIFACTS / f"{name}.png"
+        await page.screenshot(path=str(path))
+        self.taken.append(name)
+        if doc:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
+        return path
+
+
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def shots() -> Screenshots:
+    return Screenshots()

@@ -212,6 +212,7 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
         "BROKERLINK_ENCRYPTION_KEYS": generate_key(),
         "BROKERLINK_STREAM_REPLICAS": "3",
         "BROKERLINK_LOG_LEVEL": "WARNING",
+        "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",  # the simulated gateways
     }
     api_ports = [free_port(), free_port()]
     jwt_secret = secrets.token_urlsafe(32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from account_api.main import create_app
 from account_api.migrate import upgrade
 from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_devkit.testing.serving import serving
+from brokerlink_shared.reach import LOOPBACK
 
 
 @dataclass
@@ -44,11 +46,36 @@ def api_settings_for(
         "scheduled_refresh_interval_s": 0,
         "refresh_wait_default_s": 2.0,
         "integration_test_timeout_s": 2.0,
+        "ib_allowed_networks": LOOPBACK,
+        # every test signs in from 127.0.0.1: the per-client limit has its own test
+        "login_client_max_failures": 100_000,
     }
     values.update(overrides)
     settings = Settings.model_validate(values)
     settings.public_url = f"http://127.0.0.1:{settings.port}"
     return settings
+
+
+# Gateway endpoints belong to the first user who configures them: every test user gets ports
+# of its own (unique within the session, whose database is fresh).
+_gateway_ports = itertools.count(20000)
+
+
+def gateway_port() -> int:
+    return next(_gateway_ports)
+
+
+def ib_integration(**config: object) -> dict[str, object]:
+    """An IB integration body on a loopback gateway port nobody else in this session uses."""
+    return {
+        "type": "IB",
+        "config": {
+            "host": "127.0.0.1",
+            "port": gateway_port(),
+            "client_id": 7,
+            **config,
+        },
+    }
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,11 @@ import httpx
 import pytest
 from account_api.compat.service import usage
 
-IB_SETTINGS = {"host": "gw.local", "port": 4001, "client_id": 7}
+from .conftest import gateway_port
+
+
+def _ib_settings() -> dict[str, object]:
+    return {"host": "127.0.0.1", "port": gateway_port(), "client_id": 7}
 
 
 def _assert_deprecated(r: httpx.Response, successor: str | None = None) -> None:
@@ -32,6 +36,7 @@ async def _account(
 async def test_ib_settings_round_trip(client: httpx.AsyncClient, new_user) -> None:
     alice, bob = await new_user(client), await new_user(client)
     aid = await _account(client, alice, account_number="U1234567")
+    IB_SETTINGS = _ib_settings()
 
     r = await client.get("/api/ib/settings", headers=alice)
     assert r.status_code == 200 and r.json()["configured"] is False
@@ -52,7 +57,7 @@ async def test_ib_settings_round_trip(client: httpx.AsyncClient, new_user) -> No
     assert legacy["target_account_id"] == aid and legacy["status"] == new["status"]
 
     r = await client.get("/api/ib/settings", headers=alice)
-    assert r.json()["host"] == "gw.local" and r.json()["target_account_id"] == aid
+    assert r.json()["host"] == "127.0.0.1" and r.json()["target_account_id"] == aid
     audit = (await client.get(f"/api/accounts/{aid}/audit", headers=alice)).json()
     assert audit[0]["action"] == "integration.create"
 
@@ -76,12 +81,13 @@ async def test_ib_settings_round_trip(client: httpx.AsyncClient, new_user) -> No
     assert (await client.get("/api/ib/balance", headers=bob)).json()["accounts"] == []
     assert (await client.get(f"/api/accounts/{aid}/integration", headers=alice)).json()[
         "config"
-    ]["host"] == "gw.local"
+    ]["host"] == "127.0.0.1"
 
 
 async def test_ib_balance_and_refresh(client: httpx.AsyncClient, new_user) -> None:
     h = await new_user(client)
     aid = await _account(client, h, original_capital="10", current_balance="12.5")
+    IB_SETTINGS = _ib_settings()
     assert (
         await client.post("/api/ib/portfolio/refresh", headers=h)
     ).status_code == 409

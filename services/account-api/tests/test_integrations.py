@@ -14,15 +14,13 @@ from brokerlink_shared.contracts.events import BalanceUpdated, IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
 
-IB = {
-    "type": "IB",
-    "config": {
-        "host": "gw.local",
-        "port": 4001,
-        "client_id": 7,
-        "account_code": "U1234567",
-    },
-}
+from .conftest import ib_integration
+
+
+def _ib() -> dict:  # type: ignore[type-arg]
+    return ib_integration(account_code="U1234567")
+
+
 SCHWAB_SECRET = "sch-secret-DO-NOT-LEAK-4711"
 SCHWAB = {
     "type": "SCHWAB",
@@ -222,6 +220,7 @@ async def test_refresh_result_is_applied_once_and_never_regresses(
     client, api, account, infra
 ) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
+    IB = _ib()
     assert (
         await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
     ).status_code == 200
@@ -317,7 +316,7 @@ async def test_test_without_connector_answers_clearly(client, account) -> None: 
     assert (
         await client.post(f"/api/accounts/{aid}/integration/test", headers=h)
     ).status_code == 409
-    await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
+    await client.put(f"/api/accounts/{aid}/integration", headers=h, json=_ib())
     r = await client.post(f"/api/accounts/{aid}/integration/test", headers=h)
     assert (
         r.status_code == 200
@@ -328,7 +327,7 @@ async def test_test_without_connector_answers_clearly(client, account) -> None: 
 
 async def test_bulk_refresh_job_counts(client, account) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
-    await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
+    await client.put(f"/api/accounts/{aid}/integration", headers=h, json=_ib())
     r = await client.post("/api/integrations/refresh", headers=h)
     assert r.status_code == 202 and r.json()["total"] == 1
     job = (
@@ -343,6 +342,7 @@ async def test_a_result_read_with_an_old_config_is_not_applied(
     client, api, account, infra
 ) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
+    IB = _ib()
     assert (
         await client.put(f"/api/accounts/{aid}/integration", headers=h, json=IB)
     ).status_code == 200

@@ -174,10 +174,16 @@ def test_a_successful_refresh_keeps_a_token_warning(status: IntegrationStatus) -
     assert t.state.last_success_at == T1
 
 
-def test_a_failed_refresh_records_the_error_only() -> None:
-    t = lifecycle.refresh_failed(ib(), message="timed out", code="timeout")
+def test_a_failed_refresh_records_the_error_and_its_time_only() -> None:
+    t = lifecycle.refresh_failed(ib(), message="timed out", code="timeout", now=T1)
     assert (t.state.last_error, t.state.last_error_code) == ("timed out", "timeout")
+    assert t.state.last_failure_at == T1
     assert t.state.status == IntegrationStatus.CONNECTED
+    # a new configuration starts with a clean slate
+    again = lifecycle.configured(
+        t.state, "IB", dict(t.state.config or {}), correlation_id=None, now=T1
+    )
+    assert again.state.last_failure_at is None and again.state.last_error is None
 
 
 def test_stale_results() -> None:

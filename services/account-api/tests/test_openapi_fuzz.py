@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import ib_integration
+
 
 @pytest.mark.slow
 async def test_schemathesis_finds_no_server_errors_or_schema_violations(
@@ -24,7 +26,7 @@ async def test_schemathesis_finds_no_server_errors_or_schema_violations(
     await client.put(
         f"/api/accounts/{aid}/integration",
         headers=headers,
-        json={"type": "IB", "config": {"host": "gw", "port": 4001, "client_id": 1}},
+        json=ib_integration(),
     )
     st = Path(sys.executable).parent / "schemathesis"
     proc = await asyncio.create_subprocess_exec(

@@ -9,6 +9,8 @@ import httpx
 import psycopg
 from brokerlink_shared.crypto import SecretBox
 
+from .conftest import gateway_port
+
 
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
@@ -61,7 +63,7 @@ async def test_link_ib_item(api, client: httpx.AsyncClient, new_user) -> None:
         "IB",
         {
             "host": "127.0.0.1",
-            "port": 4001,
+            "port": gateway_port(),
             "client_id": 3,
             "account_code": None,
             "read_only": True,

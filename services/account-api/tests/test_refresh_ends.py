@@ -19,7 +19,7 @@ from .conftest import register_user
 IB = {
     "type": "IB",
     "config": {
-        "host": "gw.local",
+        "host": "127.0.0.1",
         "port": 4001,
         "client_id": 7,
         "account_code": "U1234567",

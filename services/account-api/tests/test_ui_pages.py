@@ -12,6 +12,7 @@ PAGES = {
     "/login": "login",
     "/register": "register",
     "/health-dashboard": "health",
+    "/security": "security",
 }
 
 
@@ -29,7 +30,7 @@ async def test_page_shell_renders(
 
 
 async def test_every_input_has_a_bound_label(client: httpx.AsyncClient) -> None:
-    for path in ("/", "/login", "/register"):
+    for path in ("/", "/login", "/register", "/security"):
         html = (await client.get(path)).text
         ids = re.findall(r"<(?:input|select)[^>]*\bid=\"([^\"]+)\"", html)
         labelled = set(re.findall(r'<label for="([^"]+)"', html))
@@ -41,7 +42,7 @@ async def test_dialog_has_aria_tabs(client: httpx.AsyncClient) -> None:
     html = (await client.get("/")).text
     assert '<dialog id="account-dialog"' in html
     assert 'role="tablist"' in html
-    for name in ("details", "integration", "history"):
+    for name in ("details", "integration", "history", "audit"):
         assert f'id="tab-{name}" aria-controls="panel-{name}"' in html
         assert f'role="tabpanel" id="panel-{name}" aria-labelledby="tab-{name}"' in html
     assert 'id="ib-read-only" name="read_only" type="checkbox" checked disabled' in html
@@ -59,6 +60,7 @@ async def test_nav_marks_the_current_page(client: httpx.AsyncClient) -> None:
     ("path", "kind", "marker"),
     [
         ("/static/app.js", "javascript", "export function lineChart"),
+        ("/static/words.js", "javascript", "export function syncSummary"),
         ("/static/app.css", "text/css", ":focus-visible"),
     ],
 )

@@ -27,6 +27,7 @@ from brokerlink_shared.contracts.events import (
 )
 from brokerlink_shared.contracts.values import IBConnection, IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
+from brokerlink_shared.reach import LOOPBACK
 from brokerlink_shared.subjects import (
     BALANCE_UPDATED,
     INTEGRATION_STATUS,
@@ -76,6 +77,7 @@ def connector_settings(infra: Any, topology: Topology, **overrides: Any) -> Sett
         "lease_ttl_s": 3.0,
         "forward_timeout_s": 6.0,
         "log_level": "INFO",
+        "allowed_networks": LOOPBACK,
     }
     values.update(overrides)
     return Settings(**values)
@@ -130,12 +132,12 @@ class Bus:
         )
 
     async def test(
-        self, config: IBConnection, timeout_s: float = 5.0
+        self, config: IBConnection, timeout_s: float = 5.0, user_id: int = 1
     ) -> IntegrationTestReply:
         request = IntegrationTestRequest(
             broker=Broker.IB,
             account_id=99,
-            user_id=1,
+            user_id=user_id,
             config=config,
             timeout_s=timeout_s,
         )
@@ -190,10 +192,14 @@ class Bus:
         return found[-1] if found else None
 
     async def refreshed(
-        self, account_id: int, config: IBConnection, timeout_s: float = 10.0
+        self,
+        account_id: int,
+        config: IBConnection,
+        timeout_s: float = 10.0,
+        user_id: int = 1,
     ) -> BalanceUpdated:
         """Ask for a refresh and wait for its balance (fails on refresh.failed)."""
-        refresh_id = await self.refresh(account_id, config)
+        refresh_id = await self.refresh(account_id, config, user_id)
 
         def outcome() -> BalanceUpdated | RefreshFailed | None:
             return self.balance_for(refresh_id) or self.failure_for(refresh_id)

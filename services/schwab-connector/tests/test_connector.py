@@ -384,6 +384,7 @@ async def test_code_exchange_resolves_account_hash(world: World) -> None:
         15,
     )
     assert answer.success, answer.message
+    assert answer.code is None
 
 
 async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) -> None:
@@ -409,6 +410,9 @@ async def test_refresh_of_three_accounts_costs_one_call_per_login(world: World) 
         Decimal("100.25"),
         "USD",
     )
+    assert [(c["currency"], Decimal(c["amount"])) for c in a1["cash"]] == [
+        ("USD", Decimal("100.25"))
+    ]
     assert (
         a1["positions"][0]["symbol"] == "AAPL"
         and Decimal(a1["positions"][0]["quantity"]) == 5
@@ -560,8 +564,13 @@ async def test_health_and_no_plaintext_secret_on_the_bus(world: World) -> None:
     health = HealthReply.model_validate_json(reply.body)
     assert health.status == "ok" and health.detail["dead_letters"] == 0
     async with httpx.AsyncClient() as http:
-        probe = await http.get(f"http://127.0.0.1:{world.runtime.health_port}/healthz")
-    assert probe.status_code == 200
+        base = f"http://127.0.0.1:{world.runtime.health_port}"
+        probes = [
+            (await http.get(base + path)) for path in ("/healthz", "/readyz", "/livez")
+        ]
+        missing = await http.get(base + "/nope")
+    assert [p.status_code for p in probes] == [200, 200, 200]
+    assert probes[2].json() == {"status": "alive"} and missing.status_code == 404
 
     state = world.sim.state
     secrets = [

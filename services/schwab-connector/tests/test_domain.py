@@ -150,6 +150,7 @@ ELEMENT = {
 def test_snapshot_maps_balances_and_positions() -> None:
     snap = snapshot(ELEMENT)
     assert (snap.balance, snap.cash_balance) == (Decimal("5000.5"), Decimal("3750.5"))
+    assert [(c.currency, c.amount) for c in snap.cash] == [("USD", Decimal("3750.5"))]
     aapl, option = snap.positions
     assert (
         aapl.symbol,
@@ -189,3 +190,17 @@ def test_retry_delay_honours_retry_after() -> None:
     assert retry_delay(1, 2.0, 0.5, 30) == 2.0
     assert 0.25 <= retry_delay(1, None, 0.5, 30) <= 0.5
     assert retry_delay(10, None, 0.5, 4) <= 4
+
+
+def test_a_cash_account_reports_total_cash() -> None:
+    element = {
+        "securitiesAccount": {
+            "type": "CASH",
+            "accountNumber": "11112222",
+            "currentBalances": {"liquidationValue": 900.0, "totalCash": 400.25},
+        }
+    }
+    snap = snapshot(element)
+    assert [(c.currency, c.amount) for c in snap.cash] == [("USD", Decimal("400.25"))]
+    del element["securitiesAccount"]["currentBalances"]["totalCash"]
+    assert snapshot(element).cash == []

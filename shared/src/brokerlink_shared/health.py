@@ -1,5 +1,10 @@
-"""Health answers for connectors: on the bus (request/reply) and as a tiny HTTP `/healthz`
-for container probes. Both call the same probe."""
+"""Health answers for connectors: on the bus (request/reply) and as a tiny HTTP server for
+container probes.
+
+- `/livez`: 200 while the process can serve (its event loop answers); never looks at NATS, so
+  a NATS outage does not get a healthy process restarted.
+- `/readyz` and `/healthz`: the probe's answer, 200 when it is ok and 503 when degraded (the
+  bus answer calls the same probe)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ HealthProbe = Callable[[], Awaitable[HealthReply]]
 
 
 async def serve_http_health(host: str, port: int, probe: HealthProbe) -> asyncio.Server:
-    """Serve `GET /healthz` (200 when ok, 503 when degraded) with the probe's JSON."""
+    """Serve `/livez`, `/readyz` and `/healthz` (see the module docstring)."""
 
     async def handle(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -29,11 +34,10 @@ async def serve_http_health(host: str, port: int, probe: HealthProbe) -> asyncio
             ):
                 pass
             parts = request_line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[1].split("?")[0] in (
-                "/healthz",
-                "/livez",
-                "/readyz",
-            ):
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if path == "/livez":
+                status, body = "200 OK", b'{"status":"alive"}'
+            elif path in ("/healthz", "/readyz"):
                 reply = await probe()
                 status = "200 OK" if reply.status == "ok" else "503 Service Unavailable"
                 body = orjson.dumps(reply.model_dump(mode="json"))

@@ -1,4 +1,5 @@
-"""Settings every service shares; each service subclasses `ServiceSettings` in its own `config.py`."""
+"""Settings every service shares; each service subclasses `ServiceSettings` (or, when it must
+not hold the field-encryption keys, `BusSettings`) in its own `config.py`."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
-    """Common settings: bus location, namespace, logging and the field-encryption keys."""
+class BusSettings(BaseSettings):
+    """Common settings: bus location, namespace, logging, delivery and replication."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -24,11 +25,6 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field(
         default="INFO",
         validation_alias=AliasChoices("BROKERLINK_LOG_LEVEL", "log_level"),
-    )
-    encryption_keys: SecretStr = Field(
-        default=SecretStr(""),
-        validation_alias=AliasChoices("BROKERLINK_ENCRYPTION_KEYS", "encryption_keys"),
-        description="Comma-separated Fernet keys, newest first; the first one encrypts.",
     )
     max_deliver: int = Field(
         default=5,
@@ -56,3 +52,13 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+
+class ServiceSettings(BusSettings):
+    """`BusSettings` plus the field-encryption keys (services that read or write secrets)."""
+
+    encryption_keys: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("BROKERLINK_ENCRYPTION_KEYS", "encryption_keys"),
+        description="Comma-separated Fernet keys, newest first; the first one encrypts.",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 
@@ -11,3 +12,4 @@ class Actor:
 
     user_id: int
     request_id: str
+    session_id: uuid.UUID | None = None  # the sign-in session of the access token

@@ -21,6 +21,7 @@ from account_api.db import UnitOfWork
 from account_api.errors import NotAuthenticated
 
 if TYPE_CHECKING:
+    from account_api.auth.service import AuthService
     from account_api.integrations.service import IntegrationService
     from account_api.outbox.relay import OutboxRelay
 
@@ -38,6 +39,7 @@ class Container:
     topology: Topology
     integrations: IntegrationService
     relay: OutboxRelay
+    auth: AuthService
 
 
 async def get_container(request: Request) -> Container:
@@ -63,9 +65,13 @@ async def current_actor(
 ) -> Actor:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated("missing bearer token")
-    user_id = container.issuer.verify(credentials.credentials)
+    claims = container.issuer.verify(credentials.credentials)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    return Actor(user_id=user_id, request_id=request_id[:128])
+    return Actor(
+        user_id=claims.user_id,
+        request_id=request_id[:128],
+        session_id=claims.session_id,
+    )
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class AccountApiError(Exception):
     """Base of every expected failure; carries its HTTP status and, when known, the field."""
@@ -44,6 +46,17 @@ class IntegrationNotConfigured(Conflict):
     def __init__(self) -> None:
         super().__init__("this account has no integration configured")
         self.code = "integration_not_configured"
+
+
+class TooManyRequests(AccountApiError):
+    """Throttled: answered with `Retry-After`."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
 
 
 class UpstreamFailed(AccountApiError):

@@ -1,16 +1,20 @@
 """The one place the error tree meets HTTP: `error_response` renders an `AccountApiError`,
-`add_exception_handlers` installs it for the whole app."""
+`validation_error_response` a request that failed validation, and `add_exception_handlers`
+installs both for the whole app (the legacy routes call them too)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 
 from account_api.db import is_transient
-from account_api.errors import AccountApiError, ServiceUnavailable
+from account_api.errors import AccountApiError, ServiceUnavailable, TooManyRequests
 from account_api.responses import JSONBytes
 
 _pool_checks: set[asyncio.Task[None]] = set()
@@ -26,17 +30,79 @@ def error_response(exc: AccountApiError) -> JSONBytes:
         loc = ["body", *exc.field.split(".")] if exc.field else ["body"]
         body["detail"] = [{"loc": loc, "msg": exc.message, "type": exc.code}]
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        body["retry_after_s"] = exc.retry_after_s
     return JSONBytes(body, status_code=exc.status_code, headers=headers)
 
 
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string (and number) inside a rejected input, keys included."""
+    if isinstance(value, str | bytes):
+        yield value.decode(errors="replace") if isinstance(value, bytes) else value
+    elif isinstance(value, int | float):
+        yield str(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _strings(item)
+
+
+def _rule(error: dict[str, Any]) -> str:
+    """The error's message, unless it quotes any part of the input (email validation, for
+    one, names the offending part): then only the rule's name."""
+    message = str(error.get("msg", "invalid value"))
+    for text in _strings(error.get("input")):
+        for piece in (text, *text.split()):
+            if len(piece) >= 3 and piece in message:
+                return f"invalid value ({error.get('type', 'value_error')})"
+    return message
+
+
+def _field(loc: Sequence[Any]) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONBytes:
+    """The one rendering of a request that failed validation: for each error its location,
+    rule and type — never the rejected input (FastAPI's default echoes it)."""
+    errors = [
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": _rule(error),
+            "type": str(error.get("type", "value_error")),
+        }
+        for error in exc.errors()
+    ]
+    body: dict[str, object] = {"detail": errors, "code": "invalid_field"}
+    field = _field(errors[0]["loc"]) if errors else None  # type: ignore[arg-type]
+    if field:
+        body["field"] = field
+    return JSONBytes(body, status_code=422)
+
+
 def add_exception_handlers(app: FastAPI) -> None:
-    """Map the error tree to HTTP for the whole app."""
+    """Map the error tree (and request validation) to HTTP for the whole app."""
 
     async def handle(_request: Request, exc: Exception) -> JSONBytes:
         assert isinstance(exc, AccountApiError)
         return error_response(exc)
 
+    async def invalid(_request: Request, exc: Exception) -> JSONBytes:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error_response(exc)
+
     app.add_exception_handler(AccountApiError, handle)
+    app.add_exception_handler(RequestValidationError, invalid)
 
     async def database_away(request: Request, exc: Exception) -> JSONBytes:
         if not is_transient(exc):

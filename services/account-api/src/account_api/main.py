@@ -22,8 +22,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from account_api import health
 from account_api.accounts.routes import router as accounts_router
+from account_api.auth.repository import RevocationFeed
+from account_api.auth.revocations import RevocationList
 from account_api.auth.routes import router as auth_router
+from account_api.auth.service import AuthService
 from account_api.auth.tokens import TokenIssuer
+from account_api.bodylimit import BodySizeLimit
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
@@ -37,6 +41,7 @@ from account_api.integrations.sweeper import RefreshSweeper
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.outbox.relay import OutboxRelay
 from account_api.pending_links.routes import router as pending_links_router
+from account_api.scheduling.retention import RetentionJob
 from account_api.scheduling.scheduler import RefreshScheduler
 from account_api.ui.routes import router as ui_router
 
@@ -104,36 +109,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
     sweeper = RefreshSweeper(new_uow, broker, topology, settings.refresh_deadline_s)
+    retention = RetentionJob(new_uow, settings)
+    revocations = RevocationList(
+        RevocationFeed(read_pool),
+        settings.token_revocation_poll_s,
+        horizon_s=settings.access_token_minutes * 60 + 60,
+    )
+    issuer = TokenIssuer(
+        settings.jwt_secret.get_secret_value(),
+        settings.access_token_minutes,
+        settings.refresh_token_days,
+        revocations=revocations,
+    )
     container = Container(
         settings=settings,
         sessionmaker=sessionmaker,
         read_pool=read_pool,
-        issuer=TokenIssuer(
-            settings.jwt_secret.get_secret_value(),
-            settings.access_token_minutes,
-            settings.refresh_token_days,
-        ),
+        issuer=issuer,
         secrets=secrets,
         broker=broker,
         topology=topology,
         integrations=integrations_service,
         relay=relay,
+        auth=AuthService(settings, issuer, secrets, revocations),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await read_pool.open()
+        revocations.start()
         bus = asyncio.create_task(
             _connect_bus(broker, topology, settings.stream_replicas)
         )
         waiter.start()
         relay.start()
         scheduler.start()
+        retention.start()
         sweeper.start()
         try:
             yield
         finally:
             await sweeper.stop()
+            await revocations.stop()
+            await retention.stop()
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()
@@ -150,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.container = container
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     add_exception_handlers(app)
     for router in (
         health.router,
@@ -195,6 +214,7 @@ def run() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            timeout_worker_healthcheck=settings.worker_healthcheck_timeout_s,
             log_config=None,
             access_log=False,
             loop="uvloop",

@@ -58,6 +58,7 @@ class User(Base):
     two_factor_enabled: Mapped[bool] = mapped_column(
         Boolean, server_default=text("false")
     )
+    two_factor_last_step: Mapped[int | None] = mapped_column(BigInteger)
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
@@ -98,6 +99,7 @@ class Account(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     token_access_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True)
@@ -295,3 +297,74 @@ class SchedulerState(Base):
     __tablename__ = "scheduler_state"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GatewayEndpoint(Base):
+    """An IB Gateway address and port, owned by the first user who configured it."""
+
+    __tablename__ = "gateway_endpoints"
+    address: Mapped[str] = mapped_column(String(253), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class AuthSession(Base):
+    """One sign-in: a refresh-token family. Only the newest token's hash is kept; presenting
+    an older one revokes the family."""
+
+    __tablename__ = "auth_sessions"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    generation: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    last_used_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class AuthRevocation(Base):
+    """Access tokens every worker must stop accepting: one session's, or all of a user's
+    issued before `not_before`. No foreign key: it outlives a deleted user."""
+
+    __tablename__ = "auth_revocations"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    session_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+
+
+class AuthThrottle(Base):
+    """A fixed-window counter per throttled key (hashed e-mail, client address, user)."""
+
+    __tablename__ = "auth_throttle"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class RecoveryCode(Base):
+    """A two-factor recovery code, stored as a hash; usable once."""
+
+    __tablename__ = "two_factor_recovery_codes"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

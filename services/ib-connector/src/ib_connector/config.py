@@ -6,8 +6,9 @@ import os
 import secrets
 import socket
 
-from brokerlink_shared.settings import ServiceSettings
-from pydantic import Field
+from brokerlink_shared.reach import PRIVATE_RANGES, NetworkReach, parse_networks
+from brokerlink_shared.settings import BusSettings
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 SERVICE = "ib-connector"
@@ -19,14 +20,19 @@ def _replica_id() -> str:
     return f"{safe}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class Settings(ServiceSettings):
-    """Everything the connector reads at start-up; factories take it as a parameter."""
+class Settings(BusSettings):
+    """Everything the connector reads at start-up; factories take it as a parameter.
+
+    It holds no encryption keys: nothing it handles is secret (IB configs carry none)."""
 
     model_config = SettingsConfigDict(
         env_prefix="IB_CONNECTOR_", extra="ignore", populate_by_name=True
     )
 
-    health_host: str = "127.0.0.1"
+    health_host: str = Field(
+        default="0.0.0.0",
+        description="probes arrive on the pod's address; `make run` binds loopback",
+    )
     health_port: int = Field(
         default=8081, ge=0, le=65535, description="0 picks a free port"
     )
@@ -81,3 +87,22 @@ class Settings(ServiceSettings):
     forward_timeout_s: float = Field(
         default=15.0, gt=0, description="wait for the owning replica's answer"
     )
+    allowed_networks: str = Field(
+        default=PRIVATE_RANGES,
+        description="comma-separated CIDRs gateways may be in (`make run`: loopback)",
+    )
+    denied_networks: str = Field(
+        default="",
+        description="CIDRs never to connect to beyond the built-in link-local/metadata set "
+        "(e.g. the cluster's own service range)",
+    )
+
+    @field_validator("allowed_networks", "denied_networks")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def reach(self) -> NetworkReach:
+        return NetworkReach.from_settings(self.allowed_networks, self.denied_networks)

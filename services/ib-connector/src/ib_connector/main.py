@@ -19,8 +19,10 @@ from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 
+from ib_connector.adapters.ib_gateway import IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership
 from ib_connector.config import SERVICE, Settings
+from ib_connector.domain.endpoints import SessionKey
 from ib_connector.handlers.commands import register_handlers
 from ib_connector.pool import GatewaySessionPool, PoolSettings, SessionSettings
 from ib_connector.service import IBConnectorService
@@ -55,22 +57,30 @@ def create_app(settings: Settings) -> FastStream:
         max_concurrent_connects=settings.max_concurrent_connects,
     )
 
-    def on_idle_close(key: tuple[str, int, int]) -> None:
+    def on_idle_close(key: SessionKey) -> None:
         if service.ownership is not None:
             asyncio.get_running_loop().create_task(service.ownership.release(key))
 
+    reach = settings.reach
     pool = GatewaySessionPool(
-        pool_settings, statuses.submit, on_idle_close=on_idle_close
+        pool_settings,
+        statuses.submit,
+        client_factory=lambda notice, closed: IBGatewayClient(notice, closed, reach),
+        on_idle_close=on_idle_close,
     )
     service = IBConnectorService(settings, topology, broker, publisher, pool)
     health_server: list[asyncio.Server] = []
 
     async def health() -> HealthReply:
+        connected = await bus_connected(broker)
         try:
-            parked = await dead_letter_count(broker, topology, SERVICE)
+            parked = (
+                await asyncio.wait_for(dead_letter_count(broker, topology, SERVICE), 2)
+                if connected
+                else -1
+            )
         except Exception:
             parked = -1
-        connected = await bus_connected(broker)
         ownership = service.ownership
         return HealthReply(
             service=SERVICE,

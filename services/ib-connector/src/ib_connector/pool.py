@@ -1,7 +1,8 @@
-"""`GatewaySessionPool`: one supervised ib_async session per (host, port, client_id).
+"""`GatewaySessionPool`: one supervised ib_async session per (user, host, port, client_id).
 
-Accounts configured against the same gateway and client id share one session (IB refuses a
-second connection with the same client id). Each session runs its own supervisor task that
+A user's accounts configured against the same gateway and client id share one session (IB
+refuses a second connection with the same client id). Sessions are never shared between users:
+whatever a session reads, reports or logs concerns its one user's accounts. Each session runs its own supervisor task that
 connects (with failover to backups), reconnects with backoff when dropped, and probes the
 primary while on a backup. Sessions never wait on each other: timeouts are per session and
 reads are serialised per session only.
@@ -28,7 +29,7 @@ from ib_connector.adapters.ib_gateway import (
     IBGatewayClient,
 )
 from ib_connector.domain.accounts import AccountSelectionError, select_account
-from ib_connector.domain.endpoints import failover_order
+from ib_connector.domain.endpoints import SessionKey, failover_order, session_key
 from ib_connector.domain.session_state import (
     Endpoint,
     Phase,
@@ -46,7 +47,15 @@ from ib_connector.domain.snapshot import (
 
 log = logging.getLogger(__name__)
 
-SessionKey = tuple[str, int, int]
+
+# Until a user's session has spoken to an IB Gateway at an address, connection failures there
+# read the same whatever happened (refused, timeout, closed, a banner): the test route must not
+# tell a port scanner which ports are open.
+UNREACHABLE = "unreachable"
+
+
+def unreachable_message(host: str, port: int) -> str:
+    return f"no IB Gateway answered at {host}:{port}; check the host, port and API settings"
 
 
 class GatewayClient(Protocol):
@@ -127,9 +136,16 @@ class GatewaySession:
             self.settings.backoff_initial_s, self.settings.backoff_max_s
         )
 
+    reached: set[tuple[int, str, int]] = field(default_factory=set)
+
     @property
     def label(self) -> str:
-        return f"{self.key[0]}:{self.key[1]}/{self.key[2]}"
+        return (
+            f"u{self.key.user_id}@{self.key.host}:{self.key.port}/{self.key.client_id}"
+        )
+
+    def _reached(self, endpoint: Endpoint) -> bool:
+        return (self.key.user_id, endpoint.host.lower(), endpoint.port) in self.reached
 
     def start(self) -> None:
         if self._task is None:
@@ -188,7 +204,8 @@ class GatewaySession:
                     )
         except TimeoutError:
             raise RefreshError(
-                "timeout", f"gateway {self.label} did not answer within {timeout_s:g}s"
+                "timeout",
+                f"gateway {self.key.host}:{self.key.port} did not answer within {timeout_s:g}s",
             ) from None
         except GatewayError as exc:
             raise RefreshError(exc.code, exc.message) from None
@@ -225,16 +242,22 @@ class GatewaySession:
                 )
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise RefreshError(
-                    "timeout", f"gateway {self.label} not connected in time"
-                )
+                raise self._not_connected_in_time()
             try:
                 async with asyncio.timeout(remaining):
                     await self._settled.wait()
             except TimeoutError:
-                raise RefreshError(
-                    "timeout", f"gateway {self.label} not connected in time"
-                ) from None
+                raise self._not_connected_in_time() from None
+
+    def _not_connected_in_time(self) -> RefreshError:
+        primary = Endpoint(self.config.host, self.config.port)
+        if not self._reached(primary):
+            return RefreshError(
+                UNREACHABLE, unreachable_message(primary.host, primary.port)
+            )
+        return RefreshError(
+            "timeout", f"gateway {self.key.host}:{self.key.port} not connected in time"
+        )
 
     # ---- supervisor ------------------------------------------------------------------------
 
@@ -263,7 +286,12 @@ class GatewaySession:
             try:
                 await self._connect(endpoint)
                 return True
-            except GatewayError as exc:
+            except GatewayError as raised:
+                exc = raised
+                if not self._reached(endpoint):
+                    exc = GatewayError(
+                        UNREACHABLE, unreachable_message(endpoint.host, endpoint.port)
+                    )
                 failure = (
                     exc if failure is None else failure
                 )  # the primary's reason is the useful one
@@ -272,7 +300,7 @@ class GatewaySession:
                     extra={
                         "session": self.label,
                         "endpoint": str(endpoint),
-                        "ib_code": exc.code,
+                        "ib_code": raised.code,
                     },
                 )
         assert failure is not None
@@ -296,12 +324,13 @@ class GatewaySession:
                 managed = await client.connect(
                     endpoint.host,
                     endpoint.port,
-                    self.key[2],
+                    self.key.client_id,
                     self.settings.connect_timeout_s,
                 )
             except BaseException:
                 await client.close()
                 raise
+        self.reached.add((self.key.user_id, endpoint.host.lower(), endpoint.port))
         await self._drop_client()
         self._client = client
         log.info(
@@ -339,7 +368,7 @@ class GatewaySession:
                 managed = await client.connect(
                     primary.host,
                     primary.port,
-                    self.key[2],
+                    self.key.client_id,
                     self.settings.connect_timeout_s,
                 )
         except GatewayError:
@@ -404,7 +433,7 @@ class PoolSettings:
 
 
 class GatewaySessionPool:
-    """All sessions of this replica, keyed by (host, port, client_id)."""
+    """All sessions of this replica, keyed by (user, host, port, client_id)."""
 
     def __init__(
         self,
@@ -418,6 +447,8 @@ class GatewaySessionPool:
         self._client_factory = client_factory
         self._on_idle_close = on_idle_close
         self.sessions: dict[SessionKey, GatewaySession] = {}
+        # (user, host, port) where that user's session completed an IB handshake
+        self.reached: set[tuple[int, str, int]] = set()
         self._connect_slots = asyncio.Semaphore(settings.max_concurrent_connects)
         self._reaper: asyncio.Task[None] | None = None
 
@@ -432,9 +463,9 @@ class GatewaySessionPool:
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         self.sessions.clear()
 
-    def session(self, config: IBConnection) -> GatewaySession:
-        """The session for a config's key, created and started on first use."""
-        key = config.session_key
+    def session(self, config: IBConnection, user_id: int | None) -> GatewaySession:
+        """The user's session for a config's key, created and started on first use."""
+        key = session_key(config, user_id)
         session = self.sessions.get(key)
         if session is None:
             session = GatewaySession(
@@ -444,6 +475,7 @@ class GatewaySessionPool:
                 sink=self._sink,
                 client_factory=self._client_factory,
                 connect_slots=self._connect_slots,
+                reached=self.reached,
             )
             self.sessions[key] = session
             session.start()
@@ -455,22 +487,24 @@ class GatewaySessionPool:
     ) -> tuple[GatewaySession, AccountBinding]:
         """Serve the account from the session of `config`; an account moved to another gateway
         or client id stops being served (and reported) by its old session."""
+        key = session_key(config, user_id)
         for other in self.sessions.values():
-            if other.key != config.session_key and account_id in other.bindings:
+            if other.key != key and account_id in other.bindings:
                 other.detach(account_id)
-        session = self.session(config)
+        session = self.session(config, user_id)
         binding = session.attach(
             AccountBinding(account_id, user_id, config.account_code), config
         )
         return session, binding
 
     async def detach(
-        self, config: IBConnection | None, account_id: int
+        self, config: IBConnection | None, account_id: int, user_id: int | None
     ) -> SessionKey | None:
         """Stop serving an account; closes its session when it was the last. Returns a closed key."""
+        key = session_key(config, user_id) if config else None
         candidates = (
-            [self.sessions[config.session_key]]
-            if config and config.session_key in self.sessions
+            [self.sessions[key]]
+            if key in self.sessions
             else [s for s in self.sessions.values() if account_id in s.bindings]
         )
         for session in candidates:

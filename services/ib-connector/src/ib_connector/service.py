@@ -37,8 +37,14 @@ from ib_connector.adapters.ib_gateway import GatewayError, IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership, SessionRecord
 from ib_connector.config import SERVICE, Settings
 from ib_connector.domain.accounts import AccountSelectionError, select_account
+from ib_connector.domain.endpoints import SessionKey, session_key
 from ib_connector.domain.session_state import StatusView
-from ib_connector.pool import GatewaySessionPool, RefreshError, SessionKey
+from ib_connector.pool import (
+    UNREACHABLE,
+    GatewaySessionPool,
+    RefreshError,
+    unreachable_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +127,16 @@ class IBConnectorService:
             if event.payload.config is not None
             else None
         )
-        if (
-            config is not None
-            and self.ownership is not None
-            and not self.ownership.owns(config.session_key)
-        ):
-            owner = await self.ownership.claim(config.session_key, config, None, None)
-            if owner != self.ownership.replica_id:
-                await self._forward(owner, ForwardedRemoved(data=event))
-                return
-        await self.remove_local(event.account_id, config, event.payload.version)
+        if config is not None and self.ownership is not None:
+            key = session_key(config, event.user_id)
+            if not self.ownership.owns(key):
+                owner = await self.ownership.claim(key, config, None, event.user_id)
+                if owner != self.ownership.replica_id:
+                    await self._forward(owner, ForwardedRemoved(data=event))
+                    return
+        await self.remove_local(
+            event.account_id, config, event.user_id, event.payload.version
+        )
 
     async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
         budget = max(
@@ -141,11 +147,15 @@ class IBConnectorService:
                 return await self._test(request, budget)
         except TimeoutError:
             return IntegrationTestReply(
-                success=False, message=f"no answer from the gateway within {budget:g}s"
+                success=False,
+                message=f"no answer from the gateway within {budget:g}s",
+                code="timeout",
             )
         except (ForwardFailed, RetryLater) as exc:
             return IntegrationTestReply(
-                success=False, message=f"connector replica handover in progress: {exc}"
+                success=False,
+                message=f"connector replica handover in progress: {exc}",
+                code="handover",
             )
 
     async def on_forwarded(self, command: ForwardedCommand) -> ForwardReply:
@@ -173,6 +183,7 @@ class IBConnectorService:
                     await self.remove_local(
                         removed.account_id,
                         _ib_config(cfg) if cfg is not None else None,
+                        removed.user_id,
                         removed.payload.version,
                     )
             else:
@@ -252,28 +263,34 @@ class IBConnectorService:
         )
 
     async def remove_local(
-        self, account_id: int, config: IBConnection | None, version: int | None = None
+        self,
+        account_id: int,
+        config: IBConnection | None,
+        user_id: int | None,
+        version: int | None = None,
     ) -> None:
         if not self.order.admits(account_id, version, "removed"):
             return
         self.order.applied(account_id, version)
-        closed = await self.pool.detach(config, account_id)
+        closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(
-                config.session_key, account_id, session_closed=closed is not None
+                session_key(config, user_id),
+                account_id,
+                session_closed=closed is not None,
             )
 
     async def adopt(self, record: SessionRecord) -> None:
         """Open a session taken over from a replica that is gone, with the accounts it served."""
         config = record.ib_config
         if not record.accounts:
-            self.pool.session(config)
+            self.pool.session(config, record.user_id)
             return
         for account_id, info in record.accounts.items():
             account_config = config.model_copy(
                 update={"account_code": info.get("account_code")}
             )
-            self.pool.attach(account_config, int(account_id), info.get("user_id"))
+            self.pool.attach(account_config, int(account_id), record.user_id)
 
     async def lose_sessions(self, keys: list[SessionKey]) -> None:
         """This replica lost its ownership lease: close those sessions at once (the next owner
@@ -295,8 +312,9 @@ class IBConnectorService:
         self, request: IntegrationTestRequest, budget: float
     ) -> IntegrationTestReply:
         config = _ib_config(request.config)
-        if self.ownership is not None and not self.ownership.owns(config.session_key):
-            owner = await self.ownership.owner_if_known(config.session_key)
+        key = session_key(config, request.user_id)
+        if self.ownership is not None and not self.ownership.owns(key):
+            owner = await self.ownership.owner_if_known(key)
             if owner is not None and owner != self.ownership.replica_id:
                 answer = await self._forward(
                     owner, ForwardedTest(data=request), timeout_s=budget
@@ -310,21 +328,64 @@ class IBConnectorService:
         self, request: IntegrationTestRequest, budget: float
     ) -> IntegrationTestReply:
         config = _ib_config(request.config)
-        session = self.pool.sessions.get(config.session_key)
+        session = self.pool.sessions.get(session_key(config, request.user_id))
         try:
             if session is not None:
                 message = await session.test(config.account_code, budget)
             else:
-                message = await _one_shot_test(
-                    config, budget, self.settings.connect_timeout_s
-                )
+                message = await self._one_shot_test(config, request.user_id, budget)
         except (RefreshError, GatewayError) as exc:
             return IntegrationTestReply(
-                success=False, message=f"{exc.message} (code {exc.code})"
+                success=False, message=exc.message, code=str(exc.code)[:64]
             )
         except AccountSelectionError as exc:
-            return IntegrationTestReply(success=False, message=str(exc))
+            return IntegrationTestReply(success=False, message=str(exc), code=exc.code)
         return IntegrationTestReply(success=True, message=message)
+
+    async def _one_shot_test(
+        self, config: IBConnection, user_id: int | None, budget: float
+    ) -> str:
+        """Test a gateway no session of this user uses yet: connect, read the summary, disconnect.
+        Until the user has reached a gateway there, every connection failure reads the same."""
+        client = IBGatewayClient(
+            on_notice=lambda code, text: None,
+            on_closed=lambda reason: None,
+            reach=self.settings.reach,
+        )
+        reached = (user_id or 0, config.host.lower(), config.port)
+        try:
+            try:
+                managed = await client.connect(
+                    config.host,
+                    config.port,
+                    config.client_id,
+                    min(budget, self.settings.connect_timeout_s),
+                )
+            except GatewayError as exc:
+                if reached in self.pool.reached:
+                    raise
+                raise GatewayError(
+                    UNREACHABLE, unreachable_message(config.host, config.port)
+                ) from exc
+            self.pool.reached.add(reached)
+            code = select_account(managed, config.account_code)
+            rows, _ = await client.read_account(code, max(0.5, budget / 2))
+            net_liq = next(
+                (
+                    r
+                    for r in rows
+                    if r.tag == "NetLiquidation" and r.currency not in ("", "BASE")
+                ),
+                None,
+            )
+            figure = (
+                f" net liquidation {net_liq.value} {net_liq.currency}"
+                if net_liq
+                else ""
+            )
+            return f"connected to {config.host}:{config.port}; account {code}{figure}"
+        finally:
+            await client.close()
 
     # ---- routing ---------------------------------------------------------------------------
 
@@ -338,7 +399,7 @@ class IBConnectorService:
         """True when this replica handles the command; otherwise it was forwarded to the owner."""
         if self.ownership is None:
             return True
-        key = config.session_key
+        key = session_key(config, user_id)
         session = self.pool.sessions.get(key)
         if (
             self.ownership.owns(key)
@@ -358,7 +419,7 @@ class IBConnectorService:
         if self.ownership is None:
             return True
         owner = await self.ownership.claim(
-            config.session_key, config, account_id, user_id
+            session_key(config, user_id), config, account_id, user_id
         )
         return owner == self.ownership.replica_id
 
@@ -397,32 +458,3 @@ def _ib_config(config: Any) -> IBConnection:
     if not isinstance(config, IBConnection):
         raise ValueError("not an IB integration config")
     return config
-
-
-async def _one_shot_test(
-    config: IBConnection, budget: float, connect_timeout_s: float
-) -> str:
-    """Test a gateway no session uses yet: connect, read the summary, disconnect."""
-    client = IBGatewayClient(
-        on_notice=lambda code, text: None, on_closed=lambda reason: None
-    )
-    try:
-        managed = await client.connect(
-            config.host, config.port, config.client_id, min(budget, connect_timeout_s)
-        )
-        code = select_account(managed, config.account_code)
-        rows, _ = await client.read_account(code, max(0.5, budget / 2))
-        net_liq = next(
-            (
-                r
-                for r in rows
-                if r.tag == "NetLiquidation" and r.currency not in ("", "BASE")
-            ),
-            None,
-        )
-        figure = (
-            f" net liquidation {net_liq.value} {net_liq.currency}" if net_liq else ""
-        )
-        return f"connected to {config.host}:{config.port}; account {code}{figure}"
-    finally:
-        await client.close()

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-LOCK_KEY = 727275  # pg advisory lock: one migrator at a time (account-api's Alembic uses 727274)
+LOCK_KEY = 727276  # pg advisory lock: one migrator at a time (Alembic uses 727274, the outbox relay 727275)
 
 STAGING = {
     "stg_users": """legacy_id bigint, email text, name text, password_hash text, base_currency text,

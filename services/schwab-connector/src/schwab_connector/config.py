@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from brokerlink_shared.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 SERVICE = "schwab-connector"
+SCHWAB_API = "https://api.schwabapi.com"
 
 
 class Settings(ServiceSettings):
@@ -17,8 +18,8 @@ class Settings(ServiceSettings):
     )
 
     api_base_url: str = Field(
-        default="https://api.schwabapi.com",
-        description="Schwab API origin; the simulator's base URL in demo mode and tests",
+        default=SCHWAB_API,
+        description="Schwab API origin (an absolute http(s) URL); the simulator's in demo mode",
     )
     requests_per_minute: int = Field(
         default=120, ge=1, description="Trader API budget per app key"
@@ -74,3 +75,16 @@ class Settings(ServiceSettings):
         gt=0,
         description="a crashed replica's refresh lease lapses after this",
     )
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        # An empty value used to reach the HTTP client and turn every call into a relative URL.
+        value = value.strip().rstrip("/")
+        if not value:
+            return SCHWAB_API
+        if not value.startswith(("http://", "https://")) or value[-3:] == "://":
+            raise ValueError(
+                "must be an absolute http(s) URL such as https://api.schwabapi.com"
+            )
+        return value

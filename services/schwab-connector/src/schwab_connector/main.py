@@ -149,9 +149,12 @@ class ConnectorRuntime:
         connected = await bus_connected(self.broker)
         detail: dict[str, object] = {"nats": connected}
         if connected:
-            detail["dead_letters"] = await dead_letter_count(
-                self.broker, self.topology, SERVICE
-            )
+            try:
+                detail["dead_letters"] = await asyncio.wait_for(
+                    dead_letter_count(self.broker, self.topology, SERVICE), 2
+                )
+            except Exception:
+                detail["dead_letters"] = None
         if self._connector is not None:
             detail.update(
                 logins=len(self._connector.vault.logins),

@@ -224,6 +224,7 @@ class SchwabConnector:
                 currency="USD",
                 balance=snap.balance,
                 cash_balance=snap.cash_balance,
+                cash=snap.cash,
                 positions=snap.positions,
                 broker_account=snap.account_number,
             )
@@ -302,17 +303,21 @@ class SchwabConnector:
         config = request.config
         if not isinstance(config, SchwabConnection):
             return IntegrationTestReply(
-                success=False, message="not a Schwab integration"
+                success=False, message="not a Schwab integration", code="bad_request"
             )
         try:
             self._box.decrypt(config.app_secret_enc)
         except SecretDecryptionError:
             return IntegrationTestReply(
-                success=False, message="the app secret could not be decrypted"
+                success=False,
+                message="the app secret could not be decrypted",
+                code="secret_unreadable",
             )
         if not config.token_enc:
             return IntegrationTestReply(
-                success=False, message="app key saved: sign in with Schwab to finish"
+                success=False,
+                message="app key saved: sign in with Schwab to finish",
+                code="not_signed_in",
             )
         binding = self._bind(request.user_id, request.account_id, config)
         assert binding is not None
@@ -323,15 +328,27 @@ class SchwabConnector:
             )
         except TimeoutError:
             return IntegrationTestReply(
-                success=False, message="Schwab did not answer in time"
+                success=False, message="Schwab did not answer in time", code="timeout"
             )
-        except (ReauthRequiredError, SchwabCallError) as exc:
-            return IntegrationTestReply(success=False, message=exc.reason)
+        except ReauthRequiredError as exc:
+            return IntegrationTestReply(
+                success=False, message=exc.reason, code="reauth_required"
+            )
+        except SchwabCallError as exc:
+            return IntegrationTestReply(
+                success=False,
+                message=exc.reason,
+                code=f"http_{exc.status}" if exc.status else "schwab_error",
+            )
         listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
         account_hash, message = resolve_hash(
             listed, config.account_number or numbers.get(config.account_hash or "")
         )
-        return IntegrationTestReply(success=account_hash is not None, message=message)
+        return IntegrationTestReply(
+            success=account_hash is not None,
+            message=message,
+            code=None if account_hash is not None else "account_data",
+        )
 
     async def exchange_code(
         self, request: SchwabOAuthExchangeRequest

@@ -1,7 +1,11 @@
 """Demo data for `make run`: a user with two IB accounts on the simulated gateway and two
-Schwab accounts, created through account-api's public API (the same path a person takes)."""
+Schwab accounts, created through account-api's public API (the same path a person takes).
+On later runs the IB accounts are re-pointed when the simulated gateway had to move to
+another port (its last port was taken)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import httpx
 
@@ -9,8 +13,9 @@ DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password-2026"
 
 
-def seed_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
-    """Create the demo user and accounts unless they exist; returns the login."""
+def ensure_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
+    """Create the demo user and accounts unless they exist, point its IB accounts at the
+    running gateway; returns the login."""
     with httpx.Client(base_url=base_url, timeout=30) as client:
         client.post(
             "/api/auth/register",
@@ -28,9 +33,11 @@ def seed_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
             .json()["access_token"]
         )
         client.headers["Authorization"] = f"Bearer {token}"
-        if client.get("/api/accounts").raise_for_status().json():
-            return DEMO_EMAIL, DEMO_PASSWORD
         port = next(iter(gateways.values()), 4002)
+        accounts = client.get("/api/accounts").raise_for_status().json()
+        if accounts:
+            _repoint_ib(client, accounts, port)
+            return DEMO_EMAIL, DEMO_PASSWORD
         for name, code in (("IB Main", "U1234567"), ("IB Family", "U7654321")):
             account = (
                 client.post(
@@ -89,3 +96,20 @@ def seed_demo(base_url: str, gateways: dict[str, int]) -> tuple[str, str]:
             ).raise_for_status()
         client.post("/api/integrations/refresh")
     return DEMO_EMAIL, DEMO_PASSWORD
+
+
+def _repoint_ib(
+    client: httpx.Client, accounts: list[dict[str, Any]], port: int
+) -> None:
+    moved = False
+    for account in accounts:
+        url = f"/api/accounts/{account['id']}/integration"
+        integration = client.get(url).raise_for_status().json()
+        config = integration.get("config") or {}
+        if integration.get("type") == "IB" and config.get("port") != port:
+            client.put(
+                url, json={"type": "IB", "config": {**config, "port": port}}
+            ).raise_for_status()
+            moved = True
+    if moved:
+        client.post("/api/integrations/refresh")

@@ -12,10 +12,15 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
-from pgserver.postgres_server import PostgresServer, get_server
+
+with warnings.catch_warnings():
+    # pgserver's platformdirs warns about a missing XDG_RUNTIME_DIR; nothing to act on.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from pgserver.postgres_server import PostgresServer, get_server
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -254,6 +254,11 @@ class IntegrationTestRequest(Strict):
 class IntegrationTestReply(Strict):
     success: bool
     message: str
+    code: str | None = Field(
+        default=None,
+        max_length=64,
+        description="why it failed, for clients to word (e.g. IB 502, timeout, reauth_required)",
+    )
 
 
 class SchwabOAuthExchangeRequest(Strict):

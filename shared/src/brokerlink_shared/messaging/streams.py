@@ -51,6 +51,9 @@ def durable_subscriber(
     )
 
 
+DECLARE_TIMEOUT_S = 30.0
+
+
 async def ensure_streams(
     broker: NatsBroker,
     topology: Topology,
@@ -60,7 +63,9 @@ async def ensure_streams(
     sync_always: bool = False,
 ) -> None:
     """Create or update streams idempotently (called by their owners at start-up)."""
-    js = broker.connection.jetstream()
+    # A replicated stream is created by a quorum of NATS nodes: on a busy cluster that can take
+    # longer than the client's default 5 s, and a timeout here fails the service's start-up.
+    js = broker.connection.jetstream(timeout=DECLARE_TIMEOUT_S)
     for spec in specs:
         config = StreamConfig(
             name=topology.stream_name(spec),

@@ -22,12 +22,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", help="scenario JSON file (default: no gateways)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--gateway-port",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="listen for gateway NAME on PORT (overrides the scenario; repeatable)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
 
+def _name_port(item: str) -> tuple[str, int]:
+    name, sep, port = item.partition("=")
+    if not sep or not port.isdigit():
+        raise SystemExit(
+            f"ib-gateway-sim: --gateway-port wants NAME=PORT, got {item!r}"
+        )
+    return name, int(port)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     scenario = Scenario.load(args.scenario) if args.scenario else Scenario()
+    ports = dict(_name_port(item) for item in args.gateway_port)
+    for gateway in scenario.gateways:
+        gateway.port = ports.get(gateway.name, gateway.port)
     sim = IBGatewaySimulator(scenario, host=args.host, admin_port=args.admin_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""`schwab-api-sim --scenario PATH --host 127.0.0.1 --port N`: prints `{"base_url": ...}` once ready."""
+"""`schwab-api-sim --scenario PATH --host 127.0.0.1 --port N [--tls-cert C --tls-key K]`: prints
+`{"base_url": ...}` once ready."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import orjson
 from brokerlink_simulators.schwab_api.server import SchwabApiSimulator
 
 
-async def _serve(scenario: str | None, host: str, port: int) -> None:
-    sim = SchwabApiSimulator(scenario, host=host, port=port)
+async def _serve(
+    scenario: str | None, host: str, port: int, tls: tuple[str, str] | None
+) -> None:
+    sim = SchwabApiSimulator(scenario, host=host, port=port, tls=tls)
     await sim.start()
     sys.stdout.write(orjson.dumps({"base_url": sim.base_url}).decode() + "\n")
     sys.stdout.flush()
@@ -35,8 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", help="scenario JSON file (default: empty world)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.scenario, args.host, args.port))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    asyncio.run(_serve(args.scenario, args.host, args.port, tls))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class SchwabApiSimulator:
         scenario: Scenario | str | Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         if isinstance(scenario, str | Path):
             scenario = Scenario.from_file(scenario)
@@ -29,13 +30,14 @@ class SchwabApiSimulator:
         self.app = create_app(self.state)
         self._host = host
         self._port = port
+        self._tls = tls  # (certificate file, key file): serve https
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def base_url(self) -> str:
-        """`http://host:port` once started."""
-        return f"http://{self._host}:{self._port}"
+        """`http(s)://host:port` once started."""
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         """Start serving; returns once the socket listens."""
@@ -46,6 +48,8 @@ class SchwabApiSimulator:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            ssl_certfile=self._tls[0] if self._tls else None,
+            ssl_keyfile=self._tls[1] if self._tls else None,
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

@@ -12,7 +12,7 @@ from account_api.tables import Account
 
 _COLUMNS = """id, name, currency, account_type, account_number, original_capital, current_balance,
     last_updated, integration_type, integration_config, integration_status, last_error,
-    last_refresh_at, created_at, updated_at"""
+    last_refresh_at, last_success_at, last_failure_at, last_error_code, created_at, updated_at"""
 
 
 class AccountRepository:
@@ -106,3 +106,21 @@ class AccountReadModel:
                 prepare=True,
             )
             return await cur.fetchone()  # type: ignore[return-value]
+
+    async def totals_for_user(self, user_id: int) -> tuple[str, list[dict[str, Any]]]:
+        """The user's base currency and, per account currency, the sum of balances."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT currency, sum(current_balance) AS total, count(*) AS accounts "
+                "FROM accounts WHERE user_id = %s GROUP BY currency ORDER BY currency",
+                (user_id,),
+                prepare=True,
+            )
+            rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]
+            cur = await conn.execute(
+                "SELECT base_currency FROM users WHERE id = %s",
+                (user_id,),
+                prepare=True,
+            )
+            user: dict[str, Any] | None = await cur.fetchone()  # type: ignore[assignment]
+        return (user or {}).get("base_currency") or "USD", rows

@@ -6,7 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from account_api.accounts import service
 from account_api.accounts.repository import AccountReadModel
-from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.accounts.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    TotalsOut,
+)
 from account_api.audit import service as audit_service
 from account_api.audit.schemas import AuditOut
 from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
@@ -22,9 +27,16 @@ async def list_accounts(actor: CurrentActor, c: ContainerDep) -> JSONBytes:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
 async def create_account(
-    body: AccountCreate, actor: CurrentActor, uow: UowDep
+    body: AccountCreate, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> AccountOut:
-    return await service.create_account(uow, actor, body)
+    return await service.create_account(
+        uow, actor, body, c.settings.max_accounts_per_user
+    )
+
+
+@router.get("/totals", response_model=TotalsOut)
+async def totals(actor: CurrentActor, c: ContainerDep) -> TotalsOut:
+    return await service.totals(AccountReadModel(c.read_pool), actor)
 
 
 @router.get("/{account_id}", response_model=AccountOut)

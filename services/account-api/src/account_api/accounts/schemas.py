@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from account_api.currencies import validate_currency
-from account_api.integrations.schemas import IntegrationIn
+from account_api.integrations.schemas import IntegrationIn, SyncOut
 
 Money = Annotated[
     Decimal,
@@ -70,5 +70,26 @@ class AccountOut(BaseModel):
     integration_status: str
     last_error: str | None
     last_refresh_at: datetime | None
+    sync: SyncOut | None = Field(
+        description="sync facts of an integrated account (null without an integration)"
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class CurrencyTotalOut(BaseModel):
+    currency: str
+    total: Decimal
+    accounts: int
+
+
+class TotalsOut(BaseModel):
+    """Net worth across the user's accounts. No exchange rates are applied: `net_worth` is
+    given only when every account is in one currency; otherwise read `by_currency`."""
+
+    base_currency: str
+    by_currency: list[CurrencyTotalOut]
+    net_worth: Decimal | None = Field(
+        description="the sum of all balances, when they share one currency"
+    )
+    net_worth_currency: str | None

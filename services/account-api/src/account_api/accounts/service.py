@@ -6,32 +6,58 @@ from datetime import UTC, datetime
 from typing import Any
 
 from account_api.accounts.repository import AccountReadModel, AccountRepository
-from account_api.accounts.schemas import AccountCreate, AccountOut, AccountUpdate
+from account_api.accounts.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    CurrencyTotalOut,
+    TotalsOut,
+)
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound
 from account_api.integrations import rules
 from account_api.integrations.service import IntegrationService
+from account_api.limits import ensure_account_quota
 from account_api.tables import Account
 
 
 def account_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of the read model as the API shows it (secrets masked)."""
+    """A row of the read model as the API shows it (secrets masked, sync facts gathered)."""
+    row["sync"] = rules.sync_facts(row)
+    for name in ("last_success_at", "last_failure_at", "last_error_code"):
+        del row[name]
     row["integration_config"] = rules.public_config(
         row["integration_type"], row["integration_config"]
     )
     return row
 
 
+_ROW_FIELDS = (set(AccountOut.model_fields) - {"sync"}) | set(rules.SYNC_COLUMNS)
+
+
 def _out(account: Account) -> AccountOut:
     return AccountOut.model_validate(
-        account_view({k: getattr(account, k) for k in AccountOut.model_fields})
+        account_view({k: getattr(account, k) for k in _ROW_FIELDS})
     )
 
 
 async def list_accounts(reads: AccountReadModel, actor: Actor) -> list[dict[str, Any]]:
     return [account_view(r) for r in await reads.list_for_user(actor.user_id)]
+
+
+async def totals(reads: AccountReadModel, actor: Actor) -> TotalsOut:
+    """Per-currency totals; one net worth only where the currencies agree (no FX source)."""
+    base, rows = await reads.totals_for_user(actor.user_id)
+    by_currency = [CurrencyTotalOut.model_validate(r) for r in rows]
+    single = by_currency[0] if len(by_currency) == 1 else None
+    return TotalsOut(
+        base_currency=base,
+        by_currency=by_currency,
+        net_worth=single.total if single else None,
+        net_worth_currency=single.currency if single else None,
+    )
 
 
 async def get_account(
@@ -44,9 +70,10 @@ async def get_account(
 
 
 async def create_account(
-    uow: UnitOfWork, actor: Actor, body: AccountCreate
+    uow: UnitOfWork, actor: Actor, body: AccountCreate, max_accounts: int
 ) -> AccountOut:
     async with uow:
+        await ensure_account_quota(uow.session, actor.user_id, max_accounts)
         account = await AccountRepository(uow.session).add(
             Account(
                 user_id=actor.user_id,
@@ -107,11 +134,15 @@ async def update_account(
             removal = configuration.apply_removal(uow, actor, account)
             await audit(uow, actor, removal)
         elif body.integration is not None:
+            await configuration.check_configuration(
+                uow, actor, account, body.integration
+            )
             change = configuration.apply_configuration(
                 uow, actor, account, body.integration
             )
             if change.fields:
                 await audit(uow, actor, change)
+                configuration.first_refresh(uow, actor, account)
         if changed:
             account.updated_at = datetime.now(UTC)
             await audit(uow, actor, Change("account.update", account.id, changed))

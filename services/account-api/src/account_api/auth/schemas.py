@@ -11,19 +11,43 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+Password = Annotated[SecretStr, Field(min_length=8, max_length=256)]
+# A 6-digit TOTP code or a recovery code (xxxxx-xxxxx).
+SecondFactor = Annotated[SecretStr, Field(min_length=6, max_length=16)]
+
+
 class RegisterIn(_In):
     email: Annotated[EmailStr, Field(max_length=254)]
-    password: Annotated[SecretStr, Field(min_length=8, max_length=256)]
+    password: Password
     name: Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class LoginIn(_In):
     email: Annotated[str, Field(min_length=1, max_length=254)]
     password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+    code: SecondFactor | None = Field(
+        default=None,
+        description="required when two-factor sign-in is on: the authenticator's code "
+        "or a recovery code",
+    )
 
 
 class RefreshIn(_In):
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class PasswordChangeIn(_In):
+    current_password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+    new_password: Password
+
+
+class TwoFactorCodeIn(_In):
+    code: SecondFactor
+
+
+class TwoFactorDisableIn(_In):
+    password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+    code: SecondFactor
 
 
 class TokenOut(BaseModel):
@@ -38,3 +62,16 @@ class UserOut(BaseModel):
     email: str
     name: str
     base_currency: str
+    two_factor_enabled: bool = False
+
+
+class TwoFactorSetupOut(BaseModel):
+    secret: str = Field(description="base32, for typing into an authenticator by hand")
+    otpauth_uri: str
+    qr_svg: str
+
+
+class RecoveryCodesOut(BaseModel):
+    recovery_codes: list[str] = Field(
+        description="each usable once instead of a code; shown only now"
+    )

@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -22,7 +21,7 @@ from account_api.compat.schemas import (
 from account_api.compat.service import CompatService, usage
 from account_api.deps import ContainerDep, CurrentActor, UowDep
 from account_api.errors import AccountApiError
-from account_api.exception_handlers import error_response
+from account_api.exception_handlers import error_response, validation_error_response
 
 DEPRECATED_ON = "@1795478400"  # 2026-11-24 (RFC 9745 structured date)
 SUNSET = "Mon, 31 May 2027 00:00:00 GMT"  # RFC 8594: removed with the first release after this date
@@ -42,7 +41,7 @@ class DeprecatedRoute(APIRoute):
             except AccountApiError as exc:
                 response = error_response(exc)
             except RequestValidationError as exc:
-                response = await request_validation_exception_handler(request, exc)
+                response = validation_error_response(exc)
             successor = getattr(request.state, "successor", None) or SUCCESSOR
             response.headers["Deprecation"] = DEPRECATED_ON
             response.headers["Sunset"] = SUNSET

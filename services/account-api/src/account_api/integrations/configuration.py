@@ -3,7 +3,9 @@ connectors must learn of is written to the outbox in the same transaction, with 
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from brokerlink_shared.contracts.events import (
     IntegrationTestReply,
@@ -20,8 +22,10 @@ from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
 from account_api.db import UnitOfWork
+from account_api.gateways.service import GatewayEndpoints
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
+from account_api.integrations.refreshes import RefreshService
 from account_api.integrations.repository import (
     IntegrationRepository,
     integration_state,
@@ -32,7 +36,9 @@ from account_api.integrations.schemas import (
     IntegrationOut,
     TestResultOut,
 )
+from account_api.limits import ensure_integration_quota
 from account_api.tables import Account
+from account_api.throttling import rate_limit
 
 
 class IntegrationConfiguration:
@@ -43,12 +49,28 @@ class IntegrationConfiguration:
         publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
+        refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
         self._publisher = publisher
         self._broker = broker
         self._topology = topology
+        self._refreshes = refreshes
+        self._gateways = GatewayEndpoints(settings.ib_reach)
+
+    async def check_configuration(
+        self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
+    ) -> None:
+        """Before `apply_configuration`: a new integration must fit the user's quota, and an
+        IB config's gateways must be allowed and free or the actor's own (the free ones
+        become the actor's)."""
+        if account.integration_type is None:
+            await ensure_integration_quota(
+                uow.session, actor.user_id, self._settings.max_integrations_per_user
+            )
+        if isinstance(body, IBIntegrationIn):
+            await self._gateways.claim(uow.session, actor.user_id, body.config)
 
     def apply_configuration(
         self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
@@ -57,11 +79,7 @@ class IntegrationConfiguration:
         audit (its `fields` empty when nothing changed, and then nothing was written)."""
         before_type, before = account.integration_type, account.integration_config
         action = "integration.update" if before_type else "integration.create"
-        if isinstance(body, IBIntegrationIn):
-            stored = rules.merge_ib(body.config)
-        else:
-            previous = before if before_type == "SCHWAB" else None
-            stored = rules.merge_schwab(body.config, previous, self._secrets)
+        stored = self._merged(account, body)
         changed = rules.changed_fields(
             before if before_type == body.type else None, stored
         )
@@ -79,6 +97,17 @@ class IntegrationConfiguration:
             self._integrations(uow).save(account, transition)
             account.updated_at = now
         return Change(action, account.id, changed)
+
+    def _merged(self, account: Account, body: IntegrationIn) -> dict[str, Any]:
+        """The stored form `body` would give this account (omitted secrets and backups kept)."""
+        same = (
+            account.integration_config
+            if account.integration_type == body.type
+            else None
+        )
+        if isinstance(body, IBIntegrationIn):
+            return rules.merge_ib(body.config, same)
+        return rules.merge_schwab(body.config, same, self._secrets)
 
     def apply_removal(self, uow: UnitOfWork, actor: Actor, account: Account) -> Change:
         """Remove the integration in the open transaction and tell the connector."""
@@ -98,11 +127,25 @@ class IntegrationConfiguration:
     ) -> IntegrationOut:
         async with uow:
             account = await owned_account(uow, actor, account_id, lock=True)
+            await self.check_configuration(uow, actor, account, body)
             change = self.apply_configuration(uow, actor, account, body)
+            refresh_id = None
             if change.fields:
                 await audit(uow, actor, change)
+                refresh_id = self.first_refresh(uow, actor, account)
                 await uow.commit()
-            return integration_out(account)
+            return integration_out(account, refresh_id)
+
+    def first_refresh(
+        self, uow: UnitOfWork, actor: Actor, account: Account
+    ) -> uuid.UUID | None:
+        """After a saved change, queue the refresh that shows the first balance without anyone
+        asking — when one could succeed now (IB; Schwab once signed in)."""
+        if not rules.can_refresh(account.integration_type, account.integration_config):
+            return None
+        return self._refreshes.stage(
+            uow, account, correlation=actor.request_id, job_id=None
+        )
 
     async def remove(self, uow: UnitOfWork, actor: Actor, account_id: int) -> None:
         async with uow:
@@ -112,17 +155,37 @@ class IntegrationConfiguration:
             await uow.commit()
 
     async def test(
-        self, uow: UnitOfWork, actor: Actor, account_id: int
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        account_id: int,
+        body: IntegrationIn | None = None,
     ) -> TestResultOut:
+        """Test the saved settings, or (a dry run) `body` as it would be saved; stores nothing."""
         async with uow:
             account = await owned_account(uow, actor, account_id)
-            state = lifecycle.tested(integration_state(account)).state
-            kind = Broker(state.require_configured())
+            if body is not None:
+                kind = Broker(body.type)
+                if isinstance(body, IBIntegrationIn):
+                    # the same reach and ownership rules as a save, recording nothing
+                    await self._gateways.check(uow.session, actor.user_id, body.config)
+                stored = self._merged(account, body)
+            else:
+                state = lifecycle.tested(integration_state(account)).state
+                kind = Broker(state.require_configured())
+                stored = dict(state.config or {})
+            await rate_limit(
+                uow.session,
+                f"test:acct:{account.id}",
+                self._settings.tests_per_account_per_minute,
+                "connection tests of an account",
+            )
+            await uow.commit()
             request = IntegrationTestRequest(
                 broker=kind,
                 account_id=account.id,
                 user_id=actor.user_id,
-                config=rules.bus_connection(kind.value, dict(state.config or {})),
+                config=rules.bus_connection(kind.value, stored),
                 timeout_s=self._settings.integration_test_timeout_s,
             )
         try:
@@ -133,18 +196,23 @@ class IntegrationConfiguration:
                 IntegrationTestReply,
                 timeout_s=self._settings.integration_test_timeout_s + 1,
             )
-            result = TestResultOut(success=reply.success, message=reply.message)
+            result = TestResultOut(
+                success=reply.success, message=reply.message, code=reply.code
+            )
         except (NoRespondersError, NatsTimeout, TimeoutError):
             result = TestResultOut(
                 success=False,
                 message=f"no {kind.value} connector answered; is it running?",
+                code="no_connector",
             )
         async with uow:
             await audit(
                 uow,
                 actor,
                 Change(
-                    "integration.test", account_id, detail={"success": result.success}
+                    "integration.test",
+                    account_id,
+                    detail={"success": result.success, "unsaved": body is not None},
                 ),
             )
             await uow.commit()

@@ -60,6 +60,7 @@ class IntegrationState:
     last_error_code: str | None = None
     last_refresh_at: datetime | None = None
     last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
     last_connected_at: datetime | None = None
     token_access_expires_at: datetime | None = None
     token_refresh_expires_at: datetime | None = None
@@ -104,6 +105,7 @@ def configured(
         status_at=now,
         last_error=None,
         last_error_code=None,
+        last_failure_at=None,
     )
     if drop_tokens:
         new = new.with_(token_access_expires_at=None, token_refresh_expires_at=None)
@@ -134,6 +136,7 @@ def removed(
         status_at=now,
         last_error=None,
         last_error_code=None,
+        last_failure_at=None,
         token_access_expires_at=None,
         token_refresh_expires_at=None,
     )
@@ -204,10 +207,13 @@ def refresh_succeeded(state: IntegrationState, *, now: datetime) -> Transition:
 
 
 def refresh_failed(
-    state: IntegrationState, *, message: str, code: str | None
+    state: IntegrationState, *, message: str, code: str | None, now: datetime
 ) -> Transition:
-    """A (non-stale) refresh failed: its message is the integration's last error."""
-    return Transition(state.with_(last_error=message, last_error_code=code))
+    """A (non-stale) refresh failed: its message is the integration's last error, and `now`
+    the last failure (which, against the last success, says how the newest attempt ended)."""
+    return Transition(
+        state.with_(last_error=message, last_error_code=code, last_failure_at=now)
+    )
 
 
 def status_reported(

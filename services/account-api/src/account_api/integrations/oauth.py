@@ -29,6 +29,7 @@ from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound, Conflict, InvalidField
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
+from account_api.integrations.refreshes import RefreshService
 from account_api.integrations.repository import (
     IntegrationRepository,
     OAuthStateRepository,
@@ -48,12 +49,14 @@ class SchwabOAuthFlow:
         publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
+        refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
         self._publisher = publisher
         self._broker = broker
         self._topology = topology
+        self._refreshes = refreshes
 
     def _sign(self, nonce: str) -> str:
         key = self._settings.jwt_secret.get_secret_value().encode()
@@ -221,5 +224,7 @@ class SchwabOAuthFlow:
                     detail={"success": True},
                 ),
             )
+            # Signed in: fetch the first balance now rather than at the next schedule.
+            self._refreshes.stage(uow, account, correlation=request_id, job_id=None)
             await uow.commit()
             return account_id, True, reply.message

@@ -3,6 +3,8 @@ cash of the last balance."""
 
 from __future__ import annotations
 
+import uuid
+
 from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.db import UnitOfWork
@@ -18,13 +20,17 @@ from account_api.integrations.schemas import (
 from account_api.tables import Account
 
 
-def integration_out(account: Account) -> IntegrationOut:
+def integration_out(
+    account: Account, refresh_id: uuid.UUID | None = None
+) -> IntegrationOut:
     return IntegrationOut(
         type=account.integration_type,  # type: ignore[arg-type]
         config=rules.public_config(
             account.integration_type, account.integration_config
         ),
         status=account.integration_status,
+        sync=rules.sync_facts_of(account),  # type: ignore[arg-type]
+        refresh_id=refresh_id,
         last_error=account.last_error,
         last_error_code=account.last_error_code,
         last_refresh_at=account.last_refresh_at,
@@ -63,6 +69,7 @@ class IntegrationReads:
                     account_name=a.name,
                     type=a.integration_type or "",
                     status=a.integration_status,
+                    sync=rules.sync_facts_of(a),  # type: ignore[arg-type]
                     last_success_at=a.last_success_at,
                     last_refresh_at=a.last_refresh_at,
                     last_error=a.last_error,

@@ -13,6 +13,7 @@ from brokerlink_shared.messaging import EventPublisher
 from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
+from account_api.config import Settings
 from account_api.db import UnitOfWork
 from account_api.errors import NotFound, UpstreamFailed
 from account_api.integrations import lifecycle
@@ -25,14 +26,18 @@ from account_api.integrations.repository import (
 from account_api.integrations.schemas import RefreshJobOut, RefreshOut
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.tables import Account
+from account_api.throttling import rate_limit
 
 
 class RefreshService:
-    def __init__(self, publisher: EventPublisher, waiter: RefreshWaiter) -> None:
+    def __init__(
+        self, settings: Settings, publisher: EventPublisher, waiter: RefreshWaiter
+    ) -> None:
+        self._settings = settings
         self._publisher = publisher
         self._waiter = waiter
 
-    def _stage_refresh(
+    def stage(
         self,
         uow: UnitOfWork,
         account: Account,
@@ -41,6 +46,7 @@ class RefreshService:
         job_id: uuid.UUID | None,
         refresh_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
+        """Queue a refresh of `account` in the open transaction (outbox); returns its id."""
         refresh_id = refresh_id or uuid.uuid4()
         transition = lifecycle.refresh_requested(
             integration_state(account),
@@ -62,12 +68,19 @@ class RefreshService:
         async with self._waiter.watch(refresh_id) as done:
             async with uow:
                 account = await owned_account(uow, actor, account_id, lock=True)
-                self._stage_refresh(
+                self.stage(
                     uow,
                     account,
                     correlation=actor.request_id,
                     job_id=None,
                     refresh_id=refresh_id,
+                )
+                # after the owner check: nobody else can spend this account's budget
+                await rate_limit(
+                    uow.session,
+                    f"refresh:acct:{account.id}",
+                    self._settings.refreshes_per_account_per_minute,
+                    "refreshes of an account",
                 )
                 await audit(
                     uow,
@@ -133,6 +146,13 @@ class RefreshService:
         """Refresh every integrated account of the actor (or of everyone, for the scheduler)."""
         job_id = uuid.uuid4()
         async with uow:
+            if actor is not None:
+                await rate_limit(
+                    uow.session,
+                    f"refresh-all:user:{actor.user_id}",
+                    self._settings.bulk_refreshes_per_user_per_minute,
+                    "refreshes of all accounts",
+                )
             # Locked, so a concurrent change of an integration cannot slip between our read of
             # its config and the refresh command we queue with it.
             accounts = await AccountRepository(uow.session).integrated(
@@ -142,7 +162,7 @@ class RefreshService:
                 job_id, actor.user_id if actor else None, len(accounts), trigger
             )
             for account in accounts:
-                self._stage_refresh(
+                self.stage(
                     uow,
                     account,
                     correlation=actor.request_id if actor else f"scheduled-{job_id}",

@@ -45,6 +45,7 @@ _STATE_FIELDS = (
     "last_error_code",
     "last_refresh_at",
     "last_success_at",
+    "last_failure_at",
     "last_connected_at",
     "token_access_expires_at",
     "token_refresh_expires_at",

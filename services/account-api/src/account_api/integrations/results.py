@@ -125,7 +125,10 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
         refresh = await _refresh(uow, p.refresh_id)
         if account is not None and not _stale_reason(account, p.broker.value, refresh):
             transition = lifecycle.refresh_failed(
-                integration_state(account), message=p.message, code=p.code
+                integration_state(account),
+                message=p.message,
+                code=p.code,
+                now=datetime.now(UTC),
             )
             store_state(account, transition.state)
         if refresh is not None and refresh.status == "pending":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from account_api.deps import ContainerDep, CurrentActor, DbId, UowDep
@@ -54,9 +54,20 @@ async def delete_integration(
 
 @router.post(f"{ACCOUNT}/test", response_model=TestResultOut)
 async def test_integration(
-    account_id: DbId, actor: CurrentActor, uow: UowDep, c: ContainerDep
+    account_id: DbId,
+    actor: CurrentActor,
+    uow: UowDep,
+    c: ContainerDep,
+    body: Annotated[
+        IntegrationIn | None,
+        Body(
+            description="settings to test without saving them (the same body as PUT; "
+            "omitted secrets and backups are taken from the saved integration); "
+            "no body tests the saved settings"
+        ),
+    ] = None,
 ) -> TestResultOut:
-    return await c.integrations.configuration.test(uow, actor, account_id)
+    return await c.integrations.configuration.test(uow, actor, account_id, body)
 
 
 @router.post(

@@ -3,7 +3,9 @@ output, building the bus form, and which changes matter. No I/O here."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
 
 from brokerlink_shared.contracts.values import IBConnection, SchwabConnection
 from brokerlink_shared.crypto import SecretBox
@@ -17,11 +19,17 @@ SECRET_FIELDS = frozenset(
 )
 
 
-def merge_ib(config: IBConfigIn) -> dict[str, Any]:
-    """Stored form of an IB config (it holds no secrets)."""
-    return IBConnection.model_validate(config.model_dump()).model_dump(
-        mode="json", exclude={"type"}
+def merge_ib(config: IBConfigIn, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored form of an IB config (it holds no secrets). Backup gateways the request does not
+    mention are kept (absent = keep, `[]` = clear), so a form that cannot show them never
+    drops them."""
+    values = config.model_dump(exclude={"backups"})
+    values["backups"] = (
+        (stored or {}).get("backups", [])
+        if config.backups is None
+        else [b.model_dump() for b in config.backups]
     )
+    return IBConnection.model_validate(values).model_dump(mode="json", exclude={"type"})
 
 
 def merge_schwab(
@@ -63,6 +71,13 @@ def merge_schwab(
     if "unverified" in previous and same_login:
         merged["unverified"] = previous["unverified"]
     return merged
+
+
+def can_refresh(integration_type: str | None, stored: dict[str, Any] | None) -> bool:
+    """Whether a refresh could succeed now: IB always, Schwab once signed in."""
+    if integration_type == "IB":
+        return True
+    return integration_type == "SCHWAB" and bool((stored or {}).get("token_enc"))
 
 
 def changed_fields(
@@ -122,3 +137,64 @@ def bus_connection(
         account_hash=stored.get("account_hash"),
         login=stored.get("login"),
     )
+
+
+# ---- sync facts ------------------------------------------------------------------------------
+
+SYNC_COLUMNS = (
+    "integration_type",
+    "integration_config",
+    "integration_status",
+    "last_refresh_at",
+    "last_success_at",
+    "last_failure_at",
+    "last_error",
+    "last_error_code",
+)
+Attempt = Literal["pending", "succeeded", "failed"]
+
+
+def last_attempt(
+    asked_at: datetime | None,
+    succeeded_at: datetime | None,
+    failed_at: datetime | None,
+) -> Attempt | None:
+    """How the newest refresh ended, from the account's three times (one clock: ours).
+
+    A refresh asked after the newest result is still running; otherwise the newer result wins.
+    """
+    results = [t for t in (succeeded_at, failed_at) if t is not None]
+    newest = max(results) if results else None
+    if asked_at is not None and (newest is None or newest < asked_at):
+        return "pending"
+    if failed_at is not None and (succeeded_at is None or failed_at > succeeded_at):
+        return "failed"
+    return "succeeded" if succeeded_at is not None else None
+
+
+def sync_facts(account: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One account's sync facts, the same wherever the account is shown (account list,
+    integration, health page); None for an account without an integration."""
+    kind = account["integration_type"]
+    if kind is None:
+        return None
+    config = account["integration_config"] or {}
+    return {
+        "status": account["integration_status"],
+        "last_success_at": account["last_success_at"],
+        "last_attempt_at": account["last_refresh_at"],
+        "last_failure_at": account["last_failure_at"],
+        "last_attempt": last_attempt(
+            account["last_refresh_at"],
+            account["last_success_at"],
+            account["last_failure_at"],
+        ),
+        "last_error": account["last_error"],
+        "last_error_code": account["last_error_code"],
+        "signed_in": bool(config.get("token_enc")) if kind == "SCHWAB" else None,
+    }
+
+
+def sync_facts_of(account: object) -> dict[str, Any] | None:
+    """`sync_facts` of an ORM account."""
+    return sync_facts({name: getattr(account, name) for name in SYNC_COLUMNS})

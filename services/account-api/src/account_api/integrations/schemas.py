@@ -28,7 +28,17 @@ class IBConfigIn(_In):
     client_id: ClientId
     account_code: Annotated[str, Field(pattern=IB_ACCOUNT_CODE)] | None = None
     read_only: bool = True
-    backups: Annotated[list[GatewayAddress], Field(max_length=8)] = []
+    backups: (
+        Annotated[
+            list[GatewayAddress],
+            Field(
+                max_length=8,
+                description="tried in order when the main gateway is down; "
+                "absent keeps the stored list, [] clears it",
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("host")
     @classmethod
@@ -73,10 +83,34 @@ IntegrationIn = Annotated[
 ]
 
 
+class SyncOut(BaseModel):
+    """One account's sync facts, identical in the account list, its integration and the
+    health page: the UI words them with one formatter."""
+
+    status: str
+    last_success_at: datetime | None = Field(description="newest balance recorded")
+    last_attempt_at: datetime | None = Field(description="newest refresh asked for")
+    last_failure_at: datetime | None = Field(description="newest refresh that failed")
+    last_attempt: Literal["pending", "succeeded", "failed"] | None = Field(
+        description="how the newest refresh ended (pending: still running)"
+    )
+    last_error: str | None
+    last_error_code: str | None
+    signed_in: bool | None = Field(
+        description="Schwab: tokens are stored; null for other brokers"
+    )
+
+
 class IntegrationOut(BaseModel):
     type: Literal["IB", "SCHWAB"] | None
     config: dict[str, Any] | None
     status: str
+    sync: SyncOut | None = None
+    refresh_id: uuid.UUID | None = Field(
+        default=None,
+        description="the first refresh this change started (poll "
+        "/integration/refresh/{refresh_id}); null when none was needed",
+    )
     last_error: str | None = None
     last_error_code: str | None = None
     last_refresh_at: datetime | None = None
@@ -89,6 +123,9 @@ class IntegrationOut(BaseModel):
 class TestResultOut(BaseModel):
     success: bool
     message: str
+    code: str | None = Field(
+        default=None, description="the broker's or connector's error code on failure"
+    )
 
 
 class RefreshOut(BaseModel):
@@ -113,6 +150,7 @@ class HealthRowOut(BaseModel):
     account_name: str
     type: str
     status: str
+    sync: SyncOut
     last_success_at: datetime | None
     last_refresh_at: datetime | None
     last_error: str | None

@@ -36,11 +36,14 @@ class IntegrationService:
         topology: Topology,
         waiter: RefreshWaiter,
     ) -> IntegrationService:
+        refreshes = RefreshService(settings, publisher, waiter)
         return cls(
             configuration=IntegrationConfiguration(
-                settings, secrets, publisher, broker, topology
+                settings, secrets, publisher, broker, topology, refreshes
             ),
-            refreshes=RefreshService(publisher, waiter),
-            oauth=SchwabOAuthFlow(settings, secrets, publisher, broker, topology),
+            refreshes=refreshes,
+            oauth=SchwabOAuthFlow(
+                settings, secrets, publisher, broker, topology, refreshes
+            ),
             reads=IntegrationReads(),
         )

@@ -128,6 +128,9 @@ class PendingLinkService:
             if account is None:
                 raise AccountNotFound()
             body = build_integration_in(item, account, self._secrets)
+            await self._integrations.configuration.check_configuration(
+                uow, actor, account, body
+            )
             change = self._integrations.configuration.apply_configuration(
                 uow, actor, account, body
             )

@@ -25,3 +25,23 @@ class SchedulerRepository:
             CLAIM, {"name": name, "now": now, "next": next_run_at}
         )
         return result.scalar_one_or_none() is not None
+
+
+class RetentionRepository:
+    """Batched deletes of rows past their retention (conditions from `scheduling.retention`)."""
+
+    BATCH = 5000
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def purge(self, table: str, condition: str, params: dict[str, int]) -> int:
+        """Delete one batch of rows matching `condition`; returns how many went."""
+        result = await self._session.execute(
+            text(
+                f"DELETE FROM {table} WHERE ctid IN "
+                f"(SELECT ctid FROM {table} WHERE {condition} LIMIT {self.BATCH})"
+            ),
+            params,
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

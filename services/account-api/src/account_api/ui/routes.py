@@ -23,6 +23,7 @@ router = APIRouter(include_in_schema=False)
 NAV = (
     ("accounts", "/", "Accounts"),
     ("health", "/health-dashboard", "Integration health"),
+    ("security", "/security", "Security"),
 )
 # Content-Security-Policy: the pages load only their own script and stylesheet; the Schwab
 # consent page opens in a popup (a separate document), so nothing else needs allowing.
@@ -58,6 +59,11 @@ async def accounts_page(request: Request) -> HTMLResponse:
 @router.get("/health-dashboard", response_class=HTMLResponse)
 async def health_page(request: Request) -> HTMLResponse:
     return _page(request, "health.html", "health", "Integration health")
+
+
+@router.get("/security", response_class=HTMLResponse)
+async def security_page(request: Request) -> HTMLResponse:
+    return _page(request, "security.html", "security", "Security")
 
 
 @router.get("/login", response_class=HTMLResponse)

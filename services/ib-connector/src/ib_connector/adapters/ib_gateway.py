@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from brokerlink_shared.reach import HostNotAllowed, NetworkReach
 from ib_async import IB
 from ib_async.ib import StartupFetch
 
@@ -39,7 +40,13 @@ GatewayClosed = Callable[[str], None]
 class IBGatewayClient:
     """One ib_async connection. Callbacks report notices (1100/1102) and an unexpected close."""
 
-    def __init__(self, on_notice: GatewayNotice, on_closed: GatewayClosed) -> None:
+    def __init__(
+        self,
+        on_notice: GatewayNotice,
+        on_closed: GatewayClosed,
+        reach: NetworkReach | None = None,
+    ) -> None:
+        self._reach = reach
         self._ib = IB()
         self._ib.RaiseRequestErrors = True
         self._on_notice = on_notice
@@ -63,13 +70,23 @@ class IBGatewayClient:
     async def connect(
         self, host: str, port: int, client_id: int, timeout_s: float
     ) -> list[str]:
-        """Open the API session; returns the managed accounts or raises `GatewayError`."""
+        """Open the API session; returns the managed accounts or raises `GatewayError`.
+
+        With a reach policy the host is resolved and checked first, and the connection goes to
+        the checked address (a name cannot resolve elsewhere between the check and the connect).
+        """
+        address = host
+        if self._reach is not None:
+            try:
+                address = (await self._reach.resolve(host, port))[0]
+            except HostNotAllowed as exc:
+                raise GatewayError(exc.code, exc.message) from None
         loop = asyncio.get_running_loop()
         failure: asyncio.Future[GatewayError] = loop.create_future()
         self._connect_failure = failure
         attempt = asyncio.ensure_future(
             self._ib.connectAsync(
-                host,
+                address,
                 port,
                 client_id,
                 timeout=timeout_s,

@@ -41,9 +41,10 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from ib_connector.domain.endpoints import SessionKey, session_key
+
 log = logging.getLogger(__name__)
 
-SessionKey = tuple[str, int, int]
 # Give sessions up when this share of the lease TTL has passed without a renewal: the others
 # may take over only once the whole TTL has passed.
 LOSS_MARGIN = 0.6
@@ -51,7 +52,7 @@ LOSS_MARGIN = 0.6
 
 def session_kv_key(key: SessionKey) -> str:
     """A KV-safe, stable name for a session key."""
-    digest = hashlib.sha256(f"{key[0]}|{key[1]}|{key[2]}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256("|".join(map(str, key)).encode()).hexdigest()[:24]
     return f"s{digest}"
 
 
@@ -64,10 +65,16 @@ class SessionRecord:
     accounts: dict[str, dict[str, Any]] = field(
         default_factory=dict
     )  # account_id -> {user_id, account_code}
+    user_id: int = 0
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"owner": self.owner, "config": self.config, "accounts": self.accounts}
+            {
+                "owner": self.owner,
+                "config": self.config,
+                "accounts": self.accounts,
+                "user_id": self.user_id,
+            }
         )
 
     @classmethod
@@ -77,11 +84,16 @@ class SessionRecord:
             owner=data["owner"],
             config=data["config"],
             accounts=data.get("accounts", {}),
+            user_id=int(data.get("user_id") or 0),
         )
 
     @property
     def ib_config(self) -> IBConnection:
         return IBConnection.model_validate(self.config)
+
+    @property
+    def session_key(self) -> SessionKey:
+        return session_key(self.ib_config, self.user_id)
 
 
 AdoptSession = Callable[[SessionRecord], Awaitable[None]]
@@ -192,7 +204,9 @@ class SessionOwnership:
                 if known is None:
                     known = await self._read(kv_key)
                 if known is None:
-                    record = SessionRecord(self.replica_id, _config_dict(config))
+                    record = SessionRecord(
+                        self.replica_id, _config_dict(config), user_id=key.user_id
+                    )
                     _add_account(record, account_id, user_id, config)
                     try:
                         revision = await self._kv.create(kv_key, record.encode())
@@ -213,7 +227,10 @@ class SessionOwnership:
                     return record.owner
                 # free or owned by a replica that is gone: take it over
                 taken = SessionRecord(
-                    self.replica_id, _config_dict(config), dict(record.accounts)
+                    self.replica_id,
+                    _config_dict(config),
+                    dict(record.accounts),
+                    key.user_id,
                 )
                 _add_account(taken, account_id, user_id, config)
                 if await self._write(kv_key, taken, revision):
@@ -322,7 +339,7 @@ class SessionOwnership:
                     "gateway session taken over by another replica",
                     extra={"owner": record.owner},
                 )
-                await self._release(record.ib_config.session_key)
+                await self._release(record.session_key)
 
     async def _is_live(self, replica: str) -> bool:
         """Whether a replica holds its lease; asks the bucket when the cached view says no
@@ -384,9 +401,7 @@ class SessionOwnership:
         """Stop owning every session at once (this replica may be presumed dead)."""
         self.lease_lost = True
         keys = [
-            self._records[k][0].ib_config.session_key
-            for k in self._owned
-            if k in self._records
+            self._records[k][0].session_key for k in self._owned if k in self._records
         ]
         self._owned.clear()
         log.warning(
@@ -415,7 +430,9 @@ class SessionOwnership:
         # share the orphans among the survivors instead of the fastest taking all
         share = -(-len(orphans) // max(1, len(self._live)))
         for kv_key, record, revision in orphans[:share]:
-            taken = SessionRecord(self.replica_id, record.config, dict(record.accounts))
+            taken = SessionRecord(
+                self.replica_id, record.config, dict(record.accounts), record.user_id
+            )
             if await self._write(kv_key, taken, revision):
                 log.info(
                     "took over gateway session",

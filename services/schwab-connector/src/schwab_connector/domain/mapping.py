@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from brokerlink_shared.contracts.values import Position
+from brokerlink_shared.contracts.values import CashBalance, Position
 
 _SEC_TYPES = {
     "EQUITY": "STK",
@@ -32,6 +32,13 @@ class AccountSnapshot:
     balance: Decimal
     cash_balance: Decimal | None
     positions: list[Position]
+
+    @property
+    def cash(self) -> list[CashBalance]:
+        """Cash per currency: a Schwab account holds US dollars only."""
+        if self.cash_balance is None:
+            return []
+        return [CashBalance(currency="USD", amount=self.cash_balance)]
 
 
 def _dec(value: Any) -> Decimal | None:
@@ -89,9 +96,11 @@ def snapshot(element: dict[str, Any]) -> AccountSnapshot:
         for p in (map_position(raw) for raw in sa.get("positions") or [])
         if p is not None
     ]
-    return AccountSnapshot(
-        str(sa["accountNumber"]), balance, _dec(balances.get("cashBalance")), positions
-    )
+    # Margin accounts report `cashBalance`; cash accounts `totalCash`.
+    cash = _dec(balances.get("cashBalance"))
+    if cash is None:
+        cash = _dec(balances.get("totalCash"))
+    return AccountSnapshot(str(sa["accountNumber"]), balance, cash, positions)
 
 
 def pick_account(

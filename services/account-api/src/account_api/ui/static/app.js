@@ -1,24 +1,23 @@
 // brokerlink web UI: one small module, no build step. Every action goes through the JSON API
 // with the user's bearer token (kept in sessionStorage); the pages are static shells.
 
+import { apiErrorText, brokerErrorText, countdown, fieldErrorText, manualLine, relativeTime, syncSummary } from "./words.js";
+
 const TOKENS = "brokerlink.tokens";
 const POLL_MS = 2500;
 
 // ---- API client ----------------------------------------------------------------------------
 
+// `message` is for people (words.js); the code and the API's own words stay in `code` and
+// `detail` for the details disclosure.
 class ApiError extends Error {
   constructor(status, body) {
-    super(messageOf(body) || `request failed (${status})`);
+    super(apiErrorText(status, body));
     this.status = status;
     this.body = body;
+    this.code = (body && body.code) || (status ? `HTTP ${status}` : "network");
+    this.detail = body && typeof body.detail === "string" ? body.detail : "";
   }
-}
-
-function messageOf(body) {
-  if (!body) return "";
-  if (typeof body.detail === "string") return body.detail;
-  if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
-  return "";
 }
 
 function tokens() {
@@ -36,6 +35,16 @@ function saveTokens(t) {
 function signOut() {
   sessionStorage.removeItem(TOKENS);
   location.assign("/login");
+}
+
+// Ends the session on the server too (its tokens stop working everywhere), then locally.
+async function signOutEverywhere(path = "/api/auth/logout") {
+  try {
+    await api("POST", path, undefined, { retry: false });
+  } catch {
+    // signed out already, or offline: forget the tokens anyway
+  }
+  signOut();
 }
 
 let refreshing = null;
@@ -65,11 +74,16 @@ async function api(method, path, body, { retry = true } = {}) {
   const t = tokens();
   if (t) headers.Authorization = `Bearer ${t.access}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new ApiError(0, null);
+  }
   if (response.status === 401 && retry && t) {
     if (await renewToken()) return api(method, path, body, { retry: false });
     signOut();
@@ -131,42 +145,7 @@ function number(value) {
   return new Intl.NumberFormat(undefined, { maximumFractionDigits: 4 }).format(Number(value));
 }
 
-export function relativeTime(iso, now = Date.now()) {
-  if (!iso) return "never";
-  const secs = Math.round((now - new Date(iso).getTime()) / 1000);
-  if (secs < 45) return "just now";
-  const units = [
-    [60, "min"],
-    [24, "hour"],
-    [30, "day"],
-    [12, "month"],
-    [Infinity, "year"],
-  ];
-  let value = secs / 60;
-  for (const [size, name] of units) {
-    if (value < size) {
-      const n = Math.max(1, Math.round(value));
-      return `${n} ${name}${n === 1 ? "" : "s"} ago`;
-    }
-    value /= size;
-  }
-  return "long ago";
-}
-
-export function countdown(iso, now = Date.now()) {
-  if (!iso) return "—";
-  let secs = Math.floor((new Date(iso).getTime() - now) / 1000);
-  if (secs <= 0) return "expired";
-  const d = Math.floor(secs / 86400);
-  secs -= d * 86400;
-  const h = Math.floor(secs / 3600);
-  secs -= h * 3600;
-  const m = Math.floor(secs / 60);
-  const s = secs - m * 60;
-  if (d > 0) return `${d}d ${h}h ${m}m`;
-  if (h > 0) return `${h}h ${m}m ${s}s`;
-  return `${m}m ${s}s`;
-}
+export { countdown, relativeTime };
 
 function timeElement(iso, render = relativeTime) {
   const node = el("time", { "data-time": iso || "", title: iso ? new Date(iso).toLocaleString() : null });
@@ -183,33 +162,59 @@ function tickTimes() {
   }
 }
 
-// ---- statuses ------------------------------------------------------------------------------
+// ---- statuses and sync lines ---------------------------------------------------------------
 
-const STATUS_WORDS = {
-  connected: "Connected",
-  disconnected: "Disconnected",
-  error: "Error",
-  reauth_required: "Re-authentication required",
-  expiring_soon: "Expiring soon",
-  pending: "Pending",
-  not_configured: "Not configured",
-};
+const BROKER_NAMES = { IB: "IB", SCHWAB: "Schwab" };
 
-function statusWords(status) {
-  return STATUS_WORDS[status] || status || "Unknown";
+function paintBadge(node, summary, type) {
+  node.dataset.status = summary.key;
+  const label = node.querySelector(".label");
+  label.textContent = type ? `${BROKER_NAMES[type] || type} · ${summary.label}` : summary.label;
 }
 
-function paintBadge(badge, status, type) {
-  badge.dataset.status = status || "unknown";
-  const label = badge.querySelector(".label");
-  const text = statusWords(status);
-  label.textContent = type ? `${type === "SCHWAB" ? "Schwab" : type} · ${text}` : text;
-}
-
-function badge(status, type) {
+function badge(summary, type) {
   const node = el("span", { class: "badge" }, el("span", { class: "dot", "aria-hidden": "true" }), el("span", { class: "label" }));
-  paintBadge(node, status, type);
+  paintBadge(node, summary, type);
   return node;
+}
+
+// Sentence parts from words.js: strings, and { time } rendered as a ticking <time>.
+function partsNode(parts, className = "sync-line") {
+  const failed = parts[0] === "Last sync failed ";
+  return el("span", { class: failed ? `${className} failed` : className }, ...parts.map((p) => (typeof p === "string" ? p : timeElement(p.time))));
+}
+
+// A person's sentence first; the code and the raw words behind a disclosure.
+function errorNode(text, code, raw) {
+  const node = el("span", { class: "error-message" }, text);
+  if (code || raw) {
+    node.append(
+      el(
+        "details",
+        { class: "why" },
+        el("summary", { text: "Details" }),
+        code ? el("code", { text: `code ${code}` }) : null,
+        raw && raw !== text ? ` ${raw}` : null,
+      ),
+    );
+  }
+  return node;
+}
+
+// Repaints (every poll) keep a Details disclosure the reader opened open.
+function keepOpen(container, replacement) {
+  if (container?.querySelector("details")?.open) replacement?.querySelector("details")?.setAttribute("open", "");
+}
+
+function syncErrorNode(sync, context) {
+  if (!sync || !sync.last_error) return null;
+  if (sync.last_attempt !== "failed" && !["error", "disconnected", "reauth_required"].includes(sync.status)) return null;
+  return errorNode(brokerErrorText(sync.last_error_code, sync.last_error, context), sync.last_error_code, sync.last_error);
+}
+
+function configContext(type, config) {
+  const c = config || {};
+  return { kind: type, host: c.host, port: c.port, client_id: c.client_id, account_code: c.account_code };
 }
 
 // ---- field errors --------------------------------------------------------------------------
@@ -222,10 +227,10 @@ function fieldErrors(err) {
   if (Array.isArray(body.detail)) {
     for (const d of body.detail) {
       const loc = (d.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")) && p !== "IB" && p !== "SCHWAB");
-      out.push({ field: loc.join("."), message: d.msg.replace(/^Value error, /, "") });
+      out.push({ field: loc.join("."), message: fieldErrorText(d), code: d.type });
     }
   } else if (body.field) {
-    out.push({ field: body.field, message: body.detail });
+    out.push({ field: body.field, message: err.message, code: body.code });
   }
   return out;
 }
@@ -233,18 +238,37 @@ function fieldErrors(err) {
 function clearErrors(form) {
   for (const p of form.querySelectorAll(".field-error")) p.textContent = "";
   for (const i of form.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
-  for (const p of form.querySelectorAll(".form-error")) p.textContent = "";
+  for (const p of form.querySelectorAll(".form-error")) p.replaceChildren();
+}
+
+const FIELD_LABELS = { client_id: "Client ID", account_code: "Account code", app_key: "App key", app_secret: "App secret", account_number: "Account number", backups: "Backup gateways" };
+
+function fieldLabel(field) {
+  const name = field.split(".").filter((p) => !/^\d+$/.test(p)).pop() || "";
+  return FIELD_LABELS[name] || name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ");
 }
 
 // Shows each error next to its input (`#<prefix>-<name>-error`); the rest in the form error.
 function showErrors(form, err, prefixFor, formError) {
   const rest = [];
+  const codes = [];
   let first = null;
-  for (const { field, message } of fieldErrors(err)) {
+  for (const { field, message, code } of fieldErrors(err)) {
+    if (code) codes.push(field ? `${field}: ${code}` : code);
+    const backup = /(?:^|\.)backups\.(\d+)\.(host|port)$/.exec(field);
+    if (backup) {
+      const input = form.querySelector(`#ib-backups li:nth-child(${Number(backup[1]) + 1}) input.${backup[2]}`);
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        rest.push(`Backup gateway ${Number(backup[1]) + 1}, ${backup[2]}: ${message}`);
+        first ??= input;
+        continue;
+      }
+    }
     const name = field.split(".").pop();
     const prefix = prefixFor(field);
     const slot = prefix && document.getElementById(`${prefix}-${name}-error`);
-    const input = slot && form.querySelector(`[name="${name}"]:not([disabled])`);
+    const input = slot && (form.querySelector(`[name="${name}"]:not([disabled])`) || (name === "backups" ? $("#ib-backup-add") : null));
     if (slot && input && !input.closest("[hidden]")) {
       slot.textContent = message;
       input.setAttribute("aria-invalid", "true");
@@ -252,19 +276,31 @@ function showErrors(form, err, prefixFor, formError) {
       if (!described.includes(slot.id)) input.setAttribute("aria-describedby", [...described, slot.id].join(" ").trim());
       first ??= input;
     } else {
-      rest.push(field ? `${field}: ${message}` : message);
+      rest.push(field ? `${fieldLabel(field)}: ${message}` : message);
     }
   }
-  if (!fieldErrors(err).length) rest.push(err.message);
-  if (formError) formError.textContent = rest.join(" ");
+  if (!fieldErrors(err).length) {
+    rest.push(err.message);
+    if (err.code) codes.push(err.code);
+  }
+  if (formError) formError.replaceChildren(...(rest.length || codes.length ? [errorNode(rest.join(" "), codes.join(", "), err.detail)] : []));
   (first || formError)?.focus?.();
 }
 
 // ---- login / register ----------------------------------------------------------------------
 
-async function login(email, password) {
-  const { data } = await api("POST", "/api/auth/login", { email, password }, { retry: false });
+async function login(email, password, code) {
+  const body = code ? { email, password, code } : { email, password };
+  const { data } = await api("POST", "/api/auth/login", body, { retry: false });
   saveTokens(data);
+}
+
+function loginError(err) {
+  const code = err.body?.code;
+  if (code === "two_factor_required") return "Enter the code from your authenticator app.";
+  if (code === "two_factor_invalid") return err.message;
+  if (err.status === 429) return "Too many attempts. Try again later.";
+  return err.status === 401 ? "Wrong email or password." : err.message;
 }
 
 function initLogin() {
@@ -273,10 +309,14 @@ function initLogin() {
     e.preventDefault();
     clearErrors(form);
     try {
-      await login(form.email.value, form.password.value);
+      await login(form.email.value, form.password.value, form.code.value.trim());
       location.assign(new URLSearchParams(location.search).get("next") || "/");
     } catch (err) {
-      $("#login-error").textContent = err.status === 401 ? "Wrong email or password." : err.message;
+      if (String(err.body?.code).startsWith("two_factor")) {
+        $("#login-code-field").hidden = false;
+        form.code.focus();
+      }
+      $("#login-error").textContent = loginError(err);
     }
   });
 }
@@ -302,7 +342,7 @@ function requireSignIn() {
     location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
     return false;
   }
-  $("#sign-out")?.addEventListener("click", signOut);
+  $("#sign-out")?.addEventListener("click", () => signOutEverywhere());
   api("GET", "/api/auth/me")
     .then(({ data }) => {
       $("#user-name").textContent = data.name;
@@ -333,12 +373,18 @@ function pollWhileVisible(fn, ms = POLL_MS) {
 
 // ---- accounts page -------------------------------------------------------------------------
 
-const state = { accounts: new Map(), health: new Map(), open: null, integration: null };
+const state = { accounts: new Map(), open: null, integration: null };
+
+function accountSummary(a) {
+  return syncSummary(a.integration_type, a.sync);
+}
+
+function syncCell(a) {
+  return a.integration_type ? partsNode(accountSummary(a).line) : partsNode(manualLine(a.last_updated), "muted");
+}
 
 function accountRow(a) {
-  const h = state.health.get(a.id);
-  const status = h ? h.status : a.integration_status;
-  const integration = a.integration_type ? badge(status, a.integration_type) : el("span", { class: "muted", text: "None" });
+  const integration = a.integration_type ? badge(accountSummary(a), a.integration_type) : el("span", { class: "muted", text: "None" });
   const name = el("button", { type: "button", class: "link", "data-open": a.id, text: a.name });
   return el(
     "tr",
@@ -348,7 +394,7 @@ function accountRow(a) {
     el("td", { text: a.currency }),
     el("td", { class: "num balance", text: money(a.current_balance, a.currency) }),
     el("td", { class: "integration" }, integration),
-    el("td", { class: "updated" }, timeElement(a.last_updated)),
+    el("td", { class: "updated" }, syncCell(a)),
     el("td", {}, el("button", { type: "button", "data-open": a.id, "aria-label": `Edit ${a.name}`, text: "Edit" })),
   );
 }
@@ -359,33 +405,54 @@ async function loadAccounts() {
   const rows = $("#account-rows");
   rows.replaceChildren(...data.map(accountRow));
   $("#accounts-empty").hidden = data.length > 0;
+  loadTotals().catch((err) => console.warn(err));
   return data;
 }
 
-// Live status: repaint badges (table and dialog) from the health route; reload balances when
-// an account's last success moved.
+// Net worth: one total only where every account shares a currency (no exchange rates are
+// applied), and always each currency's own total.
+async function loadTotals() {
+  const { data } = await api("GET", "/api/accounts/totals");
+  const box = $("#totals");
+  if (!box) return;
+  const parts = data.by_currency.map((t) => el("span", { class: "part", "data-currency": t.currency }, `${t.currency}: ${money(t.total, t.currency)} (${t.accounts} account${t.accounts === 1 ? "" : "s"})`));
+  if (!data.by_currency.length) {
+    box.replaceChildren(el("span", { class: "muted", text: "No accounts yet." }));
+  } else if (data.net_worth !== null) {
+    box.replaceChildren(el("span", {}, "Total: ", el("span", { class: "total", id: "net-worth", text: money(data.net_worth, data.net_worth_currency) })), ...(parts.length > 1 ? parts : []));
+  } else {
+    box.replaceChildren(
+      el("span", {}, "Totals per currency: "),
+      ...parts,
+      el("span", { class: "hint", id: "no-total", text: "No single total: your accounts are in several currencies and no exchange-rate source is configured." }),
+    );
+  }
+}
+
+// Live status: the health route carries the same sync facts as the account list; repaint
+// rows (and the open dialog) in place, and reload balances when a sync succeeded.
 async function pollHealth() {
   const { data } = await api("GET", "/api/integrations/health");
   let moved = false;
-  const seen = new Map();
   for (const row of data) {
-    const before = state.health.get(row.account_id);
-    if (before && before.last_success_at !== row.last_success_at) moved = true;
-    seen.set(row.account_id, row);
-    const tr = document.querySelector(`tr[data-account-id="${row.account_id}"] .badge`);
-    if (tr) paintBadge(tr, row.status, row.type);
+    const account = state.accounts.get(row.account_id);
+    if (!account) continue;
+    if (account.sync?.last_success_at !== row.sync.last_success_at) moved = true;
+    account.sync = row.sync;
+    account.integration_status = row.status;
+    const tr = document.querySelector(`tr[data-account-id="${row.account_id}"]`);
+    if (tr) {
+      const b = tr.querySelector(".badge");
+      if (b) paintBadge(b, accountSummary(account), account.integration_type);
+      tr.querySelector(".updated").replaceChildren(syncCell(account));
+    }
   }
-  state.health = seen;
-  if (state.open !== null && seen.has(state.open) && state.integration?.type) {
-    const row = seen.get(state.open);
-    Object.assign(state.integration, {
-      status: row.status,
-      last_error: row.last_error,
-      last_error_code: row.last_error_code,
-      last_success_at: row.last_success_at,
-      token_refresh_expires_at: row.token_refresh_expires_at,
-    });
-    paintIntegrationState();
+  if (state.open !== null && state.integration?.type) {
+    const row = data.find((r) => r.account_id === state.open);
+    if (row && row.type === state.integration.type) {
+      Object.assign(state.integration, { status: row.status, sync: row.sync, token_refresh_expires_at: row.token_refresh_expires_at });
+      paintIntegrationState();
+    }
   }
   if (moved) await loadAccounts();
 }
@@ -523,7 +590,7 @@ async function loadPendingLinks() {
 
 // ---- the Edit Account dialog ---------------------------------------------------------------
 
-const TABS = ["details", "integration", "history"];
+const TABS = ["details", "integration", "history", "audit"];
 
 function selectTab(name, { focus = false } = {}) {
   for (const t of TABS) {
@@ -535,6 +602,7 @@ function selectTab(name, { focus = false } = {}) {
   }
   if (focus) $(`#tab-${name}`).focus();
   if (name === "history") loadHistory();
+  if (name === "audit") loadAudit().catch((err) => toast(err.message));
 }
 
 function initTabs() {
@@ -615,36 +683,158 @@ function initDialog() {
 
 // ---- Integration tab -----------------------------------------------------------------------
 
+// The integration form: the one place that knows each broker's fields — filling them from a
+// saved config (`fillForm`) and reading them back into an API body (`formBody`).
+const FORMS = {
+  IB: {
+    fill(c) {
+      $("#ib-host").value = c.host ?? "localhost";
+      $("#ib-port").value = c.port ?? "4001";
+      $("#ib-client-id").value = c.client_id ?? "1";
+      $("#ib-account-code").value = c.account_code ?? "";
+      setBackups(c.backups || []);
+    },
+    body() {
+      const config = {
+        host: $("#ib-host").value.trim(),
+        port: toNumber($("#ib-port").value),
+        client_id: toNumber($("#ib-client-id").value),
+        read_only: true,
+        backups: readBackups(), // the form shows them, so it always says what they are
+      };
+      const code = $("#ib-account-code").value.trim();
+      if (code) config.account_code = code;
+      return config;
+    },
+  },
+  SCHWAB: {
+    fill(c, saved) {
+      const key = $("#schwab-app-key");
+      const secret = $("#schwab-app-secret");
+      key.value = "";
+      secret.value = "";
+      key.placeholder = saved && c.app_key ? c.app_key : "";
+      secret.placeholder = saved && c.app_secret ? c.app_secret : "";
+      $("#schwab-app-key-hint").textContent = saved && c.app_key ? "Stored; leave empty to keep it." : "";
+      $("#schwab-app-secret-hint").textContent = saved && c.app_secret ? "Stored and never shown; leave empty to keep it." : "";
+      $("#schwab-account-number").value = saved ? c.account_number || "" : "";
+    },
+    body() {
+      const config = {};
+      const key = $("#schwab-app-key").value.trim();
+      const secret = $("#schwab-app-secret").value;
+      const number = $("#schwab-account-number").value.trim();
+      if (key) config.app_key = key;
+      if (secret) config.app_secret = secret; // empty keeps the stored secret
+      if (number) config.account_number = number;
+      return config;
+    },
+  },
+};
+
+function fillForm(data) {
+  for (const [type, form] of Object.entries(FORMS)) form.fill(data.type === type ? data.config || {} : {}, data.type === type);
+}
+
+function formBody(type) {
+  return { type, config: FORMS[type].body() };
+}
+
+// ---- IB backup gateways: add, remove, reorder
+
+function setBackups(list) {
+  $("#ib-backups").replaceChildren(...list.map((b) => backupItem(b.host, b.port)));
+  paintBackups();
+}
+
+function readBackups() {
+  return [...document.querySelectorAll("#ib-backups li")].map((li) => ({
+    host: li.querySelector("input.host").value.trim(),
+    port: toNumber(li.querySelector("input.port").value),
+  }));
+}
+
+let backupSeq = 0;
+
+function backupItem(host = "", port = "") {
+  const id = `ib-backup-${++backupSeq}`;
+  const li = el(
+    "li",
+    { class: "backup" },
+    el(
+      "div",
+      { class: "row" },
+      el("label", { for: `${id}-host`, class: "visually-hidden", text: "Backup host" }),
+      el("input", { id: `${id}-host`, class: "host", value: host, autocomplete: "off", placeholder: "host" }),
+      el("label", { for: `${id}-port`, class: "visually-hidden", text: "Backup port" }),
+      el("input", { id: `${id}-port`, class: "port", value: String(port), inputmode: "numeric", placeholder: "port" }),
+      el(
+        "span",
+        { class: "row-actions" },
+        el("button", { type: "button", "data-move": "-1", text: "Up" }),
+        el("button", { type: "button", "data-move": "1", text: "Down" }),
+        el("button", { type: "button", "data-remove": "", class: "danger", text: "Remove" }),
+      ),
+    ),
+  );
+  return li;
+}
+
+// Labels say which backup a control belongs to ("Move backup 2 up"), for screen readers.
+function paintBackups() {
+  const items = [...document.querySelectorAll("#ib-backups li")];
+  items.forEach((li, i) => {
+    const n = i + 1;
+    li.querySelector("label[for$='-host']").textContent = `Backup ${n} host`;
+    li.querySelector("label[for$='-port']").textContent = `Backup ${n} port`;
+    const [up, down, remove] = li.querySelectorAll("button");
+    up.setAttribute("aria-label", `Move backup ${n} up`);
+    down.setAttribute("aria-label", `Move backup ${n} down`);
+    remove.setAttribute("aria-label", `Remove backup ${n}`);
+    up.disabled = i === 0;
+    down.disabled = i === items.length - 1;
+  });
+  $("#ib-backup-add").disabled = items.length >= 8;
+}
+
+function initBackups() {
+  const list = $("#ib-backups");
+  $("#ib-backup-add").addEventListener("click", () => {
+    const item = backupItem("", "4001");
+    list.append(item);
+    paintBackups();
+    item.querySelector("input.host").focus();
+  });
+  list.addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    const li = button?.closest("li");
+    if (!li) return;
+    if (button.hasAttribute("data-remove")) {
+      const next = li.nextElementSibling || li.previousElementSibling;
+      li.remove();
+      paintBackups();
+      (next?.querySelector("input.host") || $("#ib-backup-add")).focus();
+      return;
+    }
+    const step = Number(button.dataset.move);
+    if (step < 0 && li.previousElementSibling) li.previousElementSibling.before(li);
+    if (step > 0 && li.nextElementSibling) li.nextElementSibling.after(li);
+    paintBackups();
+    button.disabled ? li.querySelector("input.host").focus() : button.focus();
+  });
+}
+
+// ---- state and actions
+
 async function loadIntegration() {
   const { data } = await api("GET", `/api/accounts/${state.open}/integration`);
   state.integration = data;
   const form = $("#integration-form");
   clearErrors(form);
-  $("#integration-result").textContent = "";
+  setResult("");
   $("#remove-confirm").hidden = true;
   form.type.value = data.type || "";
-  const c = data.config || {};
-  if (data.type === "IB") {
-    $("#ib-host").value = c.host ?? "";
-    $("#ib-port").value = c.port ?? "";
-    $("#ib-client-id").value = c.client_id ?? "";
-    $("#ib-account-code").value = c.account_code ?? "";
-  } else {
-    $("#ib-host").value = "localhost";
-    $("#ib-port").value = "4001";
-    $("#ib-client-id").value = "1";
-    $("#ib-account-code").value = "";
-  }
-  const schwab = data.type === "SCHWAB";
-  const key = $("#schwab-app-key");
-  const secret = $("#schwab-app-secret");
-  key.value = "";
-  secret.value = "";
-  key.placeholder = schwab && c.app_key ? c.app_key : "";
-  secret.placeholder = schwab && c.app_secret ? c.app_secret : "";
-  $("#schwab-app-key-hint").textContent = schwab && c.app_key ? "Stored; leave empty to keep it." : "";
-  $("#schwab-app-secret-hint").textContent = schwab && c.app_secret ? "Stored and never shown; leave empty to keep it." : "";
-  $("#schwab-account-number").value = schwab ? c.account_number || "" : "";
+  fillForm(data);
   showTypeFields();
   paintIntegrationState();
 }
@@ -653,54 +843,43 @@ function showTypeFields() {
   const type = $("#integration-type").value;
   $("#ib-fields").hidden = type !== "IB";
   $("#schwab-fields").hidden = type !== "SCHWAB";
+  // Test works on what the form says, saved or not; the rest needs a saved integration.
+  $("#integration-actions").hidden = !type;
+  paintIntegrationState();
 }
 
 function paintIntegrationState() {
   const data = state.integration;
   if (!data) return;
-  const configured = Boolean(data.type);
-  $("#integration-state").hidden = !configured;
-  $("#integration-actions").hidden = !configured;
-  $("#btn-reauth").hidden = data.type !== "SCHWAB";
-  if (!configured) return;
-  paintBadge($("#integration-status"), data.status);
+  const saved = data.type;
+  const chosen = $("#integration-type").value;
+  const same = Boolean(saved) && saved === chosen;
+  $("#integration-state").hidden = !saved;
+  $("#btn-refresh").hidden = !same;
+  $("#btn-remove").hidden = !saved;
+  $("#btn-reauth").hidden = !(same && saved === "SCHWAB");
+  // Sign-in state belongs to this account's saved Schwab integration, nothing else.
+  const oauthLine = $("#schwab-oauth-line");
+  const oauth = $("#schwab-oauth");
+  oauthLine.hidden = !(same && saved === "SCHWAB");
+  oauth.replaceChildren();
+  if (!saved) return;
+  const summary = syncSummary(saved, data.sync);
+  paintBadge($("#integration-status"), summary);
+  $("#integration-updated").replaceChildren(partsNode(summary.line));
   const error = $("#integration-error");
-  const showError = data.last_error && !["connected", "pending"].includes(data.status);
-  error.hidden = !showError;
-  error.textContent = showError ? `Last error: ${data.last_error}${data.last_error_code ? ` (code ${data.last_error_code})` : ""}` : "";
-  $("#integration-updated").replaceChildren(timeElement(data.last_success_at));
-  if (data.type === "SCHWAB") {
-    const c = data.config || {};
-    const oauth = $("#schwab-oauth");
-    if (data.status === "reauth_required") oauth.textContent = "✗ Sign-in expired — re-authenticate";
-    else if (c.has_tokens) {
-      oauth.replaceChildren("✓ Authenticated");
+  const problem = syncErrorNode(data.sync, configContext(saved, data.config));
+  keepOpen(error, problem);
+  error.hidden = !problem;
+  error.replaceChildren(...(problem ? [problem] : []));
+  if (saved === "SCHWAB") {
+    if (!data.sync?.signed_in) oauth.textContent = "Not signed in yet — use Re-authenticate to sign in with Schwab.";
+    else if (data.status === "reauth_required") oauth.textContent = "✗ Sign-in expired — use Re-authenticate.";
+    else {
+      oauth.append("✓ Signed in");
       if (data.token_refresh_expires_at) oauth.append(" (sign-in expires in ", timeElement(data.token_refresh_expires_at, countdown), ")");
-    } else oauth.textContent = "Not signed in yet — use Re-authenticate";
+    }
   }
-}
-
-function integrationBody(form) {
-  const type = form.type.value;
-  if (type === "IB") {
-    const config = {
-      host: $("#ib-host").value.trim(),
-      port: toNumber($("#ib-port").value),
-      client_id: toNumber($("#ib-client-id").value),
-      read_only: true,
-    };
-    const code = $("#ib-account-code").value.trim();
-    if (code) config.account_code = code;
-    return { type, config };
-  }
-  const config = {};
-  const key = $("#schwab-app-key").value.trim();
-  const secret = $("#schwab-app-secret").value;
-  const number = $("#schwab-account-number").value.trim();
-  if (key) config.app_key = key;
-  if (secret) config.app_secret = secret; // empty keeps the stored secret
-  if (number) config.account_number = number;
-  return { type, config };
 }
 
 function toNumber(text) {
@@ -708,10 +887,12 @@ function toNumber(text) {
   return t !== "" && /^-?\d+$/.test(t) ? Number(t) : t;
 }
 
-function setResult(text, ok) {
+// The dialog's one status line: plain text, or a node (an error with its details).
+function setResult(content, ok, { busy = false } = {}) {
   const r = $("#integration-result");
-  r.textContent = text;
+  r.replaceChildren(...(content ? [content] : []));
   r.dataset.ok = ok === undefined ? "" : String(ok);
+  $("#integration-progress").hidden = !busy;
 }
 
 async function busy(button, fn) {
@@ -725,39 +906,69 @@ async function busy(button, fn) {
   }
 }
 
-async function refreshAccount(id) {
-  let response;
-  try {
-    response = await api("POST", `/api/accounts/${id}/integration/refresh?wait=10`);
-  } catch (err) {
-    return { ok: false, message: err.message };
-  }
-  let { data } = response;
-  const deadline = Date.now() + 60000;
-  while (data.status === "pending" && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 1000));
+// Follow one refresh to its end: { ok, data } or { ok: false, error } (words + code).
+async function followRefresh(id, refreshId, deadlineMs = 60000) {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    let data;
     try {
-      ({ data } = await api("GET", `/api/accounts/${id}/integration/refresh/${data.refresh_id}`));
+      ({ data } = await api("GET", `/api/accounts/${id}/integration/refresh/${refreshId}`));
     } catch (err) {
-      return { ok: false, message: err.message };
+      return { ok: false, err };
     }
+    if (data.status !== "pending") return { ok: true, data };
+    if (Date.now() > deadline) return { ok: false, pending: true };
+    await new Promise((r) => setTimeout(r, 700));
   }
-  if (data.status === "pending") return { ok: false, message: "still running; the balance will appear when it finishes" };
-  return { ok: true, data };
 }
 
-async function startOAuth() {
-  const { data } = await api("POST", `/api/accounts/${state.open}/integration/oauth/start`);
+async function refreshAccount(id) {
+  let data;
+  try {
+    ({ data } = await api("POST", `/api/accounts/${id}/integration/refresh?wait=10`));
+  } catch (err) {
+    return { ok: false, err };
+  }
+  if (data.status !== "pending") return { ok: true, data };
+  return followRefresh(id, data.refresh_id);
+}
+
+// After a failed refresh the integration holds the broker's code: word it with the form's context.
+async function refreshFailure(id, result) {
+  if (result.pending) return document.createTextNode("Still running — the balance appears when it finishes.");
+  if (state.open === id) await loadIntegration();
+  const data = state.integration;
+  const sync = data?.sync;
+  const context = configContext(data?.type, data?.config);
+  if (sync?.last_error_code || sync?.last_error) return errorNode(`✗ ${brokerErrorText(sync.last_error_code, sync.last_error, context)}`, sync.last_error_code, sync.last_error);
+  return errorNode(`✗ ${result.err?.message || "The refresh failed."}`, result.err?.code, result.err?.detail);
+}
+
+async function showRefresh(id, result, what) {
+  const account = state.accounts.get(id);
+  await loadAccounts();
+  if (state.open !== id) return;
+  if (result.ok) {
+    await loadIntegration();
+    setResult(`✓ ${what}: balance ${money(result.data.balance, account?.currency || "USD")}`, true);
+  } else {
+    setResult(await refreshFailure(id, result), false);
+  }
+}
+
+async function startOAuth(accountId) {
+  const { data } = await api("POST", `/api/accounts/${accountId}/integration/oauth/start`);
   const popup = window.open(data.authorize_url, "brokerlink-oauth", "popup,width=560,height=720");
   if (!popup) {
     location.assign(data.authorize_url); // popups blocked: the callback brings us back here
-    return;
+    return false;
   }
-  setResult("Finish signing in to Schwab in the window that opened…");
+  return true;
 }
 
 function initIntegration() {
   const form = $("#integration-form");
+  initBackups();
   form.type.addEventListener("change", showTypeFields);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -768,48 +979,60 @@ function initIntegration() {
       else closeDialog();
       return;
     }
-    const body = integrationBody(form);
+    const id = state.open;
+    const body = formBody(form.type.value);
+    let saved;
     try {
-      await api("PUT", `/api/accounts/${state.open}/integration`, body);
-      await loadIntegration();
-      await loadAccounts();
-      setResult(body.type === "SCHWAB" && !state.integration.config?.has_tokens ? "Saved. Now sign in with Re-authenticate." : "Saved.", true);
+      ({ data: saved } = await api("PUT", `/api/accounts/${id}/integration`, body));
     } catch (err) {
       const prefix = form.type.value === "IB" ? "ib" : "schwab";
       showErrors(form, err, (field) => (field.startsWith("config.") ? prefix : null), $("#integration-error-form"));
+      return;
+    }
+    await loadIntegration();
+    await loadAccounts();
+    if (saved.refresh_id) {
+      // Save started the first refresh: show it running, then its balance.
+      setResult("Saved. Fetching the balance…", undefined, { busy: true });
+      await showRefresh(id, await followRefresh(id, saved.refresh_id), "Saved and synced");
+    } else if (body.type === "SCHWAB" && !saved.sync?.signed_in) {
+      setResult("Saved. Now sign in with Re-authenticate.", true);
+    } else {
+      setResult("Saved.", true);
     }
   });
   $("#btn-test").addEventListener("click", (e) =>
     busy(e.currentTarget, async () => {
-      setResult("Testing…");
+      const form = $("#integration-form");
+      clearErrors(form);
+      setResult("Testing…", undefined, { busy: true });
+      const body = formBody(form.type.value); // what the form says now, saved or not
       try {
-        const { data } = await api("POST", `/api/accounts/${state.open}/integration/test`);
-        setResult(`${data.success ? "✓ Connection works" : "✗ Connection failed"}: ${data.message}`, data.success);
+        const { data } = await api("POST", `/api/accounts/${state.open}/integration/test`, body);
+        if (data.success) setResult(`✓ Connection works: ${data.message}`, true);
+        else setResult(errorNode(`✗ ${brokerErrorText(data.code, data.message, configContext(body.type, body.config))}`, data.code, data.message), false);
       } catch (err) {
-        setResult(`✗ ${err.message}`, false);
+        const prefix = body.type === "IB" ? "ib" : "schwab";
+        if (err.status === 422) {
+          setResult("");
+          showErrors(form, err, (field) => (field.startsWith("config.") ? prefix : null), $("#integration-error-form"));
+        } else setResult(errorNode(`✗ ${err.message}`, err.code, err.detail), false);
       }
     }),
   );
   $("#btn-refresh").addEventListener("click", (e) =>
     busy(e.currentTarget, async () => {
       const id = state.open;
-      setResult("Refreshing…");
-      const result = await refreshAccount(id);
-      const account = state.accounts.get(id);
-      const text = result.ok ? `✓ Refreshed: balance ${money(result.data.balance, account?.currency || "USD")}` : `✗ Refresh failed: ${result.message}`;
-      await loadAccounts();
-      if (state.open === id) {
-        await loadIntegration();
-        setResult(text, result.ok);
-      }
+      setResult("Refreshing…", undefined, { busy: true });
+      await showRefresh(id, await refreshAccount(id), "Refreshed");
     }),
   );
   $("#btn-reauth").addEventListener("click", (e) =>
     busy(e.currentTarget, async () => {
       try {
-        await startOAuth();
+        if (await startOAuth(state.open)) setResult("Finish signing in to Schwab in the window that opened…");
       } catch (err) {
-        setResult(`✗ ${err.message}`, false);
+        setResult(errorNode(`✗ ${err.message}`, err.code, err.detail), false);
       }
     }),
   );
@@ -826,7 +1049,7 @@ function initIntegration() {
       setResult("Integration removed.", true);
       $("#integration-type").focus();
     } catch (err) {
-      setResult(`✗ ${err.message}`, false);
+      setResult(errorNode(`✗ ${err.message}`, err.code, err.detail), false);
     }
   });
 }
@@ -855,10 +1078,28 @@ function oauthReturn() {
   return message;
 }
 
+const OAUTH_REASONS = {
+  invalid_field: "the sign-in link had expired or was already used — start again with Re-authenticate",
+  not_found: "the account or its Schwab integration is gone",
+};
+
 function oauthText(m) {
   if (m.oauth === "ok") return "✓ Signed in to Schwab.";
   if (m.oauth === "failed") return "✗ Schwab sign-in failed; try Re-authenticate again.";
-  return `✗ Schwab sign-in could not finish (${m.reason || "unknown reason"}).`;
+  return `✗ Schwab sign-in could not finish: ${OAUTH_REASONS[m.reason] || "try Re-authenticate again"} (${m.reason || "unknown reason"}).`;
+}
+
+// Signed in: the server started the first refresh; follow it through the sync facts.
+async function watchFirstSync(id) {
+  const deadline = Date.now() + 60000;
+  while (state.open === id && Date.now() < deadline) {
+    await loadIntegration();
+    const attempt = state.integration?.sync?.last_attempt;
+    if (attempt !== "pending") return attempt;
+    setResult("✓ Signed in to Schwab. Fetching the balance…", true, { busy: true });
+    await new Promise((r) => setTimeout(r, 700));
+  }
+  return "pending";
 }
 
 async function handleOAuth(m) {
@@ -867,7 +1108,24 @@ async function handleOAuth(m) {
   if (m.account) {
     await openDialog(m.account, "integration");
     setResult(oauthText(m), m.oauth === "ok");
+    if (m.oauth !== "ok") return;
+    const outcome = await watchFirstSync(m.account);
+    await loadAccounts();
+    if (state.open !== m.account) return;
+    const account = state.accounts.get(m.account);
+    if (outcome === "succeeded") setResult(`✓ Signed in to Schwab and synced: balance ${money(account.current_balance, account.currency)}`, true);
+    else if (outcome === "failed") setResult(await refreshFailure(m.account, { ok: false }), false);
+    else setResult(oauthText(m), true);
   }
+}
+
+// `/?open=ID&tab=integration` (the health page's "Open settings") opens that dialog.
+function openFromQuery() {
+  const q = new URLSearchParams(location.search);
+  const id = Number(q.get("open"));
+  if (!id) return null;
+  history.replaceState(null, "", location.pathname);
+  return { id, tab: TABS.includes(q.get("tab")) ? q.get("tab") : "details" };
 }
 
 async function initAccounts() {
@@ -886,6 +1144,55 @@ async function initAccounts() {
   pollWhileVisible(pollHealth);
   setInterval(tickTimes, 1000);
   if (returned) await handleOAuth(returned);
+  const open = openFromQuery();
+  if (open) await openDialog(open.id, open.tab).catch((err) => toast(err.message));
+}
+
+// ---- Audit tab -----------------------------------------------------------------------------
+
+const AUDIT_ACTIONS = {
+  "account.create": "Account created",
+  "account.update": "Account changed",
+  "account.delete": "Account deleted",
+  "integration.create": "Integration added",
+  "integration.update": "Integration changed",
+  "integration.delete": "Integration removed",
+  "integration.test": "Connection tested",
+  "integration.refresh": "Refresh asked",
+  "integration.reauth_start": "Schwab sign-in started",
+  "integration.reauth": "Schwab sign-in finished",
+  "history.upsert": "Balance entered",
+  "history.update": "Balance corrected",
+  "history.delete": "Balance deleted",
+};
+
+function auditOutcome(entry) {
+  const d = entry.detail || {};
+  const parts = [];
+  if ("success" in d) parts.push(d.success ? "succeeded" : "failed");
+  if (d.unsaved) parts.push("with the settings in the form");
+  if (d.reason) parts.push(d.reason);
+  return parts.join(", ") || "—";
+}
+
+async function loadAudit() {
+  const id = state.open;
+  if (id === null) return;
+  const { data } = await api("GET", `/api/accounts/${id}/audit`);
+  if (state.open !== id) return;
+  $("#audit-rows").replaceChildren(
+    ...data.map((e) =>
+      el(
+        "tr",
+        { "data-action": e.action },
+        el("td", {}, timeElement(e.at)),
+        el("td", { text: AUDIT_ACTIONS[e.action] || e.action }),
+        el("td", { text: e.changed_fields.length ? e.changed_fields.map(fieldLabel).join(", ") : "—" }),
+        el("td", { text: auditOutcome(e) }),
+      ),
+    ),
+  );
+  $("#audit-empty").hidden = data.length > 0;
 }
 
 // ---- History tab ---------------------------------------------------------------------------
@@ -979,35 +1286,163 @@ export function lineChart(rows, currency) {
 
 // ---- health page ---------------------------------------------------------------------------
 
+// Action results outlive the table's repaints (it is redrawn on every poll).
+const healthState = { accounts: new Map(), results: new Map() };
+
+function healthActions(row) {
+  const result = el("span", { class: "result", role: "status", text: healthState.results.get(row.account_id) || "" });
+  const say = (text) => {
+    healthState.results.set(row.account_id, text);
+    result.textContent = text;
+  };
+  const refresh = el("button", {
+    type: "button",
+    "aria-label": `Refresh ${row.account_name}`,
+    text: "Refresh",
+    onclick: () =>
+      busy(refresh, async () => {
+        say("Refreshing…");
+        const outcome = await refreshAccount(row.account_id);
+        say(outcome.ok ? `✓ Refreshed ${new Date().toLocaleTimeString()}` : outcome.pending ? "Still running" : "✗ Failed (see Problem)");
+        await loadHealthPage();
+      }),
+  });
+  const reauth =
+    row.type === "SCHWAB"
+      ? el("button", {
+          type: "button",
+          "aria-label": `Re-authenticate ${row.account_name}`,
+          text: "Re-authenticate",
+          onclick: () =>
+            busy(reauth, async () => {
+              try {
+                if (await startOAuth(row.account_id)) say("Finish signing in in the window that opened…");
+              } catch (err) {
+                say(`✗ ${err.message}`);
+              }
+            }),
+        })
+      : null;
+  const settings = el("a", { href: `/?open=${row.account_id}&tab=integration`, "aria-label": `Open settings of ${row.account_name}`, text: "Open settings" });
+  return el("td", { class: "row-actions" }, refresh, reauth, settings, result);
+}
+
 async function loadHealthPage() {
-  const { data } = await api("GET", "/api/integrations/health");
+  const [{ data }, accounts] = await Promise.all([api("GET", "/api/integrations/health"), api("GET", "/api/accounts")]);
+  healthState.accounts = new Map(accounts.data.map((a) => [a.id, a]));
+  const open = new Set([...document.querySelectorAll("#health-rows tr")].filter((tr) => tr.querySelector(".problem details")?.open).map((tr) => Number(tr.dataset.accountId)));
   $("#health-rows").replaceChildren(
-    ...data.map((row) =>
-      el(
+    ...data.map((row) => {
+      const summary = syncSummary(row.type, row.sync);
+      const account = healthState.accounts.get(row.account_id);
+      const problem = syncErrorNode(row.sync, configContext(row.type, account?.integration_config));
+      if (open.has(row.account_id)) problem?.querySelector("details")?.setAttribute("open", "");
+      return el(
         "tr",
         { "data-account-id": row.account_id },
         el("th", { scope: "row", text: row.account_name }),
-        el("td", { text: row.type === "SCHWAB" ? "Schwab" : row.type }),
-        el("td", {}, badge(row.status)),
-        el("td", {}, timeElement(row.last_success_at)),
-        row.last_error
-          ? el("td", { class: "error-text", text: `${row.last_error}${row.last_error_code ? ` (code ${row.last_error_code})` : ""}` })
-          : el("td", { class: "muted", text: "—" }),
-        el("td", { class: "expiry" }, row.type === "SCHWAB" ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
-      ),
-    ),
+        el("td", { text: BROKER_NAMES[row.type] || row.type }),
+        el("td", {}, badge(summary)),
+        el("td", { class: "sync" }, partsNode(summary.line)),
+        problem ? el("td", { class: "error-text problem" }, problem) : el("td", { class: "muted problem", text: "—" }),
+        el("td", { class: "expiry" }, row.type === "SCHWAB" && row.sync.signed_in ? timeElement(row.token_refresh_expires_at, countdown) : "—"),
+        healthActions(row),
+      );
+    }),
   );
   $("#health-empty").hidden = data.length > 0;
   $("#health-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  await loadTotals();
 }
 
 function initHealth() {
   if (!requireSignIn()) return;
+  window.addEventListener("message", (e) => {
+    if (e.origin !== location.origin || e.data?.type !== "brokerlink-oauth") return;
+    toast(oauthText(e.data));
+    if (e.data.account) healthState.results.set(e.data.account, oauthText(e.data));
+    loadHealthPage().catch((err) => toast(err.message));
+  });
   pollWhileVisible(loadHealthPage);
   setInterval(tickTimes, 1000);
 }
 
+// ---- security: two-factor, password, devices -----------------------------------------------
+
+async function loadTwoFactor() {
+  const { data } = await api("GET", "/api/auth/me");
+  $("#twofa-state").textContent = data.two_factor_enabled
+    ? "Two-factor sign-in is on."
+    : "Two-factor sign-in is off.";
+  $("#twofa-off").hidden = data.two_factor_enabled;
+  $("#twofa-disable").hidden = !data.two_factor_enabled;
+  $("#twofa-enrol").hidden = true;
+}
+
+function initSecurity() {
+  if (!requireSignIn()) return;
+  loadTwoFactor().catch((err) => toast(err.message));
+  $("#twofa-start").addEventListener("click", async () => {
+    const { data } = await api("POST", "/api/auth/2fa/setup");
+    $("#twofa-qr").src = `data:image/svg+xml;base64,${btoa(data.qr_svg)}`;
+    $("#twofa-secret").textContent = data.secret;
+    $("#twofa-off").hidden = true;
+    $("#twofa-enrol").hidden = false;
+    $("#twofa-confirm-code").focus();
+  });
+  $("#twofa-enrol").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      const { data } = await api("POST", "/api/auth/2fa/confirm", { code: form.code.value.trim() });
+      $("#twofa-code-list").replaceChildren(...data.recovery_codes.map((c) => el("li", {}, el("code", {}, c))));
+      $("#twofa-codes").hidden = false;
+      form.reset();
+      await loadTwoFactor();
+    } catch (err) {
+      showErrors(form, err, () => "twofa-confirm", $("#twofa-enrol-error"));
+    }
+  });
+  $("#twofa-disable").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      await api("POST", "/api/auth/2fa/disable", { password: form.password.value, code: form.code.value.trim() });
+      form.reset();
+      $("#twofa-codes").hidden = true;
+      await loadTwoFactor();
+      toast("Two-factor sign-in is off.");
+    } catch (err) {
+      showErrors(form, err, () => "twofa-disable", $("#twofa-disable-error"));
+    }
+  });
+  $("#password-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    clearErrors(form);
+    try {
+      await api("POST", "/api/auth/password", {
+        current_password: form.current_password.value,
+        new_password: form.new_password.value,
+      });
+      form.reset();
+      toast("Password changed; other devices are signed out.");
+    } catch (err) {
+      showErrors(form, err, () => "password", $("#password-error"));
+    }
+  });
+  $("#logout-all").addEventListener("click", () => signOutEverywhere("/api/auth/logout-all"));
+}
+
 // ---- start ---------------------------------------------------------------------------------
 
-const pages = { login: initLogin, register: initRegister, accounts: initAccounts, health: initHealth };
+const pages = {
+  login: initLogin,
+  register: initRegister,
+  accounts: initAccounts,
+  health: initHealth,
+  security: initSecurity,
+};
 pages[document.body.dataset.page]?.();

@@ -1,0 +1,1 @@
+"""Gateway endpoints: who owns which IB Gateway address, and which addresses may be used."""

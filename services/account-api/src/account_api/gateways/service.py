@@ -1,0 +1,86 @@
+"""Gateway endpoints belong to users: the first user to configure an IB Gateway's (host, port)
+owns it, and nobody else may point an integration at it.
+
+A real IB Gateway cannot tell brokerlink's users apart (it trusts the connector's address), so
+this is what keeps one user from reading another's accounts. An endpoint is recorded under its
+name and under every address the name resolves to, so `localhost` and `127.0.0.1` are one
+endpoint. Hosts are resolved the way the connector will connect (`NetworkReach`), and a host
+outside the allowed networks is refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+from brokerlink_shared.reach import HostNotAllowed, NetworkReach
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_api.errors import Conflict, InvalidField
+from account_api.gateways.repository import GatewayEndpointRepository
+from account_api.integrations.schemas import IBConfigIn
+
+
+class GatewayOwnedElsewhere(Conflict):
+    def __init__(self, field: str) -> None:
+        # Names no account and no user: only that the address is taken.
+        super().__init__(
+            "this IB Gateway address is registered to another brokerlink user; "
+            "configure a gateway of your own",
+            field=field,
+        )
+        self.code = "gateway_owned_elsewhere"
+
+
+class HostOutsideReach(InvalidField):
+    def __init__(self, refused: HostNotAllowed, field: str) -> None:
+        super().__init__(refused.message, field=field)
+        self.code = refused.code
+
+
+class GatewayEndpoints:
+    def __init__(self, reach: NetworkReach) -> None:
+        self._reach = reach
+
+    async def claim(
+        self, session: AsyncSession, user_id: int, config: IBConfigIn
+    ) -> None:
+        """Check every endpoint of `config` is reachable by policy and free or the user's own,
+        and record the user as owner of the free ones (in the caller's transaction)."""
+        await self._refuse_taken(session, user_id, config, record=True)
+
+    async def check(
+        self, session: AsyncSession, user_id: int, config: IBConfigIn
+    ) -> None:
+        """As `claim`, recording nothing: for a dry test of settings that are not saved."""
+        await self._refuse_taken(session, user_id, config, record=False)
+
+    async def _refuse_taken(
+        self, session: AsyncSession, user_id: int, config: IBConfigIn, *, record: bool
+    ) -> None:
+        endpoints = [("config.host", config.host, config.port)] + [
+            (f"config.backups.{i}.host", b.host, b.port)
+            for i, b in enumerate(config.backups or [])  # absent: the stored ones stay
+        ]
+        field_of: dict[tuple[str, int], str] = {}
+        for field, host, port in endpoints:
+            try:
+                addresses = await self._reach.resolve(host, port)
+            except HostNotAllowed as exc:
+                raise HostOutsideReach(exc, field) from None
+            for key in [(_name(host), port), *((a, port) for a in addresses)]:
+                field_of.setdefault(key, field)
+        endpoints_repo = GatewayEndpointRepository(session)
+        taken = await endpoints_repo.used_by_others(user_id, field_of)
+        owners = await (
+            endpoints_repo.claim(user_id, field_of)
+            if record
+            else endpoints_repo.owners(field_of)
+        )
+        taken |= {key for key, owner in owners.items() if owner != user_id}
+        if taken:
+            fields = {field_of[key] for key in taken}
+            raise GatewayOwnedElsewhere(
+                "config.host" if "config.host" in fields else min(fields)
+            )
+
+
+def _name(host: str) -> str:
+    return host.strip().strip("[]").lower().rstrip(".")

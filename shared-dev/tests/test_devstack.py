@@ -1,0 +1,58 @@
+"""`make run`'s pieces that decide what a person sees: port choice and the quiet console."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from brokerlink_devkit.devstack.errors import StartupError
+from brokerlink_devkit.devstack.ports import PortBook
+from brokerlink_devkit.devstack.supervisor import _console_line
+
+
+def test_a_port_from_a_setting_must_be_free(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        book = PortBook(tmp_path / "ports.json")
+        with pytest.raises(StartupError) as error:
+            book.take("api", setting="API_PORT", given=str(port))
+    assert error.value.what.startswith(f"port {port} (API_PORT) is already in use")
+    assert "API_PORT=<port> make run" in error.value.advice
+    with pytest.raises(StartupError, match="API_PORT='eighty' is not a port number"):
+        PortBook(tmp_path / "ports.json").take(
+            "api", setting="API_PORT", given="eighty"
+        )
+
+
+def test_ports_are_remembered_and_moved_when_taken(tmp_path: Path) -> None:
+    book = PortBook(tmp_path / "ports.json")
+    first = book.take("sim", setting="SIM_PORT", given="0")
+    book.save()
+    again = PortBook(tmp_path / "ports.json")
+    assert again.take("sim", setting="SIM_PORT", given=None) == first
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first))
+        squatter.listen()
+        moved = PortBook(tmp_path / "ports.json").take(
+            "sim", setting="SIM_PORT", given=None
+        )
+    assert moved != first
+
+
+def test_the_console_shows_warnings_and_hides_routine_lines() -> None:
+    info = (
+        '{"ts":"t","level":"INFO","service":"s","logger":"l","msg":"connected to NATS"}'
+    )
+    warning = '{"ts":"t","level":"WARNING","service":"s","logger":"l","msg":"retrying","attempt":2}'
+    assert _console_line(info, threshold=30) is None
+    assert _console_line(warning, threshold=30) == 'WARNING retrying {"attempt":2}'
+    assert _console_line(info, threshold=20) == "INFO connected to NATS"
+    assert _console_line('{"admin_url": "http://x"}', threshold=30) is None
+    assert _console_line("Traceback (most recent call last):", threshold=30) is None
+    assert (
+        _console_line("2026 WARNING gateway slow", threshold=30)
+        == "2026 WARNING gateway slow"
+    )

@@ -1,0 +1,60 @@
+"""Two-factor sign-in in a real browser: enrol on the Security page (QR code, key, recovery
+codes), sign out (the session ends on the server), sign in again with the authenticator's code."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import pyotp
+from playwright.async_api import Page, expect
+
+PASSWORD = "correct horse battery"
+
+
+async def test_enrol_and_sign_in_with_a_code(page: Page) -> None:
+    email = f"grace{secrets.token_hex(4)}@example.com"
+    await page.goto("/register")
+    await page.get_by_label("Name").fill("Grace Hopper")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+
+    await page.get_by_role("link", name="Security").click()
+    await expect(page.locator("#twofa-state")).to_have_text(
+        "Two-factor sign-in is off."
+    )
+    await page.get_by_role("button", name="Set up two-factor sign-in").click()
+    qr = page.get_by_alt_text("QR code holding the two-factor key")
+    await expect(qr).to_have_attribute(
+        "src", re.compile(r"^data:image/svg\+xml;base64,")
+    )
+    secret = (await page.locator("#twofa-secret").text_content() or "").strip()
+    totp = pyotp.TOTP(secret)
+    await page.get_by_label("Code from the app", exact=True).fill(
+        "000000" if totp.now() != "000000" else "111111"
+    )
+    await page.get_by_role("button", name="Turn on").click()
+    await expect(page.locator("#twofa-enrol-error")).not_to_be_empty()
+    await page.get_by_label("Code from the app", exact=True).fill(totp.now())
+    await page.get_by_role("button", name="Turn on").click()
+    await expect(page.locator("#twofa-code-list li")).to_have_count(10)
+    await expect(page.locator("#twofa-state")).to_have_text("Two-factor sign-in is on.")
+
+    await page.get_by_role("button", name="Sign out", exact=True).click()
+    await expect(page).to_have_url(re.compile(r"/login"))
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#login-error")).to_have_text(
+        "Enter the code from your authenticator app."
+    )
+    code = page.get_by_label("Code from your authenticator app (or a recovery code)")
+    await expect(code).to_be_focused()
+    await code.fill(totp.at(time.time() + 30))  # the next step: never the one just used
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    await expect(page.locator("#user-name")).to_have_text("Grace Hopper")
+    assert not page.errors  # type: ignore[attr-defined]
