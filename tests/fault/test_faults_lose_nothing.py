@@ -187,6 +187,7 @@ async def test_a_bulk_refresh_through_restarts_kills_and_a_flaky_link_loses_noth
             "BROKERLINK_NAMESPACE": namespace,
             "BROKERLINK_ENCRYPTION_KEYS": generate_key(),
             "BROKERLINK_LOG_LEVEL": "WARNING",
+            "IB_CONNECTOR_ALLOWED_NETWORKS": "127.0.0.0/8",  # the simulated gateways
         }
         # two account-api workers (processes), sharing the database and the consumers
         api_ports = [free_port(), free_port()]

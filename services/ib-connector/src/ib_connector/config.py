@@ -71,9 +71,10 @@ class Settings(BusSettings):
         description="refreshes worked on at once; past this, refreshes are answered busy",
     )
     max_queued_s: float = Field(
-        default=30.0,
+        default=110.0,
         ge=0,
-        description="a refresh that waited longer than this in the stream is answered busy",
+        description="a refresh that waited longer than this in the stream is answered busy "
+        "(just under account-api's refresh deadline, after which nobody waits for it; 0: never)",
     )
 
     replica_id: str = Field(

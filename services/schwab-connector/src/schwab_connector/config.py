@@ -51,9 +51,10 @@ class Settings(ServiceSettings):
         default=1.0, ge=0, description="a batch waits at most this long before its call"
     )
     max_queued_s: float = Field(
-        default=30.0,
+        default=110.0,
         ge=0,
-        description="a refresh that waited longer than this in the stream is answered busy",
+        description="a refresh that waited longer than this in the stream is answered busy "
+        "(just under account-api's refresh deadline, after which nobody waits for it; 0: never)",
     )
     refresh_workers: int = Field(
         default=1000,
