@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 UV = $(shell ./scripts/bootstrap.sh | tail -n 1)
 
-.PHONY: run test lint format bootstrap browser asyncapi bench deploy-smoke
+.PHONY: run test test-fast lint format bootstrap browser asyncapi bench deploy-smoke
 
 bootstrap:
 	@./scripts/bootstrap.sh >/dev/null
@@ -18,6 +18,12 @@ test:
 	  $(MAKE) --no-print-directory lint UV_BIN="$$uv_bin" && \
 	  "$$uv_bin" run --frozen pytest
 
+# The fast layer (pure rules, use cases over in-memory fakes, TestNatsBroker wiring): no servers,
+# seconds. Plugins only the full suite needs stay off to keep start-up cheap.
+test-fast:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && \
+	  "$$uv_bin" run --frozen pytest -m fast -q -p no:schemathesis -p no:hypothesispytest shared/tests services tests/house_rules
+
 lint:
 	@uv_bin="$${UV_BIN:-$$(./scripts/bootstrap.sh | tail -n 1)}" && \
 	  "$$uv_bin" run --frozen ruff check . && \
@@ -27,6 +33,10 @@ lint:
 
 format:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run ruff check --fix . && "$$uv_bin" run ruff format .
+
+# Every bench in its short mode, compared with bench/budgets.json; not part of `make test`.
+bench:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python bench/gate.py
 
 asyncapi:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && "$$uv_bin" run --frozen python -m brokerlink_shared.asyncapi > docs/asyncapi.json

@@ -198,16 +198,25 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="work directory to keep (default: a temporary one)"
     )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="migrate this legacy database instead of generating one",
+    )
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="migrate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    source = work / "investment_tracker.db"
-    source.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    sizes = generate(source, args.scale)
-    print(
-        f"generated {sizes} in {time.perf_counter() - t0:.1f} s ({source.stat().st_size / 1e6:.0f} MB)"
-    )
+    if args.source:
+        source = args.source.resolve()
+        print(f"source {source} ({source.stat().st_size / 1e6:.0f} MB)")
+    else:
+        source = work / "investment_tracker.db"
+        source.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        sizes = generate(source, args.scale)
+        print(
+            f"generated {sizes} in {time.perf_counter() - t0:.1f} s ({source.stat().st_size / 1e6:.0f} MB)"
+        )
 
     embedded = None
     url = os.environ.get("DATABASE_URL")

@@ -12,6 +12,8 @@ from brokerlink_shared.crypto import SecretBox, SecretDecryptionError, generate_
 from brokerlink_shared.logging import redact, redact_text
 from pydantic import ValidationError
 
+pytestmark = pytest.mark.fast
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 
 

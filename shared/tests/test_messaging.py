@@ -8,8 +8,10 @@ import pytest
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated, IntegrationConfigured
 from brokerlink_shared.messaging import (
+    EncodedEvent,
     EventPublisher,
     InvalidEventError,
+    PartialPublish,
     dead_letter_count,
     durable_subscriber,
     ensure_streams,
@@ -111,5 +113,50 @@ async def test_failing_handler_is_retried_then_parked(infra) -> None:
         assert attempts[666] == 3
         assert attempts[7] == 2
         assert await dead_letter_count(broker, topology, "svc") == 1
+    finally:
+        await broker.stop()
+
+
+async def test_batch_publish_keeps_order_and_reports_the_acknowledged_prefix(
+    infra,
+) -> None:  # type: ignore[no-untyped-def]
+    topology = Topology(f"{infra.namespace}bp")
+    broker = make_broker(infra.nats_url, topology, "t")
+    await broker.connect()
+    try:
+        await ensure_streams(broker, topology)
+        publisher = EventPublisher(broker, topology)
+
+        def encoded(event: BalanceUpdated) -> EncodedEvent:
+            subject, body = publisher.encode(event)
+            return EncodedEvent(event.family, subject, body, str(event.event_id))
+
+        first = [_balance(i) for i in range(1, 4)]
+        assert await publisher.publish_encoded_batch([encoded(e) for e in first]) == 3
+        later = [_balance(i) for i in range(4, 8)]
+        batch = [encoded(e) for e in later]
+        # the second goes where no stream listens: JetStream cannot acknowledge it
+        lost = batch[1]
+        batch[1] = EncodedEvent(
+            lost.family, f"{topology.namespace}.nowhere", lost.body, lost.msg_id
+        )
+        with pytest.raises(PartialPublish) as caught:
+            await publisher.publish_encoded_batch(batch)
+        assert caught.value.published == 1
+        # Sending the rest again (as the relay does) stores each event exactly once.
+        assert (
+            await publisher.publish_encoded_batch([encoded(e) for e in later[1:]]) == 3
+        )
+        js = broker.connection.jetstream()
+        stream = topology.stream_for(BALANCE_UPDATED)
+        info = await js.stream_info(stream)
+        stored = [
+            BalanceUpdated.model_validate_json(
+                (await js.get_msg(stream, seq)).data or b""
+            ).account_id
+            for seq in range(info.state.first_seq, info.state.last_seq + 1)
+        ]
+        assert stored[:4] == [1, 2, 3, 4]  # in order while nothing fails
+        assert sorted(stored) == [1, 2, 3, 4, 5, 6, 7]
     finally:
         await broker.stop()

@@ -91,6 +91,69 @@ async def test_history_one_row_per_day(client: httpx.AsyncClient, new_user) -> N
     ).status_code == 204
 
 
+async def test_list_with_history_matches_the_history_route(
+    client: httpx.AsyncClient, new_user
+) -> None:
+    h = await new_user(client)
+    other = await new_user(client)
+    ids = []
+    for name in ("A", "B"):
+        r = await client.post(
+            "/api/accounts", headers=h, json={"name": name, "currency": "USD"}
+        )
+        ids.append(r.json()["id"])
+    for day, balance in (
+        ("2026-09-01", "10"),
+        ("2026-10-01", "11.5"),
+        ("2026-11-01", "12"),
+    ):
+        r = await client.post(
+            f"/api/accounts/{ids[0]}/history",
+            headers=h,
+            json={"date": day, "balance": balance, "note": f"on {day}"},
+        )
+        assert r.status_code == 201, r.text
+    await client.post(
+        f"/api/accounts/{ids[0]}/history",
+        headers=other,
+        json={"date": "2026-11-02", "balance": "1"},
+    )  # another user's write to this account is refused and never shows up
+
+    listed = (
+        await client.get("/api/accounts", headers=h, params={"include": "history"})
+    ).json()
+    assert [a["id"] for a in listed] == ids
+    plain = (await client.get("/api/accounts", headers=h)).json()
+    assert [{k: v for k, v in a.items() if k != "history"} for a in listed] == plain
+    for account in listed:
+        route = (
+            await client.get(f"/api/accounts/{account['id']}/history", headers=h)
+        ).json()
+        assert [
+            (r["id"], r["date"], r["note"], r["source"]) for r in account["history"]
+        ] == [(r["id"], r["date"], r["note"], r["source"]) for r in route]
+        assert [float(r["balance"]) for r in account["history"]] == [
+            float(r["balance"]) for r in route
+        ]
+    assert [r["date"] for r in listed[0]["history"]] == [
+        "2026-11-01",
+        "2026-10-01",
+        "2026-09-01",
+    ]
+    assert listed[1]["history"] == []
+    newest = (
+        await client.get(
+            "/api/accounts",
+            headers=h,
+            params={"include": "history", "history_limit": 1},
+        )
+    ).json()
+    assert [r["date"] for r in newest[0]["history"]] == ["2026-11-01"]
+    bad = await client.get("/api/accounts", headers=h, params={"include": "secrets"})
+    assert bad.status_code == 422 and "include" in bad.text
+    assert (await client.get("/api/accounts", headers=other)).json() == []
+
+
 async def test_auth_flow(client: httpx.AsyncClient, new_user) -> None:
     r = await client.post(
         "/api/auth/register",

@@ -16,6 +16,8 @@ from brokerlink_shared.contracts.events import (
 )
 from brokerlink_shared.contracts.values import IntegrationStatus
 
+pytestmark = pytest.mark.fast
+
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 IB_CONFIG = {

@@ -9,6 +9,7 @@ import httpx
 import psycopg
 from account_api.db import UnitOfWork
 from account_api.scheduling.retention import RetentionJob
+from brokerlink_shared.messaging import EventPublisher
 
 from .conftest import register_user
 
@@ -73,7 +74,9 @@ async def test_old_rows_go_and_recent_ones_stay(api, client: httpx.AsyncClient) 
     container = api.app.state.container
 
     def new_uow() -> UnitOfWork:
-        return UnitOfWork(container.sessionmaker)
+        return UnitOfWork(
+            container.sessionmaker, EventPublisher(container.broker, container.topology)
+        )
 
     removed = await RetentionJob(new_uow, api.settings).purge()
     assert "audit_log" not in removed

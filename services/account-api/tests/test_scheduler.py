@@ -6,13 +6,16 @@ import asyncio
 
 from account_api.db import UnitOfWork
 from account_api.scheduling.scheduler import RefreshScheduler
+from brokerlink_shared.messaging import EventPublisher
 
 
 async def test_one_replica_wins_each_interval(api) -> None:  # type: ignore[no-untyped-def]
     container = api.app.state.container
 
     def new_uow() -> UnitOfWork:
-        return UnitOfWork(container.sessionmaker)
+        return UnitOfWork(
+            container.sessionmaker, EventPublisher(container.broker, container.topology)
+        )
 
     replicas = [
         RefreshScheduler(new_uow, container.integrations.refreshes, interval_s=3600)

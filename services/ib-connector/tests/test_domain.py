@@ -23,6 +23,8 @@ from ib_connector.domain.snapshot import (
     build_snapshot,
 )
 
+pytestmark = pytest.mark.fast
+
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 

@@ -25,6 +25,8 @@ from schwab_connector.domain.tokens import (
     token_times,
 )
 
+pytestmark = pytest.mark.fast
+
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 WEEK = 7 * 24 * 3600
 

@@ -51,7 +51,13 @@ class Settings(ServiceSettings):
     schwab_authorize_url: str = "https://api.schwabapi.com/v1/oauth/authorize"
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=100)
-    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+    outbox_batch_size: int = Field(default=500, ge=1, le=5000)
+    outbox_poll_interval_s: float = Field(
+        default=0.02,
+        gt=0,
+        le=10,
+        description="how often the relay looks for rows staged by other processes",
+    )
 
     login_account_max_failures: int = Field(
         default=5, ge=1, description="failed sign-ins per e-mail address per window"

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Self
 
 import psycopg
+from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.outage import causes, is_transient_io_error
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -18,7 +19,21 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from account_api.accounts.repository import AccountRepository
+from account_api.audit.repository import AuditRepository
 from account_api.config import Settings
+from account_api.gateways.repository import GatewayEndpointRepository
+from account_api.history.repository import HistoryRepository
+from account_api.integrations.repository import (
+    IntegrationRepository,
+    OAuthStateRepository,
+    ProcessedEventRepository,
+    RefreshRepository,
+    SnapshotRepository,
+)
+from account_api.limits import QuotaRepository
+from account_api.pending_links.repository import PendingLinkRepository
+from account_api.throttling import ThrottleRepository
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -57,14 +72,33 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class UnitOfWork:
-    """One transaction: repositories share its session; `commit()` is explicit, exit rolls back."""
+    """One transaction: repositories share its session; `commit()` is explicit, exit rolls back.
+    The PostgreSQL implementation of `unit_of_work.UnitOfWork`; `publisher` encodes the
+    outbox rows that integration transitions write."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        publisher: EventPublisher,
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self._publisher = publisher
         self.session: AsyncSession
 
     async def __aenter__(self) -> Self:
-        self.session = self._sessionmaker()
+        self.session = session = self._sessionmaker()
+        self.accounts = AccountRepository(session)
+        self.audit_log = AuditRepository(session)
+        self.integrations = IntegrationRepository(session, self._publisher)
+        self.refreshes = RefreshRepository(session)
+        self.snapshots = SnapshotRepository(session)
+        self.processed_events = ProcessedEventRepository(session)
+        self.oauth_states = OAuthStateRepository(session)
+        self.pending_links = PendingLinkRepository(session)
+        self.history = HistoryRepository(session)
+        self.quotas = QuotaRepository(session)
+        self.throttle = ThrottleRepository(session)
+        self.gateway_endpoints = GatewayEndpointRepository(session)
         return self
 
     async def __aexit__(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from brokerlink_shared.crypto import SecretBox
+from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import Topology
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -51,7 +52,9 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 async def get_uow(container: ContainerDep) -> UnitOfWork:
-    return UnitOfWork(container.sessionmaker)
+    return UnitOfWork(
+        container.sessionmaker, EventPublisher(container.broker, container.topology)
+    )
 
 
 UowDep = Annotated[UnitOfWork, Depends(get_uow)]

@@ -3,6 +3,8 @@ creations of one user queue and the quota holds exactly."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +16,16 @@ class LimitReached(Conflict):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.code = "limit_reached"
+
+
+class Quotas(Protocol):
+    """What the quota checks read (`QuotaRepository`, or a fake in the fast tests)."""
+
+    async def lock_user(self, user_id: int) -> None: ...
+
+    async def accounts(self, user_id: int) -> int: ...
+
+    async def integrations(self, user_id: int) -> int: ...
 
 
 class QuotaRepository:
@@ -40,17 +52,13 @@ class QuotaRepository:
         return int((await self._session.execute(query)).scalar_one())
 
 
-async def ensure_account_quota(session: AsyncSession, user_id: int, limit: int) -> None:
-    quotas = QuotaRepository(session)
+async def ensure_account_quota(quotas: Quotas, user_id: int, limit: int) -> None:
     await quotas.lock_user(user_id)
     if await quotas.accounts(user_id) >= limit:
         raise LimitReached(f"at most {limit} accounts per user")
 
 
-async def ensure_integration_quota(
-    session: AsyncSession, user_id: int, limit: int
-) -> None:
-    quotas = QuotaRepository(session)
+async def ensure_integration_quota(quotas: Quotas, user_id: int, limit: int) -> None:
     await quotas.lock_user(user_id)
     if await quotas.integrations(user_id) >= limit:
         raise LimitReached(f"at most {limit} integrated accounts per user")

@@ -92,19 +92,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
     integrations_service = IntegrationService.build(
-        settings, secrets, publisher, broker, topology, waiter
+        settings, secrets, broker, topology, waiter
     )
     relay = OutboxRelay(
         settings.libpq_url,
         sessionmaker,
         publisher,
         batch_size=settings.outbox_batch_size,
+        poll_interval_s=settings.outbox_poll_interval_s,
     )
+    relay.wake_on_commit()
 
     def new_uow() -> UnitOfWork:
-        return UnitOfWork(sessionmaker)
+        return UnitOfWork(sessionmaker, publisher)
 
-    register_consumers(broker, topology, new_uow)
+    balances = register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
         new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
             await broker.stop()
+            await balances.aclose()
             await read_pool.close()
             await engine.dispose()
 

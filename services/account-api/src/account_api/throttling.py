@@ -4,24 +4,25 @@ sign-in failures, two-factor codes, and the per-account and per-user rate limits
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.errors import TooManyRequests
 
-_HIT = text(
-    "INSERT INTO auth_throttle AS t (key, window_start, count) "
-    "VALUES (:key, now(), 1) ON CONFLICT (key) DO UPDATE SET "
-    "count = CASE WHEN t.window_start <= now() - make_interval(secs => :w) "
-    "THEN 1 ELSE t.count + 1 END, "
-    "window_start = CASE WHEN t.window_start <= now() - make_interval(secs => :w) "
-    "THEN now() ELSE t.window_start END "
-    "RETURNING count, :w - extract(epoch FROM now() - window_start) AS left_s"
-)
-
 
 class ThrottleRepository:
+    _HIT = text(
+        "INSERT INTO auth_throttle AS t (key, window_start, count) "
+        "VALUES (:key, now(), 1) ON CONFLICT (key) DO UPDATE SET "
+        "count = CASE WHEN t.window_start <= now() - make_interval(secs => :w) "
+        "THEN 1 ELSE t.count + 1 END, "
+        "window_start = CASE WHEN t.window_start <= now() - make_interval(secs => :w) "
+        "THEN now() ELSE t.window_start END "
+        "RETURNING count, :w - extract(epoch FROM now() - window_start) AS left_s"
+    )
+
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
@@ -46,7 +47,9 @@ class ThrottleRepository:
     async def hit(self, key: str, window_s: int) -> tuple[int, float]:
         """Count one event on `key` (a new window when the last one is over); returns the
         count in the window and the seconds left of it."""
-        row = (await self._session.execute(_HIT, {"key": key, "w": window_s})).one()
+        row = (
+            await self._session.execute(self._HIT, {"key": key, "w": window_s})
+        ).one()
         return int(row[0]), float(row[1])
 
     async def clear(self, key: str) -> None:
@@ -55,11 +58,15 @@ class ThrottleRepository:
         )
 
 
-async def rate_limit(
-    session: AsyncSession, key: str, per_minute: int, what: str
-) -> None:
+class Throttle(Protocol):
+    """What `rate_limit` needs (`ThrottleRepository`, or a fake in the fast tests)."""
+
+    async def hit(self, key: str, window_s: int) -> tuple[int, float]: ...
+
+
+async def rate_limit(throttle: Throttle, key: str, per_minute: int, what: str) -> None:
     """Count one use of `key`; past `per_minute` in the current minute, a 429 (nothing done)."""
-    count, left_s = await ThrottleRepository(session).hit(key, 60)
+    count, left_s = await throttle.hit(key, 60)
     if count > per_minute:
         raise TooManyRequests(
             f"at most {per_minute} {what} per minute; try again shortly", left_s

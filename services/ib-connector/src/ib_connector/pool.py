@@ -449,6 +449,8 @@ class GatewaySessionPool:
         self.sessions: dict[SessionKey, GatewaySession] = {}
         # (user, host, port) where that user's session completed an IB handshake
         self.reached: set[tuple[int, str, int]] = set()
+        # account id -> the key of the session serving it: attach and detach stay O(1) per call
+        self._session_of: dict[int, SessionKey] = {}
         self._connect_slots = asyncio.Semaphore(settings.max_concurrent_connects)
         self._reaper: asyncio.Task[None] | None = None
 
@@ -462,6 +464,7 @@ class GatewaySessionPool:
                 await self._reaper
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         self.sessions.clear()
+        self._session_of.clear()
 
     def session(self, config: IBConnection, user_id: int | None) -> GatewaySession:
         """The user's session for a config's key, created and started on first use."""
@@ -488,10 +491,13 @@ class GatewaySessionPool:
         """Serve the account from the session of `config`; an account moved to another gateway
         or client id stops being served (and reported) by its old session."""
         key = session_key(config, user_id)
-        for other in self.sessions.values():
-            if other.key != key and account_id in other.bindings:
+        previous = self._session_of.get(account_id)
+        if previous is not None and previous != key:
+            other = self.sessions.get(previous)
+            if other is not None:
                 other.detach(account_id)
         session = self.session(config, user_id)
+        self._session_of[account_id] = session.key
         binding = session.attach(
             AccountBinding(account_id, user_id, config.account_code), config
         )
@@ -502,15 +508,14 @@ class GatewaySessionPool:
     ) -> SessionKey | None:
         """Stop serving an account; closes its session when it was the last. Returns a closed key."""
         key = session_key(config, user_id) if config else None
-        candidates = (
-            [self.sessions[key]]
-            if key in self.sessions
-            else [s for s in self.sessions.values() if account_id in s.bindings]
-        )
-        for session in candidates:
-            if session.detach(account_id):
-                await self.close_session(session.key)
-                return session.key
+        if key not in self.sessions:
+            key = self._session_of.get(account_id)
+        session = self.sessions.get(key) if key is not None else None
+        if self._session_of.get(account_id) == key:
+            self._session_of.pop(account_id, None)
+        if session is not None and session.detach(account_id):
+            await self.close_session(session.key)
+            return session.key
         return None
 
     async def hand_over(self, key: SessionKey, view: StatusView) -> None:
@@ -527,6 +532,9 @@ class GatewaySessionPool:
     async def close_session(self, key: SessionKey) -> None:
         session = self.sessions.pop(key, None)
         if session is not None:
+            for account_id in session.bindings:
+                if self._session_of.get(account_id) == key:
+                    del self._session_of[account_id]
             await session.close()
             log.info("gateway session closed", extra={"session": session.label})
 

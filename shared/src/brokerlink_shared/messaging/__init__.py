@@ -28,8 +28,10 @@ from brokerlink_shared.messaging.middleware import (
 )
 from brokerlink_shared.messaging.publishing import (
     CORRELATION_HEADER,
+    EncodedEvent,
     EventPublisher,
     InvalidEventError,
+    PartialPublish,
     request_model,
 )
 from brokerlink_shared.messaging.streams import durable_subscriber, ensure_streams
@@ -38,9 +40,11 @@ __all__ = [
     "CORRELATION_HEADER",
     "RETRY_LATER_CEILING",
     "DeadLetterMiddleware",
+    "EncodedEvent",
     "EventPublisher",
     "InvalidEventError",
     "ParkedHook",
+    "PartialPublish",
     "PermanentFailure",
     "RetryLater",
     "bus_connected",

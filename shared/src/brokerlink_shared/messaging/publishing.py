@@ -4,6 +4,9 @@ request/reply with pydantic models on both ends."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -29,6 +32,26 @@ class InvalidEventError(ValueError):
         self.event_type = event_type
 
 
+class PartialPublish(Exception):
+    """Only the first `published` events of a batch were acknowledged by JetStream."""
+
+    def __init__(self, published: int, cause: BaseException | None) -> None:
+        super().__init__(f"{published} published before: {cause!r}")
+        self.published = published
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An already validated event as the outbox stores it."""
+
+    family: str
+    subject: str
+    body: bytes
+    msg_id: str
+    correlation_id: str | None = None
+
+
 class EventPublisher:
     """Validates and publishes events to JetStream with broker-side de-duplication."""
 
@@ -38,6 +61,15 @@ class EventPublisher:
         self._broker = broker
         self._topology = topology
         self._timeout = timeout_s
+        self._js: Any = None
+        self._js_connection: Any = None
+
+    def _jetstream(self) -> Any:
+        connection = self._broker.connection
+        if self._js is None or self._js_connection is not connection:
+            # One context per connection: it owns the inbox where async acks arrive.
+            self._js, self._js_connection = connection.jetstream(), connection
+        return self._js
 
     @staticmethod
     def build(event_type: str, data: dict[str, Any]) -> Event:
@@ -68,6 +100,53 @@ class EventPublisher:
             msg_id or str(event.event_id),
             event.correlation_id,
         )
+
+    async def publish_encoded_batch(self, events: Sequence[EncodedEvent]) -> int:
+        """Publish many validated events with their acks in flight together, in order.
+
+        Messages go out on one connection in the given order, so JetStream stores them in that
+        order. Returns how many of the first events were acknowledged without a gap; when that
+        is fewer than all, `PartialPublish` is raised after every ack has settled (a re-send of
+        the rest is a no-op for those already stored, thanks to `Nats-Msg-Id`)."""
+        if not events:
+            return 0
+        js = self._jetstream()
+        acks: list[asyncio.Future[Any]] = []
+        failure: BaseException | None = None
+        try:
+            for event in events:
+                headers = {"Nats-Msg-Id": event.msg_id}
+                if event.correlation_id:
+                    headers[CORRELATION_HEADER] = event.correlation_id
+                acks.append(
+                    await js.publish_async(
+                        event.subject,
+                        event.body,
+                        wait_stall=self._timeout,
+                        stream=self._topology.stream_for(event.family),
+                        headers=headers,
+                    )
+                )
+        except Exception as exc:
+            failure = exc
+        done = 0
+        if acks:
+            _, late = await asyncio.wait(acks, timeout=self._timeout)
+            for ack in late:
+                ack.cancel()  # frees its slot in nats-py's pending window
+            for ack in acks:
+                error = (
+                    TimeoutError("no JetStream ack in time")
+                    if ack in late
+                    else ack.exception()
+                )
+                if error is not None:
+                    failure = failure or error
+                    break
+                done += 1
+        if done < len(events):
+            raise PartialPublish(done, failure)
+        return done
 
     async def publish_encoded(
         self,

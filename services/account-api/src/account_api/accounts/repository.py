@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import orjson
+from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +16,23 @@ from account_api.tables import Account
 _COLUMNS = """id, name, currency, account_type, account_number, original_capital, current_balance,
     last_updated, integration_type, integration_config, integration_status, last_error,
     last_refresh_at, last_success_at, last_failure_at, last_error_code, created_at, updated_at"""
+
+
+# Each account with its newest history rows, built as JSON by PostgreSQL (one query per list).
+_WITH_HISTORY = f"""SELECT {_COLUMNS}, COALESCE(
+        (SELECT json_agg(h ORDER BY h.date DESC) FROM (
+            SELECT id, account_id, date, balance::text AS balance, note, source, updated_at
+            FROM account_balance_history WHERE account_id = a.id
+            ORDER BY date DESC LIMIT %s) h),
+        '[]'::json) AS history
+    FROM accounts a WHERE a.user_id = %s ORDER BY a.id"""
+
+
+class _JSONFragmentLoader(Loader):
+    """Keeps PostgreSQL's JSON as bytes that orjson embeds as is (no parse and re-dump)."""
+
+    def load(self, data: Any) -> orjson.Fragment:
+        return orjson.Fragment(bytes(data))
 
 
 class AccountRepository:
@@ -38,6 +58,19 @@ class AccountRepository:
         if user_id is not None:
             query = query.where(Account.user_id == user_id)
         return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def locked_many(self, account_ids: Iterable[int]) -> dict[int, Account]:
+        """The accounts, locked in id order (concurrent batches cannot deadlock)."""
+        ids = sorted(account_ids)
+        if not ids:
+            return {}
+        query = (
+            select(Account)
+            .where(Account.id.in_(ids))
+            .order_by(Account.id)
+            .with_for_update()
+        )
+        return {a.id: a for a in (await self._session.execute(query)).scalars()}
 
     async def sharing_login(self, user_id: int, app_key: str) -> list[Account]:
         """The user's Schwab accounts on one app key, locked in id order (a fixed lock order
@@ -94,6 +127,15 @@ class AccountReadModel:
                 (user_id,),
                 prepare=True,
             )
+            return await cur.fetchall()  # type: ignore[return-value]
+
+    async def list_with_history(
+        self, user_id: int, history_limit: int
+    ) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor()
+            cur.adapters.register_loader("json", _JSONFragmentLoader)
+            await cur.execute(_WITH_HISTORY, (history_limit, user_id), prepare=True)
             return await cur.fetchall()  # type: ignore[return-value]
 
     async def one_for_user(

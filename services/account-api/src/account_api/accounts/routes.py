@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
 
 from account_api.accounts import service
 from account_api.accounts.repository import AccountReadModel
@@ -10,6 +12,7 @@ from account_api.accounts.schemas import (
     AccountCreate,
     AccountOut,
     AccountUpdate,
+    AccountWithHistoryOut,
     TotalsOut,
 )
 from account_api.audit import service as audit_service
@@ -20,9 +23,27 @@ from account_api.responses import JSONBytes
 router = APIRouter(prefix="/api/accounts", tags=["accounts"])
 
 
-@router.get("", response_model=list[AccountOut])
-async def list_accounts(actor: CurrentActor, c: ContainerDep) -> JSONBytes:
-    return JSONBytes(await service.list_accounts(AccountReadModel(c.read_pool), actor))
+@router.get("", response_model=list[AccountWithHistoryOut])
+async def list_accounts(
+    actor: CurrentActor,
+    c: ContainerDep,
+    include: Annotated[
+        Literal["history"] | None,
+        Query(
+            description="`history`: each account with its balance history, newest first"
+        ),
+    ] = None,
+    history_limit: Annotated[
+        int, Query(ge=1, le=3660, description="history rows per account")
+    ] = 3660,
+) -> JSONBytes:
+    return JSONBytes(
+        await service.list_accounts(
+            AccountReadModel(c.read_pool),
+            actor,
+            history_limit=history_limit if include == "history" else 0,
+        )
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)

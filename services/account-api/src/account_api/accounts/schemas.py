@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -93,3 +94,21 @@ class TotalsOut(BaseModel):
         description="the sum of all balances, when they share one currency"
     )
     net_worth_currency: str | None
+
+
+class HistoryRowOut(BaseModel):
+    """One balance history row, as `GET /api/accounts/{id}/history` shows it."""
+
+    id: int
+    account_id: int
+    date: dt.date
+    balance: Decimal
+    note: str | None
+    source: str
+    updated_at: datetime
+
+
+class AccountWithHistoryOut(AccountOut):
+    history: list[HistoryRowOut] | None = Field(
+        default=None, description="only with `include=history`"
+    )

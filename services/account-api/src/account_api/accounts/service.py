@@ -43,8 +43,16 @@ def _out(account: Account) -> AccountOut:
     )
 
 
-async def list_accounts(reads: AccountReadModel, actor: Actor) -> list[dict[str, Any]]:
-    return [account_view(r) for r in await reads.list_for_user(actor.user_id)]
+async def list_accounts(
+    reads: AccountReadModel, actor: Actor, *, history_limit: int = 0
+) -> list[dict[str, Any]]:
+    """The actor's accounts; with `history_limit`, each with its newest history rows."""
+    rows = (
+        await reads.list_with_history(actor.user_id, history_limit)
+        if history_limit
+        else await reads.list_for_user(actor.user_id)
+    )
+    return [account_view(r) for r in rows]
 
 
 async def totals(reads: AccountReadModel, actor: Actor) -> TotalsOut:
@@ -73,7 +81,7 @@ async def create_account(
     uow: UnitOfWork, actor: Actor, body: AccountCreate, max_accounts: int
 ) -> AccountOut:
     async with uow:
-        await ensure_account_quota(uow.session, actor.user_id, max_accounts)
+        await ensure_account_quota(uow.quotas, actor.user_id, max_accounts)
         account = await AccountRepository(uow.session).add(
             Account(
                 user_id=actor.user_id,

@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
-from account_api.audit.repository import AuditRepository
 from account_api.audit.schemas import AuditOut
-from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound
+from account_api.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +26,7 @@ class Change:
 
 async def audit(uow: UnitOfWork, actor: Actor, change: Change) -> None:
     """Append `change` by `actor` to the audit log, in the open transaction."""
-    await AuditRepository(uow.session).record(
+    await uow.audit_log.record(
         actor=str(actor.user_id),
         user_id=actor.user_id,
         account_id=change.account_id,
@@ -44,12 +42,9 @@ async def account_audit(
 ) -> list[AuditOut]:
     """The newest entries of one of the actor's accounts."""
     async with uow:
-        if (
-            await AccountRepository(uow.session).owned(actor.user_id, account_id)
-            is None
-        ):
+        if await uow.accounts.owned(actor.user_id, account_id) is None:
             raise AccountNotFound()
         return [
             AuditOut.model_validate(e)
-            for e in await AuditRepository(uow.session).for_account(account_id)
+            for e in await uow.audit_log.for_account(account_id)
         ]

@@ -10,12 +10,29 @@ outside the allowed networks is refused before anything is stored.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from brokerlink_shared.reach import HostNotAllowed, NetworkReach
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.errors import Conflict, InvalidField
-from account_api.gateways.repository import GatewayEndpointRepository
 from account_api.integrations.schemas import IBConfigIn
+
+
+class EndpointOwners(Protocol):
+    """Who owns which endpoint (`GatewayEndpointRepository`, or a fake in the fast tests)."""
+
+    async def claim(
+        self, user_id: int, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]: ...
+
+    async def used_by_others(
+        self, user_id: int, endpoints: Iterable[tuple[str, int]]
+    ) -> set[tuple[str, int]]: ...
+
+    async def owners(
+        self, endpoints: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]: ...
 
 
 class GatewayOwnedElsewhere(Conflict):
@@ -40,20 +57,25 @@ class GatewayEndpoints:
         self._reach = reach
 
     async def claim(
-        self, session: AsyncSession, user_id: int, config: IBConfigIn
+        self, endpoints_repo: EndpointOwners, user_id: int, config: IBConfigIn
     ) -> None:
         """Check every endpoint of `config` is reachable by policy and free or the user's own,
         and record the user as owner of the free ones (in the caller's transaction)."""
-        await self._refuse_taken(session, user_id, config, record=True)
+        await self._refuse_taken(endpoints_repo, user_id, config, record=True)
 
     async def check(
-        self, session: AsyncSession, user_id: int, config: IBConfigIn
+        self, endpoints_repo: EndpointOwners, user_id: int, config: IBConfigIn
     ) -> None:
         """As `claim`, recording nothing: for a dry test of settings that are not saved."""
-        await self._refuse_taken(session, user_id, config, record=False)
+        await self._refuse_taken(endpoints_repo, user_id, config, record=False)
 
     async def _refuse_taken(
-        self, session: AsyncSession, user_id: int, config: IBConfigIn, *, record: bool
+        self,
+        endpoints_repo: EndpointOwners,
+        user_id: int,
+        config: IBConfigIn,
+        *,
+        record: bool,
     ) -> None:
         endpoints = [("config.host", config.host, config.port)] + [
             (f"config.backups.{i}.host", b.host, b.port)
@@ -67,7 +89,6 @@ class GatewayEndpoints:
                 raise HostOutsideReach(exc, field) from None
             for key in [(_name(host), port), *((a, port) for a in addresses)]:
                 field_of.setdefault(key, field)
-        endpoints_repo = GatewayEndpointRepository(session)
         taken = await endpoints_repo.used_by_others(user_id, field_of)
         owners = await (
             endpoints_repo.claim(user_id, field_of)

@@ -81,5 +81,40 @@ class HistoryRepository:
             ).scalar_one()
         return row
 
+    async def upsert_broker_days(
+        self, rows: list[tuple[int, dt.date, Decimal, str, dt.datetime]]
+    ) -> None:
+        """Many `upsert`s of broker balances (account, day, balance, source, as_of) in one
+        statement, keeping the same rule: never replace a newer row. One row per (account, day)."""
+        if not rows:
+            return
+        stmt = insert(BalanceHistory).values(
+            [
+                {
+                    "account_id": account_id,
+                    "date": day,
+                    "balance": balance,
+                    "source": source,
+                    "as_of": as_of,
+                }
+                for account_id, day, balance, source, as_of in sorted(
+                    rows, key=lambda r: (r[0], r[1])
+                )
+            ]
+        )
+        await self._session.execute(
+            stmt.on_conflict_do_update(
+                constraint="uq_history_account_day",
+                set_={
+                    "balance": stmt.excluded.balance,
+                    "source": stmt.excluded.source,
+                    "as_of": stmt.excluded.as_of,
+                    "updated_at": func.now(),
+                },
+                where=BalanceHistory.as_of.is_(None)
+                | (BalanceHistory.as_of <= stmt.excluded.as_of),
+            )
+        )
+
     async def delete(self, row: BalanceHistory) -> None:
         await self._session.delete(row)

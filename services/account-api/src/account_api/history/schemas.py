@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from account_api.accounts.schemas import Money
+from account_api.accounts.schemas import HistoryRowOut, Money
 
 
 class _In(BaseModel):
@@ -25,13 +24,5 @@ class HistoryUpdate(_In):
     note: Annotated[str, Field(max_length=1000)] | None = None
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(HistoryRowOut):
     model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    account_id: int
-    date: dt.date
-    balance: Decimal
-    note: str | None
-    source: str
-    updated_at: dt.datetime

@@ -12,7 +12,7 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestRequest,
 )
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher, request_model
+from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -21,15 +21,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.db import UnitOfWork
 from account_api.gateways.service import GatewayEndpoints
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
 from account_api.integrations.refreshes import RefreshService
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    integration_state,
-)
+from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import (
     IBIntegrationIn,
     IntegrationIn,
@@ -39,6 +35,7 @@ from account_api.integrations.schemas import (
 from account_api.limits import ensure_integration_quota
 from account_api.tables import Account
 from account_api.throttling import rate_limit
+from account_api.unit_of_work import UnitOfWork
 
 
 class IntegrationConfiguration:
@@ -46,14 +43,12 @@ class IntegrationConfiguration:
         self,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
         refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._publisher = publisher
         self._broker = broker
         self._topology = topology
         self._refreshes = refreshes
@@ -67,10 +62,12 @@ class IntegrationConfiguration:
         become the actor's)."""
         if account.integration_type is None:
             await ensure_integration_quota(
-                uow.session, actor.user_id, self._settings.max_integrations_per_user
+                uow.quotas, actor.user_id, self._settings.max_integrations_per_user
             )
         if isinstance(body, IBIntegrationIn):
-            await self._gateways.claim(uow.session, actor.user_id, body.config)
+            await self._gateways.claim(
+                uow.gateway_endpoints, actor.user_id, body.config
+            )
 
     def apply_configuration(
         self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
@@ -94,7 +91,7 @@ class IntegrationConfiguration:
                 correlation_id=actor.request_id,
                 now=now,
             )
-            self._integrations(uow).save(account, transition)
+            uow.integrations.save(account, transition)
             account.updated_at = now
         return Change(action, account.id, changed)
 
@@ -115,12 +112,9 @@ class IntegrationConfiguration:
         transition = lifecycle.removed(
             integration_state(account), correlation_id=actor.request_id, now=now
         )
-        self._integrations(uow).save(account, transition)
+        uow.integrations.save(account, transition)
         account.updated_at = now
         return Change("integration.delete", account.id, ["type"])
-
-    def _integrations(self, uow: UnitOfWork) -> IntegrationRepository:
-        return IntegrationRepository(uow.session, self._publisher)
 
     async def configure(
         self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn
@@ -168,14 +162,16 @@ class IntegrationConfiguration:
                 kind = Broker(body.type)
                 if isinstance(body, IBIntegrationIn):
                     # the same reach and ownership rules as a save, recording nothing
-                    await self._gateways.check(uow.session, actor.user_id, body.config)
+                    await self._gateways.check(
+                        uow.gateway_endpoints, actor.user_id, body.config
+                    )
                 stored = self._merged(account, body)
             else:
                 state = lifecycle.tested(integration_state(account)).state
                 kind = Broker(state.require_configured())
                 stored = dict(state.config or {})
             await rate_limit(
-                uow.session,
+                uow.throttle,
                 f"test:acct:{account.id}",
                 self._settings.tests_per_account_per_minute,
                 "connection tests of an account",

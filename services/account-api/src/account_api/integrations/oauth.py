@@ -15,28 +15,22 @@ from brokerlink_shared.contracts.events import (
     SchwabOAuthExchangeRequest,
 )
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher, request_model
+from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import SCHWAB_OAUTH_EXCHANGE, Topology
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound, Conflict, InvalidField
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
 from account_api.integrations.refreshes import RefreshService
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    OAuthStateRepository,
-    integration_state,
-    of_login,
-)
+from account_api.integrations.repository import integration_state, of_login
 from account_api.integrations.schemas import OAuthStartOut
+from account_api.unit_of_work import UnitOfWork
 
 CALLBACK_PATH = "/api/integrations/schwab/callback"
 
@@ -46,14 +40,12 @@ class SchwabOAuthFlow:
         self,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
         refreshes: RefreshService,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
-        self._publisher = publisher
         self._broker = broker
         self._topology = topology
         self._refreshes = refreshes
@@ -90,9 +82,7 @@ class SchwabOAuthFlow:
             expires = datetime.now(UTC) + timedelta(
                 seconds=self._settings.oauth_state_ttl_s
             )
-            OAuthStateRepository(uow.session).add(
-                nonce, actor.user_id, account.id, expires
-            )
+            uow.oauth_states.add(nonce, actor.user_id, account.id, expires)
             await audit(uow, actor, Change("integration.reauth_start", account.id))
             await uow.commit()
             query = urlencode(
@@ -116,13 +106,11 @@ class SchwabOAuthFlow:
         if nonce is None:
             raise InvalidField("invalid OAuth state", field="state")
         async with uow:
-            row = await OAuthStateRepository(uow.session).consume(
-                nonce, datetime.now(UTC)
-            )
+            row = await uow.oauth_states.consume(nonce, datetime.now(UTC))
             if row is None:
                 raise InvalidField("OAuth state expired or already used", field="state")
             user_id, account_id = row.user_id, row.account_id
-            account = await AccountRepository(uow.session).owned(user_id, account_id)
+            account = await uow.accounts.owned(user_id, account_id)
             if account is None or account.integration_type != "SCHWAB":
                 raise AccountNotFound()
             config = dict(account.integration_config or {})
@@ -150,11 +138,9 @@ class SchwabOAuthFlow:
             )
         actor = Actor(user_id=user_id, request_id=request_id)
         async with uow:
-            siblings = await AccountRepository(uow.session).sharing_login(
-                user_id, config["app_key"]
-            )
+            siblings = await uow.accounts.sharing_login(user_id, config["app_key"])
             account = await owned_account(uow, actor, account_id, lock=True)
-            integrations = IntegrationRepository(uow.session, self._publisher)
+            integrations = uow.integrations
             current = account.integration_config or {}
             if (
                 account.integration_type != "SCHWAB"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
-from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound
 from account_api.integrations import rules
-from account_api.integrations.repository import SnapshotRepository
 from account_api.integrations.schemas import (
     CashOut,
     HealthRowOut,
@@ -18,6 +15,7 @@ from account_api.integrations.schemas import (
     PositionOut,
 )
 from account_api.tables import Account
+from account_api.unit_of_work import UnitOfWork
 
 
 def integration_out(
@@ -45,9 +43,7 @@ async def owned_account(
     uow: UnitOfWork, actor: Actor, account_id: int, *, lock: bool = False
 ) -> Account:
     """The actor's account, in the open transaction; `AccountNotFound` otherwise."""
-    account = await AccountRepository(uow.session).owned(
-        actor.user_id, account_id, for_update=lock
-    )
+    account = await uow.accounts.owned(actor.user_id, account_id, for_update=lock)
     if account is None:
         raise AccountNotFound()
     return account
@@ -62,7 +58,7 @@ class IntegrationReads:
 
     async def health(self, uow: UnitOfWork, actor: Actor) -> list[HealthRowOut]:
         async with uow:
-            accounts = await AccountRepository(uow.session).integrated(actor.user_id)
+            accounts = await uow.accounts.integrated(actor.user_id)
             return [
                 HealthRowOut(
                     account_id=a.id,
@@ -85,7 +81,7 @@ class IntegrationReads:
     ) -> list[PositionOut]:
         async with uow:
             await owned_account(uow, actor, account_id)
-            rows = await SnapshotRepository(uow.session).positions(account_id)
+            rows = await uow.snapshots.positions(account_id)
             return [PositionOut.model_validate(r, from_attributes=True) for r in rows]
 
     async def cash(
@@ -93,5 +89,5 @@ class IntegrationReads:
     ) -> list[CashOut]:
         async with uow:
             await owned_account(uow, actor, account_id)
-            rows = await SnapshotRepository(uow.session).cash(account_id)
+            rows = await uow.snapshots.cash(account_id)
             return [CashOut.model_validate(r, from_attributes=True) for r in rows]

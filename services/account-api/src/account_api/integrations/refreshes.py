@@ -8,33 +8,23 @@ import contextlib
 import uuid
 from datetime import UTC, datetime
 
-from brokerlink_shared.messaging import EventPublisher
-
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.db import UnitOfWork
 from account_api.errors import NotFound, UpstreamFailed
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
-from account_api.integrations.repository import (
-    IntegrationRepository,
-    RefreshRepository,
-    integration_state,
-)
+from account_api.integrations.repository import integration_state
 from account_api.integrations.schemas import RefreshJobOut, RefreshOut
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.tables import Account
 from account_api.throttling import rate_limit
+from account_api.unit_of_work import UnitOfWork
 
 
 class RefreshService:
-    def __init__(
-        self, settings: Settings, publisher: EventPublisher, waiter: RefreshWaiter
-    ) -> None:
+    def __init__(self, settings: Settings, waiter: RefreshWaiter) -> None:
         self._settings = settings
-        self._publisher = publisher
         self._waiter = waiter
 
     def stage(
@@ -55,10 +45,8 @@ class RefreshService:
             correlation_id=correlation,
             now=datetime.now(UTC),
         )
-        RefreshRepository(uow.session).add(
-            refresh_id, account.id, account.integration_version, job_id
-        )
-        IntegrationRepository(uow.session, self._publisher).save(account, transition)
+        uow.refreshes.add(refresh_id, account.id, account.integration_version, job_id)
+        uow.integrations.save(account, transition)
         return refresh_id
 
     async def refresh(
@@ -77,7 +65,7 @@ class RefreshService:
                 )
                 # after the owner check: nobody else can spend this account's budget
                 await rate_limit(
-                    uow.session,
+                    uow.throttle,
                     f"refresh:acct:{account.id}",
                     self._settings.refreshes_per_account_per_minute,
                     "refreshes of an account",
@@ -92,8 +80,10 @@ class RefreshService:
                     ),
                 )
                 await uow.commit()
-            if wait_s > 0:
-                await self._wait_for(uow, account_id, refresh_id, done, wait_s)
+            if wait_s <= 0:
+                # Just committed as pending; reading it back would cost a second transaction.
+                return RefreshOut(refresh_id=refresh_id, status="pending")
+            await self._wait_for(uow, account_id, refresh_id, done, wait_s)
         return await self.refresh_status(uow, actor, account_id, refresh_id)
 
     async def _wait_for(
@@ -114,9 +104,7 @@ class RefreshService:
                 await asyncio.wait_for(done.wait(), timeout)
             done.clear()
             async with uow:
-                refresh = await RefreshRepository(uow.session).get_for_account(
-                    refresh_id, account_id
-                )
+                refresh = await uow.refreshes.get_for_account(refresh_id, account_id)
                 if refresh is not None and refresh.status != "pending":
                     return
 
@@ -125,9 +113,7 @@ class RefreshService:
     ) -> RefreshOut:
         async with uow:
             await owned_account(uow, actor, account_id)
-            refresh = await RefreshRepository(uow.session).get_for_account(
-                refresh_id, account_id
-            )
+            refresh = await uow.refreshes.get_for_account(refresh_id, account_id)
             if refresh is None:
                 raise NotFound("refresh not found")
             if refresh.status == "failed":
@@ -148,17 +134,17 @@ class RefreshService:
         async with uow:
             if actor is not None:
                 await rate_limit(
-                    uow.session,
+                    uow.throttle,
                     f"refresh-all:user:{actor.user_id}",
                     self._settings.bulk_refreshes_per_user_per_minute,
                     "refreshes of all accounts",
                 )
             # Locked, so a concurrent change of an integration cannot slip between our read of
             # its config and the refresh command we queue with it.
-            accounts = await AccountRepository(uow.session).integrated(
+            accounts = await uow.accounts.integrated(
                 actor.user_id if actor else None, lock=True
             )
-            RefreshRepository(uow.session).add_job(
+            uow.refreshes.add_job(
                 job_id, actor.user_id if actor else None, len(accounts), trigger
             )
             for account in accounts:
@@ -191,7 +177,7 @@ class RefreshService:
         self, uow: UnitOfWork, actor: Actor, job_id: uuid.UUID
     ) -> RefreshJobOut:
         async with uow:
-            repo = RefreshRepository(uow.session)
+            repo = uow.refreshes
             job = await repo.job(job_id, actor.user_id)
             if job is None:
                 raise NotFound("refresh job not found")

@@ -137,6 +137,33 @@ class RefreshRepository:
         )
         return [(refresh, kind) for refresh, kind in rows.all()]
 
+    async def get_many(self, refresh_ids: Iterable[uuid.UUID]) -> list[Refresh]:
+        ids = list(refresh_ids)
+        if not ids:
+            return []
+        query = select(Refresh).where(Refresh.id.in_(ids))
+        return list((await self._session.execute(query)).scalars())
+
+    async def settle_many(
+        self,
+        ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
+        now: datetime,
+    ) -> None:
+        """`settle` for many refreshes (refresh, status, message, balance), one NOTIFY statement."""
+        ids = []
+        for refresh, status, message, balance in ended:
+            refresh.status, refresh.completed_at = status, now
+            if message is not None:
+                refresh.message = message
+            if balance is not None:
+                refresh.balance = balance
+            ids.append(str(refresh.id))
+        if ids:
+            await self._session.execute(
+                text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
+                {"ch": REFRESH_CHANNEL, "ids": ids},
+            )
+
     async def get_for_account(
         self, refresh_id: uuid.UUID, account_id: int
     ) -> Refresh | None:
@@ -186,6 +213,43 @@ class SnapshotRepository:
         )
         return list((await self._session.execute(query)).scalars())
 
+    async def replace_many(
+        self,
+        snapshots: dict[
+            int,
+            tuple[datetime, list[dict[str, object]], list[tuple[str, Decimal]]],
+        ],
+    ) -> None:
+        """`replace` for many accounts (account id -> as_of, positions, cash) in four statements."""
+        if not snapshots:
+            return
+        ids = list(snapshots)
+        await self._session.execute(
+            delete(PositionSnapshot).where(PositionSnapshot.account_id.in_(ids))
+        )
+        await self._session.execute(
+            delete(CashSnapshot).where(CashSnapshot.account_id.in_(ids))
+        )
+        positions = [
+            {"account_id": account_id, "as_of": as_of, **pos}
+            for account_id, (as_of, held, _) in snapshots.items()
+            for pos in held
+        ]
+        if positions:
+            await self._session.execute(insert(PositionSnapshot.__table__), positions)
+        cash = [
+            {
+                "account_id": account_id,
+                "currency": currency,
+                "amount": amount,
+                "as_of": as_of,
+            }
+            for account_id, (as_of, _, balances) in snapshots.items()
+            for currency, amount in balances
+        ]
+        if cash:
+            await self._session.execute(insert(CashSnapshot.__table__), cash)
+
     async def replace(
         self,
         account_id: int,
@@ -215,6 +279,20 @@ class SnapshotRepository:
 class ProcessedEventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+
+    async def first_times(
+        self, event_ids: list[uuid.UUID], consumer: str
+    ) -> set[uuid.UUID]:
+        """Record that `consumer` handled these events; returns those it had not before."""
+        if not event_ids:
+            return set()
+        result = await self._session.execute(
+            insert(ProcessedEvent)
+            .values([{"event_id": e, "consumer": consumer} for e in event_ids])
+            .on_conflict_do_nothing()
+            .returning(ProcessedEvent.event_id)
+        )
+        return set(result.scalars())
 
     async def first_time(self, event_id: uuid.UUID, consumer: str) -> bool:
         """Record that `consumer` handled `event_id`; False when it already had."""

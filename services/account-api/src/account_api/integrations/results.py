@@ -7,9 +7,12 @@ state changes only through `integrations.lifecycle`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from brokerlink_shared.contracts.events import (
     BalanceUpdated,
@@ -19,39 +22,32 @@ from brokerlink_shared.contracts.events import (
     SchwabTokensRotated,
 )
 
-from account_api.accounts.repository import AccountRepository
-from account_api.db import UnitOfWork
-from account_api.history.repository import HistoryRepository
 from account_api.integrations import lifecycle
 from account_api.integrations.repository import (
-    ProcessedEventRepository,
-    RefreshRepository,
-    SnapshotRepository,
     integration_state,
     of_login,
     store_state,
 )
 from account_api.tables import Account, Refresh
+from account_api.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 
 async def _first_time(uow: UnitOfWork, event: Event, consumer: str) -> bool:
-    return await ProcessedEventRepository(uow.session).first_time(
-        event.event_id, consumer
-    )
+    return await uow.processed_events.first_time(event.event_id, consumer)
 
 
 async def _account(uow: UnitOfWork, event: Event) -> Account | None:
     if event.account_id is None:
         return None
-    return await AccountRepository(uow.session).locked(event.account_id, event.user_id)
+    return await uow.accounts.locked(event.account_id, event.user_id)
 
 
 async def _refresh(uow: UnitOfWork, refresh_id: uuid.UUID | None) -> Refresh | None:
     if refresh_id is None:
         return None
-    return await RefreshRepository(uow.session).get(refresh_id)
+    return await uow.refreshes.get(refresh_id)
 
 
 def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str | None:
@@ -63,56 +59,101 @@ def _stale_reason(account: Account, broker: str, refresh: Refresh | None) -> str
 
 
 async def record_balance(uow: UnitOfWork, event: BalanceUpdated) -> None:
-    p = event.payload
+    await record_balances(uow, [event])
+
+
+async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> None:
+    """Record many balance events in one transaction (group commit) with a fixed number of
+    statements however many there are; the outcome equals recording them one by one in
+    `as_of` order."""
     async with uow:
-        if not await _first_time(uow, event, "balances"):
-            return
-        account = await _account(uow, event)
-        if account is None:
-            log.info(
-                "balance for an unknown or deleted account ignored",
-                extra={"account_id": event.account_id},
-            )
-            await uow.commit()
-            return
-        now = datetime.now(UTC)
-        refreshes = RefreshRepository(uow.session)
-        refresh = await _refresh(uow, p.refresh_id)
-        if stale := _stale_reason(account, p.broker.value, refresh):
-            # Read with a config no longer in force: it must not overwrite the account.
-            log.info(
-                "stale balance ignored",
-                extra={"account_id": account.id, "reason": stale},
-            )
-            if refresh is not None and refresh.status == "pending":
-                await refreshes.settle(refresh, "failed", now, message=stale)
-            await uow.commit()
-            return
-        newer = account.balance_as_of is None or account.balance_as_of <= p.as_of
-        if newer:
-            account.current_balance = p.balance
-            account.balance_as_of = p.as_of
-            account.last_updated = p.as_of
-            transition = lifecycle.refresh_succeeded(
-                integration_state(account), now=now
-            )
-            store_state(account, transition.state)
-            await SnapshotRepository(uow.session).replace(
-                account.id,
-                p.as_of,
-                [pos.model_dump() for pos in p.positions],
-                [(cash.currency, cash.amount) for cash in p.cash],
-            )
-        # The day's history row follows its own as_of rule (an older event can still fill an empty day).
-        await HistoryRepository(uow.session).upsert(
-            account.id,
-            p.as_of.astimezone(UTC).date(),
-            p.balance,
-            source=p.broker.value,
-            as_of=p.as_of,
+        unique = list({e.event_id: e for e in events}.values())
+        fresh_ids = await uow.processed_events.first_times(
+            [e.event_id for e in unique], "balances"
         )
-        if refresh is not None and refresh.status == "pending":
-            await refreshes.settle(refresh, "succeeded", now, balance=p.balance)
+        fresh = sorted(
+            (e for e in unique if e.event_id in fresh_ids),
+            key=lambda e: e.payload.as_of,
+        )
+        if not fresh:
+            await uow.commit()
+            return
+        accounts = await uow.accounts.locked_many(
+            {e.account_id for e in fresh if e.account_id is not None}
+        )
+        refreshes = uow.refreshes
+        pending = {
+            r.id: r
+            for r in await refreshes.get_many(
+                {e.payload.refresh_id for e in fresh if e.payload.refresh_id}
+            )
+            if r.status == "pending"
+        }
+        now = datetime.now(UTC)
+        snapshots: dict[
+            int, BalanceUpdated
+        ] = {}  # account -> its newest stored balance
+        days: dict[
+            tuple[int, dt.date], BalanceUpdated
+        ] = {}  # each day's newest balance
+        ended: list[tuple[Refresh, str, str | None, Decimal | None]] = []
+        for event in fresh:
+            p = event.payload
+            account = accounts.get(event.account_id or 0)
+            if account is None or event.user_id not in (None, account.user_id):
+                log.info(
+                    "balance for an unknown or deleted account ignored",
+                    extra={"account_id": event.account_id},
+                )
+                continue
+            refresh = pending.pop(p.refresh_id, None) if p.refresh_id else None
+            if stale := _stale_reason(account, p.broker.value, refresh):
+                # Read with a config no longer in force: it must not overwrite the account.
+                log.info(
+                    "stale balance ignored",
+                    extra={"account_id": account.id, "reason": stale},
+                )
+                if refresh is not None:
+                    ended.append((refresh, "failed", stale, None))
+                continue
+            if account.balance_as_of is None or account.balance_as_of <= p.as_of:
+                account.current_balance = p.balance
+                account.balance_as_of = p.as_of
+                account.last_updated = p.as_of
+                transition = lifecycle.refresh_succeeded(
+                    integration_state(account), now=now
+                )
+                store_state(account, transition.state)
+                snapshots[account.id] = event
+            # The day's history row follows its own as_of rule (an older event can still fill an empty day).
+            day = (account.id, p.as_of.astimezone(UTC).date())
+            if day not in days or days[day].payload.as_of <= p.as_of:
+                days[day] = event
+            if refresh is not None:
+                ended.append((refresh, "succeeded", None, p.balance))
+        await uow.snapshots.replace_many(
+            {
+                account_id: (
+                    e.payload.as_of,
+                    [pos.model_dump() for pos in e.payload.positions],
+                    [(cash.currency, cash.amount) for cash in e.payload.cash],
+                )
+                for account_id, e in snapshots.items()
+            }
+        )
+        await uow.history.upsert_broker_days(
+            [
+                (
+                    account_id,
+                    day,
+                    e.payload.balance,
+                    e.payload.broker.value,
+                    e.payload.as_of,
+                )
+                for (account_id, day), e in days.items()
+            ]
+        )
+        await refreshes.settle_many(ended, now)
         await uow.commit()
 
 
@@ -132,7 +173,7 @@ async def record_failure(uow: UnitOfWork, event: RefreshFailed) -> None:
             )
             store_state(account, transition.state)
         if refresh is not None and refresh.status == "pending":
-            await RefreshRepository(uow.session).settle(
+            await uow.refreshes.settle(
                 refresh, "failed", datetime.now(UTC), message=p.message
             )
         await uow.commit()
@@ -171,10 +212,7 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
             await uow.commit()
             return
         for account in of_login(
-            await AccountRepository(uow.session).sharing_login(
-                event.user_id, p.app_key
-            ),
-            p.login,
+            await uow.accounts.sharing_login(event.user_id, p.app_key), p.login
         ):
             transition = lifecycle.tokens_rotated(
                 integration_state(account),

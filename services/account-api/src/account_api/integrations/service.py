@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import Topology
 from faststream.nats import NatsBroker
 
@@ -31,19 +30,16 @@ class IntegrationService:
         cls,
         settings: Settings,
         secrets: SecretBox,
-        publisher: EventPublisher,
         broker: NatsBroker,
         topology: Topology,
         waiter: RefreshWaiter,
     ) -> IntegrationService:
-        refreshes = RefreshService(settings, publisher, waiter)
+        refreshes = RefreshService(settings, waiter)
         return cls(
             configuration=IntegrationConfiguration(
-                settings, secrets, publisher, broker, topology, refreshes
+                settings, secrets, broker, topology, refreshes
             ),
             refreshes=refreshes,
-            oauth=SchwabOAuthFlow(
-                settings, secrets, publisher, broker, topology, refreshes
-            ),
+            oauth=SchwabOAuthFlow(settings, secrets, broker, topology, refreshes),
             reads=IntegrationReads(),
         )

@@ -18,7 +18,6 @@ from faststream.nats import NatsBroker
 
 from account_api.db import UnitOfWork
 from account_api.integrations.lifecycle import refresh_overdue_reason
-from account_api.integrations.repository import RefreshRepository
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -65,7 +64,7 @@ class RefreshSweeper:
         now = datetime.now(UTC)
         uow = self._new_uow()
         async with uow:
-            refreshes = RefreshRepository(uow.session)
+            refreshes = uow.refreshes
             rows = await refreshes.overdue(
                 now - timedelta(seconds=self.deadline_s), BATCH
             )

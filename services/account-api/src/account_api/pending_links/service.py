@@ -12,10 +12,8 @@ from typing import Any
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from pydantic import ValidationError
 
-from account_api.accounts.repository import AccountRepository
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
-from account_api.db import UnitOfWork
 from account_api.errors import AccountNotFound, InvalidField, NotFound
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out
@@ -26,9 +24,9 @@ from account_api.integrations.schemas import (
     SchwabIntegrationIn,
 )
 from account_api.integrations.service import IntegrationService
-from account_api.pending_links.repository import PendingLinkRepository
 from account_api.pending_links.schemas import PendingLinkOut
 from account_api.tables import Account, PendingLink
+from account_api.unit_of_work import UnitOfWork
 
 IB_FIELDS = ("host", "port", "client_id", "account_code", "read_only", "backups")
 REFRESH_TTL = timedelta(days=7)
@@ -107,22 +105,17 @@ class PendingLinkService:
 
     async def list(self, uow: UnitOfWork, actor: Actor) -> list[PendingLinkOut]:
         async with uow:
-            return [
-                _out(i)
-                for i in await PendingLinkRepository(uow.session).for_user(
-                    actor.user_id
-                )
-            ]
+            return [_out(i) for i in await uow.pending_links.for_user(actor.user_id)]
 
     async def link(
         self, uow: UnitOfWork, actor: Actor, link_id: int, account_id: int
     ) -> IntegrationOut:
         async with uow:
-            repo = PendingLinkRepository(uow.session)
+            repo = uow.pending_links
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
-            account = await AccountRepository(uow.session).owned(
+            account = await uow.accounts.owned(
                 actor.user_id, account_id, for_update=True
             )
             if account is None:
@@ -170,7 +163,7 @@ class PendingLinkService:
 
     async def discard(self, uow: UnitOfWork, actor: Actor, link_id: int) -> None:
         async with uow:
-            repo = PendingLinkRepository(uow.session)
+            repo = uow.pending_links
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
