@@ -4,13 +4,20 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 UV = $(shell ./scripts/bootstrap.sh | tail -n 1)
 
-.PHONY: run test test-fast lint format bootstrap browser asyncapi bench deploy-smoke
+.PHONY: run test test-fast lint format bootstrap browser asyncapi bench deploy-smoke migrate
 
 bootstrap:
 	@./scripts/bootstrap.sh >/dev/null
 
 run:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && exec "$$uv_bin" run --frozen brokerlink-run
+
+# `make migrate LEGACY=path/to/investment_tracker.db [ARGS="--dry-run"]`: import a legacy database
+# into the running `make run` stack (its data in BROKERLINK_DATA_DIR, default .data), or into
+# DATABASE_URL when set; account-api keeps running. `make migrate ARGS=--rollback` undoes the last.
+migrate:
+	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && exec "$$uv_bin" run --frozen brokerlink-migrate \
+	  --stack "$${BROKERLINK_DATA_DIR:-.data}" $(if $(LEGACY),--source "$(LEGACY)") $(ARGS)
 
 test:
 	@uv_bin="$$(./scripts/bootstrap.sh | tail -n 1)" && \

@@ -13,8 +13,8 @@ config maps and secrets. What stands in for the container runtime, and nothing e
   binds the pod's address (see netshim/sitecustomize.py), so a service that binds 127.0.0.1 is
   as unreachable for the kubelet as it would be;
 - volumes are directories under the run's temporary directory;
-- the pods' loopback addresses count as the container network for IB_CONNECTOR_ALLOWED_NETWORKS
-  (added to whatever the manifest allows, as the private range of a real cluster network is);
+- the IB gateway's host name resolves to a private (10.x) address in front of its loopback one,
+  as on a pod or compose network, so IB_CONNECTOR_ALLOWED_NETWORKS stays as the manifest says;
 - the image contains only its package's runtime dependencies: imports of anything else fail;
 - the Schwab simulator serves TLS for api.schwabapi.com with a CA the pods trust.
 
@@ -51,14 +51,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import yaml
-from brokerlink_shared.reach import PRIVATE_RANGES
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = Path(__file__).with_name("netshim")
 VENV_BIN = Path(sys.executable).parent
-POD_NETWORK = (
-    "127.0.0.0/8"  # every pod's stand-in address is in here (see `Container.ip`)
-)
 IB_SIM_HOST = (
     "ib-gateway.brokerlink.test"  # where the Kubernetes run's user says the gateway is
 )
@@ -90,9 +86,21 @@ class Addresses:
     """Loopback addresses, one per pod, in a /16 of 127/8 picked at random per run."""
 
     def __init__(self) -> None:
-        self._base = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}"
+        self._octets = f"{random.randint(64, 250)}.{random.randint(0, 255)}"
+        self._base = f"127.{self._octets}"
         self._next = 2
         self.hosts: dict[str, list[str]] = {}
+        self.virtual: dict[str, str] = {}
+
+    def shim(self) -> dict[str, Any]:
+        return {"hosts": self.hosts, "virtual": self.virtual}
+
+    def private(self, host: str, ip: str) -> None:
+        """Let `host` resolve to a private address (10.x, as on a pod network) in front of `ip`:
+        for what an application checks to be in a private network (the IB gateway)."""
+        virtual = "10." + self._octets + "." + ip.rsplit(".", 1)[1]
+        self.virtual[virtual] = ip
+        self.hosts[host] = [virtual]
 
     def new(self) -> str:
         ip = f"{self._base}.{self._next}"
@@ -268,7 +276,19 @@ def build_image(
 def check_console_scripts(image: Image, manifest: str) -> None:
     """Every console script of our packages in the image must import with the image's contents
     (a script that needs a dev-only dependency would fail in production)."""
-    closure = _runtime_closure(image.package)
+    problems = _script_problems(image.package, tuple(image.blocked_modules))
+    if problems:
+        raise ManifestDefect(
+            manifest,
+            f"image {image.name} ({image.package})",
+            "console scripts that cannot run in the image: " + problems,
+        )
+
+
+@functools.cache
+def _script_problems(package: str, blocked_modules: tuple[str, ...]) -> str:
+    """Import the module of every console script of ours in `package`'s image (once a session)."""
+    closure = _runtime_closure(package)
     targets = []
     for dist in importlib.metadata.distributions():
         name = _normalise(dist.metadata["Name"])
@@ -286,7 +306,7 @@ def check_console_scripts(image: Image, manifest: str) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": str(SHIM),
-        "BROKERLINK_SMOKE_NET": json.dumps({"blocked_modules": image.blocked_modules}),
+        "BROKERLINK_SMOKE_NET": json.dumps({"blocked_modules": list(blocked_modules)}),
     }
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -295,12 +315,7 @@ def check_console_scripts(image: Image, manifest: str) -> None:
         text=True,
         timeout=120,
     )
-    if proc.returncode != 0:
-        raise ManifestDefect(
-            manifest,
-            f"image {image.name} ({image.package})",
-            "console scripts that cannot run in the image: " + proc.stdout.strip(),
-        )
+    return "" if proc.returncode == 0 else (proc.stdout.strip() or proc.stderr[-500:])
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ class Container:
     restart: bool = False  # restartPolicy Always / restart: unless-stopped
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    hosts: dict[str, list[str]] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)
 
     def revive(self) -> bool:
         """Restart a crashed container as the kubelet / docker would (a few times at most)."""
@@ -334,13 +349,13 @@ class Container:
         time.sleep(
             2.0 * self.restarts
         )  # the kubelet backs off too (10 s, 20 s, … there)
-        self.start(self.hosts)
+        self.start(self.network)
         return True
 
-    def start(self, hosts: dict[str, list[str]]) -> None:
-        self.hosts = hosts
+    def start(self, network: dict[str, Any]) -> None:
+        self.network = network
         net = {
-            "hosts": hosts,
+            **network,
             "pod_ip": self.ip,
             "blocked_modules": self.blocked_modules,
         }
@@ -350,10 +365,6 @@ class Container:
             "BROKERLINK_SMOKE_NET": json.dumps(net),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        # Pods' addresses are loopback here, standing in for the container network's private
-        # range: whatever networks the manifest allows IB gateways in, this stand-in is one.
-        allowed = env.get("IB_CONNECTOR_ALLOWED_NETWORKS") or PRIVATE_RANGES
-        env["IB_CONNECTOR_ALLOWED_NETWORKS"] = f"{allowed},{POD_NETWORK}"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             try:
@@ -751,7 +762,7 @@ class Run:
     nats_logs: list[Path] = field(default_factory=list)
 
     def start(self, container: Container) -> Container:
-        container.start(self.net.hosts)
+        container.start(self.net.shim())
         self.containers.append(container)
         return container
 
@@ -1045,6 +1056,8 @@ def run_compose(root: Path, timeout_s: float = 240) -> dict[str, str]:
         pod_ip = {name: run.net.new() for name in services}
         for name, ip in pod_ip.items():
             run.net.name(name, ip)
+        # on a compose network the IB gateway has a private address (the connector checks)
+        run.net.private("ib-gateway-sim", pod_ip["ib-gateway-sim"])
         containers: dict[str, Container] = {}
         checks: dict[str, Callable[[], tuple[bool, str]] | None] = {}
         published: dict[tuple[str, int], tuple[str, int]] = {}
@@ -1544,7 +1557,9 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
             )
         # simulators behind the names a user would configure
         ib_ip, schwab_ip = net.new(), net.new()
-        net.name(IB_SIM_HOST, ib_ip)
+        net.private(
+            IB_SIM_HOST, ib_ip
+        )  # gateways are on private networks (the connector checks)
         schwab_host = (
             urlsplit(configmap["SCHWAB_CONNECTOR_API_BASE_URL"]).hostname or ""
         )

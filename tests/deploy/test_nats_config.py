@@ -129,6 +129,10 @@ EXPECTATIONS = [
         "sub",
         False,
     ),
+    # replies arrive under the service's own inbox prefix: nobody reads another's replies
+    ("account-api", "_INBOX_account-api.abc.1", "sub", True),
+    ("ib-connector", "_INBOX_account-api.abc.1", "sub", False),
+    ("schwab-connector", "_INBOX.abc", "sub", False),
     # no service may delete or purge a stream, or touch another service's consumers
     ("account-api", "$JS.API.STREAM.DELETE.BROKERLINK_COMMANDS", "pub", False),
     ("ib-connector", "$JS.API.STREAM.PURGE.BROKERLINK_CONNECTOR_EVENTS", "pub", False),

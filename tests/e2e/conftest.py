@@ -71,6 +71,7 @@ class Stack:
     ib_admin_url: str
     gateway_port: int
     schwab_sim: Any
+    database_url: str = ""  # account-api's database (the migrator's target)
 
 
 def _ib_scenario_accounts() -> list[Any]:
@@ -235,6 +236,7 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             ib_admin_url=ib_sim.admin_url,
             gateway_port=gateway.port,
             schwab_sim=schwab_sim,
+            database_url=database,
         )
 
 

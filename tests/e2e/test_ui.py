@@ -176,10 +176,20 @@ async def test_walk_create_test_unsaved_save_first_sync_backups_reload(
         saved = (await client.get(f"/api/accounts/{walk}/integration")).json()
     assert saved["type"] is None  # the test saved nothing
 
-    await page.locator("#integration-save").click()
+    # the gateway answers slowly, so the first refresh's progress is there to see
+    async with httpx.AsyncClient(base_url=stack.ib_admin_url) as admin:
+        slow = await admin.patch(f"/gateways/{GATEWAY}/faults", json={"delay_ms": 600})
+        assert slow.status_code == 200, slow.text
+        try:
+            await page.locator("#integration-save").click()
+            await expect(result).to_have_text("Saved. Fetching the balance…")
+            await expect(page.locator("#integration-progress progress")).to_be_visible()
+        finally:
+            await admin.patch(f"/gateways/{GATEWAY}/faults", json={"delay_ms": 0})
     await expect(result).to_have_text(
         f"✓ Saved and synced: balance {IB_TWO_BALANCE}", timeout=SLOW
     )
+    await expect(page.locator("#integration-progress")).to_be_hidden()
     await expect(page.locator("#integration-status")).to_have_attribute(
         "data-status", "connected"
     )
@@ -339,6 +349,7 @@ async def test_a_broken_gateway_is_a_sentence_and_the_last_good_sync_stays(
         "Last sync failed just now · last good sync just now", timeout=SLOW
     )
     await expect(page.locator("#integration-error")).to_contain_text(sentence)
+    await expect(result).to_contain_text(sentence, timeout=SLOW)  # the save flow ended
     await page.locator("#integration-error details summary").click()
     await expect(page.locator("#integration-error details")).to_contain_text(
         "code unreachable"

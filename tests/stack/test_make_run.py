@@ -122,12 +122,15 @@ def _refresh_ib_accounts(base: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_make_run_restarts_with_a_working_demo(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    proc = _start(data)
+def test_two_runs_side_by_side_then_a_restart_with_a_working_demo(
+    tmp_path: Path,
+) -> None:
+    first, second = _start(tmp_path / "a"), _start(tmp_path / "b")
     try:
-        output = _wait_up(proc)
-        ports = _ports(data)
+        output = _wait_up(first)
+        _wait_up(second)
+        ports = _ports(tmp_path / "a")
+        assert not set(ports.values()) & set(_ports(tmp_path / "b").values())
         base = f"http://127.0.0.1:{ports['api']}"
         assert f"open          {base}" in "\n".join(output)
         assert any("demo login    demo@example.com" in line for line in output)
@@ -141,43 +144,27 @@ def test_make_run_restarts_with_a_working_demo(tmp_path: Path) -> None:
         for name in ("ib-connector-health", "schwab-connector-health"):
             probe = httpx.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=5)
             assert probe.status_code == 200, probe.text
-        assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
+        for data in ("a", "b"):
+            other = f"http://127.0.0.1:{_ports(tmp_path / data)['api']}"
+            assert _refresh_ib_accounts(other) == ["succeeded", "succeeded"]
     finally:
-        if proc.poll() is None:
-            _stop(proc)
+        for proc in (first, second):
+            if proc.poll() is None:
+                _stop(proc)
 
     # Restart on the same data with the gateway's last port taken: the simulated gateway moves,
     # the demo accounts follow it, nothing is created twice.
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["ib-gateway-sim"]))
         squatter.listen()
-        proc = _start(data)
+        proc = _start(tmp_path / "a")
         try:
             _wait_up(proc)
-            again = _ports(data)
+            again = _ports(tmp_path / "a")
             assert again["ib-gateway-sim"] != ports["ib-gateway-sim"]
             base = f"http://127.0.0.1:{again['api']}"
             assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
         finally:
-            if proc.poll() is None:
-                _stop(proc)
-
-
-@pytest.mark.slow
-def test_two_runs_side_by_side(tmp_path: Path) -> None:
-    first = _start(tmp_path / "a")
-    second = _start(tmp_path / "b")
-    try:
-        _wait_up(first)
-        _wait_up(second)
-        a, b = _ports(tmp_path / "a"), _ports(tmp_path / "b")
-        assert not set(a.values()) & set(b.values()), (a, b)
-        for ports in (a, b):
-            base = f"http://127.0.0.1:{ports['api']}"
-            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-            assert _refresh_ib_accounts(base) == ["succeeded", "succeeded"]
-    finally:
-        for proc in (first, second):
             if proc.poll() is None:
                 _stop(proc)
 

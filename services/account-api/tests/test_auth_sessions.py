@@ -10,6 +10,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import httpx
+import psycopg
 import pytest
 from account_api.migrate import upgrade
 from brokerlink_devkit.testing import wait_until
@@ -40,8 +41,10 @@ def _bearer(tokens: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-async def _status(client: httpx.AsyncClient, tokens: dict) -> int:  # type: ignore[type-arg]
-    return (await client.get("/api/auth/me", headers=_bearer(tokens))).status_code
+async def _status(
+    client: httpx.AsyncClient, tokens: dict, path: str = "/api/auth/me"
+) -> int:  # type: ignore[type-arg]
+    return (await client.get(path, headers=_bearer(tokens))).status_code
 
 
 @pytest.fixture
@@ -59,9 +62,11 @@ async def other_worker(api, api_factory) -> AsyncIterator[httpx.AsyncClient]:  #
         yield client
 
 
-async def _gone_on(client: httpx.AsyncClient, tokens: dict, what: str) -> None:  # type: ignore[type-arg]
+async def _gone_on(
+    client: httpx.AsyncClient, tokens: dict, what: str, path: str = "/api/auth/me"
+) -> None:  # type: ignore[type-arg]
     async def refused() -> bool:
-        return await _status(client, tokens) == 401
+        return await _status(client, tokens, path) == 401
 
     await wait_until(refused, timeout_s=10, message=f"{what} refused on every worker")
 
@@ -233,3 +238,20 @@ async def test_health_answers_while_logins_hash(
     assert not all(t.done() for t in logins)  # answered before the logins finished
     results = await asyncio.gather(*logins)
     assert all(r.status_code == 200 for r in results)
+
+
+async def test_a_deleted_users_tokens_stop_working_everywhere(
+    api, client: httpx.AsyncClient, other_worker: httpx.AsyncClient
+) -> None:  # type: ignore[no-untyped-def]
+    """Whatever deletes the user (an operator, the migrator's rollback): a database trigger
+    records the revocation, and every worker's cached token check sees it."""
+    email = await _register(client)
+    tokens = await _login(client, email)
+    # a route that does not itself look the user up: only the token check can refuse
+    assert await _status(other_worker, tokens, "/api/accounts") == 200
+    url = api.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await conn.execute("DELETE FROM users WHERE email = %s", (email,))
+        await conn.commit()
+    for worker in (other_worker, client):
+        await _gone_on(worker, tokens, "a deleted user's token", "/api/accounts")

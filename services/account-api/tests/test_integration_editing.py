@@ -184,6 +184,17 @@ async def test_schwab_without_sign_in_starts_no_refresh(client, account) -> None
     assert r.json()["sync"]["signed_in"] is False
 
 
+async def test_an_empty_field_keeps_its_rule_in_the_422(client, new_user) -> None:  # type: ignore[no-untyped-def]
+    """The UI words a 422 from its rule ("at least 1 character" -> "Can't be empty."): an
+    empty input quotes nothing, so the rule's message stays."""
+    h = await new_user(client)
+    r = await client.post(
+        "/api/accounts", headers=h, json={"name": "", "currency": "USD"}
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["msg"] == "String should have at least 1 character"
+
+
 async def test_totals_only_where_currencies_agree(client, new_user) -> None:  # type: ignore[no-untyped-def]
     h = await new_user(client)
     for name, currency, balance in (("A", "USD", "100.10"), ("B", "USD", "0.20")):

@@ -29,6 +29,7 @@ VALID_BODIES: dict[tuple[str, str], Any] = {
     },
     ("PUT", "/api/accounts/{account_id}/history/{history_id}"): {"balance": "2"},
     ("PUT", "/api/accounts/{account_id}/integration"): "ib",
+    # a dry test of unsaved settings: another user's account is a 404 all the same
     ("POST", "/api/accounts/{account_id}/integration/test"): "ib",
     ("POST", "/api/integrations/pending-links/{link_id}/link"): {
         "account_id": "{mine}"

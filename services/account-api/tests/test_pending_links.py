@@ -202,3 +202,84 @@ async def test_link_schwab_item_keeps_login_and_discard(
     assert (await client.get(f"/api/accounts/{aid}/integration", headers=h)).json()[
         "type"
     ] == "SCHWAB"
+
+
+async def test_schwab_item_attaches_to_several_accounts_of_its_login_in_one_action(
+    api, client: httpx.AsyncClient, new_user
+) -> None:
+    box = SecretBox.from_setting(api.settings.encryption_keys.get_secret_value())
+    h = await new_user(client)
+    uid = await _me(client, h)
+    first, second = (
+        await _account(client, h, "11112222"),
+        await _account(client, h, "33334444"),
+    )
+    now = int(time.time())
+    token = {
+        "creation_timestamp": now - 100,
+        "token": {
+            "access_token": "a",
+            "refresh_token": "r",
+            "token_type": "Bearer",
+            "expires_in": 1800,
+            "scope": "api",
+            "expires_at": now + 1700,
+        },
+    }
+    config = {
+        "app_key": "legacyapp2",
+        "app_secret_enc": box.encrypt("sec"),
+        "token_enc": box.encrypt(json.dumps(token)),
+        "account_number": None,
+        "account_hash": None,
+        "unverified": True,
+    }
+    base = int(time.time() * 1000) % 10**9
+    item = await _insert(api, uid, "SCHWAB", config, base + 3, [first, second])
+    ib = await _insert(
+        api, uid, "IB", {"host": "gw.lan", "port": 4001, "client_id": 1}, base + 4, []
+    )
+    [listed] = [
+        x
+        for x in (await client.get("/api/integrations/pending-links", headers=h)).json()
+        if x["id"] == item
+    ]
+    assert listed["summary"] == "Schwab login (app key lega…)"
+    assert listed["kind"] == "link" and listed["suggested_account_ids"] == [
+        first,
+        second,
+    ]
+    assert listed["verified_account_ids"] == []
+    r = await client.post(
+        f"/api/integrations/pending-links/{ib}/link",
+        headers=h,
+        json={"account_ids": [first, second]},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "account_ids", r.text
+    r = await client.post(
+        f"/api/integrations/pending-links/{item}/link",
+        headers=h,
+        json={"account_ids": [first, second]},
+    )
+    assert r.status_code == 200, r.text
+    assert [(o["type"], o["config"]["has_tokens"]) for o in r.json()] == [
+        ("SCHWAB", True),
+        ("SCHWAB", True),
+    ]
+    async with await psycopg.AsyncConnection.connect(
+        _libpq(api.settings.database_url)
+    ) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT integration_config->>'token_enc' FROM accounts WHERE id = ANY(%s) ORDER BY id",
+                ([first, second],),
+            )
+        ).fetchall()
+    assert [json.loads(box.decrypt(t))["token"]["refresh_token"] for (t,) in rows] == [
+        "r",
+        "r",
+    ]
+    assert [
+        x["id"]
+        for x in (await client.get("/api/integrations/pending-links", headers=h)).json()
+    ] == [ib]

@@ -37,7 +37,8 @@ class TestSelectAccount:
 
     def test_several_accounts_without_code(self) -> None:
         with pytest.raises(
-            AccountSelectionError, match=r"^gateway manages U1, U2: set account_code$"
+            AccountSelectionError,
+            match=r"^gateway manages 2 accounts: set account_code$",
         ):
             select_account(["U1", "U2"], None)
 
@@ -79,7 +80,7 @@ class TestSessionStatus:
         bad = status_for(state, None)
         assert bad is not None and (bad.status, bad.message) == (
             IntegrationStatus.ERROR,
-            "gateway manages U1, U2: set account_code",
+            "gateway manages 2 accounts: set account_code",
         )
 
     def test_first_connect_failure_is_an_error_with_ib_code(self) -> None:

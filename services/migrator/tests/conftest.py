@@ -31,9 +31,23 @@ def ts(offset_days: float = 0) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(NOW + offset_days * 86400))
 
 
+def js(value: dict[str, Any]) -> str:
+    """`JSON.stringify`: compact, keys in the order given (the legacy app's schema order)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+CREATED = "2024-01-02 03:04:05"  # CURRENT_TIMESTAMP: UTC
+UPDATED_LOCAL = "2024-01-02 11:04:05"  # datetime('now','localtime') on a UTC+8 server
+
+
 def build_legacy(path: Path, *, newer: bool) -> Path:
-    """A legacy database with every case the migrator must handle (see test_migrate.py)."""
+    """A legacy database as the legacy app writes it (see LEGACY_SCHEMA.md, "What the legacy
+    app really writes"): WAL mode, camelCase per-account configs with the redundant `type` and
+    absent optional keys, local-time `updated_at` next to UTC `created_at`, mixed history date
+    formats, account numbers as typed. Every case the migrator must handle is here (the tests
+    say which row is which)."""
     conn = create(path, newer=newer)
+    conn.execute("PRAGMA journal_mode = WAL")
     users = [
         (1, "alice@example.com", HASH, "Alice", "HKD", "JBSWY3DPEHPK3PXP", 1),
         (2, "bob@example.com", HASH, "Bob", "USD", None, 0),
@@ -47,11 +61,14 @@ def build_legacy(path: Path, *, newer: bool) -> Path:
             "HKD",
             None,
             0,
-        ),  # case-insensitive duplicate
+        ),  # duplicate email
+        (6, "erin@example.com", HASH, "Erin", "USD", None, 0),
+        (7, "x" * 300 + "@example.com", HASH, "Too long", "USD", None, 0),
+        (8, "frank@example.com", HASH, "Frank", "USD", None, 0),
     ]
     conn.executemany(
         "INSERT INTO users (id, email, password_hash, name, base_currency, two_factor_secret, two_factor_enabled, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, '2024-01-02 03:04:05', '2024-01-02 03:04:05')",
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, '{CREATED}', '{UPDATED_LOCAL}')",
         users,
     )
     accounts = [
@@ -65,94 +82,159 @@ def build_legacy(path: Path, *, newer: bool) -> Path:
         (21, 2, "Cash", "USD", "BANK", None, 1.0, 1.0),
         (30, 3, "Savings", "HKD", "INVESTMENT", "  ", 5.0, 5.0),
         (50, 5, "Dup", "HKD", "INVESTMENT", None, 1.0, 1.0),
+        (60, 6, "Erin IB", "USD", "INVESTMENT", "u7777777", 1.0, 1.0),
+        (80, 8, "Frank odd number", "USD", "INVESTMENT", "9" * 70, 1.0, 1.0),
+        (81, 8, "Frank typed", "USD", "INVESTMENT", "n/a", 1.0, 1.0),
     ]
     conn.executemany(
-        "INSERT INTO accounts (id, user_id, name, currency, account_type, account_number, original_capital, current_balance, last_updated)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2024-03-01 00:00:00')",
+        "INSERT INTO accounts (id, user_id, name, currency, account_type, account_number, original_capital, current_balance, last_updated, created_at, updated_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2024-03-01 08:00:00', '{CREATED}', '{UPDATED_LOCAL}')",
         accounts,
     )
+    ib = lambda host, port, client, **extra: js(  # noqa: E731
+        {"type": "IB", "host": host, "port": port, "clientId": client, **extra}
+    )
+    schwab = lambda **keys: js({"type": "SCHWAB", **keys})  # noqa: E731
+    per_account = [
+        # 40: camelCase IB; a user-level row (104) disagrees
+        (
+            40,
+            "IB Gateway acct",
+            "U5555555",
+            "IB",
+            ib("gw.example", 4002, 7, lastConnected="2025-06-01T09:30:00.000Z"),
+        ),
+        # 41: camelCase Schwab with fresh tokens; the user-level row (203) has older ones
+        (
+            41,
+            "Schwab per account",
+            "33334444",
+            "SCHWAB",
+            schwab(
+                appKey="PERACCT",
+                appSecret="s1",
+                accessToken="fresh-a",
+                refreshToken="fresh-r",
+                tokenExpiresAt=NOW + 600,
+                accountHash="HASH41",
+            ),
+        ),
+        (42, "Schwab other", "11112222", None, None),
+        # 43: camelCase IB, optional lastConnected absent, no user-level row
+        (43, "IB no history", "U4343434", "IB", ib("ib.local", 4001, 3)),
+        # 44: the seed's snake_case (hand-edited); a user-level row (105) agrees
+        (
+            44,
+            "IB seed spelling",
+            "U4444444",
+            "IB",
+            json.dumps(
+                {"type": "IB", "host": "gw2.example", "port": 4003, "client_id": 5}
+            ),
+        ),
+        # 45: Schwab credentials and account hash, no tokens at all
+        (
+            45,
+            "Schwab no tokens",
+            "45454545",
+            "SCHWAB",
+            schwab(appKey="NOTOKENS", appSecret="s45", accountHash="HASH45"),
+        ),
+        # 46: per-account Schwab targeted by a user-level IB row (106): a type conflict
+        (
+            46,
+            "Schwab targeted by IB",
+            "46464646",
+            "SCHWAB",
+            schwab(
+                appKey="TYPEKEY",
+                appSecret="s46",
+                accessToken="a46",
+                refreshToken="r46",
+                tokenExpiresAt=NOW - 3600,
+            ),
+        ),
+        # 47..49: malformed per-account configs (broken JSON, an unknown key, a type mismatch)
+        (47, "Broken JSON", "U4747474", "IB", '{"type":"IB","host":'),
+        (48, "Unknown key", "U4848484", "IB", ib("h.example", 4001, 1, password="x")),
+        (49, "Type mismatch", "49494949", "SCHWAB", ib("h.example", 4001, 2)),
+    ]
+    cols = "id, user_id, name, currency, account_type, account_number, original_capital, current_balance, created_at, updated_at"
     if newer:
         conn.executemany(
-            "INSERT INTO accounts (id, user_id, name, currency, account_type, account_number, original_capital, current_balance, integration_type, integration_config)"
-            " VALUES (?, 4, ?, 'USD', 'INVESTMENT', ?, 1.0, 1.0, ?, ?)",
-            [
-                (
-                    40,
-                    "IB Gateway acct",
-                    "U5555555",
-                    "IB",
-                    json.dumps(
-                        {
-                            "type": "IB",
-                            "host": "gw.example",
-                            "port": 4002,
-                            "client_id": 7,
-                            "last_connected": "2024-01-01T00:00:00Z",
-                        }
-                    ),
-                ),
-                (
-                    41,
-                    "Schwab per account",
-                    "33334444",
-                    "SCHWAB",
-                    json.dumps(
-                        {
-                            "type": "SCHWAB",
-                            "app_key": "PERACCT",
-                            "app_secret": "s1",
-                            "access_token": "a",
-                            "refresh_token": "r",
-                            "token_expires_at": NOW + 600,
-                            "account_hash": "HASH41",
-                        }
-                    ),
-                ),
-                (42, "Schwab other", "11112222", None, None),
-            ],
+            f"INSERT INTO accounts ({cols}, integration_type, integration_config)"
+            f" VALUES (?, 4, ?, 'USD', 'INVESTMENT', ?, 1.0, 1.0, '{CREATED}', '{UPDATED_LOCAL}', ?, ?)",
+            per_account,
         )
     else:
         conn.executemany(
-            "INSERT INTO accounts (id, user_id, name, currency, account_type, account_number, original_capital, current_balance)"
-            " VALUES (?, 4, ?, 'USD', 'INVESTMENT', ?, 1.0, 1.0)",
-            [
-                (40, "IB Gateway acct", "U5555555"),
-                (41, "Schwab per account", "33334444"),
-                (42, "Schwab other", "11112222"),
-            ],
+            f"INSERT INTO accounts ({cols}) VALUES (?, 4, ?, 'USD', 'INVESTMENT', ?, 1.0, 1.0, '{CREATED}', '{UPDATED_LOCAL}')",
+            [r[:3] for r in per_account],
         )
     conn.executemany(
-        "INSERT INTO account_balance_history (id, account_id, balance, note, date) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO account_balance_history (id, account_id, balance, note, date, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (1000, 10, 1000.0, "start", "2024-01-01 10:00:00"),
-            (1001, 10, 1100.12345, None, "2024-01-02 10:00:00"),
-            (1002, 10, 1234.5, None, "2024-01-03 23:59:59"),
-            (1003, 12, 2000.0, None, "2024-01-01 00:00:00"),
-            (1004, 20, 100.0, "x", "2024-02-01 00:00:00"),
+            (1000, 10, 1000.0, "start", "2024-01-01", "2024-01-01 10:00:00"),
+            (
+                1001,
+                10,
+                1100.12345,
+                None,
+                "2024-01-02T10:00:00.000Z",
+                "2024-01-02 10:00:00",
+            ),
+            (1002, 10, 1234.5, None, "2024-01-03 23:59:59", "2024-01-03 23:59:59"),
+            (1003, 12, 2000.0, None, "2024-01-01T00:00:00Z", "2024-01-01 00:00:00"),
+            (1004, 20, 100.0, "x", "2024-02-01", "2024-02-01 00:00:00"),
             (
                 1005,
                 50,
                 1.0,
                 None,
+                "2024-02-01",
                 "2024-02-01 00:00:00",
-            ),  # account of the skipped duplicate user
+            ),  # skipped user's
+            (1006, "zz", 1.0, None, "2024-02-01", "2024-02-01 00:00:00"),  # not an id
+            (
+                1007,
+                10,
+                "lots",
+                None,
+                "2024-02-05",
+                "2024-02-05 00:00:00",
+            ),  # not a number
         ],
     )
     conn.executemany(
-        "INSERT INTO ib_connections (id, user_id, name, host, port, client_id, target_account_id, is_connected, last_connected, account_balance, account_currency)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 1, '2024-02-02 02:02:02', 1.5, 'USD')",
+        "INSERT INTO ib_connections (id, user_id, name, host, port, client_id, target_account_id, is_connected, last_connected, account_balance, account_currency, created_at, updated_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, 1, '2024-02-02 02:02:02', 1.5, 'USD', '{CREATED}', '{UPDATED_LOCAL}')",
         [
             (100, 1, "main", "127.0.0.1", 4001, 1, 10),
             (101, 1, "second", "localhost", 4002, 2, 11),
             (102, 1, "no target", "127.0.0.1", 4001, 3, None),
             (103, 1, "dangling", "127.0.0.1", 4001, 4, 999),
-            (104, 4, "dave", "other.example", 4001, 9, 40),
+            (104, 4, "dave", "other.example", 4001, 9, 40),  # disagrees with 40's own
+            (105, 4, "dave agrees", "gw2.example", 4003, 5, 44),  # agrees with 44's own
+            (106, 4, "dave on schwab", "ib.example", 4001, 11, 46),  # type conflict
+            (
+                107,
+                6,
+                "erin on bob's",
+                "127.0.0.1",
+                4001,
+                1,
+                20,
+            ),  # another user's account
+            (108, 8, "bad port", "127.0.0.1", "abc", 1, 81),  # wrong type
+            (109, "x8", "bad user", "127.0.0.1", 4001, 2, 81),  # user id not a number
+            (110, 8, "long host", "h" * 300, 4001, 3, 81),  # over-long value
         ],
     )
     conn.executemany(
-        "INSERT INTO schwab_settings (id, user_id, app_key, app_secret, access_token, refresh_token, token_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO schwab_settings (id, user_id, app_key, app_secret, access_token, refresh_token, token_expires_at, created_at, updated_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, '{CREATED}', '{UPDATED_LOCAL}')",
         [
-            (200, 1, "ALICEKEY", "alice-secret", "acc-a", "ref-a", NOW + 900),  # valid
+            (200, 1, "ALICEKEY", "alice-secret", "acc-a", "ref-a", NOW + 900),  # live
             (
                 201,
                 2,
@@ -161,17 +243,18 @@ def build_legacy(path: Path, *, newer: bool) -> Path:
                 "acc-b",
                 "ref-b",
                 NOW - 30 * 86400,
-            ),  # expired beyond refresh
+            ),  # expired
+            (202, 3, "CAROLKEY", "carol-secret", None, None, None),  # no tokens
             (
-                202,
-                3,
-                "CAROLKEY",
-                "carol-secret",
-                None,
-                None,
-                None,
-            ),  # missing tokens, no Schwab account
-            (203, 4, "LEGACYKEY", "dave-secret", "acc-d", "ref-d", NOW + 900),
+                203,
+                4,
+                "PERACCT",
+                "s1",
+                "old-a",
+                "old-r",
+                NOW - 600,
+            ),  # older than 41's own
+            (204, 8, "K" * 200, "frank-secret", None, None, None),  # over-long app key
         ],
     )
     conn.commit()

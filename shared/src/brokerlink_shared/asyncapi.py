@@ -16,12 +16,15 @@ from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationTestReply,
     IntegrationTestRequest,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
 from brokerlink_shared.subjects import (
     HEALTH,
     INTEGRATION_TEST,
+    SCHWAB_ACCOUNT_NUMBERS,
     SCHWAB_OAUTH_EXCHANGE,
     STREAM_OF_FAMILY,
     Topology,
@@ -39,6 +42,11 @@ PRODUCERS = {
 REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
     INTEGRATION_TEST: (IntegrationTestRequest, IntegrationTestReply, "{broker}"),
     SCHWAB_OAUTH_EXCHANGE: (SchwabOAuthExchangeRequest, SchwabOAuthExchangeReply, ""),
+    SCHWAB_ACCOUNT_NUMBERS: (
+        SchwabAccountNumbersRequest,
+        SchwabAccountNumbersReply,
+        "",
+    ),
     HEALTH: (BaseModel, HealthReply, "{service}"),
 }
 

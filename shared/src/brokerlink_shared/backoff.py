@@ -4,9 +4,14 @@ arriving at once. `backoff_delay` for the n-th failure; `Backoff` counts failure
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 Uniform = Callable[[float, float], float]
 
@@ -45,3 +50,32 @@ class Backoff:
     def reset(self) -> None:
         """Forget failures (after a success)."""
         self.attempts = 0
+
+
+async def retry_until_done(
+    step: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    log: logging.Logger,
+    backoff: Backoff | None = None,
+) -> T:
+    """Run `step` until it succeeds, waiting a backoff delay after each failure: a service's
+    start-up steps against NATS, so a slow or unreachable NATS delays the start (the process
+    stays live, not ready) instead of crashing it into a restart loop."""
+    backoff = backoff or Backoff(initial_s=1.0, cap_s=15.0)
+    while True:
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = backoff.next_delay()
+            log.warning(
+                f"{what} failed; retrying",
+                extra={
+                    "error": repr(exc)[:300],
+                    "attempt": backoff.attempts,
+                    "retry_in_s": round(delay, 1),
+                },
+            )
+            await asyncio.sleep(delay)

@@ -38,6 +38,7 @@ SCHWAB_TOKENS_ROTATED = "schwab.tokens.rotated"
 # Core NATS request/reply (not persisted).
 INTEGRATION_TEST = "integration.test"
 SCHWAB_OAUTH_EXCHANGE = "schwab.oauth.exchange"
+SCHWAB_ACCOUNT_NUMBERS = "schwab.account.numbers"
 HEALTH = "health"
 DEAD_LETTER = "deadletter"
 

@@ -4,6 +4,9 @@ because this directory is put on PYTHONPATH; it changes nothing else about the p
 BROKERLINK_SMOKE_NET (JSON) gives:
 - `hosts`: host name -> addresses on this machine (what cluster DNS / compose's network would
   answer); every resolution through Python or uvloop sees it, as a container's resolver would;
+- `virtual`: private addresses (as a cluster's pod network has) -> the loopback address behind
+  each: names may resolve to them (what the application sees, e.g. to check the IB gateway is in
+  an allowed network) and a connect to one reaches the address behind it;
 - `pod_ip`: this pod's own address: a bind to all interfaces (0.0.0.0) binds here, and a connect
   to 127.0.0.1 from inside the pod (healthcheck commands) reaches it;
 - `blocked_modules`: top-level modules of distributions the image does not contain (dev-only
@@ -20,6 +23,7 @@ import sys
 
 _NET = json.loads(os.environ.get("BROKERLINK_SMOKE_NET", "{}"))
 _HOSTS: dict[str, list[str]] = _NET.get("hosts", {})
+_VIRTUAL: dict[str, str] = _NET.get("virtual", {})
 _POD_IP: str | None = _NET.get("pod_ip")
 _LOOPBACK_TO_POD: bool = bool(_NET.get("loopback_to_pod"))
 _WILDCARD = {"0.0.0.0", ""}
@@ -34,7 +38,10 @@ def _map(host: object, *, binding: bool) -> object:
     if host is None:
         return _POD_IP if binding and _POD_IP else host
     if host in _HOSTS:
-        return _HOSTS[host][0]
+        address = _HOSTS[host][0]
+        return _VIRTUAL.get(address, address)
+    if host in _VIRTUAL:
+        return _VIRTUAL[host]
     if _POD_IP and host in _WILDCARD:
         return _POD_IP
     if _POD_IP and _LOOPBACK_TO_POD and host in _LOOPBACK and not binding:
@@ -93,6 +100,8 @@ def _patch_uvloop() -> None:
 
     class MappedLoop(uvloop.Loop):  # type: ignore[misc, name-defined]
         async def getaddrinfo(self, host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if isinstance(host, str) and host in _HOSTS:  # numeric answers: no lookup
+                return getaddrinfo(host, port, *args, **kwargs)
             flags = kwargs.get("flags", 0)
             return await super().getaddrinfo(
                 _map(host, binding=bool(flags & socket.AI_PASSIVE)),

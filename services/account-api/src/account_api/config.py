@@ -59,6 +59,11 @@ class Settings(ServiceSettings):
         description="how often the relay looks for rows staged by other processes",
     )
 
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="proxies whose X-Forwarded-For is trusted for the client address "
+        "(sign-in throttling counts per client): the ingress/proxy addresses, or *",
+    )
     login_account_max_failures: int = Field(
         default=5, ge=1, description="failed sign-ins per e-mail address per window"
     )

@@ -5,6 +5,7 @@ installs both for the whole app (the legacy routes call them too)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,6 +40,10 @@ def error_response(exc: AccountApiError) -> JSONBytes:
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 
+# Runs of three or more characters that are not separators a message might quote around.
+_PIECES = re.compile(r"[^\s@\[\]()'\",;:<>]{3,}")
+
+
 def _strings(value: Any) -> Iterator[str]:
     """Every string (and number) inside a rejected input, keys included."""
     if isinstance(value, str | bytes):
@@ -58,8 +63,11 @@ def _rule(error: dict[str, Any]) -> str:
     """The error's message, unless it quotes any part of the input (email validation, for
     one, names the offending part): then only the rule's name."""
     message = str(error.get("msg", "invalid value"))
+    if message.startswith("value is not a valid email address"):
+        return "value is not a valid email address"  # the validator quotes and decodes parts
     for text in _strings(error.get("input")):
-        for piece in (text, *text.split()):
+        for piece in (text, *_PIECES.findall(text)):
+            # an empty or one-letter input is "in" every message; it quotes nothing
             if len(piece) >= 3 and piece in message:
                 return f"invalid value ({error.get('type', 'value_error')})"
     return message

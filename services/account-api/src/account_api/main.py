@@ -222,6 +222,8 @@ def run() -> None:
             access_log=False,
             loop="uvloop",
             http="httptools",
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     else:
         sys.stderr.write(

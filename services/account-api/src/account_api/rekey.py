@@ -1,9 +1,17 @@
 """`account-api rekey`: re-encrypt every stored secret under the newest key, in small committed
-batches, while the service keeps running (old keys stay in the list until this finishes)."""
+batches, while the service keeps running (old keys stay in the list until this finishes).
+
+"Every" means wherever a ciphertext is stored: the users' TOTP secrets, integration configs,
+pending links, the migrator's encrypted legacy copies and its journal's before-images (which
+rollback writes back), and the outbox events not published yet. In JSON values every string
+under a key ending in `_enc` is a ciphertext, at any depth. After this, the old key can go."""
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from sqlalchemy import create_engine
@@ -11,41 +19,77 @@ from sqlalchemy.orm import Session
 
 from account_api.config import Settings
 from account_api.integrations import lifecycle
-from account_api.rekey_repository import SecretRowsRepository
+from account_api.rekey_repository import (
+    SECRET_COLUMNS,
+    SecretColumn,
+    SecretRowsRepository,
+)
+
+ENC_SUFFIX = "_enc"
+
+
+def rotate_json(value: Any, rotate: Callable[[str], str]) -> tuple[Any, bool]:
+    """`value` with every string under an `*_enc` key rotated; (new value, changed)."""
+    if isinstance(value, dict):
+        changed = False
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key.endswith(ENC_SUFFIX) and isinstance(item, str) and item:
+                out[key], changed = rotate(item), True
+            else:
+                out[key], inner = rotate_json(item, rotate)
+                changed = changed or inner
+        return out, changed
+    if isinstance(value, list):
+        items = [rotate_json(item, rotate) for item in value]
+        return [i[0] for i in items], any(i[1] for i in items)
+    return value, False
+
+
+def _rotated(
+    column: SecretColumn, value: Any, rotate: Callable[[str], str]
+) -> Any | None:
+    """The column's new value, or None when it holds no secret."""
+    if column.kind == "text":
+        return rotate(value)
+    if (
+        column.table == "accounts"
+    ):  # an integration config: the lifecycle knows its secrets
+        return lifecycle.secrets_reencrypted(value, rotate)
+    doc = json.loads(bytes(value)) if column.kind == "body" else value
+    doc, changed = rotate_json(doc, rotate)
+    if not changed:
+        return None
+    return (
+        json.dumps(doc, separators=(",", ":")).encode()
+        if column.kind == "body"
+        else doc
+    )
 
 
 def rekey(database_url: str, secrets: SecretBox, batch: int = 500) -> dict[str, int]:
-    """Rotate every encrypted field; returns counts per table."""
-    engine = create_engine(database_url.replace("+psycopg", "+psycopg"))
-    counts = {"accounts": 0, "users": 0, "pending_links": 0}
-    with Session(engine) as session:
-        rows_repo = SecretRowsRepository(session)
-        last = 0
-        while rows := rows_repo.integrated_accounts_after(last, batch):
-            for account in rows:
-                config = lifecycle.secrets_reencrypted(
-                    account.integration_config or {}, secrets.rotate
-                )
-                if config is not None:
-                    account.integration_config = config
-                    counts["accounts"] += 1
-                last = account.id
-            session.commit()
-        last = 0
-        while users := rows_repo.users_with_2fa_after(last, batch):
-            for user in users:
-                assert user.two_factor_secret_enc is not None
-                user.two_factor_secret_enc = secrets.rotate(user.two_factor_secret_enc)
-                counts["users"] += 1
-                last = user.id
-            session.commit()
-        for link_id, stored in rows_repo.pending_link_configs():
-            config = lifecycle.secrets_reencrypted(stored, secrets.rotate)
-            if config is not None:
-                rows_repo.set_pending_link_config(link_id, config)
-                counts["pending_links"] += 1
-        session.commit()
-    engine.dispose()
+    """Rotate every encrypted value; returns counts per table."""
+    engine = create_engine(database_url)
+    counts: dict[str, int] = {}
+    try:
+        with Session(engine) as session:
+            rows = SecretRowsRepository(session)
+            present = rows.tables()
+            for column in SECRET_COLUMNS:
+                if column.table not in present:
+                    continue
+                counts.setdefault(column.table, 0)
+                last = 0
+                while batch_rows := rows.after(column, last, batch):
+                    for key, value in batch_rows:
+                        last = key
+                        new = _rotated(column, value, secrets.rotate)
+                        if new is not None:
+                            rows.set(column, key, new)
+                            counts[column.table] += 1
+                    session.commit()
+    finally:
+        engine.dispose()
     return counts
 
 

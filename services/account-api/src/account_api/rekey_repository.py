@@ -1,56 +1,96 @@
-"""The rows `account-api rekey` re-encrypts, in id-ordered batches (synchronous: the rekey
-command is a one-shot CLI, not part of the async service)."""
+"""The rows `account-api rekey` re-encrypts, in key-ordered, locked batches (synchronous: the
+rekey command is a one-shot CLI, not part of the async service)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from account_api.tables import Account, User
+
+@dataclass(frozen=True, slots=True)
+class SecretColumn:
+    """A column holding ciphertexts: a ciphertext itself (`text`), a JSON document (`jsonb`) or
+    the outbox's JSON bytes (`body`); `where` picks the rows that may hold one."""
+
+    table: str
+    key: str
+    column: str
+    kind: Literal["text", "jsonb", "body"]
+    where: str
+
+
+SECRET_COLUMNS: tuple[SecretColumn, ...] = (
+    SecretColumn(
+        "users",
+        "id",
+        "two_factor_secret_enc",
+        "text",
+        "two_factor_secret_enc IS NOT NULL",
+    ),
+    SecretColumn(
+        "accounts",
+        "id",
+        "integration_config",
+        "jsonb",
+        "integration_config IS NOT NULL",
+    ),
+    SecretColumn("pending_links", "id", "config", "jsonb", "TRUE"),
+    SecretColumn(
+        "legacy_schwab_settings",
+        "id",
+        "app_secret_enc",
+        "text",
+        "app_secret_enc IS NOT NULL",
+    ),
+    SecretColumn(
+        "legacy_schwab_settings",
+        "id",
+        "access_token_enc",
+        "text",
+        "access_token_enc IS NOT NULL",
+    ),
+    SecretColumn(
+        "legacy_schwab_settings",
+        "id",
+        "refresh_token_enc",
+        "text",
+        "refresh_token_enc IS NOT NULL",
+    ),
+    SecretColumn(
+        "migration_journal", "id", "before", "jsonb", "before::text LIKE '%\\_enc\"%'"
+    ),
+    SecretColumn("outbox", "seq", "body", "body", "published_at IS NULL"),
+)
 
 
 class SecretRowsRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def integrated_accounts_after(self, last_id: int, limit: int) -> Sequence[Account]:
-        """The next batch of accounts with an integration config, locked."""
-        return (
-            self._session.execute(
-                select(Account)
-                .where(Account.id > last_id, Account.integration_config.is_not(None))
-                .order_by(Account.id)
-                .limit(limit)
-                .with_for_update()
-            )
-            .scalars()
-            .all()
+    def tables(self) -> set[str]:
+        rows = self._session.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
         )
+        return {r[0] for r in rows}
 
-    def users_with_2fa_after(self, last_id: int, limit: int) -> Sequence[User]:
-        """The next batch of users with a TOTP secret, locked."""
-        return (
-            self._session.execute(
-                select(User)
-                .where(User.id > last_id, User.two_factor_secret_enc.is_not(None))
-                .order_by(User.id)
-                .limit(limit)
-                .with_for_update()
-            )
-            .scalars()
-            .all()
+    def after(self, c: SecretColumn, last: int, limit: int) -> list[tuple[int, Any]]:
+        """The next batch of (key, value) after `last`, locked until the commit."""
+        rows = self._session.execute(
+            text(
+                f"SELECT {c.key}, {c.column} FROM {c.table} WHERE {c.key} > :last AND ({c.where})"
+                f" ORDER BY {c.key} LIMIT :limit FOR UPDATE"
+            ),
+            {"last": last, "limit": limit},
         )
+        return [(r[0], r[1]) for r in rows.all()]
 
-    def pending_link_configs(self) -> list[tuple[int, dict[str, Any]]]:
-        rows = self._session.execute(text("SELECT id, config FROM pending_links"))
-        return [(row.id, row.config) for row in rows.all()]
-
-    def set_pending_link_config(self, link_id: int, config: dict[str, Any]) -> None:
+    def set(self, c: SecretColumn, key: int, value: Any) -> None:
+        cast = "CAST(:v AS jsonb)" if c.kind == "jsonb" else ":v"
         self._session.execute(
-            text("UPDATE pending_links SET config = CAST(:c AS jsonb) WHERE id = :id"),
-            {"c": json.dumps(config), "id": link_id},
+            text(f"UPDATE {c.table} SET {c.column} = {cast} WHERE {c.key} = :k"),
+            {"v": json.dumps(value) if c.kind == "jsonb" else value, "k": key},
         )

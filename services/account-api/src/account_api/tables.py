@@ -283,6 +283,10 @@ class PendingLink(Base):
     )
     legacy_table: Mapped[str | None] = mapped_column(String(64))
     legacy_id: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16), server_default="link")
+    verified_suggestions: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), server_default="{}"
+    )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.health import serve_http_health
 from brokerlink_shared.logging import configure_logging
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastStream:
     )
     service = IBConnectorService(settings, topology, broker, publisher, pool)
     health_server: list[asyncio.Server] = []
+    started = asyncio.Event()  # ready only once start-up is through
 
     async def health() -> HealthReply:
         connected = await bus_connected(broker)
@@ -84,7 +86,7 @@ def create_app(settings: Settings) -> FastStream:
         ownership = service.ownership
         return HealthReply(
             service=SERVICE,
-            status="ok" if connected else "degraded",
+            status="ok" if connected and started.is_set() else "degraded",
             detail={
                 "replica": settings.replica_id,
                 **pool.counts(),
@@ -106,8 +108,22 @@ def create_app(settings: Settings) -> FastStream:
 
     @app.on_startup
     async def start_runtime() -> None:
-        await broker.connect()
-        await ensure_streams(broker, topology, replicas=settings.stream_replicas)
+        if (
+            settings.health_enabled
+        ):  # first: the process is live while it waits for NATS
+            health_server.append(
+                await serve_http_health(
+                    settings.health_host, settings.health_port, health
+                )
+            )
+
+        async def declare() -> None:
+            await broker.connect()
+            await ensure_streams(broker, topology, replicas=settings.stream_replicas)
+
+        await retry_until_done(
+            declare, what="connecting to NATS and declaring the streams", log=log
+        )
         statuses.start()
         await pool.start()
         service.ownership = SessionOwnership(
@@ -120,13 +136,12 @@ def create_app(settings: Settings) -> FastStream:
             replicas=settings.stream_replicas,
             lose=service.lose_sessions,
         )
-        await service.ownership.start()
-        if settings.health_enabled:
-            health_server.append(
-                await serve_http_health(
-                    settings.health_host, settings.health_port, health
-                )
-            )
+        await retry_until_done(
+            service.ownership.start,
+            what="opening the session leases (NATS KV)",
+            log=log,
+        )
+        started.set()
         log.info(
             "ib-connector started",
             extra={"replica": settings.replica_id, "namespace": settings.namespace},

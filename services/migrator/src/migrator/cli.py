@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import sys
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument(
+        "--stack",
+        type=Path,
+        metavar="DIR",
+        help="import into the running `make run` stack whose data is in DIR (its database, "
+        "bus and keys, unless DATABASE_URL / NATS_URL / BROKERLINK_ENCRYPTION_KEYS say otherwise)",
+    )
+    p.add_argument(
         "--batch-users",
         type=int,
         default=5000,
@@ -63,8 +72,29 @@ def _parser() -> argparse.ArgumentParser:
         default=100_000,
         help="history rows per transaction (default 100000)",
     )
+    p.add_argument(
+        "--legacy-timezone",
+        type=_zone,
+        default=UTC,
+        metavar="ZONE",
+        help="the legacy server's time zone (e.g. Asia/Hong_Kong): the legacy app wrote "
+        "updated_at / last_updated in local time without a zone (default UTC)",
+    )
+    p.add_argument(
+        "--no-schwab-check",
+        action="store_true",
+        help="do not ask schwab-connector (on NATS_URL) which accounts the legacy Schwab "
+        "logins see: every user-level Schwab setting becomes a pending link",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {name[:40]!r}") from None
 
 
 def _redact(url: str) -> str:
@@ -104,6 +134,13 @@ def main(argv: list[str] | None = None) -> None:
 def run_cli(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.stack is not None:
+            from migrator.stack import StackNotFound, stack_env
+
+            try:
+                os.environ.update(stack_env(args.stack, dict(os.environ)))
+            except StackNotFound as exc:
+                raise BadInput(str(exc)) from None
         return _run(args)
     except BadInput as exc:
         sys.stderr.write(f"brokerlink-migrate: {exc}\n")
@@ -184,7 +221,10 @@ def _rollback(
             "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
         )
         return EXIT_FAILED
-    summary = rollback(target, _publisher(namespace))
+    try:
+        summary = rollback(target, _publisher(namespace))
+    finally:
+        target.unlock()
     _write_report(args.report, {"mode": "rollback", "target": _redact(url), **summary})
     if summary["rolled_back"] is None:
         _say(summary["message"])
@@ -198,6 +238,18 @@ def _rollback(
                 or "nothing"
             )
         )
+        kept = {
+            t: k for t, k in summary["kept_changed_since_import"].items() if k["count"]
+        }
+        if kept:
+            _say(
+                "kept (changed since the import): "
+                + "; ".join(
+                    f"{k['count']} {t} (ids {', '.join(map(str, k['ids'][:20]))}"
+                    + ("…)" if k["count"] > 20 else ")")
+                    for t, k in kept.items()
+                )
+            )
     return EXIT_OK
 
 
@@ -216,7 +268,7 @@ def _apply(
     progress: Progress,
     args: argparse.Namespace,
 ) -> int:
-    from account_api.migrate import upgrade
+    from account_api.migrator_facade import upgrade
 
     from migrator.target import Target
 
@@ -235,7 +287,10 @@ def _apply(
                 "brokerlink-migrate: another brokerlink-migrate is running against this database\n"
             )
             return EXIT_FAILED
-        return _execute(source, target, box, namespace, report, progress, args)
+        try:
+            return _execute(source, target, box, namespace, report, progress, args)
+        finally:
+            target.unlock()
 
 
 def _dry_run(
@@ -277,7 +332,7 @@ def _dry_run(
 
 def _migrate_in_transaction(sa_conn: Any) -> list[str]:
     """Run account-api's pending Alembic revisions on this connection, inside its transaction."""
-    from account_api.migrate import alembic_config
+    from account_api.migrator_facade import alembic_config
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -332,6 +387,11 @@ def _execute(
         progress,
         batch_users=max(1, args.batch_users),
         batch_history=max(1, args.batch_history),
+        nats_url=None
+        if args.no_schwab_check
+        else os.environ.get("NATS_URL", "").strip(),
+        namespace=namespace,
+        local=args.legacy_timezone,
     )
     migration.run()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -26,9 +26,11 @@ _IB_CODE = re.compile(IB_ACCOUNT_CODE)
 _NOT_DIGIT = re.compile(r"[\s-]")
 
 
-def timestamp(value: Any) -> datetime | None:
-    """A legacy timestamp (text `YYYY-MM-DD HH:MM:SS` in UTC, ISO text, or epoch number) as an
-    aware datetime; None when absent or unreadable."""
+def timestamp(value: Any, zone: tzinfo = UTC) -> datetime | None:
+    """A legacy timestamp (text `YYYY-MM-DD HH:MM:SS`, ISO text, or epoch number) as an aware
+    datetime; None when absent or unreadable. Text without a zone is in `zone`: UTC for the
+    legacy app's `created_at` (CURRENT_TIMESTAMP), the server's local time for the `updated_at`
+    it wrote with datetime('now','localtime')."""
     if value is None or value == "":
         return None
     if isinstance(value, int | float):
@@ -37,7 +39,9 @@ def timestamp(value: Any) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     text = str(value).strip()
-    if len(text) == 19:  # the legacy app's `YYYY-MM-DD HH:MM:SS` (UTC): the fast path
+    if (
+        len(text) == 19 and zone is UTC
+    ):  # the legacy app's `YYYY-MM-DD HH:MM:SS`: the fast path
         try:
             return datetime.fromisoformat(text + "+00:00")
         except ValueError:
@@ -48,7 +52,9 @@ def timestamp(value: Any) -> datetime | None:
     except ValueError:
         return None
     return (
-        parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed.replace(tzinfo=zone).astimezone(UTC)
+        if parsed.tzinfo is None
+        else parsed.astimezone(UTC)
     )
 
 
@@ -75,6 +81,21 @@ def money(value: Any) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return result + 0  # no negative zero
+
+
+def legacy_id(value: Any) -> int | None:
+    """A legacy id (INTEGER PK / reference) as an int; None when it is not a whole number."""
+    if type(value) is int:  # the common case, first
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
+        return int(value.strip())
+    return None
 
 
 def boolean(value: Any) -> bool:
@@ -211,6 +232,107 @@ def parse_json_object(raw: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+# The per-account `integration_config` as the legacy app writes it (camelCase, a redundant
+# `type`, optional keys absent) and as the seed plan spells it (snake_case): key -> stored name.
+_CONFIG_KEYS: dict[str, dict[str, str]] = {
+    "IB": {
+        "type": "type",
+        "host": "host",
+        "port": "port",
+        "clientId": "client_id",
+        "client_id": "client_id",
+        "lastConnected": "last_connected",
+        "last_connected": "last_connected",
+    },
+    "SCHWAB": {
+        "type": "type",
+        "appKey": "app_key",
+        "app_key": "app_key",
+        "appSecret": "app_secret",
+        "app_secret": "app_secret",
+        "accessToken": "access_token",
+        "access_token": "access_token",
+        "refreshToken": "refresh_token",
+        "refresh_token": "refresh_token",
+        "tokenExpiresAt": "token_expires_at",
+        "token_expires_at": "token_expires_at",
+        "accountHash": "account_hash",
+        "account_hash": "account_hash",
+    },
+}
+# Longest value a field may hold (longer is a hand-edited or corrupted file, never a real one).
+_MAX_TEXT = {
+    "host": 253,
+    "last_connected": 64,
+    "app_key": 128,
+    "app_secret": 512,
+    "access_token": 8192,
+    "refresh_token": 8192,
+    "account_hash": 256,
+}
+_INT_KEYS = {"port", "client_id", "token_expires_at"}
+_REQUIRED = {"IB": ("host", "port", "client_id"), "SCHWAB": ("app_key", "app_secret")}
+MAX_CONFIG_TEXT = 65_536
+
+
+def legacy_config(kind: str, raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """A per-account `integration_config` (either spelling) as snake_case values, or the
+    reason it is malformed. Reasons name keys, never values (they may be secrets)."""
+    if isinstance(raw, str) and len(raw) > MAX_CONFIG_TEXT:
+        return None, f"integration_config longer than {MAX_CONFIG_TEXT} characters"
+    data = parse_json_object(raw)
+    if data is None:
+        return None, "integration_config is not a JSON object"
+    declared = data.get("type", kind)
+    if not isinstance(declared, str) or declared.upper() != kind:
+        return (
+            None,
+            f"integration_config says type {str(declared)[:12]!r} but integration_type is {kind}",
+        )
+    names = _CONFIG_KEYS[kind]
+    unknown = sorted(str(k)[:40] for k in data if k not in names)
+    if unknown:
+        return None, f"unknown keys in integration_config: {', '.join(unknown)}"
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = names[key]
+        if value is None:
+            continue  # the legacy app omits optional keys; a hand-edited null means the same
+        if name in out and out[name] != value:
+            return None, f"integration_config spells {name} twice with different values"
+        out[name] = value
+    out.pop("type", None)
+    for name in _REQUIRED[kind]:
+        if name not in out or out[name] == "":
+            return None, f"integration_config lacks {name}"
+    for name, value in out.items():
+        if name in _INT_KEYS:
+            number = _integer(value)
+            if number is None:
+                return None, f"integration_config {name} is not a whole number"
+            out[name] = number
+        elif not isinstance(value, str):
+            return None, f"integration_config {name} is not text"
+        elif len(value) > _MAX_TEXT[name]:
+            return (
+                None,
+                f"integration_config {name} longer than {_MAX_TEXT[name]} characters",
+            )
+    return out, None
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
 
 
 def digest(*parts: Any) -> str:

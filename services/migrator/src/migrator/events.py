@@ -18,8 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from account_api.integrations import rules
-from account_api.outbox.repository import OutboxRepository
+from account_api.migrator_facade import bus_connection, outbox_row
 from brokerlink_shared.contracts.events import IntegrationConfigured
 from brokerlink_shared.contracts.values import (
     IB_ACCOUNT_CODE,
@@ -34,13 +33,6 @@ _FIELDS = {
     "IB": tuple(IBConnection.model_fields),
     "SCHWAB": tuple(SchwabConnection.model_fields),
 }
-
-
-class _Staged(list[Any]):
-    """Stands in for a session: `OutboxRepository.add` stages its `OutboxMessage` here."""
-
-    def add(self, obj: Any) -> None:
-        self.append(obj)
 
 
 class EventBatch:
@@ -146,9 +138,9 @@ class EventBatch:
         event_id: uuid.UUID | None = None,
     ) -> tuple[Any, ...]:
         """The row exactly as `OutboxRepository.add` builds it (full validation)."""
-        staged = _Staged()
         extra = {} if event_id is None else {"event_id": event_id}
-        OutboxRepository(staged, self.publisher).add(  # type: ignore[arg-type]
+        return outbox_row(
+            self.publisher,
             IntegrationConfigured(
                 user_id=user_id,
                 account_id=account_id,
@@ -156,20 +148,11 @@ class EventBatch:
                 occurred_at=self.now,
                 payload={
                     "broker": kind,
-                    "config": rules.bus_connection(kind, stored),
+                    "config": bus_connection(kind, stored),
                     "version": version,
                 },
                 **extra,
-            )
-        )
-        m = staged[0]
-        return (
-            m.event_id,
-            m.family,
-            m.subject,
-            m.partition_key,
-            m.body,
-            m.correlation_id,
+            ),
         )
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from brokerlink_shared.crypto import SecretBox
@@ -24,45 +24,86 @@ from migrator.target import Target, correlation, encode_jsonb
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
 
+TABLES = ("users", "accounts", "ib_connections", "schwab_settings")
+
+
 def grouped(
-    source: Source, after_user: int = 0
+    source: Source,
+    bad: Callable[[str, Any, str], None],
+    after_user: int = 0,
 ) -> Iterator[tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]]:
-    """Merge-join the four legacy streams by user id: (user id, user row or None, accounts, ib rows, schwab rows)."""
+    """Merge-join the four legacy streams by user id: (user id, user row or None, accounts, ib
+    rows, schwab rows). A row whose id or user id is not a whole number cannot be placed: it
+    goes to `bad(table, id, reason)` and the import goes on."""
     streams = [
-        source.select("users", pl.USER_COLS, "WHERE id > ? ORDER BY id", (after_user,)),
-        source.select(
-            "accounts",
-            pl.ACCOUNT_COLS,
-            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
-            (after_user,),
+        _placeable(
+            "users",
+            source.select(
+                "users", pl.USER_COLS, "WHERE id > ? ORDER BY id", (after_user,)
+            ),
+            0,
+            bad,
         ),
-        source.select(
-            "ib_connections",
-            pl.IB_COLS,
-            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
-            (after_user,),
-        ),
-        source.select(
-            "schwab_settings",
-            pl.SCHWAB_COLS,
-            "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id",
-            (after_user,),
+        *(
+            _placeable(
+                table,
+                source.select(
+                    table,
+                    cols,
+                    "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id"
+                    if after_user
+                    else "ORDER BY user_id, id",
+                    (after_user,) if after_user else (),
+                ),
+                1,
+                bad,
+            )
+            for table, cols in (
+                ("accounts", pl.ACCOUNT_COLS),
+                ("ib_connections", pl.IB_COLS),
+                ("schwab_settings", pl.SCHWAB_COLS),
+            )
         ),
     ]
-    key = [0, 1, 1, 1]  # column holding the user id
-    heads: list[tuple[Any, ...] | None] = [next(s, None) for s in streams]
+    heads: list[tuple[int, tuple[Any, ...]] | None] = [next(s, None) for s in streams]
     while any(h is not None for h in heads):
-        uid = min(_uid(h[key[i]]) for i, h in enumerate(heads) if h is not None)
+        uid = min(h[0] for h in heads if h is not None)
         parts: list[list[Any]] = [[], [], [], []]
         for i, stream in enumerate(streams):
-            while heads[i] is not None and _uid(heads[i][key[i]]) == uid:  # type: ignore[index]
-                parts[i].append(heads[i])
+            while heads[i] is not None and heads[i][0] == uid:  # type: ignore[index]
+                parts[i].append(heads[i][1])  # type: ignore[index]
                 heads[i] = next(stream, None)
         yield uid, (parts[0][0] if parts[0] else None), parts[1], parts[2], parts[3]
 
 
-def _uid(value: Any) -> int:
-    return -1 if value is None else int(value)
+def _placeable(
+    table: str,
+    rows: Iterator[tuple[Any, ...]],
+    key: int,
+    bad: Callable[[str, Any, str], None],
+) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(user id, row) for rows with whole-number ids; the others go to `bad`. NULL user ids
+    (orphans) come as -1, first, as SQLite orders NULL first."""
+    last = -2
+    for row in rows:
+        rid = pl.cv.legacy_id(row[0])
+        if rid is None:
+            bad(table, row[0], "id is not a whole number")
+            continue
+        if row[key] is None:
+            uid = -1
+        else:
+            uid = pl.cv.legacy_id(row[key])  # type: ignore[assignment]
+            if uid is None:
+                bad(table, rid, "user_id is not a whole number")
+                continue
+        if (
+            uid < last
+        ):  # cannot happen with SQLite's ordering; never mis-group if it does
+            bad(table, rid, "out of order in the source")
+            continue
+        last = uid
+        yield uid, row
 
 
 class Migration:
@@ -77,6 +118,9 @@ class Migration:
         *,
         batch_users: int = 5000,
         batch_history: int = 100_000,
+        nats_url: str | None = None,
+        namespace: str = "brokerlink",
+        local: tzinfo = UTC,
     ) -> None:
         self.source = source
         self.target = target
@@ -86,12 +130,16 @@ class Migration:
         self.progress = progress
         self.batch_users = batch_users
         self.batch_history = batch_history
+        self.nats_url = nats_url
+        self.local = local
+        self.namespace = namespace
         self.now = datetime.now(UTC)
         self.emails: dict[str, int] = {}
         self.expected_integrations: dict[
             int, str
         ] = {}  # account legacy id -> type, for verification
         self.skipped: dict[str, set[int]] = defaultdict(set)
+        self.schwab_seen: pl.SchwabSeen = {}
         self._batches = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
@@ -112,6 +160,7 @@ class Migration:
         for table, n in totals.items():
             rep.tables[table].read = n
         users_total = totals["users"]
+        self._ask_schwab()
         # Plan batch N+1 while PostgreSQL writes batch N: a one-deep pipeline with one writer
         # thread, which alone uses the connection during this phase (as for history).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="users") as writer:
@@ -129,7 +178,7 @@ class Migration:
                 )
 
             batch: list[Any] = []
-            for group in grouped(src):
+            for group in grouped(src, self._bad_row):
                 batch.append(group)
                 if len(batch) >= self.batch_users:
                     submit(batch)
@@ -140,6 +189,38 @@ class Migration:
                 pending.result()
         self.progress.step("users and accounts", users_total, users_total)
         self._history(totals["account_balance_history"])
+
+    def _ask_schwab(self) -> None:
+        """Ask schwab-connector which accounts each legacy Schwab login sees (see schwab_probe)."""
+        if not self.nats_url or not self.source.has("schwab_settings"):
+            if self.source.count("schwab_settings"):
+                self.report.notes.append(
+                    "Schwab logins not verified: no bus to ask schwab-connector on (NATS_URL unset)"
+                )
+            return
+        from migrator.schwab_probe import ask_all
+
+        self.progress.line(
+            "asking schwab-connector which accounts the legacy Schwab logins see"
+        )
+        self.schwab_seen, summary = ask_all(
+            self.source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"),
+            self.box,
+            self.nats_url,
+            self.namespace,
+        )
+        self.report.notes.append(summary)
+        self.progress.line(summary)
+
+    def _bad_row(self, table: str, legacy_id: Any, reason: str) -> None:
+        """A row that cannot be placed at all: quarantined in the report (there is no user to
+        show it to), never imported, never a reason to stop."""
+        shown = pl.cv.legacy_id(legacy_id)
+        key = shown if shown is not None else str(legacy_id)[:40]
+        self.report.skip(table, key, reason)  # type: ignore[arg-type]
+        self.skipped[table].add(key)  # type: ignore[arg-type]
+        if table in ("ib_connections", "schwab_settings"):
+            self.report.tables[table].outcomes["quarantined"] += 1
 
     def _committed(self, progress: dict[str, Any]) -> None:
         self.target.set_progress(progress)
@@ -167,7 +248,14 @@ class Migration:
                     )
                     lower = None
             plan = pl.plan_user(
-                user, accounts, ibs, schwabs, self.now, user_skip_reason=reason
+                user,
+                accounts,
+                ibs,
+                schwabs,
+                self.now,
+                user_skip_reason=reason,
+                schwab_seen=self.schwab_seen,
+                local=self.local,
             )
             out.append((plan, lower))
         return out
@@ -224,14 +312,13 @@ class Migration:
                 "schwab_settings",
                 [int(c.row[0]) for c in copies if c.table == "schwab_settings"],
             ),
-            "pending:ib_connections": target.checksums(
-                "pending:ib_connections",
-                [x.legacy_id for x in pending if x.legacy_table == "ib_connections"],
-            ),
-            "pending:schwab_settings": target.checksums(
-                "pending:schwab_settings",
-                [x.legacy_id for x in pending if x.legacy_table == "schwab_settings"],
-            ),
+            **{
+                f"pending:{table}": target.checksums(
+                    f"pending:{table}",
+                    [x.legacy_id for x in pending if x.legacy_table == table],
+                )
+                for table in ("ib_connections", "schwab_settings", "accounts")
+            },
         }
         marks: list[tuple[str, int, str]] = []
 
@@ -258,6 +345,7 @@ class Migration:
             )
         target.write_users(rows)
         user_ids = target.id_map("users", [u.legacy_id for u in users])
+        target.journal_state("users", [user_ids[r[6]] for r in rows])
 
         # accounts with their integrations
         rows, stored_of = [], {}
@@ -304,6 +392,7 @@ class Migration:
                 )
             )
         updated, inserted = target.write_accounts(rows)
+        target.journal_state("accounts", [r[1] for r in [*updated, *inserted]])
         staged = EventBatch(
             self.publisher, correlation(target.run_id), datetime.now(UTC)
         )
@@ -319,6 +408,7 @@ class Migration:
         for x in pending:
             entity = f"pending:{x.legacy_table}"
             suggestions = [account_ids[s] for s in x.suggestions if s in account_ids]
+            verified = [account_ids[s] for s in x.verified if s in account_ids]
             rep.pending(
                 {
                     "legacy_table": x.legacy_table,
@@ -326,9 +416,11 @@ class Migration:
                     "user_legacy_id": x.user_legacy_id,
                     "user_id": user_ids.get(x.user_legacy_id),
                     "type": x.integration_type,
+                    "kind": x.kind,
                     "reason": x.reason,
                     "suggested_account_ids": suggestions,
                     "suggested_account_legacy_ids": x.suggestions,
+                    "verified_account_ids": verified,
                 }
             )
             digest = x.checksum()
@@ -349,6 +441,8 @@ class Migration:
                     suggestions,
                     x.legacy_table,
                     x.legacy_id,
+                    x.kind,
+                    verified,
                 )
             )
         target.write_pending(rows)
@@ -478,7 +572,13 @@ class Migration:
                 done += 1
                 row, reason = pl.history_row(raw)
                 if row is None:
-                    invalid.append((int(raw[0]), reason or "invalid"))
+                    key = pl.cv.legacy_id(raw[0])
+                    invalid.append(
+                        (
+                            key if key is not None else str(raw[0])[:40],
+                            reason or "invalid",
+                        )
+                    )  # type: ignore[arg-type]
                     continue
                 rows.append(row)
                 if len(rows) >= self.batch_history:

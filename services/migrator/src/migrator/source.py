@@ -4,9 +4,12 @@ the column order asked for; missing optional columns read as NULL."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ class Source:
         self._sqlite: sqlite3.Connection | None = None
         self._engine: Any = None
         self._conn: Any = None
+        self._copy_dir: tempfile.TemporaryDirectory[str] | None = None
         self.columns: dict[str, set[str]] = {}
         if "://" in location and not location.startswith("sqlite"):
             self._open_sqlalchemy(location)
@@ -58,11 +62,31 @@ class Source:
         if head != SQLITE_MAGIC:
             raise SourceError(f"source is not a SQLite database: {path}")
         self.path = file.resolve()
-        uri = f"file:{quote(str(self.path))}?mode=ro"
+        wal = self.path.with_name(self.path.name + "-wal")
         try:
+            if wal.exists() and wal.stat().st_size > 0:
+                # Content not yet checkpointed lives in the -wal file: read a private copy of
+                # the three files (opening the original would write a -shm next to it).
+                self._copy_dir = tempfile.TemporaryDirectory(
+                    prefix="brokerlink-legacy-"
+                )
+                copy = Path(self._copy_dir.name) / self.path.name
+                for suffix in ("", "-wal", "-shm"):
+                    original = self.path.with_name(self.path.name + suffix)
+                    if original.exists():
+                        shutil.copyfile(original, copy.with_name(copy.name + suffix))
+                uri = f"file:{quote(str(copy))}"
+            else:
+                # Checkpointed (the header may still say WAL): immutable, so nothing is
+                # written next to the user's file, not even a -shm.
+                uri = f"file:{quote(str(self.path))}?mode=ro&immutable=1"
             self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._sqlite.execute("PRAGMA query_only = ON")
             self._sqlite.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except OSError as exc:
+            raise SourceError(
+                f"source file cannot be copied for reading: {path} ({exc.strerror})"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise SourceError(
                 f"source is not a readable SQLite database: {path} ({exc})"
@@ -175,13 +199,17 @@ class Source:
                 top = self.scalar(f'SELECT max(id) FROM "{table}"')
                 parts.append(f"{table}:{self.count(table)}:{top}")
         if self.path is not None:
-            stat = os.stat(self.path)
-            parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+            for suffix in ("", "-wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = os.stat(self.path.with_name(self.path.name + suffix))
+                    parts.append(f"{suffix}{stat.st_size}:{stat.st_mtime_ns}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def close(self) -> None:
         if self._sqlite is not None:
             self._sqlite.close()
+        if self._copy_dir is not None:
+            self._copy_dir.cleanup()
         if self._conn is not None:
             self._conn.close()
             self._engine.dispose()

@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-LOCK_KEY = 727276  # pg advisory lock: one migrator at a time (Alembic uses 727274, the outbox relay 727275)
+# pg advisory lock: one migrator at a time. Its own key: account-api's Alembic takes 727274 and
+# its outbox relay holds 727275 for as long as it runs, and the migrator runs next to both.
+LOCK_KEY = 727276
 
 STAGING = {
     "stg_users": """legacy_id bigint, email text, name text, password_hash text, base_currency text,
@@ -33,7 +35,7 @@ STAGING = {
         access_token_enc text, refresh_token_enc text, token_expires_at bigint, outcome text,
         created_at timestamptz, updated_at timestamptz""",
     "stg_pending": """user_id bigint, integration_type text, config jsonb, reason text, suggestions bigint[],
-        legacy_table text, legacy_id bigint""",
+        legacy_table text, legacy_id bigint, kind text, verified_suggestions bigint[]""",
     "stg_rows": "entity text, legacy_id bigint, checksum text",
 }
 
@@ -106,6 +108,8 @@ PENDING_COLS = [
     "suggestions",
     "legacy_table",
     "legacy_id",
+    "kind",
+    "verified_suggestions",
 ]
 # Tables a run writes, children first (the order rollback deletes in).
 JOURNALLED = [
@@ -116,6 +120,18 @@ JOURNALLED = [
     "accounts",
     "users",
 ]
+
+
+# What "changed since the import" means, per table: the columns a person changes (or the API
+# changes on their behalf). Balances, statuses, ciphertexts (token rotation, rekey) and password
+# rehashes at login move without anyone meaning to change the row: they are not looked at. A
+# user's integration change always bumps `integration_version`.
+STATE_SQL = {
+    "users": "md5(concat_ws('|', t.email, t.name, t.base_currency, t.two_factor_enabled::text))",
+    "accounts": """md5(concat_ws('|', t.user_id::text, t.name, t.currency, t.account_type,
+        t.account_number, t.original_capital::text, t.integration_type, t.integration_version::text,
+        (t.integration_config - 'app_secret_enc' - 'token_enc' - 'unverified' - 'account_hash')::text))""",
+}
 
 
 def libpq_url(url: str) -> str:
@@ -154,6 +170,16 @@ class Target:
                 "SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)
             ).fetchone()[0]
         )  # type: ignore[index]
+
+    def unlock(self) -> None:
+        """Release the lock now: a closed connection's server process may linger (and keep
+        it) for a moment on a busy server, and the next run must not find it taken."""
+        if self.conn.closed:
+            return
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.rollback()
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        self.conn.commit()
 
     def commit(self) -> None:
         if not self.dry_run:
@@ -201,7 +227,7 @@ class Target:
 
     def run_changed_anything(self) -> bool:
         row = self.conn.execute(
-            """SELECT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(r)s)
+            """SELECT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(r)s AND op <> 'xid')
                    OR EXISTS (SELECT 1 FROM migration_rows WHERE run_id = %(r)s)
                    OR EXISTS (SELECT 1 FROM outbox WHERE correlation_id = %(c)s)""",
             {"r": self.run_id, "c": correlation(self.run_id)},
@@ -296,6 +322,19 @@ class Target:
             params,
         ).fetchall()
         return updated, [r[1:] for r in inserted]
+
+    def journal_state(self, table: str, ids: Sequence[int]) -> None:
+        """Journal the state this run left `ids` of `table` in (`op='after'`), so rollback can
+        tell a row nobody touched since from one a person changed."""
+        if not ids:
+            return
+        self.conn.execute(
+            f"""INSERT INTO migration_journal (run_id, table_name, op, ids, before)
+                SELECT %(run)s, %(table)s, 'after', array_agg(t.id ORDER BY t.id),
+                       jsonb_build_object('digests', jsonb_agg({STATE_SQL[table]} ORDER BY t.id))
+                  FROM {table} t WHERE t.id = ANY(%(ids)s::bigint[]) HAVING count(*) > 0""",
+            {"run": self.run_id, "table": table, "ids": list(ids)},
+        )
 
     def write_users(self, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
         """Rows in USER_COLS order; returns (updated, inserted)."""
@@ -479,6 +518,15 @@ class Target:
             rows,
         )
         params = {"run": self.run_id}
+        # Rows this transaction writes carry its id in `xmin` until someone changes them:
+        # rollback restores or deletes only those.
+        self.conn.execute(
+            """INSERT INTO migration_journal (run_id, table_name, op, before)
+               SELECT %(run)s, 'account_balance_history', 'xid', jsonb_build_object('xid', pg_current_xact_id()::text)
+                WHERE NOT EXISTS (SELECT 1 FROM migration_journal WHERE run_id = %(run)s AND op = 'xid'
+                                    AND before->>'xid' = pg_current_xact_id()::text)""",
+            params,
+        )
         # Resolve each staged row once (its account, the target row it already has), then
         # update the changed ones, insert the new ones and name the skipped ones from that.
         self.conn.execute("TRUNCATE stg_history_r")

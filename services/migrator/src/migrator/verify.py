@@ -240,7 +240,7 @@ def verify(
         ):
             a, _ = pl.account_row(raw)
             if a is not None and a.legacy_id not in skipped.get("accounts", ()):
-                yield a, expected_integrations.get(a.legacy_id)
+                yield a, _expected_kind(a, raw, expected_integrations)
 
     accounts_target = """SELECT a.legacy_id, u.legacy_id, a.name, a.currency, a.account_type, a.account_number,
                   a.original_capital, a.current_balance, a.integration_type,
@@ -350,7 +350,9 @@ def verify(
 
     def ib_src() -> Iterator[tuple[int, str]]:
         for r in source.select("ib_connections", pl.IB_COLS, "ORDER BY id"):
-            yield int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
+            if _quarantined(r):
+                continue
+            yield _i(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
 
     results["ib_connections"] = _compare(
         "ib",
@@ -368,6 +370,8 @@ def verify(
 
     def schwab_src() -> Iterator[tuple[int, str]]:
         for r in source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"):
+            if _quarantined(r):
+                continue
             yield (
                 int(r[0]),
                 cv.digest(_i(r[1]), r[2], _s(r[3]), _s(r[4]), _s(r[5]), _i(r[6])),
@@ -394,6 +398,28 @@ def verify(
         ),
     )
     return results
+
+
+def _expected_kind(
+    account: pl.AccountRow, raw: tuple[Any, ...], planned: dict[int, str]
+) -> str | None:
+    """The integration type the account must carry, from the source: a valid per-account
+    config always wins (whatever the plan says); otherwise what the user-level rows gave it."""
+    kind = (cv.clean(raw[11]) or "").upper()
+    if kind in ("IB", "SCHWAB") and cv.legacy_config(kind, raw[12])[0] is not None:
+        integ, _bad, _note = pl.per_account_integration(
+            account, raw[11], raw[12], pl.EPOCH
+        )
+        if integ is not None:
+            return kind
+    return planned.get(account.legacy_id)
+
+
+def _quarantined(row: tuple[Any, ...]) -> bool:
+    """A row that could not be placed (no whole-number id or user id): reported, not copied."""
+    return cv.legacy_id(row[0]) is None or (
+        row[1] is not None and cv.legacy_id(row[1]) is None
+    )
 
 
 def _i(value: Any) -> int | None:

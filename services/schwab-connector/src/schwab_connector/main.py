@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.health import serve_http_health
@@ -21,6 +22,7 @@ from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 from faststream.nats import NatsBroker
+from nats.js.kv import KeyValue
 
 from schwab_connector.adapters.kv import KvLoginCoordinator, KvRateBudget, open_bucket
 from schwab_connector.adapters.schwab_http import SchwabGateway
@@ -77,14 +79,31 @@ class ConnectorRuntime:
     async def start(self) -> None:
         """Connect, declare streams and KV buckets, build the connector, start side tasks."""
         s = self.settings
-        await self.broker.connect()
-        await ensure_streams(self.broker, self.topology, replicas=s.stream_replicas)
-        js = self.broker.connection.jetstream()
-        rate_kv = await open_bucket(
-            js, f"{s.namespace}_schwab_rate", ttl_s=120.0, replicas=s.stream_replicas
-        )
-        logins_kv = await open_bucket(
-            js, f"{s.namespace}_schwab_logins", ttl_s=None, replicas=s.stream_replicas
+        # first: the process is live (and says it is not ready) while it waits for NATS
+        self._health = await serve_http_health(s.health_host, s.health_port, self.probe)
+
+        async def declare() -> tuple[KeyValue, KeyValue]:
+            await self.broker.connect()
+            await ensure_streams(self.broker, self.topology, replicas=s.stream_replicas)
+            js = self.broker.connection.jetstream()
+            rate = await open_bucket(
+                js,
+                f"{s.namespace}_schwab_rate",
+                ttl_s=120.0,
+                replicas=s.stream_replicas,
+            )
+            logins = await open_bucket(
+                js,
+                f"{s.namespace}_schwab_logins",
+                ttl_s=None,
+                replicas=s.stream_replicas,
+            )
+            return rate, logins
+
+        rate_kv, logins_kv = await retry_until_done(
+            declare,
+            what="connecting to NATS and declaring streams and buckets",
+            log=log,
         )
         budget = KvRateBudget(
             rate_kv, RatePlan(s.requests_per_minute, s.rate_slices_per_minute)
@@ -125,7 +144,6 @@ class ConnectorRuntime:
             s.batch_max_wait_s,
             s.max_queued_s,
         )
-        self._health = await serve_http_health(s.health_host, s.health_port, self.probe)
         self._lifecycle = asyncio.create_task(
             self._connector.run_lifecycle(s.lifecycle_check_interval_s)
         )

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 from brokerlink_shared.admission import BUSY_CODE, BUSY_MESSAGE
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
@@ -24,6 +25,9 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestReply,
     IntegrationTestRequest,
     RefreshRequested,
+    SchwabAccountNumber,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
     SchwabTokensRotated,
@@ -445,6 +449,64 @@ class SchwabConnector:
                         update={"login": state.login, "token_enc": state.token_enc}
                     ),
                 )
+
+    async def account_numbers(
+        self, request: SchwabAccountNumbersRequest
+    ) -> SchwabAccountNumbersReply:
+        """The account numbers a login sees, asked with tokens we do not hold (the migrator's
+        legacy settings); a refreshed token comes back for the caller to keep."""
+
+        async def numbers(client: AsyncClient) -> Any:
+            async def on_unauthorized() -> None:
+                await self.gateway.refresh_token(client)
+
+            return await self.gateway.call_json(
+                request.app_key,
+                "accountNumbers",
+                lambda: client.get_account_numbers(),
+                on_unauthorized,
+            )
+
+        try:
+            data, rotated = await asyncio.wait_for(
+                self.vault.detached_call(
+                    request.app_key, request.app_secret_enc, request.token_enc, numbers
+                ),
+                request.timeout_s,
+            )
+        except SecretDecryptionError:
+            return SchwabAccountNumbersReply(
+                success=False, message="the app secret or token could not be decrypted"
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return SchwabAccountNumbersReply(
+                success=False, message="the token is not a token object"
+            )
+        except TimeoutError:
+            return SchwabAccountNumbersReply(
+                success=False, message="Schwab did not answer in time"
+            )
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            return SchwabAccountNumbersReply(success=False, message=exc.reason)
+        if not isinstance(data, list):
+            return SchwabAccountNumbersReply(
+                success=False,
+                message="accountNumbers: Schwab answered something other than a list",
+                token_enc=rotated,
+            )
+        accounts = [
+            SchwabAccountNumber(
+                account_number=str(n["accountNumber"]), account_hash=str(n["hashValue"])
+            )
+            for n in data
+            if isinstance(n, dict) and n.get("accountNumber") and n.get("hashValue")
+        ]
+        return SchwabAccountNumbersReply(
+            success=True,
+            message=f"the login sees {len(accounts)} account(s)",
+            accounts=accounts,
+            token_enc=rotated,
+        )
 
     # ---- lifecycle and events ---------------------------------------------------------------
 

@@ -135,7 +135,17 @@ class EmbeddedPostgres:
             conn.execute("ALTER SYSTEM SET max_connections = 400")
         self.stop()
         PostgresServer._instances.pop(self.data_dir.resolve(), None)
-        self._server = get_server(self.data_dir, cleanup_mode=None)
+        # Right after a stop, a start on a busy machine sometimes sees the old postmaster still
+        # going away and gives up ("stopped waiting"); a second attempt then succeeds.
+        for attempt in range(3):
+            try:
+                self._server = get_server(self.data_dir, cleanup_mode=None)
+                return
+            except subprocess.CalledProcessError:
+                if attempt == 2:
+                    raise
+                PostgresServer._instances.pop(self.data_dir.resolve(), None)
+                time.sleep(1.0 + attempt)
 
     def uri(self, database: str) -> str:
         assert self._server is not None

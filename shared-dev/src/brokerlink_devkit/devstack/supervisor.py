@@ -359,7 +359,8 @@ class DevStack:
         except Exception as exc:
             log = self.data / "pg" / "log"
             raise StartupError(
-                f"the embedded PostgreSQL did not start: {type(exc).__name__}: {exc}",
+                "the embedded PostgreSQL did not start: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}",
                 f"see {log} (if another `make run` uses {self.data}, stop it or give this one "
                 "its own BROKERLINK_DATA_DIR), or point DATABASE_URL at a PostgreSQL 16",
             ) from None

@@ -49,6 +49,9 @@ __all__ = [
     "RefreshFailedPayload",
     "RefreshRequested",
     "RefreshRequestedPayload",
+    "SchwabAccountNumber",
+    "SchwabAccountNumbersReply",
+    "SchwabAccountNumbersRequest",
     "SchwabOAuthExchangeReply",
     "SchwabOAuthExchangeRequest",
     "SchwabTokensRotated",
@@ -286,6 +289,33 @@ class SchwabOAuthExchangeReply(Strict):
     )
     access_expires_at: datetime | None = None
     refresh_expires_at: datetime | None = None
+
+
+class SchwabAccountNumbersRequest(Strict):
+    """Which account numbers does this Schwab login see? The migrator asks it with a legacy
+    login's tokens, to link user-level Schwab settings only to accounts Schwab confirms."""
+
+    app_key: Annotated[str, Field(min_length=1, max_length=128)]
+    app_secret_enc: str = Field(
+        description="app secret, encrypted with the shared SecretBox"
+    )
+    token_enc: str = Field(description="schwab-py token object as JSON, encrypted")
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+
+
+class SchwabAccountNumber(Strict):
+    account_number: str
+    account_hash: str
+
+
+class SchwabAccountNumbersReply(Strict):
+    success: bool
+    message: str
+    accounts: list[SchwabAccountNumber] = []
+    token_enc: str | None = Field(
+        default=None,
+        description="the token object after a refresh made while asking (encrypted); keep it",
+    )
 
 
 class HealthReply(Strict):

@@ -96,10 +96,17 @@ def make_broker(
         logger=_bus_log,
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
-        **kwargs,
+        **{"inbox_prefix": inbox_prefix(service), **kwargs},
     )
     holder["broker"] = broker
     return broker
+
+
+def inbox_prefix(service: str) -> str:
+    """Where this service's replies arrive (request replies, JetStream API answers, pull
+    batches, KV watches): its own prefix, so its NATS user may subscribe to its own replies
+    only (`_INBOX_<service>.>`) and never read another service's."""
+    return f"_INBOX_{service}"
 
 
 async def bus_connected(broker: NatsBroker, timeout_s: float = 0.2) -> bool:

@@ -11,6 +11,7 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from brokerlink_shared.messaging.broker import inbox_prefix
 from brokerlink_shared.subjects import STREAMS, Broker, StreamSpec, Topology
 
 
@@ -48,6 +49,8 @@ def durable_subscriber(
         ),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_workers=max_workers,
+        # FastStream's default is the shared `_INBOX.`: fetch batches arrive in the service's own
+        inbox_prefix=f"{inbox_prefix(service)}.".encode(),
     )
 
 

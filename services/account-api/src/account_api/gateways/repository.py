@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Integer, and_, func, or_, select, tuple_
+from sqlalchemy import Integer, and_, case, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from account_api.gateways.service import LOOPBACK_KEY
 from account_api.tables import Account, GatewayEndpoint
 
 
@@ -55,7 +56,18 @@ class GatewayEndpointRepository:
         if not keys:
             return set()
         config = Account.integration_config
-        host = func.lower(config["host"].astext)
+        raw = func.lower(config["host"].astext)
+        # The same folding as the service's endpoint keys, for rows that were never claimed.
+        host = case(
+            (
+                or_(
+                    raw.in_(("localhost", "::1", "[::1]")),
+                    raw.like("127.%"),
+                ),
+                LOOPBACK_KEY,
+            ),
+            else_=raw,
+        )
         port = config["port"].astext.cast(Integer)
         found = await self._session.execute(
             select(host, port)

@@ -10,6 +10,7 @@ outside the allowed networks is refused before anything is stored.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -87,7 +88,10 @@ class GatewayEndpoints:
                 addresses = await self._reach.resolve(host, port)
             except HostNotAllowed as exc:
                 raise HostOutsideReach(exc, field) from None
-            for key in [(_name(host), port), *((a, port) for a in addresses)]:
+            for key in [
+                (_name(host), port),
+                *((_address_key(a), port) for a in addresses),
+            ]:
                 field_of.setdefault(key, field)
         taken = await endpoints_repo.used_by_others(user_id, field_of)
         owners = await (
@@ -103,5 +107,21 @@ class GatewayEndpoints:
             )
 
 
+LOOPBACK_KEY = "loopback"
+
+
+def _address_key(address: str) -> str:
+    """One key for every address of one machine we can recognise: a gateway that listens on
+    all interfaces answers on every loopback address, so owning one of them owns them all."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return LOOPBACK_KEY if ip.is_loopback else str(ip)
+
+
 def _name(host: str) -> str:
-    return host.strip().strip("[]").lower().rstrip(".")
+    name = host.strip().strip("[]").lower().rstrip(".")
+    return LOOPBACK_KEY if name == "localhost" else _address_key(name)

@@ -23,11 +23,14 @@ async def list_pending(
     return await _service(c).list(uow, actor)
 
 
-@router.post("/{link_id}/link", response_model=IntegrationOut)
+@router.post("/{link_id}/link", response_model=IntegrationOut | list[IntegrationOut])
 async def link_pending(
     link_id: DbId, body: LinkIn, actor: CurrentActor, uow: UowDep, c: ContainerDep
-) -> IntegrationOut:
-    return await _service(c).link(uow, actor, link_id, body.account_id)
+) -> IntegrationOut | list[IntegrationOut]:
+    """`{"account_id": n}` answers that account's integration; `{"account_ids": [...]}` (a
+    Schwab login attached to several accounts in one action) answers the list."""
+    linked = await _service(c).link(uow, actor, link_id, body.targets)
+    return linked if body.account_ids is not None else linked[0]
 
 
 @router.delete("/{link_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -37,13 +37,27 @@ class PendingLinkNotFound(NotFound):
         super().__init__("pending link not found")
 
 
+def summary(item: PendingLink) -> str:
+    """What the item is, in a person's words (no secrets)."""
+    c = item.config or {}
+    if item.integration_type == "IB":
+        if not c.get("host"):
+            return "IB connection (its settings could not be read)"
+        return f"IB gateway {c.get('host') or '?'}:{c.get('port') or '?'} (client id {c.get('client_id', '?')})"
+    key = rules.public_config("SCHWAB", c) or {}
+    return f"Schwab login (app key {key.get('app_key') or '?'})"
+
+
 def _out(item: PendingLink) -> PendingLinkOut:
     return PendingLinkOut(
         id=item.id,
         type=item.integration_type,
+        kind=item.kind if item.kind in ("link", "conflict", "quarantine") else "link",  # type: ignore[arg-type]
+        summary=summary(item),
         config=rules.public_config(item.integration_type, item.config),
         reason=item.reason,
         suggested_account_ids=list(item.suggestions or []),
+        verified_account_ids=list(item.verified_suggestions or []),
         legacy_table=item.legacy_table,
         legacy_id=item.legacy_id,
         created_at=item.created_at,
@@ -108,36 +122,48 @@ class PendingLinkService:
             return [_out(i) for i in await uow.pending_links.for_user(actor.user_id)]
 
     async def link(
-        self, uow: UnitOfWork, actor: Actor, link_id: int, account_id: int
-    ) -> IntegrationOut:
+        self, uow: UnitOfWork, actor: Actor, link_id: int, account_ids: list[int]
+    ) -> list[IntegrationOut]:
+        """Attach the item to the account(s) in one transaction and delete it. Several accounts
+        only for a Schwab login (they share it, tokens included); an IB connection is one."""
         async with uow:
             repo = uow.pending_links
             item = await repo.owned(actor.user_id, link_id, for_update=True)
             if item is None:
                 raise PendingLinkNotFound()
-            account = await uow.accounts.owned(
-                actor.user_id, account_id, for_update=True
-            )
-            if account is None:
-                raise AccountNotFound()
-            body = build_integration_in(item, account, self._secrets)
-            await self._integrations.configuration.check_configuration(
-                uow, actor, account, body
-            )
-            change = self._integrations.configuration.apply_configuration(
-                uow, actor, account, body
-            )
-            if item.integration_type == "SCHWAB":
-                self._keep_legacy_login(account, item.config or {})
+            if item.integration_type != "SCHWAB" and len(account_ids) > 1:
+                raise InvalidField(
+                    "an IB connection attaches to one account", field="account_ids"
+                )
+            accounts = []
+            for account_id in sorted(account_ids):  # lock order: by id, as everywhere
+                account = await uow.accounts.owned(
+                    actor.user_id, account_id, for_update=True
+                )
+                if account is None:
+                    raise AccountNotFound()
+                accounts.append(account)
             detail = {
                 "pending_link_id": item.id,
                 "legacy_table": item.legacy_table,
                 "legacy_id": item.legacy_id,
             }
-            await audit(uow, actor, dataclasses.replace(change, detail=detail))
+            out = []
+            for account in sorted(accounts, key=lambda a: account_ids.index(a.id)):
+                body = build_integration_in(item, account, self._secrets)
+                await self._integrations.configuration.check_configuration(
+                    uow, actor, account, body
+                )
+                change = self._integrations.configuration.apply_configuration(
+                    uow, actor, account, body
+                )
+                if item.integration_type == "SCHWAB":
+                    self._keep_legacy_login(account, item.config or {})
+                await audit(uow, actor, dataclasses.replace(change, detail=detail))
+                out.append(integration_out(account))
             await repo.delete(item)
             await uow.commit()
-            return integration_out(account)
+            return out
 
     def _keep_legacy_login(self, account: Account, pending: dict[str, Any]) -> None:
         """A Schwab item keeps the legacy login's tokens and their expiries, when readable."""

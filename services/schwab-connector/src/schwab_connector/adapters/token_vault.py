@@ -331,6 +331,48 @@ class TokenVault:
         if stored != state.token_enc:
             self._adopt_encrypted(state, stored, only_if_newer=False)
 
+    async def detached_call(
+        self,
+        app_key: str,
+        app_secret_enc: str,
+        token_enc: str,
+        call: Callable[[AsyncClient], Awaitable[Any]],
+    ) -> tuple[Any, str | None]:
+        """Run `call(client)` for a login nobody registered here (the migrator asking with a
+        legacy login's tokens): nothing cached, coordinated or reported. Returns the result and,
+        when the access token was refreshed on the way, the new token object (encrypted)."""
+        token_object = orjson.loads(self._box.decrypt(token_enc))
+        times = token_times(token_object, self._refresh_ttl_s)
+        now = self._clock.now()
+        if not refresh_token_alive(times, now):
+            raise ReauthRequiredError(
+                "the Schwab login has expired (7 days): sign in again"
+            )
+        held: dict[str, Any] = {"token": token_object, "rotated": False}
+
+        def write_token(new: TokenObject, *args: Any, **kwargs: Any) -> None:
+            self._restamp(new["token"])
+            held["token"], held["rotated"] = new, True
+
+        client = self._gateway.build_client(
+            app_key,
+            self._box.decrypt(app_secret_enc),
+            lambda: held["token"],
+            write_token,
+        )
+        try:
+            if needs_access_refresh(times, now, self._margin_s):
+                await self._gateway.refresh_token(client)
+            result = await call(client)
+        finally:
+            await client.close_async_session()
+        rotated = (
+            self._box.encrypt(orjson.dumps(held["token"]).decode())
+            if held["rotated"]
+            else None
+        )
+        return result, rotated
+
     async def flush_rotation(self, state: LoginState) -> None:
         """Report a token written since the last report (ours, or authlib refreshing on its own)."""
         if state.rotation_pending:

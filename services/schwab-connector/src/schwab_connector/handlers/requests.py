@@ -1,4 +1,5 @@
-"""Core NATS request/reply: integration test, OAuth code exchange and health."""
+"""Core NATS request/reply: integration test, OAuth code exchange, account numbers (for the
+migrator) and health."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationTestReply,
     IntegrationTestRequest,
+    SchwabAccountNumbersReply,
+    SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
 from brokerlink_shared.subjects import (
     INTEGRATION_TEST,
+    SCHWAB_ACCOUNT_NUMBERS,
     SCHWAB_OAUTH_EXCHANGE,
     Broker,
     Topology,
@@ -55,6 +59,19 @@ def register_request_handlers(
         except Exception as exc:
             log.exception("code exchange failed unexpectedly")
             return SchwabOAuthExchangeReply(
+                success=False, message=f"internal error ({type(exc).__name__})"
+            )
+
+    @broker.subscriber(topology.subject(SCHWAB_ACCOUNT_NUMBERS), queue=SERVICE)
+    async def on_account_numbers(
+        request: SchwabAccountNumbersRequest,
+    ) -> SchwabAccountNumbersReply:
+        log.debug("schwab.account.numbers")
+        try:
+            return await connector().account_numbers(request)
+        except Exception as exc:
+            log.exception("account-number lookup failed unexpectedly")
+            return SchwabAccountNumbersReply(
                 success=False, message=f"internal error ({type(exc).__name__})"
             )
 

@@ -511,13 +511,49 @@ function initRefreshAll() {
 }
 
 // ---- migration banner ----------------------------------------------------------------------
+// Items the legacy import could not attach with certainty (GET /api/integrations/pending-links).
+// An IB connection goes to one account; a Schwab login to one or more of its accounts. Only
+// suggestions the broker verified are preselected; attaching or discarding is one click.
 
-function describeLink(item) {
-  const c = item.config || {};
-  if (item.integration_type === "IB") {
-    return `IB gateway ${c.host ?? "?"}:${c.port ?? "?"} (client ${c.client_id ?? "?"}${c.account_code ? `, ${c.account_code}` : ""})`;
+const PENDING_KIND = {
+  link: "Not linked",
+  conflict: "Differs from an account's own settings",
+  quarantine: "Could not be read",
+};
+
+function pendingChooser(item, accounts) {
+  const suggested = item.suggested_account_ids || [];
+  const verified = new Set(item.verified_account_ids || []);
+  const byId = new Map(accounts.map((a) => [a.id, a]));
+  const ordered = [
+    ...suggested.filter((id) => byId.has(id)).map((id) => byId.get(id)),
+    ...accounts.filter((a) => !suggested.includes(a.id)),
+  ];
+  const label = (a) => `${a.name}${a.account_number ? ` (${a.account_number})` : ""}${verified.has(a.id) ? " — seen by Schwab" : ""}`;
+  if (item.type === "SCHWAB") {
+    const boxes = ordered.map((a) =>
+      el("label", { class: "pending-choice" },
+        el("input", { type: "checkbox", value: a.id, checked: verified.has(a.id) }),
+        ` ${label(a)}${suggested.includes(a.id) && !verified.has(a.id) ? " — suggested" : ""}`),
+    );
+    const group = el("fieldset", { class: "pending-choices" }, el("legend", { text: "Attach to" }), ...boxes);
+    return { node: group, chosen: () => [...group.querySelectorAll("input:checked")].map((i) => Number(i.value)) };
   }
-  return `Schwab app ${c.app_key ?? ""}${c.account_number ? ` (account ${c.account_number})` : ""}`;
+  const selectId = `link-${item.id}`;
+  const suggestedAccounts = ordered.filter((a) => suggested.includes(a.id));
+  const select = el(
+    "select",
+    { id: selectId },
+    el("option", { value: "", text: "Choose an account…", selected: verified.size === 0 }),
+    suggestedAccounts.length
+      ? el("optgroup", { label: "Suggested" }, ...suggestedAccounts.map((a) => el("option", { value: a.id, text: label(a), selected: verified.has(a.id) })))
+      : null,
+    el("optgroup", { label: suggestedAccounts.length ? "Other accounts" : "Accounts" }, ...ordered.filter((a) => !suggested.includes(a.id)).map((a) => el("option", { value: a.id, text: label(a) }))),
+  );
+  return {
+    node: el("span", {}, el("label", { for: selectId, text: "Attach to " }), select),
+    chosen: () => (select.value ? [Number(select.value)] : []),
+  };
 }
 
 async function loadPendingLinks() {
@@ -530,40 +566,43 @@ async function loadPendingLinks() {
     return;
   }
   const list = $("#pending-links");
+  const accounts = [...state.accounts.values()];
   list.replaceChildren(
     ...(items || []).map((item) => {
-      const selectId = `link-${item.id}`;
-      const suggested = new Set(item.suggestions || []);
-      const all = [...state.accounts.values()];
-      const select = el(
-        "select",
-        { id: selectId },
-        suggested.size
-          ? el("optgroup", { label: "Suggested" }, ...all.filter((a) => suggested.has(a.id)).map((a) => el("option", { value: a.id, text: a.name })))
-          : null,
-        el("optgroup", { label: suggested.size ? "Other accounts" : "Accounts" }, ...all.filter((a) => !suggested.has(a.id)).map((a) => el("option", { value: a.id, text: a.name }))),
-      );
+      const chooser = pendingChooser(item, accounts);
       const message = el("span", { class: "form-error", role: "alert" });
+      const done = (text) => {
+        li.remove();
+        toast(text);
+        banner.hidden = !list.children.length;
+      };
       const li = el(
         "li",
-        { "data-link-id": item.id },
-        el("p", {}, el("strong", { text: describeLink(item) }), item.reason ? el("span", { class: "muted", text: ` — ${item.reason}` }) : null),
-        el("label", { for: selectId, text: "Attach to" }),
-        select,
+        { "data-link-id": item.id, "data-kind": item.kind },
+        el("p", {},
+          el("strong", { text: item.summary }),
+          el("span", { class: "pending-kind", text: ` · ${PENDING_KIND[item.kind] || item.kind}` }),
+          el("br"),
+          el("span", { class: "muted", text: item.reason })),
+        chooser.node,
         el("button", {
           type: "button",
           class: "primary",
           text: "Attach",
           onclick: async () => {
+            const ids = chooser.chosen();
+            if (!ids.length) {
+              message.textContent = "Choose an account first.";
+              return;
+            }
             try {
-              await api("POST", `/api/integrations/pending-links/${item.id}/link`, { account_id: Number(select.value) });
-              li.remove();
-              toast("Connection attached.");
+              const body = item.type === "SCHWAB" ? { account_ids: ids } : { account_id: ids[0] };
+              await api("POST", `/api/integrations/pending-links/${item.id}/link`, body);
+              done(ids.length > 1 ? `Connection attached to ${ids.length} accounts.` : "Connection attached.");
               await loadAccounts();
             } catch (err) {
               message.textContent = err.message;
             }
-            banner.hidden = !list.children.length;
           },
         }),
         el("button", {
@@ -572,12 +611,10 @@ async function loadPendingLinks() {
           onclick: async () => {
             try {
               await api("DELETE", `/api/integrations/pending-links/${item.id}`);
-              li.remove();
-              toast("Connection discarded.");
+              done("Connection discarded.");
             } catch (err) {
               message.textContent = err.message;
             }
-            banner.hidden = !list.children.length;
           },
         }),
         message,
@@ -839,6 +876,15 @@ async function loadIntegration() {
   paintIntegrationState();
 }
 
+// The saved integration's state only: the form (which the user may be editing) stays as it is.
+async function reloadIntegrationState() {
+  const id = state.open;
+  const { data } = await api("GET", `/api/accounts/${id}/integration`);
+  if (state.open !== id) return;
+  state.integration = data;
+  paintIntegrationState();
+}
+
 function showTypeFields() {
   const type = $("#integration-type").value;
   $("#ib-fields").hidden = type !== "IB";
@@ -936,7 +982,7 @@ async function refreshAccount(id) {
 // After a failed refresh the integration holds the broker's code: word it with the form's context.
 async function refreshFailure(id, result) {
   if (result.pending) return document.createTextNode("Still running — the balance appears when it finishes.");
-  if (state.open === id) await loadIntegration();
+  if (state.open === id) await reloadIntegrationState();
   const data = state.integration;
   const sync = data?.sync;
   const context = configContext(data?.type, data?.config);
@@ -949,7 +995,7 @@ async function showRefresh(id, result, what) {
   await loadAccounts();
   if (state.open !== id) return;
   if (result.ok) {
-    await loadIntegration();
+    await reloadIntegrationState();
     setResult(`✓ ${what}: balance ${money(result.data.balance, account?.currency || "USD")}`, true);
   } else {
     setResult(await refreshFailure(id, result), false);
@@ -1093,7 +1139,7 @@ function oauthText(m) {
 async function watchFirstSync(id) {
   const deadline = Date.now() + 60000;
   while (state.open === id && Date.now() < deadline) {
-    await loadIntegration();
+    await reloadIntegrationState();
     const attempt = state.integration?.sync?.last_attempt;
     if (attempt !== "pending") return attempt;
     setResult("✓ Signed in to Schwab. Fetching the balance…", true, { busy: true });

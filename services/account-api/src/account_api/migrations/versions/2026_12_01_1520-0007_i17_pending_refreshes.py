@@ -1,7 +1,7 @@
 """find overdue refreshes without scanning every refresh ever asked
 
 Revision ID: 0004_i17
-Revises: 0004_i18
+Revises: 0004_i14
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_i17"
-down_revision: str | None = "0004_i18"  # chained after i18 on merging main
+down_revision: str | None = "0004_i14"  # chained after i14 on merging main
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

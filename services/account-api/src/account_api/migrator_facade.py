@@ -1,0 +1,32 @@
+"""What the legacy-data migrator (services/migrator) may use of account-api, and nothing else
+(an import contract holds it to this module): the schema (Alembic), the bus form of a stored
+integration config, and outbox rows built exactly as account-api builds them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from brokerlink_shared.contracts.events import Event
+from brokerlink_shared.messaging import EventPublisher
+
+from account_api.integrations.rules import bus_connection
+from account_api.migrate import alembic_config, upgrade
+from account_api.outbox.repository import OutboxRepository
+
+__all__ = ["alembic_config", "bus_connection", "outbox_row", "upgrade"]
+
+
+class _Staged(list[Any]):
+    """Stands in for a session: `OutboxRepository.add` stages its row here."""
+
+    def add(self, obj: Any) -> None:
+        self.append(obj)
+
+
+def outbox_row(publisher: EventPublisher, event: Event) -> tuple[Any, ...]:
+    """(event_id, family, subject, partition_key, body, correlation_id) of the outbox row
+    account-api would write for `event` (validated and encoded the same way)."""
+    staged = _Staged()
+    OutboxRepository(staged, publisher).add(event)  # type: ignore[arg-type]
+    m = staged[0]
+    return (m.event_id, m.family, m.subject, m.partition_key, m.body, m.correlation_id)
