@@ -47,7 +47,7 @@ async def test_linking_an_ib_item_configures_the_account_and_deletes_the_item(
     item = uow.pending_links.put(actor.user_id, "IB", IB_ITEM)
     account = uow.accounts.put(actor.user_id)
 
-    out = await links.link(uow, actor, item.id, account.id)
+    [out] = await links.link(uow, actor, item.id, [account.id])
 
     assert (out.type, out.status) == ("IB", "pending")
     assert account.integration_config["host"] == "10.1.2.3"
@@ -81,7 +81,7 @@ async def test_a_schwab_item_keeps_the_legacy_logins_tokens(
     )
     account = uow.accounts.put(actor.user_id, account_number="1234-5678")
 
-    await links.link(uow, actor, item.id, account.id)
+    await links.link(uow, actor, item.id, [account.id])
 
     stored = account.integration_config
     assert secret_box.decrypt(stored["app_secret_enc"]) == "s3cret"
@@ -101,7 +101,7 @@ async def test_an_undecryptable_secret_is_refused_and_nothing_changes(
     account = uow.accounts.put(actor.user_id)
 
     with pytest.raises(InvalidField) as raised:
-        await links.link(uow, actor, item.id, account.id)
+        await links.link(uow, actor, item.id, [account.id])
 
     assert raised.value.field == "config.app_secret"
     assert item.id in uow.pending_links.rows
@@ -114,7 +114,7 @@ async def test_invalid_stored_settings_name_the_field(links, uow, actor) -> None
     account = uow.accounts.put(actor.user_id)
 
     with pytest.raises(InvalidField) as raised:
-        await links.link(uow, actor, item.id, account.id)
+        await links.link(uow, actor, item.id, [account.id])
 
     assert raised.value.field == "config.port"
     assert "70000" not in raised.value.message
@@ -128,9 +128,9 @@ async def test_another_users_item_or_account_is_not_found(links, uow, actor) -> 
     their_account = uow.accounts.put(actor.user_id + 1)
 
     with pytest.raises(PendingLinkNotFound):
-        await links.link(uow, actor, theirs.id, my_account.id)
+        await links.link(uow, actor, theirs.id, [my_account.id])
     with pytest.raises(AccountNotFound):
-        await links.link(uow, actor, mine.id, their_account.id)
+        await links.link(uow, actor, mine.id, [their_account.id])
 
     assert len(uow.pending_links.rows) == 2
     assert uow.commits == 0

@@ -22,6 +22,7 @@ STORED_SCHWAB = {
     "account_number": "12345678",
     "account_hash": "HASH1",
     "token_enc": "enc-token",
+    "login": "login-1",
 }
 
 
@@ -56,25 +57,27 @@ def test_tokens_are_never_accepted_from_clients() -> None:
 
 
 def test_a_schwab_secret_left_masked_keeps_the_stored_one(secret_box) -> None:  # type: ignore[no-untyped-def]
-    merged = rules.merge_schwab(
-        SchwabConfigIn(app_secret=rules.MASK), STORED_SCHWAB, secret_box
+    merged = rules.stored_config(
+        "SCHWAB", SchwabConfigIn(app_secret=rules.MASK), STORED_SCHWAB, secret_box
     )
     assert merged["app_secret_enc"] == "enc-old"
     assert merged["token_enc"] == "enc-token"  # same login
+    assert merged["login"] == "login-1"
 
 
 def test_a_new_app_key_drops_the_old_logins_tokens_and_hash(secret_box) -> None:  # type: ignore[no-untyped-def]
-    merged = rules.merge_schwab(
-        SchwabConfigIn(app_key="other-key"), STORED_SCHWAB, secret_box
+    merged = rules.stored_config(
+        "SCHWAB", SchwabConfigIn(app_key="other-key"), STORED_SCHWAB, secret_box
     )
     assert merged["token_enc"] is None
     assert merged["account_hash"] is None
+    assert merged.get("login") is None
     assert merged["app_secret_enc"] == "enc-old"
 
 
 def test_a_new_secret_is_stored_encrypted(secret_box) -> None:  # type: ignore[no-untyped-def]
-    merged = rules.merge_schwab(
-        SchwabConfigIn(app_secret="fresh-secret"), STORED_SCHWAB, secret_box
+    merged = rules.stored_config(
+        "SCHWAB", SchwabConfigIn(app_secret="fresh-secret"), STORED_SCHWAB, secret_box
     )
     assert secret_box.decrypt(merged["app_secret_enc"]) == "fresh-secret"
 
@@ -91,7 +94,7 @@ def test_a_first_schwab_configuration_needs_key_and_secret(
     incoming: SchwabConfigIn, field: str, secret_box
 ) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidField) as raised:
-        rules.merge_schwab(incoming, None, secret_box)
+        rules.stored_config("SCHWAB", incoming, None, secret_box)
     assert raised.value.field == field
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from brokerlink_shared.admission import queued_seconds
 from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationConfigured,
@@ -24,7 +25,7 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from pydantic import ValidationError
 
 from ib_connector.config import SERVICE, Settings
@@ -56,8 +57,8 @@ def register_handlers(
         )
 
     @commands(REFRESH_REQUESTED, "refresh")  # type: ignore[operator]
-    async def on_refresh(event: RefreshRequested) -> None:
-        await service.on_refresh(event)
+    async def on_refresh(event: RefreshRequested, msg: NatsMessage) -> None:
+        await service.on_refresh(event, queued_seconds(msg))
 
     @commands(INTEGRATION_CONFIGURED, "configured")  # type: ignore[operator]
     async def on_configured(event: IntegrationConfigured) -> None:
