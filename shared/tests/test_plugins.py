@@ -108,8 +108,14 @@ def test_schwab_rules_match_todays_behaviour() -> None:
         "account_number": None,
         "account_hash": None,
         "token_enc": None,
+        "login": None,
     }
-    signed = first | {"token_enc": "tok", "account_hash": "HASH", "unverified": True}
+    signed = first | {
+        "token_enc": "tok",
+        "account_hash": "HASH",
+        "unverified": True,
+        "login": "login-1",
+    }
     # an update without the secret keeps it, and the same app key keeps the login's tokens
     same = schwab.stored_config(
         schwab.config_in.model_validate({"account_number": "12345678"}), signed, _enc
@@ -122,7 +128,13 @@ def test_schwab_rules_match_todays_behaviour() -> None:
         schwab.config_in.model_validate({"app_key": "otherkey99"}), signed, _enc
     )
     assert other["token_enc"] is None and other["account_hash"] is None
+    assert other["login"] is None
     assert "unverified" not in other
+    with pytest.raises(ConfigError) as no_key:
+        schwab.stored_config(
+            schwab.config_in.model_validate({"app_secret": "s"}), None, _enc
+        )
+    assert no_key.value.field == "app_key"
     with pytest.raises(ConfigError) as missing:
         schwab.stored_config(
             schwab.config_in.model_validate({"app_key": "k"}), None, _enc

@@ -6,6 +6,7 @@ each other's state like a user's week: sign in, refresh, an hour later, six days
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationConfigured,
+    IntegrationRemoved,
     IntegrationTestReply,
     IntegrationTestRequest,
     RefreshRequested,
@@ -91,6 +93,16 @@ def _scenario() -> Scenario:
                     ),
                 ],
             ),
+            SimLogin(  # alice's partner, signing in through alice's registered app
+                login_id="carol",
+                accounts=[
+                    SimAccount(
+                        account_number="44444444",
+                        liquidation_value=4444,
+                        cash_balance=4,
+                    )
+                ],
+            ),
             SimLogin(
                 login_id="bob",
                 accounts=[
@@ -121,6 +133,7 @@ class World:
     tokens: dict[int, str] = field(
         default_factory=dict
     )  # account id -> latest token_enc
+    logins: dict[int, str] = field(default_factory=dict)  # account id -> login id
 
     def events(self, type_: str, account_id: int | None = None) -> list[dict[str, Any]]:
         out = []
@@ -168,6 +181,7 @@ class World:
             app_secret_enc=self.box.encrypt(SECRETS[app_key]),
             token_enc=self.tokens.get(account_id),
             account_number=number,
+            login=self.logins.get(account_id),
         )
 
     async def exchange(
@@ -188,9 +202,15 @@ class World:
             account_number=number,
         )
         subject = self.topology.subject(SCHWAB_OAUTH_EXCHANGE)
-        return await request_model(
+        reply = await request_model(
             self.broker, subject, request, SchwabOAuthExchangeReply, timeout_s=15
         )
+        if reply.success and reply.login:
+            # what account-api does: the login's accounts (by number) now belong to it
+            for ours, theirs in NUMBERS.items():
+                if theirs in reply.visible_accounts or ours == account_id:
+                    self.logins[ours] = reply.login
+        return reply
 
     async def configure(
         self, user_id: int, account_id: int, app_key: str, number: str | None
@@ -250,7 +270,8 @@ class World:
 
 ALICE, BOB = 1, 2
 A1, A2, B1 = 101, 102, 201  # our account ids
-NUMBERS = {A1: "11111111", A2: "22222222", B1: "33333333"}
+C1 = 103  # alice's partner carol's account, on alice's app key
+NUMBERS = {A1: "11111111", A2: "22222222", B1: "33333333", C1: "44444444"}
 OWNER = {A1: (ALICE, "app-alice"), A2: (ALICE, "app-alice"), B1: (BOB, "app-bob")}
 
 
@@ -566,3 +587,196 @@ async def test_health_and_no_plaintext_secret_on_the_bus(world: World) -> None:
     assert len(payloads) > 300
     leaks = [s for s in secrets for p in payloads if s.encode() in p]
     assert not leaks
+
+
+async def test_a_refresh_that_cannot_be_bound_is_answered_failed(world: World) -> None:
+    refresh_id = uuid.uuid4()
+    await world.publisher.publish(
+        RefreshRequested(
+            user_id=None,  # no user: the connector cannot bind the login
+            account_id=A1,
+            payload={
+                "broker": Broker.SCHWAB,
+                "refresh_id": refresh_id,
+                "config": world.config(A1, "app-alice", NUMBERS[A1]),
+            },
+        )
+    )
+    outcome = await wait_until(
+        lambda: world.outcome(refresh_id), timeout_s=15, message="refresh answered"
+    )
+    assert outcome["type"] == "refresh.failed"
+    assert outcome["payload"]["code"] == "bad_config"
+
+
+async def test_configure_then_remove_delivered_in_reverse_order(world: World) -> None:
+    account_id = 301
+    config = world.config(B1, "app-bob", NUMBERS[B1])
+    await world.publisher.publish(
+        IntegrationRemoved(
+            user_id=BOB,
+            account_id=account_id,
+            payload={"broker": Broker.SCHWAB, "config": config, "version": 3},
+        )
+    )
+    connector = world.runtime.connector()
+    await wait_until(
+        lambda: connector.order.held(account_id) == 3, message="removal applied"
+    )
+    await world.publisher.publish(
+        IntegrationConfigured(
+            user_id=BOB,
+            account_id=account_id,
+            payload={"broker": Broker.SCHWAB, "config": config, "version": 2},
+        )
+    )
+    refresh_id = uuid.uuid4()
+    await world.publisher.publish(
+        RefreshRequested(
+            user_id=BOB,
+            account_id=account_id,
+            payload={
+                "broker": Broker.SCHWAB,
+                "refresh_id": refresh_id,
+                "config": config,
+                "version": 2,
+            },
+        )
+    )
+    outcome = await wait_until(
+        lambda: world.outcome(refresh_id), timeout_s=15, message="refresh answered"
+    )
+    assert (outcome["type"], outcome["payload"]["code"]) == ("refresh.failed", "stale")
+    assert account_id not in connector.accounts
+    assert world.events("integration.status", account_id) == []
+
+
+async def test_a_refresh_finishing_after_a_new_consent_keeps_the_new_consent(
+    world: World,
+) -> None:
+    """Replica A refreshes alice's old token slowly; meanwhile the user signs in again and
+    replica B exchanges the code. The new consent must survive A finishing last."""
+    replica_b = ConnectorRuntime(world.runtime.settings, world.clock)
+    # Its connector only (no subscribers): the test drives both replicas by hand.
+    await replica_b.start()
+    try:
+        a, b = world.runtime.connector(), replica_b.connector()
+        await world.advance(31 * 60)  # alice's access token is due for a refresh
+        await world.http.post(
+            "/admin/faults",
+            json={"endpoint": "token", "app_key": "app-alice", "delay_s": 2.0},
+        )
+        refresh_id = uuid.uuid4()
+        slow = asyncio.create_task(
+            a.on_refresh(
+                RefreshRequested(
+                    user_id=ALICE,
+                    account_id=A1,
+                    payload={
+                        "broker": Broker.SCHWAB,
+                        "refresh_id": refresh_id,
+                        "config": world.config(A1, "app-alice", NUMBERS[A1]),
+                    },
+                )
+            )
+        )
+
+        async def refresh_in_flight() -> bool:
+            return not (await world.http.get("/admin/state")).json()["faults"]
+
+        await wait_until(
+            refresh_in_flight, timeout_s=15, message="token refresh started"
+        )
+        consent = await b.exchange_code(
+            SchwabOAuthExchangeRequest(
+                user_id=ALICE,
+                account_id=A1,
+                app_key="app-alice",
+                app_secret_enc=world.box.encrypt(SECRETS["app-alice"]),
+                code_enc=world.box.encrypt(await world.code("app-alice", "alice")),
+                redirect_uri=CALLBACK,
+                account_number=NUMBERS[A1],
+            )
+        )
+        assert consent.success, consent.message
+        await slow
+        assert world.outcome(refresh_id)["type"] == "balance.updated"  # type: ignore[index]
+
+        login = a.vault.logins[(ALICE, "app-alice", consent.login)].login_id
+        assert await b.vault._coordinator.latest_token(login) == consent.token_enc
+        # A picks the consent up instead of using (or refreshing) the old login again.
+        await world.advance(31 * 60)
+        again = await world.refresh_account(A1)
+        await wait_until(lambda: world.outcome(again), timeout_s=20, message="again")
+        assert world.outcome(again)["type"] == "balance.updated"  # type: ignore[index]
+        for connector in (a, b):
+            state = connector.vault.logins.get((ALICE, "app-alice", consent.login))
+            if state is not None and state.times is not None:
+                assert state.times.refresh_expires_at >= _refresh_expiry(world, consent)
+    finally:
+        await replica_b.stop()
+        await replica_b.broker.stop()
+
+
+def _refresh_expiry(world: World, reply: SchwabOAuthExchangeReply) -> Any:
+    assert reply.refresh_expires_at is not None
+    return reply.refresh_expires_at
+
+
+async def test_two_logins_under_one_app_key_refresh_and_reauthenticate_independently(
+    world: World,
+) -> None:
+    carol = await world.exchange(ALICE, C1, "app-alice", "carol", NUMBERS[C1])
+    assert carol.success, carol.message
+    alice_login = world.logins[A1]
+    assert carol.login and carol.login != alice_login
+    assert (
+        world.logins[A2] == alice_login
+    )  # carol's sign-in did not take alice's accounts
+    world.tokens[C1] = carol.token_enc or ""
+    await world.configure(ALICE, C1, "app-alice", NUMBERS[C1])
+
+    async def refreshed(account_id: int) -> dict[str, Any]:
+        user, _ = OWNER.get(account_id, (ALICE, "app-alice"))
+        refresh_id = await world.refresh(
+            user, account_id, "app-alice", NUMBERS[account_id]
+        )
+        return await wait_until(  # type: ignore[no-any-return]
+            lambda: world.outcome(refresh_id), timeout_s=20, message="refresh"
+        )
+
+    both = [await refreshed(C1), await refreshed(A1)]
+    assert [(o["type"], Decimal(o["payload"]["balance"])) for o in both] == [
+        ("balance.updated", Decimal(4444)),
+        ("balance.updated", Decimal("1000.5")),
+    ]
+
+    # Carol revokes brokerlink at Schwab: only her account needs signing in again.
+    await world.http.post(
+        "/admin/tokens/revoke", json={"app_key": "app-alice", "login_id": "carol"}
+    )
+    dead = await refreshed(C1)
+    assert (dead["type"], dead["payload"]["code"]) == (
+        "refresh.failed",
+        "reauth_required",
+    )
+    await wait_until(
+        lambda: world.last_status(C1) == "reauth_required", message="carol reauth"
+    )
+    alive = await refreshed(A1)
+    assert alive["type"] == "balance.updated"
+    assert world.last_status(A1) != "reauth_required"
+    rotated = [
+        e["payload"]
+        for e in world.events("schwab.tokens.rotated")
+        if e["payload"].get("login") == carol.login
+    ]
+    assert all(C1 in r["account_ids"] and A1 not in r["account_ids"] for r in rotated)
+
+    # Carol signs in again; alice's login is untouched.
+    again = await world.exchange(ALICE, C1, "app-alice", "carol", NUMBERS[C1])
+    assert again.success and again.login == carol.login
+    world.tokens[C1] = again.token_enc or ""
+    back = await refreshed(C1)
+    assert back["type"] == "balance.updated"
+    assert world.logins[A1] == alice_login

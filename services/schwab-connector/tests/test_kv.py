@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
@@ -12,6 +14,7 @@ import pytest
 from brokerlink_shared.rate_budget import open_bucket
 from nats.js.kv import KeyValue
 from schwab_connector.adapters.kv import KvLoginCoordinator
+from schwab_connector.domain.tokens import LoginTokenTimes
 
 
 @pytest.fixture
@@ -47,5 +50,46 @@ async def test_lease_is_exclusive_and_lapses(kv: KeyValue) -> None:
     started = time.monotonic()
     async with second.lease("login2"):
         assert time.monotonic() - started >= 0.2
-    await first.store_token("login1", "gAAAAA-ciphertext")
+    assert await first.store_token("login1", "gAAAAA-ciphertext", _times(0)) == (
+        "gAAAAA-ciphertext"
+    )
     assert await second.latest_token("login1") == "gAAAAA-ciphertext"
+
+
+def _times(login_at_h: float, access_h: float = 0.5) -> LoginTokenTimes:
+    login = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(hours=login_at_h)
+    return LoginTokenTimes(login + timedelta(hours=access_h), login + timedelta(days=7))
+
+
+async def test_a_token_write_never_replaces_a_newer_token(kv: KeyValue) -> None:
+    replica_a, replica_b = KvLoginCoordinator(kv, 1.0), KvLoginCoordinator(kv, 1.0)
+    # B stores the new consent (logged in at 5 h); A then finishes refreshing the old login.
+    assert (
+        await replica_b.store_token("login3", "new-consent", _times(5)) == "new-consent"
+    )
+    assert await replica_a.store_token("login3", "old-refreshed", _times(0, 6)) == (
+        "new-consent"
+    )
+    assert await replica_a.latest_token("login3") == "new-consent"
+    # Within one login, the later access token wins.
+    assert await replica_a.store_token("login3", "new-refreshed", _times(5, 1)) == (
+        "new-refreshed"
+    )
+
+
+async def test_the_lease_is_renewed_while_its_holder_works(kv: KeyValue) -> None:
+    holder, other = KvLoginCoordinator(kv, 0.3), KvLoginCoordinator(kv, 0.3)
+    took_over = asyncio.Event()
+
+    async def contender() -> None:
+        async with other.lease("login4"):
+            took_over.set()
+
+    async with holder.lease("login4"):
+        task = asyncio.create_task(contender())
+        # Well past the TTL (and past the contender's own 2 x TTL patience).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(took_over.wait(), 1.2)
+        assert not took_over.is_set()
+    with contextlib.suppress(TimeoutError):
+        await task  # it gave up waiting: the lease was never free

@@ -32,6 +32,13 @@ class BusSettings(BaseSettings):
         le=100,
         validation_alias=AliasChoices("BROKERLINK_MAX_DELIVER", "max_deliver"),
     )
+    outage_budget_s: float = Field(
+        default=600.0,
+        ge=0,
+        validation_alias=AliasChoices("BROKERLINK_OUTAGE_BUDGET_S", "outage_budget_s"),
+        description="How long a consumer keeps retrying a message through a database or bus "
+        "outage before parking it",
+    )
 
     stream_replicas: int = Field(
         default=1,

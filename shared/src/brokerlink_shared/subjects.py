@@ -22,6 +22,11 @@ class Broker(StrEnum):
     def token(self) -> str:
         return self.value.lower()
 
+    @property
+    def connector(self) -> str:
+        """Name of the service that talks to this broker (its health subject, dead letters)."""
+        return f"{self.token}-connector"
+
 
 # Event families (the part of the subject after the namespace).
 INTEGRATION_CONFIGURED = "integration.configured"

@@ -42,6 +42,12 @@ class Settings(ServiceSettings):
         ge=0,
         description="0 disables the scheduled refresh of every integrated account",
     )
+    refresh_deadline_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="a refresh with no answer after this long is ended as failed "
+        "(timed out, or connector unavailable); 0 never ends one",
+    )
     schwab_authorize_url: str = "https://api.schwabapi.com/v1/oauth/authorize"
     oauth_state_ttl_s: int = Field(default=600, ge=30, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=100)

@@ -6,9 +6,12 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+import psycopg
 from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.outage import causes, is_transient_io_error
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,6 +54,21 @@ def make_read_pool(settings: Settings) -> AsyncConnectionPool:
         kwargs={"row_factory": dict_row, "autocommit": True, "prepare_threshold": 0},
         open=False,
     )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An infrastructure failure that retrying later will get past: the database restarting or
+    unreachable (class 08, 57), out of resources (53), a serialization failure or deadlock (40),
+    a lock or statement timeout (55P03, 57014) — all of them psycopg `OperationalError`s — or a
+    connection SQLAlchemy invalidated, a pool checkout timeout, or the bus being away."""
+    for e in causes(exc):
+        if isinstance(e, psycopg.OperationalError | sa_exc.TimeoutError):
+            return True
+        if isinstance(e, sa_exc.DBAPIError) and (
+            e.connection_invalidated or isinstance(e.orig, psycopg.OperationalError)
+        ):
+            return True
+    return is_transient_io_error(exc)
 
 
 class UnitOfWork:

@@ -4,15 +4,21 @@ installs both for the whole app (the legacy routes call them too)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 
-from account_api.errors import AccountApiError, TooManyRequests
+from account_api.db import is_transient
+from account_api.errors import AccountApiError, ServiceUnavailable, TooManyRequests
 from account_api.responses import JSONBytes
+
+_pool_checks: set[asyncio.Task[None]] = set()
 
 
 def error_response(exc: AccountApiError) -> JSONBytes:
@@ -107,3 +113,23 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(AccountApiError, handle)
     app.add_exception_handler(RequestValidationError, invalid)
+
+    async def database_away(request: Request, exc: Exception) -> JSONBytes:
+        if not is_transient(exc):
+            raise exc
+        # Drop the pool's other connections to a restarted server now, not one request each.
+        container = getattr(request.app.state, "container", None)
+        if container is not None and not _pool_checks:
+            task = asyncio.get_running_loop().create_task(container.read_pool.check())
+            _pool_checks.add(task)
+            task.add_done_callback(_pool_checks.discard)
+        response = error_response(
+            ServiceUnavailable(
+                "the database is unavailable for a moment; retry shortly"
+            )
+        )
+        response.headers["Retry-After"] = "2"
+        return response
+
+    for kind in (psycopg.OperationalError, sa_exc.DBAPIError, sa_exc.TimeoutError):
+        app.add_exception_handler(kind, database_away)

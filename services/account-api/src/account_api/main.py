@@ -31,12 +31,13 @@ from account_api.bodylimit import BodySizeLimit
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
-from account_api.db import UnitOfWork, make_engine, make_read_pool
+from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
 from account_api.exception_handlers import add_exception_handlers
 from account_api.history.routes import router as history_router
 from account_api.integrations.routes import router as integrations_router
 from account_api.integrations.service import IntegrationService
+from account_api.integrations.sweeper import RefreshSweeper
 from account_api.integrations.waiter import RefreshWaiter
 from account_api.outbox.relay import OutboxRelay
 from account_api.pending_links.routes import router as pending_links_router
@@ -81,7 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     read_pool = make_read_pool(settings)
     broker = make_broker(
-        settings.nats_url, topology, SERVICE, max_deliver=settings.max_deliver
+        settings.nats_url,
+        topology,
+        SERVICE,
+        max_deliver=settings.max_deliver,
+        transient=is_transient,
+        outage_budget_s=settings.outage_budget_s,
     )
     publisher = EventPublisher(broker, topology)
     waiter = RefreshWaiter(settings.libpq_url)
@@ -104,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     scheduler = RefreshScheduler(
         new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
+    sweeper = RefreshSweeper(new_uow, broker, topology, settings.refresh_deadline_s)
     retention = RetentionJob(new_uow, settings)
     revocations = RevocationList(
         RevocationFeed(read_pool),
@@ -140,9 +147,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay.start()
         scheduler.start()
         retention.start()
+        sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await revocations.stop()
             await retention.stop()
             await scheduler.stop()

@@ -246,6 +246,14 @@ class Refresh(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        # the sweeper's query: refreshes still waiting for an answer, oldest first
+        Index(
+            "ix_refreshes_pending",
+            "requested_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
 
 
 class OAuthState(Base):

@@ -22,6 +22,7 @@ STORED_SCHWAB = {
     "account_number": "12345678",
     "account_hash": "HASH1",
     "token_enc": "enc-token",
+    "login": "login-1",
 }
 
 
@@ -61,6 +62,7 @@ def test_a_schwab_secret_left_masked_keeps_the_stored_one(secret_box) -> None:  
     )
     assert merged["app_secret_enc"] == "enc-old"
     assert merged["token_enc"] == "enc-token"  # same login
+    assert merged["login"] == "login-1"
 
 
 def test_a_new_app_key_drops_the_old_logins_tokens_and_hash(secret_box) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +71,7 @@ def test_a_new_app_key_drops_the_old_logins_tokens_and_hash(secret_box) -> None:
     )
     assert merged["token_enc"] is None
     assert merged["account_hash"] is None
+    assert merged.get("login") is None
     assert merged["app_secret_enc"] == "enc-old"
 
 

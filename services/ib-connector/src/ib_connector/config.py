@@ -65,6 +65,18 @@ class Settings(BusSettings):
         default=256, ge=1, description="messages handled at once per subscriber"
     )
 
+    max_in_flight_refreshes: int = Field(
+        default=256,
+        ge=1,
+        description="refreshes worked on at once; past this, refreshes are answered busy",
+    )
+    max_queued_s: float = Field(
+        default=110.0,
+        ge=0,
+        description="a refresh that waited longer than this in the stream is answered busy "
+        "(just under account-api's refresh deadline, after which nobody waits for it; 0: never)",
+    )
+
     replica_id: str = Field(
         default_factory=_replica_id, pattern=r"^[A-Za-z0-9_-]{1,80}$"
     )

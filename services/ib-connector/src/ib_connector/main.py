@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastStream:
         SERVICE,
         max_deliver=settings.max_deliver,
         on_parked=fail_parked_refreshes(topology, SERVICE),
+        outage_budget_s=settings.outage_budget_s,
     )
     publisher = EventPublisher(broker, topology)
     statuses = StatusPublisher(publisher)
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> FastStream:
             adopt=service.adopt,
             release=service.release,
             replicas=settings.stream_replicas,
+            lose=service.lose_sessions,
         )
         await retry_until_done(
             service.ownership.start,

@@ -519,6 +519,17 @@ class GatewaySessionPool:
             return session.key
         return None
 
+    async def hand_over(self, key: SessionKey, view: StatusView) -> None:
+        """Close a session another replica is taking over, telling each account why."""
+        session = self.sessions.pop(key, None)
+        if session is None:
+            return
+        await session.close()
+        for binding in session.bindings.values():
+            binding.last_status = view
+            self._sink(binding, view)
+        log.info("gateway session handed over", extra={"session": session.label})
+
     async def close_session(self, key: SessionKey) -> None:
         session = self.sessions.pop(key, None)
         if session is not None:

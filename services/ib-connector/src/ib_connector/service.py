@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from brokerlink_shared.admission import BUSY_CODE, BUSY_MESSAGE, RefreshAdmission
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -23,8 +24,9 @@ from brokerlink_shared.contracts.replicas import (
     ForwardedTest,
     ForwardReply,
 )
-from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.contracts.values import IBConnection, IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher, RetryLater
+from brokerlink_shared.ordering import CommandOrder
 from brokerlink_shared.refreshes import RefreshResultPublisher
 from brokerlink_shared.subjects import Broker, Topology
 from faststream.nats import NatsBroker
@@ -36,6 +38,7 @@ from ib_connector.adapters.ownership import SessionOwnership, SessionRecord
 from ib_connector.config import SERVICE, Settings
 from ib_connector.domain.accounts import AccountSelectionError, select_account
 from ib_connector.domain.endpoints import SessionKey, session_key
+from ib_connector.domain.session_state import StatusView
 from ib_connector.pool import (
     UNREACHABLE,
     GatewaySessionPool,
@@ -73,13 +76,23 @@ class IBConnectorService:
         self.results = RefreshResultPublisher(publisher, Broker.IB)
         self.pool = pool
         self.ownership: SessionOwnership | None = None
+        self.order = CommandOrder()
+        self.admission = RefreshAdmission(
+            settings.max_in_flight_refreshes, settings.max_queued_s
+        )
         self.refreshes_ok = 0
         self.refreshes_failed = 0
 
     # ---- entry points (from handlers) ------------------------------------------------------
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
         config = _ib_config(event.payload.config)
+        if self.admission.too_old(queued_s):
+            await self._answer_busy(event)
+            return
+        if not self.order.admits(event.account_id, event.payload.version, "refresh"):
+            await self._answer_stale(event)
+            return
         if await self._route(
             ForwardedRefresh(data=event), config, event.account_id, event.user_id
         ):
@@ -87,15 +100,28 @@ class IBConnectorService:
 
     async def on_configured(self, event: IntegrationConfigured) -> None:
         config = _ib_config(event.payload.config)
-        if event.account_id is None:
+        if event.account_id is None or not self.order.admits(
+            event.account_id, event.payload.version, "configured"
+        ):
             return
         if await self._route(
             ForwardedConfigured(data=event), config, event.account_id, event.user_id
         ):
-            self.pool.attach(config, event.account_id, event.user_id)
+            self._attach(event)
+
+    def _attach(self, event: IntegrationConfigured) -> None:
+        if event.account_id is None:
+            raise RuntimeError("an IB refresh names its account")
+        if not self.order.admits(event.account_id, event.payload.version, "configured"):
+            return
+        config = _ib_config(event.payload.config)
+        self.pool.attach(config, event.account_id, event.user_id)
+        self.order.applied(event.account_id, event.payload.version)
 
     async def on_removed(self, event: IntegrationRemoved) -> None:
-        if event.account_id is None:
+        if event.account_id is None or not self.order.admits(
+            event.account_id, event.payload.version, "removed"
+        ):
             return
         config = (
             _ib_config(event.payload.config)
@@ -109,7 +135,9 @@ class IBConnectorService:
                 if owner != self.ownership.replica_id:
                     await self._forward(owner, ForwardedRemoved(data=event))
                     return
-        await self.remove_local(event.account_id, config, event.user_id)
+        await self.remove_local(
+            event.account_id, config, event.user_id, event.payload.version
+        )
 
     async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
         budget = max(
@@ -148,7 +176,7 @@ class IBConnectorService:
                 ):
                     return ForwardReply(ok=False, error="not the owner")
                 if configured.account_id is not None:
-                    self.pool.attach(config, configured.account_id, configured.user_id)
+                    self._attach(configured)
             elif isinstance(command, ForwardedRemoved):
                 removed = command.data
                 cfg = removed.payload.config
@@ -157,6 +185,7 @@ class IBConnectorService:
                         removed.account_id,
                         _ib_config(cfg) if cfg is not None else None,
                         removed.user_id,
+                        removed.payload.version,
                     )
             else:
                 request = command.data
@@ -174,10 +203,28 @@ class IBConnectorService:
     async def refresh_local(
         self, event: RefreshRequested, config: IBConnection
     ) -> None:
-        """Read the account on this replica's session and publish `balance.updated` or `refresh.failed`."""
+        """Read the account on this replica's session and publish `balance.updated` or
+        `refresh.failed` — at once `busy` when this replica already works on its bound."""
+        with self.admission.slot() as admitted:
+            if not admitted:
+                await self._answer_busy(event)
+                return
+            await self._refresh_local(event, config)
+
+    async def _answer_busy(self, event: RefreshRequested) -> None:
+        self.refreshes_failed += 1
+        await self.results.failed(event, code=BUSY_CODE, message=BUSY_MESSAGE)
+
+    async def _refresh_local(
+        self, event: RefreshRequested, config: IBConnection
+    ) -> None:
         if event.account_id is None:
             raise RuntimeError("an IB refresh names its account")
+        if not self.order.admits(event.account_id, event.payload.version, "refresh"):
+            await self._answer_stale(event)
+            return
         session, binding = self.pool.attach(config, event.account_id, event.user_id)
+        self.order.applied(event.account_id, event.payload.version)
         refresh_id = event.payload.refresh_id
         try:
             snapshot = await session.refresh(binding, self.settings.request_timeout_s)
@@ -209,9 +256,24 @@ class IBConnectorService:
             extra={"account_id": event.account_id, "refresh_id": str(refresh_id)},
         )
 
+    async def _answer_stale(self, event: RefreshRequested) -> None:
+        """A refresh asked with a config this connector already saw replaced: answer it."""
+        await self.results.failed(
+            event,
+            code="stale",
+            message="the integration changed after this refresh was asked",
+        )
+
     async def remove_local(
-        self, account_id: int, config: IBConnection | None, user_id: int | None
+        self,
+        account_id: int,
+        config: IBConnection | None,
+        user_id: int | None,
+        version: int | None = None,
     ) -> None:
+        if not self.order.admits(account_id, version, "removed"):
+            return
+        self.order.applied(account_id, version)
         closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(
@@ -231,6 +293,18 @@ class IBConnectorService:
                 update={"account_code": info.get("account_code")}
             )
             self.pool.attach(account_config, int(account_id), record.user_id)
+
+    async def lose_sessions(self, keys: list[SessionKey]) -> None:
+        """This replica lost its ownership lease: close those sessions at once (the next owner
+        must not meet our client ids) and tell their accounts why they are not connected."""
+        view = StatusView(
+            IntegrationStatus.DISCONNECTED,
+            code="handover",
+            message="the connector replica serving this account stopped; "
+            "another one is taking over",
+        )
+        for key in keys:
+            await self.pool.hand_over(key, view)
 
     async def release(self, key: SessionKey) -> None:
         """Another replica owns this session now: close ours without status events."""

@@ -38,7 +38,7 @@ class RecordingService:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
         self.calls.append(("refresh", event))
 
     async def on_configured(self, event: IntegrationConfigured) -> None:

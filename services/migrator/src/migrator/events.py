@@ -190,6 +190,7 @@ def _fast_config(kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
             "token_enc": stored.get("token_enc"),
             "account_number": stored.get("account_number"),
             "account_hash": stored.get("account_hash"),
+            "login": stored.get("login"),
         }
         key = values["app_key"]
         if (

@@ -51,6 +51,12 @@ class Settings(ServiceSettings):
     batch_max_wait_s: float = Field(
         default=1.0, ge=0, description="a batch waits at most this long before its call"
     )
+    max_queued_s: float = Field(
+        default=110.0,
+        ge=0,
+        description="a refresh that waited longer than this in the stream is answered busy "
+        "(just under account-api's refresh deadline, after which nobody waits for it; 0: never)",
+    )
     refresh_workers: int = Field(
         default=1000,
         ge=1,

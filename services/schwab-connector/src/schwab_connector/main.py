@@ -51,6 +51,7 @@ class ConnectorRuntime:
             SERVICE,
             max_deliver=settings.max_deliver,
             on_parked=fail_parked_refreshes(self.topology, SERVICE),
+            outage_budget_s=settings.outage_budget_s,
         )
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
@@ -141,6 +142,7 @@ class ConnectorRuntime:
             self.clock,
             s.batch_window_s,
             s.batch_max_wait_s,
+            s.max_queued_s,
         )
         self._lifecycle = asyncio.create_task(
             self._connector.run_lifecycle(s.lifecycle_check_interval_s)

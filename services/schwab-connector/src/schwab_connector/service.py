@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
+from brokerlink_shared.admission import BUSY_CODE, BUSY_MESSAGE
 from brokerlink_shared.batching import KeyedBatcher
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
@@ -36,6 +37,7 @@ from brokerlink_shared.contracts.events import (
 from brokerlink_shared.contracts.values import IntegrationStatus, SchwabConnection
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 from brokerlink_shared.messaging import EventPublisher
+from brokerlink_shared.ordering import CommandOrder
 from brokerlink_shared.refreshes import RefreshResultPublisher
 from brokerlink_shared.subjects import Broker
 from schwab.client import AsyncClient
@@ -52,6 +54,7 @@ from schwab_connector.adapters.token_vault import (
     TokenVault,
 )
 from schwab_connector.domain.clock import Clock
+from schwab_connector.domain.logins import login_identity
 from schwab_connector.domain.mapping import (
     AccountDataError,
     pick_account,
@@ -75,7 +78,7 @@ class AccountBinding:
 
     @property
     def login(self) -> LoginKey:
-        return (self.user_id, self.config.app_key)
+        return (self.user_id, self.config.app_key, self.config.login)
 
 
 class SchwabConnector:
@@ -91,7 +94,9 @@ class SchwabConnector:
         clock: Clock,
         batch_window_s: float,
         batch_max_wait_s: float = 1.0,
+        max_queued_s: float = 0.0,
     ) -> None:
+        self.max_queued_s = max_queued_s
         self._box = box
         self.vault = vault
         self.gateway = gateway
@@ -103,6 +108,7 @@ class SchwabConnector:
             batch_window_s, batch_max_wait_s
         )
         self.accounts: dict[int, AccountBinding] = {}
+        self.order = CommandOrder()
         self._numbers: dict[LoginKey, dict[str, str]] = {}  # hash -> account number
 
     # ---- commands ---------------------------------------------------------------------------
@@ -123,7 +129,7 @@ class SchwabConnector:
         if binding is None or binding.config != config or binding.user_id != user_id:
             reported = (
                 binding.reported
-                if binding and binding.login == (user_id, config.app_key)
+                if binding and binding.login == (user_id, config.app_key, config.login)
                 else None
             )
             binding = self.accounts[account_id] = AccountBinding(
@@ -134,21 +140,44 @@ class SchwabConnector:
 
     async def on_configured(self, event: IntegrationConfigured) -> None:
         """Remember the account and report its token status (no Schwab call)."""
+        if not self.order.admits(event.account_id, event.payload.version, "configured"):
+            return
         binding = self._bind(event.user_id, event.account_id, event.payload.config)
+        self.order.applied(event.account_id, event.payload.version)
         if binding is not None and binding.config.token_enc:
             await self._report(binding, self.vault.logins[binding.login])
 
     async def on_removed(self, event: IntegrationRemoved) -> None:
+        if not self.order.admits(event.account_id, event.payload.version, "removed"):
+            return
+        self.order.applied(event.account_id, event.payload.version)
         if event.account_id is not None:
             self.accounts.pop(event.account_id, None)
             self.vault.forget_account(event.account_id)
             log.info("schwab account removed", extra={"account": event.account_id})
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
-        """Read the account (one call per login, shared by concurrent requests) and publish it."""
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
+        """Read the account (one call per login, shared by concurrent requests) and publish it.
+        In-flight refreshes are bounded by the consumer's workers; one that waited in the
+        stream past `max_queued_s` is answered busy at once."""
         payload = event.payload
+        if self.max_queued_s and queued_s > self.max_queued_s:
+            await self._fail(event, BUSY_CODE, BUSY_MESSAGE)
+            return
+        if not self.order.admits(event.account_id, payload.version, "refresh"):
+            await self._fail(
+                event, "stale", "the integration changed after this refresh was asked"
+            )
+            return
         binding = self._bind(event.user_id, event.account_id, payload.config)
+        self.order.applied(event.account_id, payload.version)
         if binding is None:
+            # Still answered: whoever waits on this refresh must learn it cannot run.
+            await self._fail(
+                event,
+                "bad_config",
+                "the refresh names no user, account or Schwab config; it cannot run",
+            )
             return
         state = self.vault.logins[binding.login]
         code: str | None
@@ -206,12 +235,16 @@ class SchwabConnector:
             log.debug("balance published", extra={"account": binding.account_id})
             await self._report(binding, state)
             return
+        await self._fail(event, code, reason)
+        await self._report(binding, state, status, reason, code)
+
+    async def _fail(self, event: RefreshRequested, code: str, reason: str) -> None:
+        """Answer a refresh with `refresh.failed` (de-duplicated per refresh)."""
         log.info(
             "schwab refresh failed",
-            extra={"account": binding.account_id, "code": code, "reason": reason},
+            extra={"account": event.account_id, "code": code, "reason": reason},
         )
         await self._results.failed(event, code=code, message=reason)
-        await self._report(binding, state, status, reason, code)
 
     # ---- Schwab calls -----------------------------------------------------------------------
 
@@ -339,32 +372,50 @@ class SchwabConnector:
             )
         except SchwabCallError as exc:
             return SchwabOAuthExchangeReply(success=False, message=exc.reason)
+        # Who signed in? The accounts the new token sees say (several logins can share an app).
+        probe = LoginState(
+            (request.user_id, request.app_key, None), request.app_secret_enc
+        )
+        self.vault.adopt(probe, self.vault.stamp({"token": token}))
+        try:
+            numbers = await self._account_numbers(probe)
+        except (ReauthRequiredError, SchwabCallError) as exc:
+            self.vault.discard(probe)
+            return SchwabOAuthExchangeReply(
+                success=False,
+                message=f"signed in, but Schwab did not list the login's accounts: "
+                f"{exc.reason}; try again",
+            )
+        listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
+        account_hash, message = resolve_hash(listed, request.account_number)
+        if account_hash is None and request.account_number:
+            self.vault.discard(probe)
+            return SchwabOAuthExchangeReply(success=False, message=message)
+        login = login_identity(numbers)
         config = SchwabConnection(
             app_key=request.app_key,
             app_secret_enc=request.app_secret_enc,
             account_number=request.account_number,
+            login=login,
         )
         state = self.vault.observe(request.user_id, request.account_id, config)
-        self.vault.adopt(state, self.vault.stamp({"token": token}))
+        try:
+            # Under the login's lock and lease: a refresh of its old token cannot interleave.
+            async with self.vault.exclusive(state):
+                self.vault.install(state, probe)
+                await self.vault.share(state)
+        except TimeoutError:
+            return SchwabOAuthExchangeReply(
+                success=False, message="the Schwab login is busy; try signing in again"
+            )
+        self._numbers[state.key] = numbers
         if state.token_enc is None or state.times is None:
             raise RuntimeError("an adopted token sets the login's token and times")
-        await self._coordinator.store_token(state.login_id, state.token_enc)
         log.info(
             "schwab login authorised",
             extra={"user": request.user_id, "account": request.account_id},
         )
-        try:
-            numbers = await self._account_numbers(state)
-        except (ReauthRequiredError, SchwabCallError) as exc:
-            account_hash, message = (
-                None,
-                f"signed in, but the account list failed: {exc.reason}",
-            )
-        else:
-            listed = [{"accountNumber": n, "hashValue": h} for h, n in numbers.items()]
-            account_hash, message = resolve_hash(listed, request.account_number)
-            if account_hash is None and request.account_number:
-                return SchwabOAuthExchangeReply(success=False, message=message)
+        self._rebind_visible(state, numbers)
         await self.publish_rotated(state)
         for binding in self._bindings_of(state.key):
             if binding.account_id != request.account_id:
@@ -374,9 +425,32 @@ class SchwabConnector:
             message=message,
             token_enc=state.token_enc,
             account_hash=account_hash,
+            login=login,
+            visible_accounts={n: h for h, n in numbers.items()},
             access_expires_at=state.times.access_expires_at,
             refresh_expires_at=state.times.refresh_expires_at,
         )
+
+    def _rebind_visible(self, state: LoginState, numbers: dict[str, str]) -> None:
+        """The user's accounts on this app key that the login sees now belong to it."""
+        for binding in list(self.accounts.values()):
+            config = binding.config
+            if (
+                binding.user_id == state.user_id
+                and config.app_key == state.app_key
+                and config.login != state.login
+                and (
+                    config.account_number in numbers.values()
+                    or config.account_hash in numbers
+                )
+            ):
+                self._bind(
+                    binding.user_id,
+                    binding.account_id,
+                    config.model_copy(
+                        update={"login": state.login, "token_enc": state.token_enc}
+                    ),
+                )
 
     async def account_numbers(
         self, request: SchwabAccountNumbersRequest
@@ -479,6 +553,7 @@ class SchwabConnector:
             user_id=state.user_id,
             payload=SchwabTokensRotatedPayload(
                 app_key=state.app_key,
+                login=state.login,
                 account_ids=sorted(state.account_ids),
                 token_enc=state.token_enc,
                 access_expires_at=state.times.access_expires_at,

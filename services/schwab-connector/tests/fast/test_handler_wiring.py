@@ -51,7 +51,7 @@ class RecordingConnector:
     async def on_removed(self, event: IntegrationRemoved) -> None:
         self.calls.append(("removed", event))
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
         self.calls.append(("refresh", event))
 
     async def test_integration(

@@ -105,6 +105,12 @@ class IntegrationConfigured(Event):
 class IntegrationRemovedPayload(Strict):
     broker: Broker
     config: IntegrationConnection | None = None
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="the account's integration version after the removal; a connector "
+        "drops commands with an older one",
+    )
 
 
 class IntegrationRemoved(Event):
@@ -119,6 +125,12 @@ class RefreshRequestedPayload(Strict):
     job_id: uuid.UUID | None = None
     config: IntegrationConnection = Field(
         description="the config in force when the refresh was asked"
+    )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="the integration version of `config`; a connector that already applied "
+        "a newer one answers the refresh as stale",
     )
 
 
@@ -188,6 +200,9 @@ class IntegrationStatusChanged(Event):
 class SchwabTokensRotatedPayload(Strict):
     broker: Literal[Broker.SCHWAB] = Broker.SCHWAB
     app_key: str
+    login: str | None = Field(
+        default=None, description="the Schwab login the token belongs to"
+    )
     account_ids: list[int] = Field(
         description="accounts sharing this login that should store it"
     )
@@ -266,6 +281,12 @@ class SchwabOAuthExchangeReply(Strict):
     message: str
     token_enc: str | None = None
     account_hash: str | None = None
+    login: str | None = Field(
+        default=None, description="opaque id of the Schwab login that signed in"
+    )
+    visible_accounts: dict[str, str] = Field(
+        default={}, description="account number -> hash of every account the login sees"
+    )
     access_expires_at: datetime | None = None
     refresh_expires_at: datetime | None = None
 

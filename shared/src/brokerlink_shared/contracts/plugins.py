@@ -200,7 +200,6 @@ class IntegrationPlugin:
                 continue
             if value is None and decl is not None and decl.keep_when_absent:
                 if name not in prev:
-                    # nothing stored to keep: a first config must name a required field
                     if decl.required:
                         raise ConfigError(name, self._required_message(name))
                     continue  # first time: the bus model's default (e.g. no backups)
@@ -310,7 +309,7 @@ class IntegrationPlugin:
         }
 
 
-_NEVER_SHOWN = frozenset({"access_token", "refresh_token"})
+_NEVER_SHOWN = frozenset({"access_token", "refresh_token", "login"})
 
 
 def _partial(value: object) -> str | None:
@@ -503,7 +502,7 @@ SCHWAB = IntegrationPlugin(
     ),
     emits=(*COMMON_EVENTS, SCHWAB_TOKENS_ROTATED),
     answers=(*COMMON_REQUESTS, SCHWAB_OAUTH_EXCHANGE),
-    login_bound_fields=("token_enc", "account_hash", "unverified"),
+    login_bound_fields=("token_enc", "account_hash", "unverified", "login"),
     credential_fields=("app_key",),
     flags={"has_tokens": "token_enc", "unverified": "unverified"},
     sign_in_field="token_enc",

@@ -98,11 +98,12 @@ class SchwabConnection(Strict):
     )
     account_number: str | None = None
     account_hash: str | None = None
-
-    @property
-    def login_key(self) -> str:
-        """Accounts whose config shares this key share one OAuth login (and its token)."""
-        return self.app_key
+    login: str | None = Field(
+        default=None,
+        max_length=64,
+        description="opaque id of the Schwab login (who signed in) the token belongs to; one "
+        "app key can serve several logins of one user; null before the first sign-in",
+    )
 
 
 class Position(Strict):

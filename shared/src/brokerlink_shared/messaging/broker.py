@@ -14,6 +14,12 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from brokerlink_shared.messaging.middleware import DeadLetterMiddleware
+from brokerlink_shared.outage import (
+    DEFAULT_OUTAGE_BUDGET_S,
+    OutageTracker,
+    TransientClassifier,
+    is_transient_io_error,
+)
 from brokerlink_shared.subjects import DEAD_LETTERS, Topology
 
 ParkedHook = Callable[[NatsBroker, Msg, BaseException], Awaitable[None]]
@@ -42,11 +48,15 @@ def make_broker(
     *,
     max_deliver: int = 5,
     on_parked: ParkedHook | None = None,
+    transient: TransientClassifier = is_transient_io_error,
+    outage_budget_s: float = DEFAULT_OUTAGE_BUDGET_S,
     **kwargs: Any,
 ) -> NatsBroker:
     """Build the service's broker with the dead-letter convention installed; `on_parked` runs
-    after a message was parked (e.g. to tell the requester it failed)."""
+    after a message was parked (e.g. to tell the requester it failed); `transient` tells an
+    infrastructure failure (retried for `outage_budget_s`) from a bad message."""
     holder: dict[str, NatsBroker] = {}
+    outage = OutageTracker(outage_budget_s)
 
     async def publish_dead_letter(raw: Msg, exc: BaseException) -> None:
         headers = dict(raw.headers or {})
@@ -71,6 +81,8 @@ def make_broker(
         DeadLetterMiddleware,
         publish_dead_letter=publish_dead_letter,
         max_deliver=max_deliver,
+        transient=transient,
+        outage=outage,
     )
     broker = NatsBroker(
         [

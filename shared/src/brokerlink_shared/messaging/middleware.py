@@ -1,5 +1,9 @@
 """The consumer half of the convention, as a FastStream middleware (public
-`faststream.BaseMiddleware`): retry with backoff, then park in the dead-letter stream."""
+`faststream.BaseMiddleware`): retry with backoff, then park in the dead-letter stream.
+
+A transient infrastructure failure (the database or the bus away, see `brokerlink_shared.outage`)
+spends no attempt: it is retried for the outage budget while the consumer pauses; only bad
+messages are parked. A dead-letter publish that fails is retried later, never in a hot loop."""
 
 from __future__ import annotations
 
@@ -16,6 +20,11 @@ from pydantic import ValidationError
 from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.logging import correlation_id
 from brokerlink_shared.messaging.publishing import CORRELATION_HEADER, InvalidEventError
+from brokerlink_shared.outage import (
+    OutageTracker,
+    TransientClassifier,
+    is_transient_io_error,
+)
 
 log = logging.getLogger("brokerlink_shared.messaging")
 
@@ -48,10 +57,14 @@ class DeadLetterMiddleware(BaseMiddleware):
         context: Any,
         publish_dead_letter: Callable[[Msg, BaseException], Awaitable[None]],
         max_deliver: int,
+        transient: TransientClassifier = is_transient_io_error,
+        outage: OutageTracker | None = None,
     ) -> None:
         super().__init__(msg, context=context)
         self._publish_dead_letter = publish_dead_letter
         self._max_deliver = max_deliver
+        self._transient = transient
+        self._outage = outage or OutageTracker()
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         raw = msg.raw_message
@@ -62,18 +75,41 @@ class DeadLetterMiddleware(BaseMiddleware):
             and (cid := raw.headers.get(CORRELATION_HEADER))
         ):
             token = correlation_id.set(cid)
+        jetstream = (
+            isinstance(raw, Msg) and bool(raw.reply) and raw.reply.startswith("$JS.ACK")
+        )
+        key = (raw.metadata.stream, raw.metadata.sequence.stream) if jetstream else None
         try:
-            return await call_next(msg)
+            if jetstream:
+                await self._outage.wait(raw.in_progress)  # an outage: pause, don't spin
+            result = await call_next(msg)
+            if key is not None:
+                self._outage.settled(key, success=True)
+            return result
         except (AckMessage, NackMessage):
             raise
         except Exception as exc:
-            if (
-                not isinstance(raw, Msg)
-                or not raw.reply
-                or not raw.reply.startswith("$JS.ACK")
-            ):
+            if key is None:
                 raise  # core NATS request: nothing to redeliver
             delivered = raw.metadata.num_delivered
+            if self._transient(exc) and not isinstance(exc, PermanentFailure):
+                if self._outage.transient_failure(key):
+                    delay = backoff_delay(delivered, cap=10.0)
+                    log.warning(
+                        "infrastructure unavailable, will retry",
+                        extra={
+                            "subject": raw.subject,
+                            "delivered": delivered,
+                            "delay_s": round(delay, 2),
+                            "error": repr(exc)[:300],
+                        },
+                    )
+                    raise NackMessage(delay=delay) from exc
+                log.error(
+                    "outage budget spent",
+                    extra={"subject": raw.subject, "budget_s": self._outage.budget_s},
+                )
+                await self._park(raw, exc, delivered)
             if isinstance(exc, RetryLater) and delivered < RETRY_LATER_CEILING:
                 log.info(
                     "handler asked to retry later",
@@ -88,17 +124,10 @@ class DeadLetterMiddleware(BaseMiddleware):
             permanent = isinstance(
                 exc, ValidationError | PermanentFailure | InvalidEventError
             )
-            if permanent or delivered >= self._max_deliver:
-                log.error(
-                    "message parked in dead letters",
-                    extra={
-                        "subject": raw.subject,
-                        "delivered": delivered,
-                        "error": repr(exc),
-                    },
-                )
-                await self._publish_dead_letter(raw, exc)
-                raise AckMessage() from exc
+            # Deliveries that met an outage are not attempts at this message.
+            attempts = delivered - self._outage.transient_failures(key)
+            if permanent or attempts >= self._max_deliver:
+                await self._park(raw, exc, delivered)
             delay = backoff_delay(delivered)
             log.warning(
                 "handler failed, redelivering",
@@ -113,3 +142,27 @@ class DeadLetterMiddleware(BaseMiddleware):
         finally:
             if token is not None:
                 correlation_id.reset(token)
+
+    async def _park(self, raw: Msg, exc: BaseException, delivered: int) -> None:
+        """Publish to dead letters and ack; if even that fails, redeliver later (never spin)."""
+        try:
+            await self._publish_dead_letter(raw, exc)
+        except Exception as publish_exc:
+            delay = backoff_delay(delivered)
+            log.error(
+                "could not park the message in dead letters; redelivering",
+                extra={
+                    "subject": raw.subject,
+                    "delay_s": round(delay, 2),
+                    "error": repr(publish_exc)[:300],
+                },
+            )
+            raise NackMessage(delay=delay) from exc
+        self._outage.settled(
+            (raw.metadata.stream, raw.metadata.sequence.stream), success=False
+        )
+        log.error(
+            "message parked in dead letters",
+            extra={"subject": raw.subject, "delivered": delivered, "error": repr(exc)},
+        )
+        raise AckMessage() from exc

@@ -125,6 +125,8 @@ def removed(
         payload={
             "broker": kind,
             "config": rules.bus_connection(kind, dict(state.config or {})),
+            # the version after the removal: a connector drops commands older than it
+            "version": state.version + 1,
         },
     )
     new = state.with_(
@@ -168,9 +170,21 @@ def refresh_requested(
             "refresh_id": refresh_id,
             "job_id": job_id,
             "config": rules.bus_connection(kind, dict(state.config or {})),
+            "version": state.version,
         },
     )
     return Transition(state.with_(last_refresh_at=now), [event])
+
+
+def refresh_overdue_reason(
+    kind: str | None, *, connector_answers: bool, deadline_s: float
+) -> str:
+    """Why a refresh nobody answered within its deadline ends as failed (what the user reads):
+    the connector is not running, or it did not answer in time."""
+    name = f"{kind} connector" if kind else "connector"
+    if not connector_answers:
+        return f"connector unavailable: no {name} is running; retry later"
+    return f"timed out: the {name} did not answer within {deadline_s:g} s; retry"
 
 
 def stale_reason(
@@ -242,25 +256,40 @@ def status_reported(
     return Transition(new)
 
 
+def token_is_newer(
+    candidate: tuple[datetime | None, datetime | None],
+    stored: tuple[datetime | None, datetime | None],
+) -> bool:
+    """The one ordering rule for Schwab tokens (the connector's too): the later refresh expiry
+    (a later login) wins; within one login, the later access expiry wins. Unknown is oldest."""
+
+    def key(times: tuple[datetime | None, datetime | None]) -> tuple[float, float]:
+        return tuple(t.timestamp() if t else float("-inf") for t in times)  # type: ignore[return-value]
+
+    return key(candidate) > key(stored)
+
+
 def tokens_rotated(
     state: IntegrationState,
     *,
     token_enc: str,
     access_expires_at: datetime | None,
     refresh_expires_at: datetime | None,
+    login: str | None = None,
     keep_newer: bool = True,
 ) -> Transition:
-    """A Schwab login's tokens (already ciphertext) were renewed. With `keep_newer`, a token
-    older than the stored one is ignored (rotations can arrive out of order)."""
-    if (
-        keep_newer
-        and state.token_access_expires_at
-        and access_expires_at is not None
-        and state.token_access_expires_at > access_expires_at
+    """A Schwab login's tokens (already ciphertext) were renewed, or signed in (`login`: who).
+    With `keep_newer`, a token older than the stored one (by `token_is_newer`) is ignored:
+    rotations arrive out of order, and a refresh of an old login can finish after a consent."""
+    if keep_newer and not token_is_newer(
+        (refresh_expires_at, access_expires_at),
+        (state.token_refresh_expires_at, state.token_access_expires_at),
     ):
         return Transition(state)
     config = dict(state.config or {})
     config["token_enc"] = token_enc
+    if login:
+        config["login"] = login
     return Transition(
         state.with_(
             config=config,

@@ -28,7 +28,7 @@ from account_api.errors import AccountNotFound, Conflict, InvalidField
 from account_api.integrations import lifecycle
 from account_api.integrations.reads import owned_account
 from account_api.integrations.refreshes import RefreshService
-from account_api.integrations.repository import integration_state
+from account_api.integrations.repository import integration_state, of_login
 from account_api.integrations.schemas import OAuthStartOut
 from account_api.unit_of_work import UnitOfWork
 
@@ -177,7 +177,9 @@ class SchwabOAuthFlow:
                 )
                 await uow.commit()
                 return account_id, False, reply.message
-            for sibling in siblings:
+            # Only this login's accounts: other logins on the same app key keep their own.
+            login_accounts = of_login(siblings, reply.login, reply.visible_accounts)
+            for sibling in dict.fromkeys([*login_accounts, account]):
                 integrations.save(
                     sibling,
                     lifecycle.tokens_rotated(
@@ -185,6 +187,7 @@ class SchwabOAuthFlow:
                         token_enc=reply.token_enc,
                         access_expires_at=reply.access_expires_at,
                         refresh_expires_at=reply.refresh_expires_at,
+                        login=reply.login,
                         keep_newer=False,  # a fresh sign-in replaces whatever was stored
                     ),
                 )

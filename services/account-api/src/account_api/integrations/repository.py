@@ -122,6 +122,21 @@ class RefreshRepository:
             {"ch": REFRESH_CHANNEL, "id": str(refresh.id)},
         )
 
+    async def overdue(
+        self, requested_before: datetime, limit: int
+    ) -> list[tuple[Refresh, str | None]]:
+        """Pending refreshes asked before `requested_before`, with their account's integration
+        type, locked (others' locked rows are skipped: another replica is sweeping them)."""
+        rows = await self._session.execute(
+            select(Refresh, Account.integration_type)
+            .join(Account, Account.id == Refresh.account_id)
+            .where(Refresh.status == "pending", Refresh.requested_at < requested_before)
+            .order_by(Refresh.requested_at)
+            .limit(limit)
+            .with_for_update(of=Refresh, skip_locked=True)
+        )
+        return [(refresh, kind) for refresh, kind in rows.all()]
+
     async def get_many(self, refresh_ids: Iterable[uuid.UUID]) -> list[Refresh]:
         ids = list(refresh_ids)
         if not ids:
@@ -333,3 +348,27 @@ class IntegrationRepository:
         store_state(account, transition.state)
         for event in transition.events:
             self._outbox.add(event)
+
+
+def of_login(
+    accounts: Iterable[Account],
+    login: str | None,
+    visible: dict[str, str] | None = None,
+) -> list[Account]:
+    """The accounts (of one user and app key) that belong to one Schwab login: those already
+    bound to it, and those it sees (by number or hash) when it has just signed in. Without a
+    login id (a token from before logins were told apart) every account of the app key."""
+    accounts = list(accounts)
+    if login is None:
+        return accounts
+    numbers, hashes = set(visible or {}), set((visible or {}).values())
+
+    def belongs(account: Account) -> bool:
+        config = account.integration_config or {}
+        return (
+            config.get("login") == login
+            or config.get("account_number") in numbers
+            or config.get("account_hash") in hashes
+        )
+
+    return [a for a in accounts if belongs(a)]

@@ -25,6 +25,7 @@ from brokerlink_shared.contracts.events import (
 from account_api.integrations import lifecycle
 from account_api.integrations.repository import (
     integration_state,
+    of_login,
     store_state,
 )
 from account_api.tables import Account, Refresh
@@ -210,7 +211,9 @@ async def store_tokens(uow: UnitOfWork, event: SchwabTokensRotated) -> None:
         if event.user_id is None:
             await uow.commit()
             return
-        for account in await uow.accounts.sharing_login(event.user_id, p.app_key):
+        for account in of_login(
+            await uow.accounts.sharing_login(event.user_id, p.app_key), p.login
+        ):
             transition = lifecycle.tokens_rotated(
                 integration_state(account),
                 token_enc=p.token_enc,  # already ciphertext under the shared keys

@@ -8,6 +8,11 @@
 
 Every replica watches the sessions bucket, so routing a message to a session's owner is a
 dictionary lookup; a takeover loop claims sessions whose owner is no longer live.
+
+A replica that cannot renew its lease (the bus unreachable, a stalled process) gives its
+sessions up before the lease can lapse — at `LOSS_MARGIN` of the TTL after its last renewal —
+so the replica that takes over never meets the old connection's client id at the gateway. Once
+it renews again it re-opens the sessions nobody took in the meantime.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.messaging import RetryLater
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -37,6 +44,10 @@ from nats.js.kv import KeyValue
 from ib_connector.domain.endpoints import SessionKey, session_key
 
 log = logging.getLogger(__name__)
+
+# Give sessions up when this share of the lease TTL has passed without a renewal: the others
+# may take over only once the whole TTL has passed.
+LOSS_MARGIN = 0.6
 
 
 def session_kv_key(key: SessionKey) -> str:
@@ -87,6 +98,7 @@ class SessionRecord:
 
 AdoptSession = Callable[[SessionRecord], Awaitable[None]]
 ReleaseSession = Callable[[SessionKey], Awaitable[None]]
+LoseSessions = Callable[[list[SessionKey]], Awaitable[None]]
 
 
 class SessionOwnership:
@@ -101,6 +113,7 @@ class SessionOwnership:
         adopt: AdoptSession,
         release: ReleaseSession,
         replicas: int = 1,
+        lose: LoseSessions | None = None,
     ) -> None:
         self.replica_id = replica_id
         self._kv_replicas = replicas
@@ -119,6 +132,9 @@ class SessionOwnership:
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
         self._claim_lock: dict[str, asyncio.Lock] = {}
+        self._lose = lose
+        self._last_renewed = time.monotonic()
+        self.lease_lost = False
 
     async def start(self) -> None:
         js = self._nc.jetstream()
@@ -136,6 +152,7 @@ class SessionOwnership:
         self._tasks = [
             asyncio.create_task(self._watch(), name="ib-ownership-watch"),
             asyncio.create_task(self._renew(), name="ib-ownership-renew"),
+            asyncio.create_task(self._guard(), name="ib-ownership-guard"),
         ]
 
     async def stop(self, *, release: bool = True) -> None:
@@ -177,6 +194,9 @@ class SessionOwnership:
         user_id: int | None,
     ) -> str:
         """The owner of `key` after making sure it has one (this replica when it was free)."""
+        if self.lease_lost:
+            # Presumed dead by the others: opening a session now would fight the new owner.
+            raise RetryLater(self._ttl, "this replica lost its ownership lease")
         kv_key = session_kv_key(key)
         async with self._claim_lock.setdefault(kv_key, asyncio.Lock()):
             for _ in range(5):
@@ -344,7 +364,17 @@ class SessionOwnership:
     async def _heartbeat_once(self) -> None:
         if self._replicas is None:
             raise RuntimeError("session ownership used before start()")
-        await self._replicas.put(self.replica_id, b"1")
+        started = time.monotonic()
+        await asyncio.wait_for(
+            self._replicas.put(self.replica_id, b"1"), timeout=self._ttl / 3
+        )
+        self._last_renewed = (
+            started  # the lease runs from when the put was sent, at worst
+        )
+        if self.lease_lost:
+            self.lease_lost = False
+            log.warning("ownership lease renewed again; re-opening unclaimed sessions")
+            await self._readopt_own()
         keys: list[str] = []
         with contextlib.suppress(NotFoundError, KeyNotFoundError, NoKeysError):
             keys = await self._replicas.keys()
@@ -357,8 +387,40 @@ class SessionOwnership:
             try:
                 await self._heartbeat_once()
                 await self._take_over_orphans()
-            except Exception:
-                log.exception("ownership renewal failed")
+            except Exception as exc:
+                log.warning("ownership renewal failed", extra={"error": repr(exc)})
+                interval = self._ttl / 10  # try again soon, the lease is running out
+            else:
+                interval = self._ttl / 3
+
+    async def _guard(self) -> None:
+        """Give every session up before the lease can lapse (see the module docstring)."""
+        while True:
+            await asyncio.sleep(self._ttl / 20)
+            overdue = time.monotonic() - self._last_renewed > self._ttl * LOSS_MARGIN
+            if overdue and not self.lease_lost:
+                await self.give_up_all("ownership lease not renewed in time")
+
+    async def give_up_all(self, reason: str) -> None:
+        """Stop owning every session at once (this replica may be presumed dead)."""
+        self.lease_lost = True
+        keys = [
+            self._records[k][0].session_key for k in self._owned if k in self._records
+        ]
+        self._owned.clear()
+        log.warning(
+            "gave up every gateway session",
+            extra={"reason": reason, "count": len(keys)},
+        )
+        if self._lose is not None and keys:
+            await self._lose(keys)
+
+    async def _readopt_own(self) -> None:
+        """Sessions still recorded as ours (nobody took them over): open them again."""
+        for kv_key, (record, _revision) in list(self._records.items()):
+            if record.owner == self.replica_id and kv_key not in self._owned:
+                self._owned.add(kv_key)
+                await self._adopt(record)
 
     async def _take_over_orphans(self) -> None:
         orphans = [

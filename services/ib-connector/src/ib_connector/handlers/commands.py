@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from brokerlink_shared.admission import queued_seconds
 from brokerlink_shared.contracts.events import (
     HealthReply,
     IntegrationConfigured,
@@ -24,7 +25,7 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from faststream.nats.subscriber.usecases import LogicSubscriber
 from pydantic import ValidationError
 
@@ -57,8 +58,8 @@ def register_handlers(
         )
 
     @commands(REFRESH_REQUESTED, "refresh")
-    async def on_refresh(event: RefreshRequested) -> None:
-        await service.on_refresh(event)
+    async def on_refresh(event: RefreshRequested, msg: NatsMessage) -> None:
+        await service.on_refresh(event, queued_seconds(msg))
 
     @commands(INTEGRATION_CONFIGURED, "configured")
     async def on_configured(event: IntegrationConfigured) -> None:

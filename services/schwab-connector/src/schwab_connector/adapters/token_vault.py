@@ -1,4 +1,5 @@
-"""The in-memory, encrypted token cache: one entry per Schwab login (user, app key).
+"""The in-memory, encrypted token cache: one entry per Schwab login (user, app key, login
+identity — see domain.logins; the identity is unknown until the first sign-in).
 
 Accounts that share a login share its entry, its schwab-py client and therefore its token. Tokens
 are held only as `SecretBox` ciphertext (plus whatever the live httpx session needs in memory).
@@ -38,13 +39,15 @@ from schwab_connector.domain.tokens import (
 
 log = logging.getLogger(__name__)
 
-LoginKey = tuple[int, str]  # (user_id, app_key)
+LoginKey = tuple[int, str, str | None]  # (user_id, app_key, login identity)
 
 
 class LoginCoordinator(Protocol):
     def lease(self, login_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
     async def latest_token(self, login_id: str) -> str | None: ...
-    async def store_token(self, login_id: str, token_enc: str) -> None: ...
+    async def store_token(
+        self, login_id: str, token_enc: str, times: LoginTokenTimes
+    ) -> str: ...
 
 
 class LocalCoordinator:
@@ -57,8 +60,10 @@ class LocalCoordinator:
     async def latest_token(self, _login_id: str) -> str | None:
         return None
 
-    async def store_token(self, _login_id: str, _token_enc: str) -> None:
-        return None
+    async def store_token(
+        self, _login_id: str, token_enc: str, _times: LoginTokenTimes
+    ) -> str:
+        return token_enc
 
 
 @dataclass(eq=False)
@@ -85,8 +90,12 @@ class LoginState:
         return self.key[1]
 
     @property
+    def login(self) -> str | None:
+        return self.key[2]
+
+    @property
     def login_id(self) -> str:
-        return key_token("login", *self.key)
+        return key_token("login", *self.key[:2], *self.key[2:3] if self.login else ())
 
 
 class TokenVault:
@@ -121,7 +130,7 @@ class TokenVault:
         self, user_id: int, account_id: int, config: SchwabConnection
     ) -> LoginState:
         """Record an account's login and adopt its token if it is newer than ours."""
-        key = (user_id, config.app_key)
+        key = (user_id, config.app_key, config.login)
         state = self.logins.get(key)
         if state is None:
             state = self.logins[key] = LoginState(key, config.app_secret_enc)
@@ -143,6 +152,18 @@ class TokenVault:
             if not state.account_ids:
                 self._drop_client(state)
                 del self.logins[key]
+
+    def install(self, state: LoginState, signed_in: LoginState) -> None:
+        """Give `state` the token of a sign-in that was probed under `signed_in`."""
+        state.token_enc, state.times = signed_in.token_enc, signed_in.times
+        state.generation += 1
+        state.rejected = None
+        self._drop_client(state)
+        self._drop_client(signed_in)
+
+    def discard(self, state: LoginState) -> None:
+        """Let go of a state that was never registered (a failed sign-in's probe)."""
+        self._drop_client(state)
 
     def adopt(self, state: LoginState, token_object: TokenObject) -> None:
         """Install a fresh token (after a code exchange), whatever we held before."""
@@ -293,11 +314,28 @@ class TokenVault:
                     state.rejected = exc.reason
                     raise
                 self.refreshes += 1
-                if state.token_enc is None:
-                    raise RuntimeError("a refreshed login has a token")
-                await self._coordinator.store_token(state.login_id, state.token_enc)
+                await self.share(state)
             log.info("schwab access token refreshed", extra={"user": state.user_id})
             await self.flush_rotation(state)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, state: LoginState) -> AsyncIterator[None]:
+        """Hold the login here (its lock) and across replicas (its lease)."""
+        async with state.lock, self._coordinator.lease(state.login_id):
+            yield
+
+    async def share(self, state: LoginState) -> None:
+        """Store the login's token for every replica, unless a newer one is stored already —
+        then that one is adopted (a new consent beats a refresh of the old login)."""
+        if state.token_enc is None or state.times is None:
+            raise RuntimeError(
+                "a login shared with the replicas has its token and times"
+            )
+        stored = await self._coordinator.store_token(
+            state.login_id, state.token_enc, state.times
+        )
+        if stored != state.token_enc:
+            self._adopt_encrypted(state, stored, only_if_newer=False)
 
     async def detached_call(
         self,

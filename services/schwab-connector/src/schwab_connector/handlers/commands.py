@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from brokerlink_shared.admission import queued_seconds
 from brokerlink_shared.contracts.events import (
     IntegrationConfigured,
     IntegrationRemoved,
@@ -20,7 +21,7 @@ from brokerlink_shared.subjects import (
     Broker,
     Topology,
 )
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from faststream.nats.subscriber.usecases import LogicSubscriber
 
 from schwab_connector.config import SERVICE
@@ -63,7 +64,7 @@ def register_command_handlers(
         await connector().on_removed(event)
 
     @subscriber(REFRESH_REQUESTED, "refresh", refresh_workers)
-    async def on_refresh(event: RefreshRequested) -> None:
+    async def on_refresh(event: RefreshRequested, msg: NatsMessage) -> None:
         log.debug(
             "refresh.requested",
             extra={
@@ -71,4 +72,4 @@ def register_command_handlers(
                 "refresh_id": str(event.payload.refresh_id),
             },
         )
-        await connector().on_refresh(event)
+        await connector().on_refresh(event, queued_seconds(msg))
