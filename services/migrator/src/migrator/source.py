@@ -34,6 +34,7 @@ class Source:
         self._engine: Any = None
         self._conn: Any = None
         self._copy_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.path: Path | None = None  # the SQLite file, when the source is one
         self.columns: dict[str, set[str]] = {}
         if "://" in location and not location.startswith("sqlite"):
             self._open_sqlalchemy(location)
@@ -107,7 +108,6 @@ class Source:
             raise SourceError(
                 f"source database unreachable: {_one_line(exc)}"
             ) from None
-        self.path = None  # type: ignore[assignment]
 
     def _inspect(self) -> None:
         if self._sqlite is not None:

@@ -171,8 +171,8 @@ def _chunked(
             src_hash.update(f"{c}:{s[0]}:{s[1]};".encode())
         if t is not None:
             tgt_hash.update(f"{c}:{t[0]}:{t[1]};".encode())
-        if s == t:
-            counts["rows"] += s[0]  # type: ignore[index]
+        if s == t and s is not None:
+            counts["rows"] += s[0]
             continue
         part = drill(*_bounds(c))
         for k in counts:

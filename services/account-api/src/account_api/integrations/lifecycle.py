@@ -264,7 +264,8 @@ def token_is_newer(
     (a later login) wins; within one login, the later access expiry wins. Unknown is oldest."""
 
     def key(times: tuple[datetime | None, datetime | None]) -> tuple[float, float]:
-        return tuple(t.timestamp() if t else float("-inf") for t in times)  # type: ignore[return-value]
+        first, second = (t.timestamp() if t else float("-inf") for t in times)
+        return first, second
 
     return key(candidate) > key(stored)
 

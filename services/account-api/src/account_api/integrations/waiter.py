@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
 import psycopg
 
@@ -57,7 +58,7 @@ class RefreshWaiter:
                 await asyncio.sleep(1.0)
 
     @contextlib.asynccontextmanager
-    async def watch(self, refresh_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    async def watch(self, refresh_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
         """Register interest before the refresh is requested, so no notification is missed."""
         event = asyncio.Event()
         self._waiters.setdefault(refresh_id, []).append(event)

@@ -239,7 +239,8 @@ class TokenVault:
             token_enc = state.token_enc
 
             def read_token() -> TokenObject:
-                return orjson.loads(self._box.decrypt(token_enc))  # type: ignore[no-any-return]
+                token: TokenObject = orjson.loads(self._box.decrypt(token_enc))
+                return token
 
             def write_token(
                 token_object: TokenObject, *_args: Any, **_kwargs: Any
