@@ -9,7 +9,7 @@ from typing import Self
 import psycopg
 from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.outage import causes, is_transient_io_error
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
@@ -45,10 +45,15 @@ def make_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def make_read_pool(settings: Settings) -> AsyncConnectionPool:
+# The read pool's connections return dict rows (psycopg_pool's documented generic typing).
+ReadPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+
+def make_read_pool(settings: Settings) -> ReadPool:
     """A psycopg pool returning dict rows; opened by the app lifespan."""
     return AsyncConnectionPool(
         settings.libpq_url,
+        connection_class=psycopg.AsyncConnection[DictRow],
         min_size=2,
         max_size=settings.db_pool_size,
         kwargs={"row_factory": dict_row, "autocommit": True, "prepare_threshold": 0},

@@ -12,13 +12,12 @@ from brokerlink_shared.subjects import Topology
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.nats import NatsBroker
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from account_api.actor import Actor
 from account_api.auth.tokens import TokenIssuer
 from account_api.config import Settings
-from account_api.db import UnitOfWork
+from account_api.db import ReadPool, UnitOfWork
 from account_api.errors import NotAuthenticated
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ class Container:
 
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
-    read_pool: AsyncConnectionPool
+    read_pool: ReadPool
     issuer: TokenIssuer
     secrets: SecretBox
     broker: NatsBroker

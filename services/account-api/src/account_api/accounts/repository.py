@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from psycopg.adapt import Loader
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.tables import Account
+
+if TYPE_CHECKING:  # db builds the repositories: a runtime import would be circular
+    from account_api.db import ReadPool
 
 _COLUMNS = """id, name, currency, account_type, account_number, original_capital, current_balance,
     last_updated, integration_type, integration_config, integration_status, last_error,
@@ -118,7 +120,7 @@ class AccountRepository:
 class AccountReadModel:
     """Hot read paths straight from psycopg: rows as dicts, no ORM session."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: ReadPool) -> None:
         self._pool = pool
 
     async def list_for_user(self, user_id: int) -> list[dict[str, Any]]:
@@ -128,7 +130,7 @@ class AccountReadModel:
                 (user_id,),
                 prepare=True,
             )
-            return await cur.fetchall()  # type: ignore[return-value]
+            return await cur.fetchall()
 
     async def list_with_history(
         self, user_id: int, history_limit: int
@@ -137,7 +139,7 @@ class AccountReadModel:
             cur = conn.cursor()
             cur.adapters.register_loader("json", _JSONFragmentLoader)
             await cur.execute(_WITH_HISTORY, (history_limit, user_id), prepare=True)
-            return await cur.fetchall()  # type: ignore[return-value]
+            return await cur.fetchall()
 
     async def one_for_user(
         self, user_id: int, account_id: int
@@ -148,7 +150,7 @@ class AccountReadModel:
                 (account_id, user_id),
                 prepare=True,
             )
-            return await cur.fetchone()  # type: ignore[return-value]
+            return await cur.fetchone()
 
     async def totals_for_user(self, user_id: int) -> tuple[str, list[dict[str, Any]]]:
         """The user's base currency and, per account currency, the sum of balances."""
@@ -159,11 +161,11 @@ class AccountReadModel:
                 (user_id,),
                 prepare=True,
             )
-            rows: list[dict[str, Any]] = await cur.fetchall()  # type: ignore[assignment]
+            rows: list[dict[str, Any]] = await cur.fetchall()
             cur = await conn.execute(
                 "SELECT base_currency FROM users WHERE id = %s",
                 (user_id,),
                 prepare=True,
             )
-            user: dict[str, Any] | None = await cur.fetchone()  # type: ignore[assignment]
+            user: dict[str, Any] | None = await cur.fetchone()
         return (user or {}).get("base_currency") or "USD", rows

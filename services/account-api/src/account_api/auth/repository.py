@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.tables import AuthSession, RecoveryCode, User
+
+if TYPE_CHECKING:  # db builds the repositories: a runtime import would be circular
+    from account_api.db import ReadPool
 
 
 class UserRepository:
@@ -139,7 +142,7 @@ class RecoveryCodeRepository:
 class RevocationFeed:
     """New rows of `auth_revocations`, read through the psycopg pool (no ORM session)."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: ReadPool) -> None:
         self._pool = pool
 
     async def since(
@@ -155,9 +158,9 @@ class RevocationFeed:
             rows = await cursor.fetchall()
         return [
             (
-                int(r["user_id"]),  # type: ignore[call-overload]
-                r["session_id"],  # type: ignore[call-overload]
-                float(r["nb"]) if r["nb"] is not None else None,  # type: ignore[call-overload]
+                int(r["user_id"]),
+                r["session_id"],
+                float(r["nb"]) if r["nb"] is not None else None,
             )
             for r in rows
         ]
