@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 
 from schwab_connector.adapters.kv import KvLoginCoordinator
 from schwab_connector.adapters.schwab_http import SchwabGateway
-from schwab_connector.adapters.token_vault import TokenVault
+from schwab_connector.adapters.token_vault import LoginState, TokenVault
 from schwab_connector.config import SERVICE, Settings
 from schwab_connector.domain.clock import Clock, SystemClock
 from schwab_connector.handlers.commands import register_command_handlers
@@ -120,8 +120,8 @@ class ConnectorRuntime:
         publisher = EventPublisher(self.broker, self.topology)
         holder: dict[str, SchwabConnector] = {}
 
-        async def on_rotated(state: object) -> None:
-            await holder["c"].publish_rotated(state)  # type: ignore[arg-type]
+        async def on_rotated(state: LoginState) -> None:
+            await holder["c"].publish_rotated(state)
 
         vault = TokenVault(
             self.box,

@@ -323,7 +323,8 @@ def _partial(value: object) -> str | None:
 def _pattern(prop: dict[str, object]) -> str | None:
     if isinstance(prop.get("pattern"), str):
         return str(prop["pattern"])
-    for option in prop.get("anyOf", []) or []:  # type: ignore[attr-defined]
+    options = prop.get("anyOf")
+    for option in options if isinstance(options, list) else []:
         if isinstance(option, dict) and isinstance(option.get("pattern"), str):
             return str(option["pattern"])
     return None

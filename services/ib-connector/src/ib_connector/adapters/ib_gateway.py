@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from brokerlink_shared.reach import HostNotAllowed, NetworkReach
@@ -206,7 +207,7 @@ def _holding(item: Any) -> Holding:
         symbol=contract.symbol or contract.localSymbol,
         sec_type=contract.secType,
         currency=contract.currency,
-        quantity=to_decimal(item.position) or to_decimal("0"),  # type: ignore[arg-type]
+        quantity=to_decimal(item.position) or Decimal(0),
         average_cost=to_decimal(item.averageCost),
         market_price=to_decimal(item.marketPrice),
         market_value=to_decimal(item.marketValue),
