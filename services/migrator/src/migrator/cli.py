@@ -322,7 +322,9 @@ def _dry_run(
                         f"dry run: account-api migrations {', '.join(applied)} applied inside the rolled-back transaction"
                     )
                 conn = sa_conn.connection.driver_connection
-                target = Target(conn, dry_run=True)  # type: ignore[arg-type]
+                if not isinstance(conn, psycopg.Connection):  # the +psycopg URL above
+                    raise RuntimeError("the dry run needs a psycopg connection")
+                target = Target(conn, dry_run=True)
                 return _execute(source, target, box, namespace, report, progress, args)
             finally:
                 tx.rollback()
