@@ -145,6 +145,16 @@ def test_refresh_requested_stamps_the_request_and_sends_the_current_config() -> 
     [event] = t.events
     assert isinstance(event, RefreshRequested)
     assert (event.payload.refresh_id, event.payload.job_id) == (refresh_id, job_id)
+    assert event.payload.version == 2
+
+
+def test_a_refresh_of_an_integration_from_before_versions_carries_none() -> None:
+    t = lifecycle.refresh_requested(
+        ib(version=0), refresh_id=uuid.uuid4(), job_id=None, correlation_id="c", now=T1
+    )
+    [event] = t.events
+    assert isinstance(event, RefreshRequested)
+    assert event.payload.version is None
 
 
 @pytest.mark.parametrize(

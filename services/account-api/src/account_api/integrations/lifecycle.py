@@ -170,7 +170,8 @@ def refresh_requested(
             "refresh_id": refresh_id,
             "job_id": job_id,
             "config": rules.bus_connection(kind, dict(state.config or {})),
-            "version": state.version,
+            # An integration written before versions existed (version 0) is not ordered.
+            "version": state.version or None,
         },
     )
     return Transition(state.with_(last_refresh_at=now), [event])
