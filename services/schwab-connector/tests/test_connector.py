@@ -778,5 +778,5 @@ async def test_two_logins_under_one_app_key_refresh_and_reauthenticate_independe
     assert again.success and again.login == carol.login
     world.tokens[C1] = again.token_enc or ""
     back = await refreshed(C1)
-    assert back["type"] == "balance.updated"
+    assert back["type"] == "balance.updated", back["payload"]
     assert world.logins[A1] == alice_login

@@ -77,6 +77,22 @@ async def test_a_token_write_never_replaces_a_newer_token(kv: KeyValue) -> None:
     )
 
 
+async def test_a_new_consent_wins_a_tie_to_the_second(kv: KeyValue) -> None:
+    """Signing in again within the second of the last sign-in gives equal expiry times: the
+    consent must still replace the (revoked) token it follows; a refresh must not."""
+    coordinator = KvLoginCoordinator(kv, 1.0)
+    await coordinator.store_token("login4", "revoked", _times(2))
+    assert await coordinator.store_token("login4", "refreshed", _times(2)) == "revoked"
+    assert (
+        await coordinator.store_token("login4", "signed-in", _times(2), consent=True)
+        == "signed-in"
+    )
+    assert (
+        await coordinator.store_token("login4", "older", _times(1), consent=True)
+        == "signed-in"
+    )
+
+
 async def test_the_lease_is_renewed_while_its_holder_works(kv: KeyValue) -> None:
     holder, other = KvLoginCoordinator(kv, 0.3), KvLoginCoordinator(kv, 0.3)
     took_over = asyncio.Event()

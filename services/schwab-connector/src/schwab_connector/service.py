@@ -403,7 +403,7 @@ class SchwabConnector:
             # Under the login's lock and lease: a refresh of its old token cannot interleave.
             async with self.vault.exclusive(state):
                 self.vault.install(state, probe)
-                await self.vault.share(state)
+                await self.vault.share(state, consent=True)
         except TimeoutError:
             return SchwabOAuthExchangeReply(
                 success=False, message="the Schwab login is busy; try signing in again"

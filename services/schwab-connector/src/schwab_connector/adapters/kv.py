@@ -103,9 +103,15 @@ class KvLoginCoordinator:
         return stored[0] if stored else None
 
     async def store_token(
-        self, login_id: str, token_enc: str, times: LoginTokenTimes
+        self,
+        login_id: str,
+        token_enc: str,
+        times: LoginTokenTimes,
+        *,
+        consent: bool = False,
     ) -> str:
-        """Store the token unless a newer one is there; returns the token now stored."""
+        """Store the token unless a newer one is there (a `consent` also wins a tie); returns
+        the token now stored."""
         key = f"token.{login_id}"
         value = orjson.dumps(
             {
@@ -121,7 +127,10 @@ class KvLoginCoordinator:
                     await self._kv.create(key, value)
                     return token_enc
                 stored_enc, stored_times, revision = stored
-                if stored_times is not None and not is_newer(times, stored_times):
+                if stored_times is not None and not (
+                    is_newer(times, stored_times)
+                    or (consent and times.sort_key() >= stored_times.sort_key())
+                ):
                     if stored_enc != token_enc:
                         log.info(
                             "kept a newer stored token", extra={"login": login_id[:8]}

@@ -46,7 +46,12 @@ class LoginCoordinator(Protocol):
     def lease(self, login_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
     async def latest_token(self, login_id: str) -> str | None: ...
     async def store_token(
-        self, login_id: str, token_enc: str, times: LoginTokenTimes
+        self,
+        login_id: str,
+        token_enc: str,
+        times: LoginTokenTimes,
+        *,
+        consent: bool = False,
     ) -> str: ...
 
 
@@ -61,7 +66,12 @@ class LocalCoordinator:
         return None
 
     async def store_token(
-        self, _login_id: str, token_enc: str, _times: LoginTokenTimes
+        self,
+        _login_id: str,
+        token_enc: str,
+        _times: LoginTokenTimes,
+        *,
+        consent: bool = False,  # noqa: ARG002 - one replica: every write wins
     ) -> str:
         return token_enc
 
@@ -325,15 +335,17 @@ class TokenVault:
         async with state.lock, self._coordinator.lease(state.login_id):
             yield
 
-    async def share(self, state: LoginState) -> None:
+    async def share(self, state: LoginState, *, consent: bool = False) -> None:
         """Store the login's token for every replica, unless a newer one is stored already —
-        then that one is adopted (a new consent beats a refresh of the old login)."""
+        then that one is adopted (a new consent beats a refresh of the old login). A `consent`
+        (a sign-in just completed) also wins a tie: its expiries may equal, to the second, those
+        of the token it replaces."""
         if state.token_enc is None or state.times is None:
             raise RuntimeError(
                 "a login shared with the replicas has its token and times"
             )
         stored = await self._coordinator.store_token(
-            state.login_id, state.token_enc, state.times
+            state.login_id, state.token_enc, state.times, consent=consent
         )
         if stored != state.token_enc:
             self._adopt_encrypted(state, stored, only_if_newer=False)
