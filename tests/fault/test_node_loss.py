@@ -241,7 +241,9 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
     await poll(
         "account-api to declare the R3 streams",
         lambda: _streams_ready(cluster.urls, namespace),
-        60,
+        # each declaration attempt may wait DECLARE_TIMEOUT_S (30 s) for a fresh cluster's
+        # meta leader: leave room for a few attempts on a busy machine
+        120,
         0.25,
     )
     ib_health = {}
