@@ -34,6 +34,7 @@ import psycopg
 import pytest
 from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_shared.crypto import generate_key
+from brokerlink_shared.dead_letters import DeadLetterStream
 from brokerlink_shared.subjects import (
     COMMANDS,
     CONNECTOR_EVENTS,
@@ -532,6 +533,10 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
             dead = (
                 await nc.jetstream().stream_info(topo.stream_name(DEAD_LETTERS))
             ).state.messages
+            parked = [
+                f"{letter.service} {letter.original_subject} x{letter.delivered}: {letter.error[:160]}"
+                async for letter in DeadLetterStream(nc.jetstream(), topo).list(limit=5)
+            ]
             events_leader = (
                 await nc.jetstream().stream_info(topo.stream_name(CONNECTOR_EVENTS))
             ).cluster.leader
@@ -586,7 +591,7 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
         assert all(n == 3 for n in replicas.values()), (
             f"streams lost their replicas: {replicas}"
         )
-        assert dead == 0, f"{dead} messages parked in dead letters"
+        assert dead == 0, f"{dead} messages parked in dead letters, first: {parked}"
         assert not any(
             p.alive() for n, p in processes.procs.items() if n in dict(kills)
         )

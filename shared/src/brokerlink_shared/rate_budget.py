@@ -28,6 +28,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from brokerlink_shared.kv import create_if_absent
+
 
 @dataclass(frozen=True, slots=True)
 class RatePlan:
@@ -119,15 +121,16 @@ class KvRateBudget:
                     except KeyNotFoundError:
                         spent, revision = 0, None
                     if spent < self._plan.per_slice:
+                        if revision is None:
+                            if await create_if_absent(self._kv, key, b"1") is not None:
+                                return
+                            continue  # another replica spent first: read again
                         try:
-                            if revision is None:
-                                await self._kv.create(key, b"1")
-                            else:
-                                await self._kv.update(
-                                    key, str(spent + 1).encode(), last=revision
-                                )
+                            await self._kv.update(
+                                key, str(spent + 1).encode(), last=revision
+                            )
                             return
                         except KeyWrongLastSequenceError:
-                            continue  # another replica spent first: read again
+                            continue
                 self.waits += 1
                 await asyncio.sleep(self._plan.wait_for_next_slice(now) + 0.005)

@@ -445,8 +445,12 @@ class IBConnectorService:
                 self.settings.lease_ttl_s,
                 f"replica {owner} is unreachable; waiting for its lease to lapse",
             ) from None
-        except (NatsTimeoutError, TimeoutError) as exc:
-            raise ForwardFailed(f"replica {owner} did not answer: {exc!r}") from None
+        except (NatsTimeoutError, TimeoutError):
+            # A replica killed mid-request, or the bus failing over under it: the owner answers
+            # next time or its lease lapses and the session moves. Not a fault of the message.
+            raise RetryLater(
+                1.0, f"replica {owner} did not answer within the forward timeout"
+            ) from None
         answer = ForwardReply.model_validate_json(reply.data)
         if not answer.ok:
             raise ForwardFailed(

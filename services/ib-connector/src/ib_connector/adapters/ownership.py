@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.kv import create_if_absent
 from brokerlink_shared.messaging import RetryLater
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
@@ -208,9 +209,8 @@ class SessionOwnership:
                         self.replica_id, _config_dict(config), user_id=key.user_id
                     )
                     _add_account(record, account_id, user_id, config)
-                    try:
-                        revision = await self._kv.create(kv_key, record.encode())
-                    except KeyWrongLastSequenceError:
+                    revision = await create_if_absent(self._kv, kv_key, record.encode())
+                    if revision is None:
                         self._records.pop(kv_key, None)
                         continue
                     self._remember(kv_key, record, revision)

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
+from brokerlink_shared.kv import create_if_absent
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
@@ -143,11 +144,9 @@ class KvStatementShare:
 
     async def _take(self, name: str) -> int:
         while True:
-            try:
-                revision: int = await self._kv.create(name, self._value())
+            revision = await create_if_absent(self._kv, name, self._value())
+            if revision is not None:
                 return revision
-            except KeyWrongLastSequenceError:
-                pass
             try:
                 entry = await self._kv.get(name)
             except KeyNotFoundError:

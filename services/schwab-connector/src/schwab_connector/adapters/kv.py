@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import orjson
+from brokerlink_shared.kv import create_if_absent
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -78,10 +79,9 @@ class KvLoginCoordinator:
         deadline = time.monotonic() + self._ttl * 2
         while True:
             value = f"{self.replica_id}:{time.time() + self._ttl}".encode()
-            try:
-                return await self._kv.create(key, value)
-            except KeyWrongLastSequenceError:
-                pass
+            created = await create_if_absent(self._kv, key, value)
+            if created is not None:
+                return created
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:
@@ -124,7 +124,8 @@ class KvLoginCoordinator:
             stored = await self._read(key)
             try:
                 if stored is None:
-                    await self._kv.create(key, value)
+                    if await create_if_absent(self._kv, key, value) is None:
+                        continue  # another replica stored one first: compare with it
                     return token_enc
                 stored_enc, stored_times, revision = stored
                 if stored_times is not None and not (
