@@ -20,6 +20,7 @@ from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 
+from ib_connector.adapters.account_claims import AccountClaims
 from ib_connector.adapters.ib_gateway import IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership
 from ib_connector.config import SERVICE, Settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastStream:
         statuses.submit,
         client_factory=lambda notice, closed: IBGatewayClient(notice, closed, reach),
         on_idle_close=on_idle_close,
+        claim_accounts=lambda key, codes, ids: service.claim_accounts(key, codes, ids),
     )
     service = IBConnectorService(settings, topology, broker, publisher, pool)
     health_server: list[asyncio.Server] = []
@@ -126,6 +128,14 @@ def create_app(settings: Settings) -> FastStream:
         )
         statuses.start()
         await pool.start()
+        claims = AccountClaims(
+            broker.connection, settings.namespace, replicas=settings.stream_replicas
+        )
+        await retry_until_done(
+            claims.start, what="opening the account claims (NATS KV)", log=log
+        )
+        # before any session can connect (taking leases over adopts some)
+        service.claims = claims
         service.ownership = SessionOwnership(
             broker.connection,
             settings.namespace,
