@@ -4,7 +4,6 @@ address: ib-connector's account claims (real NATS KV, ib_async to the simulator 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,28 +16,12 @@ from brokerlink_shared.contracts.values import (
     IBConnection,
     IntegrationStatus,
 )
-from brokerlink_simulators.ib_gateway import (
-    GatewaySpec,
-    IBGatewaySimulator,
-    Scenario,
-)
+from brokerlink_simulators.ib_gateway import GatewaySpec, IBGatewaySimulator
 
 from .conftest import Bus, account
 
 # what every LogRecord has; the rest is a log line's message and its extras
 _RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-@pytest.fixture(scope="module")
-async def all_addresses_sim() -> AsyncIterator[IBGatewaySimulator]:
-    """Gateways listening on every address of this machine, as a real one often does: the same
-    gateway answers at 127.0.0.1 and at any other loopback address (127.0.0.2 on Linux)."""
-    simulator = IBGatewaySimulator(Scenario(), host="0.0.0.0", admin_port=None)
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 def _mentions(
