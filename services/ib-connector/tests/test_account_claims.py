@@ -7,6 +7,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import Event
@@ -103,14 +104,33 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     ours = [r for r in caplog.records if not r.name.startswith("ib_async")]
     assert _mentions(list(bus.events[seen_before:]), ours, "U55000") == []
 
-    # the owner keeps working, unaffected
+    # the owner keeps working, unaffected, and adds a second integration on the same session
     assert (await bus.refreshed(61, mine, user_id=owner)).payload.balance == Decimal(
         "5501.37"
     )
+    second = mine.model_copy(update={"account_code": "U5500002"})
+    assert (await bus.refreshed(64, second, user_id=owner)).payload.balance == Decimal(
+        "5502.91"
+    )
+    # the claims name no account code, and both integrations hold both accounts
+    claims = await _claims(bus)
+    assert len(claims) == 2 and "U55" not in str(claims)
+    assert all(
+        (c["user_id"], set(c["holders"])) == (owner, {"acct:61", "acct:64"})
+        for c in claims.values()
+    )
 
-    # Once the owner removes the integration, the accounts are free: the other user's session
-    # (retrying with backoff) claims them and reads.
+    # Removing one of them releases nothing: the other still holds the accounts.
     await bus.remove(61, mine, user_id=owner)
+    await wait_until(
+        lambda: _holders_are(bus, {"acct:64"}), message="the first integration let go"
+    )
+    reply = await bus.test(theirs.model_copy(update={"client_id": 4}), user_id=other)
+    assert (reply.success, reply.code) == (False, GATEWAY_OWNED_ELSEWHERE)
+
+    # Once the owner removes the last integration, the accounts are free: the other user's
+    # session (retrying with backoff) claims them and reads.
+    await bus.remove(64, second, user_id=owner)
     await wait_until(
         lambda: (
             (last := bus.last_status(62)) is not None
@@ -128,3 +148,19 @@ async def test_a_gateway_under_another_address_stays_its_owners(
         lambda: bus.failure_for(refresh_id), message="the former owner is refused"
     )
     assert refused.payload.code == GATEWAY_OWNED_ELSEWHERE
+
+
+async def _claims(bus: Bus) -> dict[str, dict[str, Any]]:
+    """The account claims as the bucket holds them (its hash key aside)."""
+    kv = await bus.nc.jetstream().key_value(f"{bus.topology.namespace}_ib_accounts")
+    found = {}
+    for key in await kv.keys():
+        if key != "hash-key":
+            entry = await kv.get(key)
+            if entry.value:
+                found[key] = orjson.loads(entry.value)
+    return found
+
+
+async def _holders_are(bus: Bus, holders: set[str]) -> bool:
+    return all(set(c["holders"]) == holders for c in (await _claims(bus)).values())

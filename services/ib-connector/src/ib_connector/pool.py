@@ -169,6 +169,7 @@ class GatewaySession:
     claim_accounts: ClaimAccounts | None = None
     # integrations registered as holders of this connection's account claims
     _holding: set[int] = field(default_factory=set)
+    _hold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self._backoff = Backoff(
@@ -266,16 +267,23 @@ class GatewaySession:
         )
 
     async def _hold_for(self, account_id: int) -> None:
-        """Register one more integration as a holder of the connection's account claims before
-        it reads; when another user owns them now, close the connection unread."""
-        try:
-            await self._claim(self.state.managed_accounts, [account_id])
-        except GatewayError as exc:
-            if exc.code == GATEWAY_OWNED_ELSEWHERE:
-                self._set_state(self.state.refused(exc.code, exc.message))
-                self._lost.set()  # the supervisor drops the connection and retries later
-            raise RefreshError(exc.code, exc.message) from None
-        self._holding.add(account_id)
+        """Register an integration as a holder of the connection's account claims before it
+        reads; when another user owns them now, close the connection unread. Integrations
+        attached since the connect are registered together: one claim per burst, not a
+        compare-and-set race per account."""
+        async with self._hold_lock:
+            if account_id in self._holding:
+                return
+            pending = {a for a in self.bindings if a not in self._holding}
+            pending.add(account_id)
+            try:
+                await self._claim(self.state.managed_accounts, sorted(pending))
+            except GatewayError as exc:
+                if exc.code == GATEWAY_OWNED_ELSEWHERE:
+                    self._set_state(self.state.refused(exc.code, exc.message))
+                    self._lost.set()  # the supervisor drops the connection, retries later
+                raise RefreshError(exc.code, exc.message) from None
+            self._holding |= pending
 
     async def _claim(self, managed: Sequence[str], account_ids: Sequence[int]) -> None:
         """Hold the gateway's accounts for this session's user (see `hold_accounts`)."""
