@@ -104,7 +104,7 @@ async def hold_accounts(claim: Callable[[], Awaitable[bool]], label: str) -> Non
         )
         raise GatewayError(
             CLAIMS_UNAVAILABLE,
-            "could not check who this gateway's accounts belong to; retrying",
+            "could not check who this gateway's accounts belong to; try again shortly",
         ) from None
     if not mine:
         log.warning(
