@@ -25,7 +25,7 @@ from ib_connector.adapters.ib_gateway import IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership
 from ib_connector.config import SERVICE, Settings
 from ib_connector.domain.endpoints import SessionKey
-from ib_connector.handlers.commands import register_handlers
+from ib_connector.handlers.subscribers import register_handlers
 from ib_connector.pool import GatewaySessionPool, PoolSettings, SessionSettings
 from ib_connector.service import IBConnectorService
 from ib_connector.statuses import StatusPublisher

@@ -154,7 +154,9 @@ class IBConnectorService:
             event.account_id, config, event.user_id, event.payload.version
         )
 
-    async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
+    async def test_integration(
+        self, request: IntegrationTestRequest
+    ) -> IntegrationTestReply:
         budget = max(
             0.5, request.timeout_s - 0.5
         )  # answer inside the requester's deadline
