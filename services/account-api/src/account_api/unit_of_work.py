@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -67,6 +67,8 @@ class AuditLog(Protocol):
 class Integrations(Protocol):
     def save(self, account: Account, transition: Transition) -> None: ...
 
+    async def save_many(self, saves: Sequence[tuple[Account, Transition]]) -> None: ...
+
 
 class Refreshes(Protocol):
     def add(
@@ -75,6 +77,10 @@ class Refreshes(Protocol):
         account_id: int,
         integration_version: int,
         job_id: uuid.UUID | None = None,
+    ) -> None: ...
+
+    async def add_many(
+        self, rows: Sequence[tuple[uuid.UUID, int, int, uuid.UUID | None]]
     ) -> None: ...
 
     def add_job(

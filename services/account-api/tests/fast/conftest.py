@@ -10,7 +10,7 @@ import datetime as dt
 import itertools
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
@@ -175,6 +175,10 @@ class FakeIntegrations:
         for event in transition.events:
             self._outbox.add(event)
 
+    async def save_many(self, saves: Sequence[tuple[Account, Transition]]) -> None:
+        for account, transition in saves:
+            self.save(account, transition)
+
 
 class FakeRefreshes:
     def __init__(self) -> None:
@@ -197,6 +201,12 @@ class FakeRefreshes:
             status="pending",
             requested_at=_now(),
         )
+
+    async def add_many(
+        self, rows: Sequence[tuple[uuid.UUID, int, int, uuid.UUID | None]]
+    ) -> None:
+        for refresh_id, account_id, version, job_id in rows:
+            self.add(refresh_id, account_id, version, job_id)
 
     def add_job(
         self, job_id: uuid.UUID, user_id: int | None, total: int, trigger: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from account_api.actor import Actor
@@ -38,16 +39,31 @@ class RefreshService:
     ) -> uuid.UUID:
         """Queue a refresh of `account` in the open transaction (outbox); returns its id."""
         refresh_id = refresh_id or uuid.uuid4()
-        transition = lifecycle.refresh_requested(
-            integration_state(account),
-            refresh_id=refresh_id,
-            job_id=job_id,
-            correlation_id=correlation,
-            now=datetime.now(UTC),
+        transition = _requested(
+            account, refresh_id, job_id, correlation, datetime.now(UTC)
         )
         uow.refreshes.add(refresh_id, account.id, account.integration_version, job_id)
         uow.integrations.save(account, transition)
         return refresh_id
+
+    @staticmethod
+    async def stage_many(
+        uow: UnitOfWork,
+        accounts: Sequence[Account],
+        *,
+        correlation: str | None,
+        job_id: uuid.UUID | None,
+    ) -> None:
+        """`stage` for many accounts, written in two statements (refreshes, outbox) whatever
+        their number: a bulk refresh is the hot path of every scheduled and "refresh all" run."""
+        now = datetime.now(UTC)
+        staged = [(account, uuid.uuid4()) for account in accounts]
+        await uow.refreshes.add_many(
+            [(rid, a.id, a.integration_version, job_id) for a, rid in staged]
+        )
+        await uow.integrations.save_many(
+            [(a, _requested(a, rid, job_id, correlation, now)) for a, rid in staged]
+        )
 
     async def refresh(
         self, uow: UnitOfWork, actor: Actor, account_id: int, wait_s: float
@@ -147,13 +163,12 @@ class RefreshService:
             uow.refreshes.add_job(
                 job_id, actor.user_id if actor else None, len(accounts), trigger
             )
-            for account in accounts:
-                self.stage(
-                    uow,
-                    account,
-                    correlation=actor.request_id if actor else f"scheduled-{job_id}",
-                    job_id=job_id,
-                )
+            await self.stage_many(
+                uow,
+                accounts,
+                correlation=actor.request_id if actor else f"scheduled-{job_id}",
+                job_id=job_id,
+            )
             if actor:
                 await audit(
                     uow,
@@ -191,3 +206,19 @@ class RefreshService:
                 pending=job.total - done - failed,
                 created_at=job.created_at,
             )
+
+
+def _requested(
+    account: Account,
+    refresh_id: uuid.UUID,
+    job_id: uuid.UUID | None,
+    correlation: str | None,
+    now: datetime,
+) -> lifecycle.Transition:
+    return lifecycle.refresh_requested(
+        integration_state(account),
+        refresh_id=refresh_id,
+        job_id=job_id,
+        correlation_id=correlation,
+        now=now,
+    )

@@ -4,7 +4,7 @@ mapping between an account row and its `IntegrationState`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -91,6 +91,28 @@ class RefreshRepository:
                 job_id=job_id,
                 integration_version=integration_version,
             )
+        )
+
+    async def add_many(
+        self, rows: Sequence[tuple[uuid.UUID, int, int, uuid.UUID | None]]
+    ) -> None:
+        """`add` for many refreshes (id, account, integration version, job), written now in one
+        statement."""
+        if not rows:
+            return
+        ids, account_ids, versions, job_ids = zip(*rows, strict=True)
+        await self._session.execute(
+            text(
+                "INSERT INTO refreshes (id, account_id, integration_version, job_id)"
+                " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:accounts AS bigint[]),"
+                " CAST(:versions AS integer[]), CAST(:jobs AS uuid[]))"
+            ),
+            {
+                "ids": list(ids),
+                "accounts": list(account_ids),
+                "versions": list(versions),
+                "jobs": list(job_ids),
+            },
         )
 
     def add_job(
@@ -416,6 +438,14 @@ class IntegrationRepository:
         store_state(account, transition.state)
         for event in transition.events:
             self._outbox.add(event)
+
+    async def save_many(self, saves: Sequence[tuple[Account, Transition]]) -> None:
+        """`save` for many accounts: their events are written now, in one statement."""
+        for account, transition in saves:
+            store_state(account, transition.state)
+        await self._outbox.add_many(
+            [event for _, transition in saves for event in transition.events]
+        )
 
 
 def of_login(

@@ -26,14 +26,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from account_api.outbox.repository import STAGED as _STAGED
 from account_api.outbox.repository import OutboxQueue
 from account_api.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
 RELAY_LOCK_ID = 727275
 CHANNEL = "brokerlink_outbox"
-# Set in a session's `info` when a flush wrote outbox rows, so its commit wakes the relay.
-_STAGED = "outbox_staged"
 
 
 class OutboxRelay:

@@ -3,6 +3,7 @@ by `OutboxRelay`. Rows hold validated JSON; the relay never re-validates."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_api.tables import OutboxMessage
+
+# Set in a session's `info` when its transaction wrote outbox rows, so its commit wakes the relay.
+STAGED = "outbox_staged"
 
 
 class OutboxRepository:
@@ -32,6 +36,35 @@ class OutboxRepository:
                 correlation_id=event.correlation_id,
             )
         )
+
+    async def add_many(self, events: Sequence[Event]) -> None:
+        """`add` for many events, written now in one statement (in the caller's transaction),
+        in the given order; validation errors surface before anything is written."""
+        if not events:
+            return
+        rows = [(event, *self._publisher.encode(event)) for event in events]
+        await self._session.execute(
+            ADD_MANY,
+            {
+                "event_ids": [event.event_id for event, _, _ in rows],
+                "families": [event.family for event, _, _ in rows],
+                "subjects": [subject for _, subject, _ in rows],
+                "keys": [str(event.account_id or "") for event, _, _ in rows],
+                "bodies": [body for _, _, body in rows],
+                "correlations": [event.correlation_id for event, _, _ in rows],
+            },
+        )
+        self._session.info[STAGED] = True
+
+
+# Rows take `seq` in the order given (the relay publishes in `seq` order).
+ADD_MANY = text(
+    """INSERT INTO outbox (event_id, family, subject, partition_key, body, correlation_id)
+       SELECT e, f, s, k, b, c FROM unnest(CAST(:event_ids AS uuid[]), CAST(:families AS text[]),
+           CAST(:subjects AS text[]), CAST(:keys AS text[]), CAST(:bodies AS bytea[]),
+           CAST(:correlations AS text[])) WITH ORDINALITY AS r(e, f, s, k, b, c, n)
+       ORDER BY n"""
+)
 
 
 CLAIM = text(
