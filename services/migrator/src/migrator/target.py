@@ -134,6 +134,19 @@ STATE_SQL = {
 }
 
 
+# The tables whose whole content tells whether the target is still as a verified run left it
+# (`Target.state`): anything anyone changed in them since sends a rerun down the full path.
+STATE_TABLES = (
+    "users",
+    "accounts",
+    "account_balance_history",
+    "legacy_ib_connections",
+    "legacy_schwab_settings",
+    "pending_links",
+    "migration_rows",
+)
+
+
 def libpq_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
         if url.startswith(prefix):
@@ -236,6 +249,51 @@ class Target:
             {"r": self.run_id, "c": correlation(self.run_id)},
         ).fetchone()
         return bool(row and row[0])
+
+    def state(self) -> dict[str, list[int]]:
+        """Per `STATE_TABLES` table: [row count, XOR of a 64-bit hash of each row's text]. Any
+        row added, removed or changed (by anyone, in any column) changes it. Text output is
+        pinned (date style, time zone, float digits) so the same rows always hash the same."""
+        for setting in (
+            "SET LOCAL DateStyle = 'ISO, YMD'",
+            "SET LOCAL TimeZone = 'UTC'",
+            "SET LOCAL extra_float_digits = 1",
+            "SET LOCAL enable_seqscan = on",
+        ):
+            self.conn.execute(setting)  # type: ignore[arg-type]  # literal settings
+        query = " UNION ALL ".join(
+            f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
+            for t in STATE_TABLES
+        )
+        rows = self.conn.execute(query).fetchall()  # type: ignore[arg-type]  # fixed names
+        return {r[0]: [int(r[1]), int(r[2])] for r in rows}
+
+    def verified_unchanged(self, fingerprint: str) -> tuple[int, dict[str, Any]] | None:
+        """(run id, stored report) when the newest run is an applied one that was verified
+        against a source with this fingerprint and the target is still in the state it was
+        verified in; else None."""
+        row = self.conn.execute(
+            "SELECT id, status, report FROM migration_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None or row[1] != "applied" or not isinstance(row[2], dict):
+            return None
+        report: dict[str, Any] = row[2]
+        if report.get("verified_fingerprint") != fingerprint:
+            return None
+        if report.get("target_state") != self.state():
+            return None
+        return int(row[0]), report
+
+    def mark_verified(self, fingerprint: str, state: dict[str, list[int]]) -> None:
+        """A rerun that changed nothing verified the target again: remember it on the newest
+        applied run (the next rerun of the same source compares against this state)."""
+        self.conn.execute(
+            """UPDATE migration_runs
+                  SET report = coalesce(report, '{}'::jsonb)
+                               || jsonb_build_object('verified_fingerprint', %s::text, 'target_state', %s::jsonb)
+                WHERE id = (SELECT max(id) FROM migration_runs) AND status = 'applied'""",
+            (fingerprint, Jsonb(state)),
+        )
 
     def drop_run(self) -> None:
         self.conn.execute("DELETE FROM migration_runs WHERE id = %s", (self.run_id,))
