@@ -434,6 +434,7 @@ def _execute(
         run_id,
         migration.expected_integrations,
         migration.skipped,
+        migration.history_digests.result(),
     )
     ok = all(r["ok"] for r in results.values())
     report.checksums = {

@@ -315,6 +315,83 @@ def history_row(row: tuple[Any, ...]) -> tuple[tuple[Any, ...] | None, str | Non
     ), None
 
 
+def history_line(row: tuple[Any, ...]) -> tuple[int, str, str] | None:
+    """The common, well-formed history row (whole-number ids, a float balance below 10^15 with
+    at most 4 decimals, no note, `YYYY-MM-DD HH:MM:SS` times) straight to (legacy id, its line
+    of COPY text in `history_row`'s column order, its canonical line for verification), with
+    exactly the values `history_row` gives; None for anything else (which then goes through
+    `history_row`)."""
+    hid, aid, balance, note, when, created = row
+    if (
+        type(hid) is not int
+        or type(aid) is not int
+        or type(balance) is not float
+        or not -1e15 < balance < 1e15
+        or note is not None
+        or type(when) is not str
+        or len(when) != 19
+        or not (created is None or (type(created) is str and len(created) == 19))
+        or not (-(2**63) <= hid < 2**63 and -(2**63) <= aid < 2**63)
+    ):
+        return None
+    whole, _, frac = repr(balance).partition(".")
+    if len(frac) > 4 or not frac or "e" in frac:
+        return None
+    amount = "0.0000" if balance == 0 else f"{whole}.{frac:0<4}"
+    if not _plain_time(when) or not (created is None or _plain_time(created)):
+        return None
+    day = when[:10]
+    made = NULL_TEXT if created is None else created + "+00"
+    return (
+        hid,
+        f"{hid}\t{aid}\t{day}\t{amount}\t{NULL_TEXT}\t{when}+00\t{made}\n",
+        f"{len(str(hid))}:{hid}|{len(str(aid))}:{aid}|10:{day}|{len(amount)}:{amount}|~",
+    )
+
+
+NULL_TEXT = "\\N"  # NULL in COPY text
+
+
+def _plain_time(text: str) -> bool:
+    """`YYYY-MM-DD HH:MM:SS` (or with `T`), a valid time without a zone."""
+    if text[4] != "-" or text[7] != "-" or text[10] not in " T" or text[13] != ":":
+        return False
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
+
+
+def history_text(row: tuple[Any, ...]) -> str:
+    """A `history_row` result as a line of COPY text (same columns)."""
+    hid, aid, the_day, amount, note, as_of, created = row
+    return (
+        "\t".join(
+            (
+                str(hid),
+                str(aid),
+                the_day.isoformat(),
+                str(amount),
+                _copy_text(note),
+                NULL_TEXT if as_of is None else as_of.isoformat(),
+                NULL_TEXT if created is None else created.isoformat(),
+            )
+        )
+        + "\n"
+    )
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return NULL_TEXT
+    return (
+        value.replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
+
+
 def _schwab_plain(
     app_key: str,
     app_secret: str,

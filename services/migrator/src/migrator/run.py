@@ -21,6 +21,7 @@ from migrator.events import EventBatch
 from migrator.report import Progress, Report
 from migrator.source import Source
 from migrator.target import Target, correlation, encode_jsonb
+from migrator.verify import ChunkDigests, canon_history
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -143,6 +144,9 @@ class Migration:
         # legacy ids that were not imported; a non-integer id is kept as (the start of) its text
         self.skipped: dict[str, set[int | str]] = defaultdict(set)
         self.schwab_seen: pl.SchwabSeen = {}
+        self.history_digests = (
+            ChunkDigests()
+        )  # the source side of history's verification
         self._batches = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
@@ -550,25 +554,37 @@ class Migration:
     def _history(self, total: int) -> None:
         """Read and convert batch N+1 while the database writes batch N: a one-deep pipeline
         with one writer thread, which alone uses the connection during this phase (psycopg
-        releases the GIL while PostgreSQL works)."""
-        rep = self.report
+        releases the GIL while PostgreSQL works). Rows go to PostgreSQL as COPY text; the
+        source side of the history verification (per-chunk digests of the rows that landed)
+        is taken on the way, so verification does not read the source's history again."""
+        rep, chunks = self.report, self.history_digests
         done = 0
-        rows: list[tuple[Any, ...]] = []
+        lines: list[str] = []
+        canon: list[tuple[int, str]] = []
         invalid: list[tuple[int | str, str]] = []
 
         def flush(
-            rows: list[tuple[Any, ...]], invalid: list[tuple[int | str, str]]
+            lines: list[str],
+            canon: list[tuple[int, str]],
+            invalid: list[tuple[int | str, str]],
         ) -> None:
             for legacy_id, reason in invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            if not rows:
+            if not lines:
                 return
-            _updated, _inserted, skipped = self.target.write_history(rows)
+            _updated, _inserted, skipped = self.target.write_history("".join(lines))
+            left_out = set()
             for legacy_id, reason in skipped:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            self._committed({"phase": "history", "last_history_legacy_id": rows[-1][0]})
+                left_out.add(legacy_id)
+            self._committed(
+                {"phase": "history", "last_history_legacy_id": canon[-1][0]}
+            )
+            for legacy_id, line in canon:
+                if legacy_id not in left_out:
+                    chunks.add(legacy_id, line)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
@@ -576,26 +592,33 @@ class Migration:
                 "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
             ):
                 done += 1
-                row, reason = pl.history_row(raw)
-                if row is None:
-                    key = cv.legacy_id(raw[0])
-                    invalid.append(
-                        (
-                            key if key is not None else str(raw[0])[:40],
-                            reason or "invalid",
+                fast = pl.history_line(raw)
+                if fast is not None:
+                    legacy_id, text, line = fast
+                else:
+                    row, reason = pl.history_row(raw)
+                    if row is None:
+                        key = cv.legacy_id(raw[0])
+                        invalid.append(
+                            (
+                                key if key is not None else str(raw[0])[:40],
+                                reason or "invalid",
+                            )
                         )
-                    )
-                    continue
-                rows.append(row)
-                if len(rows) >= self.batch_history:
+                        continue
+                    legacy_id, text = row[0], pl.history_text(row)
+                    line = canon_history(row)
+                lines.append(text)
+                canon.append((legacy_id, line))
+                if len(lines) >= self.batch_history:
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(flush, rows, invalid)
-                    rows, invalid = [], []
+                    pending = writer.submit(flush, lines, canon, invalid)
+                    lines, canon, invalid = [], [], []
                     self.progress.step("balance history", done, total)
             if pending is not None:
                 pending.result()
-            flush(rows, invalid)
+            flush(lines, canon, invalid)
         self.progress.step("balance history", total, total)
 
 

@@ -558,26 +558,18 @@ class Target:
             {"run": self.run_id},
         )
 
-    def write_history(
-        self, rows: list[tuple[Any, ...]]
-    ) -> tuple[int, int, list[tuple[int, str]]]:
-        """Rows (legacy_id, account_legacy_id, date, balance, note, as_of, created_at): returns
-        (updated, inserted, [(legacy id, skip reason)]); unchanged rows are left alone."""
-        if not rows:
+    def write_history(self, text: str) -> tuple[int, int, list[tuple[int, str]]]:
+        """Rows (legacy_id, account_legacy_id, date, balance, note, as_of, created_at) as COPY
+        text (`plan.history_line` / `plan.history_text`): returns (updated, inserted,
+        [(legacy id, skip reason)]); unchanged rows are left alone."""
+        if not text:
             return 0, 0, []
-        self.copy(
-            "stg_history",
-            [
-                "legacy_id",
-                "account_legacy_id",
-                "date",
-                "balance",
-                "note",
-                "as_of",
-                "created_at",
-            ],
-            rows,
-        )
+        with self.conn.cursor() as cur:
+            cur.execute("TRUNCATE stg_history")
+            with cur.copy(
+                "COPY stg_history (legacy_id, account_legacy_id, date, balance, note, as_of, created_at) FROM STDIN"
+            ) as copy:
+                copy.write(text)
         params = {"run": self.run_id}
         # Rows this transaction writes carry its id in `xmin` until someone changes them:
         # rollback restores or deletes only those.

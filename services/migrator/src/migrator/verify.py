@@ -122,6 +122,35 @@ def canon(*values: Any) -> str:
     return "|".join(parts)
 
 
+def canon_history(h: tuple[Any, ...]) -> str:
+    """The canonical line of a converted history row (`plan.history_row`)."""
+    return canon(h[0], h[1], h[2].isoformat(), h[3], h[4])
+
+
+class ChunkDigests:
+    """Per chunk of legacy ids, the count and md5 of the rows' canonical lines joined by
+    newlines, fed one row at a time in legacy-id order: what `_chunked` computes from a source
+    iterator, for a caller that sees the rows anyway."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, tuple[list[int], Any]] = {}
+
+    def add(self, legacy_id: int, line: str) -> None:
+        c = _chunk(legacy_id)
+        entry = self._chunks.get(c)
+        if entry is None:
+            self._chunks[c] = (
+                [1],
+                hashlib.md5(line.encode(), usedforsecurity=False),
+            )
+        else:
+            entry[0][0] += 1
+            entry[1].update(b"\n" + line.encode())
+
+    def result(self) -> dict[int, tuple[int, str]]:
+        return {c: (n[0], h.hexdigest()) for c, (n, h) in self._chunks.items()}
+
+
 def _canon_sql(*exprs: str) -> str:
     return " || '|' || ".join(
         f"coalesce(length(({e})::text) || ':' || ({e})::text, '~')" for e in exprs
@@ -130,37 +159,25 @@ def _canon_sql(*exprs: str) -> str:
 
 def _chunked(
     conn: psycopg.Connection[Any],
-    source: Iterator[tuple[int, str]],
+    source: Iterator[tuple[int, str]] | dict[int, tuple[int, str]],
     target_sql: str,
     params: dict[str, Any],
     drill: Callable[[int, int], dict[str, Any]],
 ) -> dict[str, Any]:
     """Compare per chunk of legacy ids: count and md5 of the rows' canonical text, the target's
-    computed in PostgreSQL (on a worker thread, while this thread reads the source). Only a
-    chunk that differs is compared row by row (`drill(lo, hi)`), which names the rows and tells
-    mismatches from drift exactly as the row-by-row comparison does."""
+    computed in PostgreSQL (on a worker thread, while this thread reads the source, unless the
+    source's chunks come computed already: see `ChunkDigests`). Only a chunk that differs is
+    compared row by row (`drill(lo, hi)`), which names the rows and tells mismatches from
+    drift exactly as the row-by-row comparison does."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
         future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
-        src: dict[int, tuple[int, str]] = {}
-        current: int | None = None
-        lines: list[str] = []
-
-        def close() -> None:
-            if current is not None:
-                src[current] = (
-                    len(lines),
-                    hashlib.md5(
-                        "\n".join(lines).encode(), usedforsecurity=False
-                    ).hexdigest(),
-                )
-
-        for legacy_id, line in source:
-            c = _chunk(legacy_id)
-            if c != current:
-                close()
-                current, lines = c, []
-            lines.append(line)
-        close()
+        if isinstance(source, dict):
+            src = source
+        else:
+            digests = ChunkDigests()
+            for legacy_id, line in source:
+                digests.add(legacy_id, line)
+            src = digests.result()
         tgt = {int(r[0]): (int(r[1]), r[2]) for r in future.result()}
     counts = {"missing": 0, "mismatched": 0, "drifted": 0, "extra": 0, "rows": 0}
     named: dict[str, list[int]] = {"missing": [], "mismatched": [], "drifted": []}
@@ -197,8 +214,11 @@ def verify(
     run_id: int,
     expected_integrations: dict[int, str],
     skipped: dict[str, set[int | str]],
+    history_source: dict[int, tuple[int, str]] | None = None,
 ) -> dict[str, Any]:
-    """Per table: counts and checksums of source vs target, and the rows that differ."""
+    """Per table: counts and checksums of source vs target, and the rows that differ.
+    `history_source`: the source history's chunk digests when the import took them on its
+    way (`ChunkDigests`); otherwise the source's history is read here."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -332,10 +352,9 @@ def verify(
 
     results["account_balance_history"] = _chunked(
         conn,
-        (
-            (h[0], canon(h[0], h[1], h[2].isoformat(), h[3], h[4]))
-            for h in history_rows()
-        ),
+        history_source
+        if history_source is not None
+        else ((h[0], canon_history(h)) for h in history_rows()),
         f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
             _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
         }, E'\\n' ORDER BY h.legacy_id))
