@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,7 @@ def _apply(
             )
             return EXIT_FAILED
         try:
-            return _execute(source, target, box, namespace, report, progress, args)
+            return _execute(source, target, box, namespace, report, progress, args, url)
         finally:
             target.unlock()
 
@@ -326,7 +327,9 @@ def _dry_run(
                 if not isinstance(conn, psycopg.Connection):  # the +psycopg URL above
                     raise RuntimeError("the dry run needs a psycopg connection")
                 target = Target(conn, dry_run=True)
-                return _execute(source, target, box, namespace, report, progress, args)
+                return _execute(
+                    source, target, box, namespace, report, progress, args, url
+                )
             finally:
                 tx.rollback()
     finally:
@@ -372,9 +375,11 @@ def _execute(
     report: Report,
     progress: Progress,
     args: argparse.Namespace,
+    url: str,
 ) -> int:
     from migrator.run import Migration
-    from migrator.verify import verify
+    from migrator.target import target_state
+    from migrator.verify import history_chunks, verify
 
     target.prepare()
     nats_url = None if args.no_schwab_check else os.environ.get("NATS_URL", "").strip()
@@ -427,24 +432,37 @@ def _execute(
     changed = target.run_changed_anything()
 
     progress.line("verifying")
-    results = verify(
-        source,
-        target.conn,
-        box,
-        run_id,
-        migration.expected_integrations,
-        migration.skipped,
-        migration.history_digests.result(),
-    )
-    ok = all(r["ok"] for r in results.values())
+    # Everything the import wrote is committed (unless this is a dry run): a second connection
+    # computes history's target side and the target's state while this one verifies the rest.
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-side") as pool,
+        contextlib.ExitStack() as stack,
+    ):
+        history_target = state = None
+        if not target.dry_run:
+            side = stack.enter_context(_connect(url))
+            history_target = pool.submit(history_chunks, side)
+            state = pool.submit(target_state, side)
+        results = verify(
+            source,
+            target.conn,
+            box,
+            run_id,
+            migration.expected_integrations,
+            migration.skipped,
+            migration.history_digests.result(),
+            history_target,
+        )
+        ok = all(r["ok"] for r in results.values())
+        target_after = state.result() if ok and state is not None else None
     report.checksums = {
         name: {k: r[k] for k in ("rows", "source_checksum", "target_checksum")}
         for name, r in results.items()
     }
     report.verification = {"ok": ok, "tables": results}
     verified: dict[str, Any] = {}
-    if ok and not target.dry_run:
-        verified = {"verified_fingerprint": fingerprint, "target_state": target.state()}
+    if target_after is not None:
+        verified = {"verified_fingerprint": fingerprint, "target_state": target_after}
     if not changed and not resumed:
         target.drop_run()
         report.run_id = None

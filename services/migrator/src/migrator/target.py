@@ -173,6 +173,8 @@ class Target:
         # the target for every batch, which makes the import quadratic. Verification turns it
         # back on for its whole-table scans.
         self.conn.execute("SET enable_seqscan = off")
+        # Each history batch sorts 100,000 staged rows: in memory, not in temporary files.
+        self.conn.execute("SET work_mem = '64MB'")
         with self.conn.cursor() as cur:
             for name, cols in STAGING.items():
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({cols})")
@@ -252,21 +254,8 @@ class Target:
 
     def state(self) -> dict[str, list[int]]:
         """Per `STATE_TABLES` table: [row count, XOR of a 64-bit hash of each row's text]. Any
-        row added, removed or changed (by anyone, in any column) changes it. Text output is
-        pinned (date style, time zone, float digits) so the same rows always hash the same."""
-        for setting in (
-            "SET LOCAL DateStyle = 'ISO, YMD'",
-            "SET LOCAL TimeZone = 'UTC'",
-            "SET LOCAL extra_float_digits = 1",
-            "SET LOCAL enable_seqscan = on",
-        ):
-            self.conn.execute(setting)  # type: ignore[arg-type]  # literal settings
-        query = " UNION ALL ".join(
-            f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
-            for t in STATE_TABLES
-        )
-        rows = self.conn.execute(query).fetchall()  # type: ignore[arg-type]  # fixed names
-        return {r[0]: [int(r[1]), int(r[2])] for r in rows}
+        row added, removed or changed (by anyone, in any column) changes it."""
+        return target_state(self.conn)
 
     def verified_unchanged(self, fingerprint: str) -> tuple[int, dict[str, Any]] | None:
         """(run id, stored report) when the newest run is an applied one that was verified
@@ -629,6 +618,25 @@ class Target:
         )
         inserted = int(new) - sum(1 for r in skipped if r[1].startswith("another"))
         return updated, int(inserted), [(r[0], r[1]) for r in skipped]
+
+
+def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:
+    """`Target.state` on any connection (one of its own sees what the import committed). Text
+    output is pinned (date style, time zone, float digits) so the same rows always hash the
+    same."""
+    for setting in (
+        "SET LOCAL DateStyle = 'ISO, YMD'",
+        "SET LOCAL TimeZone = 'UTC'",
+        "SET LOCAL extra_float_digits = 1",
+        "SET LOCAL enable_seqscan = on",
+    ):
+        conn.execute(setting)
+    query = " UNION ALL ".join(
+        f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
+        for t in STATE_TABLES
+    )
+    rows = conn.execute(query).fetchall()
+    return {r[0]: [int(r[1]), int(r[2])] for r in rows}
 
 
 def correlation(run_id: int) -> str:

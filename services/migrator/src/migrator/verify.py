@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -157,12 +157,34 @@ def _canon_sql(*exprs: str) -> str:
     )
 
 
+HISTORY_CHUNKS_SQL = f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
+    _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
+}, E'\\n' ORDER BY h.legacy_id))
+     FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
+    WHERE h.legacy_id IS NOT NULL GROUP BY 1"""
+
+
+def history_chunks(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """The target side of history's chunked comparison, on a connection of its own (that
+    sees the import's committed rows): it can run while the other tables are verified."""
+    for setting in (
+        "SET LOCAL work_mem = '64MB'",
+        "SET LOCAL DateStyle = 'ISO, YMD'",
+        "SET LOCAL enable_seqscan = on",
+    ):
+        conn.execute(setting)
+    rows = conn.execute(HISTORY_CHUNKS_SQL).fetchall()
+    conn.rollback()
+    return rows
+
+
 def _chunked(
     conn: psycopg.Connection[Any],
     source: Iterator[tuple[int, str]] | dict[int, tuple[int, str]],
     target_sql: str,
     params: dict[str, Any],
     drill: Callable[[int, int], dict[str, Any]],
+    target_rows: Future[list[tuple[Any, ...]]] | None = None,
 ) -> dict[str, Any]:
     """Compare per chunk of legacy ids: count and md5 of the rows' canonical text, the target's
     computed in PostgreSQL (on a worker thread, while this thread reads the source, unless the
@@ -170,7 +192,9 @@ def _chunked(
     compared row by row (`drill(lo, hi)`), which names the rows and tells mismatches from
     drift exactly as the row-by-row comparison does."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
-        future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
+        future = target_rows or pool.submit(
+            lambda: conn.execute(target_sql, params).fetchall()
+        )
         if isinstance(source, dict):
             src = source
         else:
@@ -215,10 +239,12 @@ def verify(
     expected_integrations: dict[int, str],
     skipped: dict[str, set[int | str]],
     history_source: dict[int, tuple[int, str]] | None = None,
+    history_target: Future[list[tuple[Any, ...]]] | None = None,
 ) -> dict[str, Any]:
     """Per table: counts and checksums of source vs target, and the rows that differ.
     `history_source`: the source history's chunk digests when the import took them on its
-    way (`ChunkDigests`); otherwise the source's history is read here."""
+    way (`ChunkDigests`); otherwise the source's history is read here. `history_target`:
+    `history_chunks` under way on another connection; otherwise it runs on `conn`."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -321,7 +347,7 @@ def verify(
             if h is not None and h[0] not in skipped.get("account_balance_history", ()):
                 yield h
 
-    history_target = """WITH written AS (
+    history_rows_target = """WITH written AS (
                 SELECT unnest(ids) AS id FROM migration_journal
                  WHERE run_id = %(run)s AND table_name = 'account_balance_history' AND op = 'insert'
                 UNION SELECT (before->>'id')::bigint FROM migration_journal
@@ -340,7 +366,7 @@ def verify(
             _target(
                 conn,
                 "history",
-                history_target,
+                history_rows_target,
                 {**params, "lo": lo, "hi": hi},
                 lambda r: (
                     r[0],
@@ -355,13 +381,10 @@ def verify(
         history_source
         if history_source is not None
         else ((h[0], canon_history(h)) for h in history_rows()),
-        f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
-            _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
-        }, E'\\n' ORDER BY h.legacy_id))
-             FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
-            WHERE h.legacy_id IS NOT NULL GROUP BY 1""",
+        HISTORY_CHUNKS_SQL,
         params,
         history_drill,
+        history_target,
     )
 
     def ib_src() -> Iterator[tuple[int, str]]:
