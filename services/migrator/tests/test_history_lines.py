@@ -42,6 +42,10 @@ def _rows() -> list[tuple[Any, ...]]:
         "2024-02-30 12:00:00",
         "2024-01-31",
         "2024-01-31T12:00:00Z",
+        "2024-01-31T12:00:00.000Z",
+        "2024-01-31T12:00:00.5Z",
+        "2024-13-01",
+        "2024-W05-3",
         "2024-W01-1T12:00:00",
         "2024-01-31T12+08:00",
         "2024-01-31 24:00:00",
@@ -50,7 +54,15 @@ def _rows() -> list[tuple[Any, ...]]:
         None,
         1706702400,
     ]
-    notes: list[Any] = [None, "", "tab\there", "x" * 3000]
+    notes: list[Any] = [
+        None,
+        "",
+        "tab\there",
+        "back\\slash",
+        "Initial balance",
+        "x" * 3000,
+        5,
+    ]
     rows = []
     for i, balance in enumerate(balances):
         for j, when in enumerate(dates):
@@ -99,3 +111,9 @@ def test_text_and_notes_are_escaped_for_copy() -> None:
     row, _ = pl.history_row((1, 2, 3.0, "a\tb\\c\nd", "2024-01-01", None))
     assert row is not None
     assert pl.history_text(row).split("\t")[4] == "a\\tb\\\\c\\nd"
+
+
+def test_rows_as_the_legacy_app_writes_them_take_the_fast_path() -> None:
+    for when in ("2025-02-20", "2025-02-20T04:44:20.000Z", "2025-02-20 04:44:20"):
+        raw = (1, 1, 340489.0, "Initial balance", when, "2025-02-20 04:44:20")
+        assert pl.history_line(raw) is not None, when

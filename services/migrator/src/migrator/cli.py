@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
@@ -379,7 +379,7 @@ def _execute(
 ) -> int:
     from migrator.run import Migration
     from migrator.target import target_state
-    from migrator.verify import history_chunks, verify
+    from migrator.verify import TABLES, verify
 
     target.prepare()
     nats_url = None if args.no_schwab_check else os.environ.get("NATS_URL", "").strip()
@@ -410,39 +410,57 @@ def _execute(
         namespace=namespace,
         local=args.legacy_timezone,
     )
-    migration.run()
-
-    counts = _journal_counts(target)
-    names = {
-        "users": "users",
-        "accounts": "accounts",
-        "account_balance_history": "account_balance_history",
-        "legacy_ib_connections": "ib_connections",
-        "legacy_schwab_settings": "schwab_settings",
-    }
-    for table, name in names.items():
-        inserted, updated = counts.get(table, (0, 0))
-        stats = report.tables[name]
-        stats.inserted, stats.updated = inserted, updated
-        if not stats.outcomes:
-            stats.unchanged = max(
-                0, stats.read - sum(stats.skipped.values()) - inserted - updated
-            )
-    pending_new = sum(counts.get("pending_links", (0, 0)))
-    changed = target.run_changed_anything()
-
-    progress.line("verifying")
-    # Everything the import wrote is committed (unless this is a dry run): a second connection
-    # computes history's target side and the target's state while this one verifies the rest.
+    # Everything the import writes is committed batch by batch (unless this is a dry run): once
+    # the users phase is over, a second connection verifies users, accounts and the legacy
+    # copies while this one imports the balance history, then computes the target's state
+    # while this one verifies history.
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-side") as pool,
         contextlib.ExitStack() as stack,
     ):
-        history_target = state = None
-        if not target.dry_run:
+        side: psycopg.Connection[Any] | None = None
+        others: Future[dict[str, Any]] | None = None
+
+        def verify_others() -> None:
+            nonlocal side, others
+            if target.dry_run:
+                return
             side = stack.enter_context(_connect(url))
-            history_target = pool.submit(history_chunks, side)
-            state = pool.submit(target_state, side)
+            twin = stack.enter_context(contextlib.closing(source.twin()))
+            others = pool.submit(
+                verify,
+                twin,
+                side,
+                box,
+                run_id,
+                migration.expected_integrations,
+                migration.skipped,
+                tables=[t for t in TABLES if t != "account_balance_history"],
+            )
+
+        migration.run(after_users=verify_others)
+
+        counts = _journal_counts(target)
+        names = {
+            "users": "users",
+            "accounts": "accounts",
+            "account_balance_history": "account_balance_history",
+            "legacy_ib_connections": "ib_connections",
+            "legacy_schwab_settings": "schwab_settings",
+        }
+        for table, name in names.items():
+            inserted, updated = counts.get(table, (0, 0))
+            stats = report.tables[name]
+            stats.inserted, stats.updated = inserted, updated
+            if not stats.outcomes:
+                stats.unchanged = max(
+                    0, stats.read - sum(stats.skipped.values()) - inserted - updated
+                )
+        pending_new = sum(counts.get("pending_links", (0, 0)))
+        changed = target.run_changed_anything()
+
+        progress.line("verifying")
+        state = pool.submit(target_state, side) if side is not None else None
         results = verify(
             source,
             target.conn,
@@ -451,8 +469,11 @@ def _execute(
             migration.expected_integrations,
             migration.skipped,
             migration.history_digests.result(),
-            history_target,
+            tables=TABLES if others is None else ["account_balance_history"],
         )
+        if others is not None:
+            results |= others.result()
+        results = {t: results[t] for t in TABLES}
         ok = all(r["ok"] for r in results.values())
         target_after = state.result() if ok and state is not None else None
     report.checksums = {

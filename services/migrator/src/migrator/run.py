@@ -152,7 +152,9 @@ class Migration:
 
     # ---- driver ----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, after_users: Callable[[], None] | None = None) -> None:
+        """Users with their accounts and integrations, then `after_users()` (everything so far
+        is committed), then balance history."""
         src, rep = self.source, self.report
         totals = {
             t: src.count(t)
@@ -195,6 +197,8 @@ class Migration:
             if pending is not None:
                 pending.result()
         self.progress.step("users and accounts", users_total, users_total)
+        if after_users is not None:
+            after_users()
         self._history(totals["account_balance_history"])
 
     def _ask_schwab(self) -> None:

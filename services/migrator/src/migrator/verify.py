@@ -8,8 +8,8 @@ reported as drift, not as a failure. Rows this run wrote must match exactly."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -20,6 +20,13 @@ from migrator import plan as pl
 from migrator.source import Source
 
 NAMED = 20  # rows named per problem kind
+TABLES = (
+    "users",
+    "accounts",
+    "account_balance_history",
+    "ib_connections",
+    "schwab_settings",
+)
 
 
 def _dec(box: SecretBox, value: str | None) -> str | None:
@@ -164,27 +171,12 @@ HISTORY_CHUNKS_SQL = f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg(
     WHERE h.legacy_id IS NOT NULL GROUP BY 1"""
 
 
-def history_chunks(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """The target side of history's chunked comparison, on a connection of its own (that
-    sees the import's committed rows): it can run while the other tables are verified."""
-    for setting in (
-        "SET LOCAL work_mem = '64MB'",
-        "SET LOCAL DateStyle = 'ISO, YMD'",
-        "SET LOCAL enable_seqscan = on",
-    ):
-        conn.execute(setting)
-    rows = conn.execute(HISTORY_CHUNKS_SQL).fetchall()
-    conn.rollback()
-    return rows
-
-
 def _chunked(
     conn: psycopg.Connection[Any],
     source: Iterator[tuple[int, str]] | dict[int, tuple[int, str]],
     target_sql: str,
     params: dict[str, Any],
     drill: Callable[[int, int], dict[str, Any]],
-    target_rows: Future[list[tuple[Any, ...]]] | None = None,
 ) -> dict[str, Any]:
     """Compare per chunk of legacy ids: count and md5 of the rows' canonical text, the target's
     computed in PostgreSQL (on a worker thread, while this thread reads the source, unless the
@@ -192,9 +184,7 @@ def _chunked(
     compared row by row (`drill(lo, hi)`), which names the rows and tells mismatches from
     drift exactly as the row-by-row comparison does."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
-        future = target_rows or pool.submit(
-            lambda: conn.execute(target_sql, params).fetchall()
-        )
+        future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
         if isinstance(source, dict):
             src = source
         else:
@@ -239,12 +229,12 @@ def verify(
     expected_integrations: dict[int, str],
     skipped: dict[str, set[int | str]],
     history_source: dict[int, tuple[int, str]] | None = None,
-    history_target: Future[list[tuple[Any, ...]]] | None = None,
+    tables: Collection[str] = TABLES,
 ) -> dict[str, Any]:
     """Per table: counts and checksums of source vs target, and the rows that differ.
     `history_source`: the source history's chunk digests when the import took them on its
-    way (`ChunkDigests`); otherwise the source's history is read here. `history_target`:
-    `history_chunks` under way on another connection; otherwise it runs on `conn`."""
+    way (`ChunkDigests`); otherwise the source's history is read here. `tables`: the ones to
+    verify (all by default), so history can be verified apart from the others."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -258,23 +248,24 @@ def verify(
             if u is not None and u.legacy_id not in skipped.get("users", ()):
                 yield u.legacy_id, cv.digest(*u.content())
 
-    results["users"] = _compare(
-        users_src(),
-        _target(
-            conn,
-            "users",
-            """SELECT u.legacy_id, u.email, u.name, u.password_hash, u.base_currency, u.two_factor_secret_enc,
-                  u.two_factor_enabled, coalesce(m.run_id = %(run)s, false)
-             FROM users u LEFT JOIN migration_rows m ON m.entity = 'users' AND m.legacy_id = u.legacy_id
-            WHERE u.legacy_id IS NOT NULL ORDER BY u.legacy_id""",
-            params,
-            lambda r: (
-                r[0],
-                cv.digest(r[1], r[2], r[3], r[4], _dec(box, r[5]), r[6]),
-                r[7],
+    if "users" in tables:
+        results["users"] = _compare(
+            users_src(),
+            _target(
+                conn,
+                "users",
+                """SELECT u.legacy_id, u.email, u.name, u.password_hash, u.base_currency, u.two_factor_secret_enc,
+                      u.two_factor_enabled, coalesce(m.run_id = %(run)s, false)
+                 FROM users u LEFT JOIN migration_rows m ON m.entity = 'users' AND m.legacy_id = u.legacy_id
+                WHERE u.legacy_id IS NOT NULL ORDER BY u.legacy_id""",
+                params,
+                lambda r: (
+                    r[0],
+                    cv.digest(r[1], r[2], r[3], r[4], _dec(box, r[5]), r[6]),
+                    r[7],
+                ),
             ),
-        ),
-    )
+        )
 
     conn.execute("SET LOCAL work_mem = '64MB'")
     conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
@@ -314,30 +305,31 @@ def verify(
             ),
         )
 
-    results["accounts"] = _chunked(
-        conn,
-        (
-            (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
-            for a, kind in account_rows()
-        ),
-        f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
-            _canon_sql(
-                "a.legacy_id",
-                "u.legacy_id",
-                "a.name",
-                "a.currency",
-                "a.account_type",
-                "a.account_number",
-                "a.original_capital",
-                "a.current_balance",
-                "a.integration_type",
-            )
-        }, E'\\n' ORDER BY a.legacy_id))
-             FROM accounts a JOIN users u ON u.id = a.user_id
-            WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
-        params,
-        accounts_drill,
-    )
+    if "accounts" in tables:
+        results["accounts"] = _chunked(
+            conn,
+            (
+                (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
+                for a, kind in account_rows()
+            ),
+            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
+                _canon_sql(
+                    "a.legacy_id",
+                    "u.legacy_id",
+                    "a.name",
+                    "a.currency",
+                    "a.account_type",
+                    "a.account_number",
+                    "a.original_capital",
+                    "a.current_balance",
+                    "a.integration_type",
+                )
+            }, E'\\n' ORDER BY a.legacy_id))
+                 FROM accounts a JOIN users u ON u.id = a.user_id
+                WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
+            params,
+            accounts_drill,
+        )
 
     def history_rows(tail: str = "", args: tuple[Any, ...] = ()) -> Iterator[Any]:
         for raw in source.select(
@@ -376,16 +368,16 @@ def verify(
             ),
         )
 
-    results["account_balance_history"] = _chunked(
-        conn,
-        history_source
-        if history_source is not None
-        else ((h[0], canon_history(h)) for h in history_rows()),
-        HISTORY_CHUNKS_SQL,
-        params,
-        history_drill,
-        history_target,
-    )
+    if "account_balance_history" in tables:
+        results["account_balance_history"] = _chunked(
+            conn,
+            history_source
+            if history_source is not None
+            else ((h[0], canon_history(h)) for h in history_rows()),
+            HISTORY_CHUNKS_SQL,
+            params,
+            history_drill,
+        )
 
     def ib_src() -> Iterator[tuple[int, str]]:
         for r in source.select("ib_connections", pl.IB_COLS, "ORDER BY id"):
@@ -393,18 +385,19 @@ def verify(
                 continue
             yield int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
 
-    results["ib_connections"] = _compare(
-        ib_src(),
-        _target(
-            conn,
-            "ib",
-            """SELECT l.id, l.user_legacy_id, l.name, l.host, l.port, l.client_id, coalesce(m.run_id = %(run)s, false)
-             FROM legacy_ib_connections l
-             LEFT JOIN migration_rows m ON m.entity = 'ib_connections' AND m.legacy_id = l.id ORDER BY l.id""",
-            params,
-            lambda r: (r[0], cv.digest(r[1], r[2], r[3], r[4], r[5]), r[6]),
-        ),
-    )
+    if "ib_connections" in tables:
+        results["ib_connections"] = _compare(
+            ib_src(),
+            _target(
+                conn,
+                "ib",
+                """SELECT l.id, l.user_legacy_id, l.name, l.host, l.port, l.client_id, coalesce(m.run_id = %(run)s, false)
+                 FROM legacy_ib_connections l
+                 LEFT JOIN migration_rows m ON m.entity = 'ib_connections' AND m.legacy_id = l.id ORDER BY l.id""",
+                params,
+                lambda r: (r[0], cv.digest(r[1], r[2], r[3], r[4], r[5]), r[6]),
+            ),
+        )
 
     def schwab_src() -> Iterator[tuple[int, str]]:
         for r in source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"):
@@ -415,25 +408,31 @@ def verify(
                 cv.digest(_i(r[1]), r[2], _s(r[3]), _s(r[4]), _s(r[5]), _i(r[6])),
             )
 
-    results["schwab_settings"] = _compare(
-        schwab_src(),
-        _target(
-            conn,
-            "schwab",
-            """SELECT l.id, l.user_legacy_id, l.app_key, l.app_secret_enc, l.access_token_enc, l.refresh_token_enc,
-                  l.token_expires_at, coalesce(m.run_id = %(run)s, false)
-             FROM legacy_schwab_settings l
-             LEFT JOIN migration_rows m ON m.entity = 'schwab_settings' AND m.legacy_id = l.id ORDER BY l.id""",
-            params,
-            lambda r: (
-                r[0],
-                cv.digest(
-                    r[1], r[2], _dec(box, r[3]), _dec(box, r[4]), _dec(box, r[5]), r[6]
+    if "schwab_settings" in tables:
+        results["schwab_settings"] = _compare(
+            schwab_src(),
+            _target(
+                conn,
+                "schwab",
+                """SELECT l.id, l.user_legacy_id, l.app_key, l.app_secret_enc, l.access_token_enc, l.refresh_token_enc,
+                      l.token_expires_at, coalesce(m.run_id = %(run)s, false)
+                 FROM legacy_schwab_settings l
+                 LEFT JOIN migration_rows m ON m.entity = 'schwab_settings' AND m.legacy_id = l.id ORDER BY l.id""",
+                params,
+                lambda r: (
+                    r[0],
+                    cv.digest(
+                        r[1],
+                        r[2],
+                        _dec(box, r[3]),
+                        _dec(box, r[4]),
+                        _dec(box, r[5]),
+                        r[6],
+                    ),
+                    r[7],
                 ),
-                r[7],
             ),
-        ),
-    )
+        )
     return results
 
 
