@@ -488,7 +488,14 @@ def _execute(
         target.drop_run()
         report.run_id = None
         if verified:
-            target.mark_verified(fingerprint, verified["target_state"])
+            target.mark_verified(
+                fingerprint,
+                {
+                    **verified,
+                    "verification": report.as_dict()["verification"],
+                    "checksums": report.checksums,
+                },
+            )
     else:
         target.finish_run(
             "applied" if ok else "failed",

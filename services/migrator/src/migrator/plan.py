@@ -3,6 +3,7 @@ which account, what is pending, what conflicts. Pure: plaintext in, plaintext ou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
@@ -315,13 +316,13 @@ def history_row(row: tuple[Any, ...]) -> tuple[tuple[Any, ...] | None, str | Non
     ), None
 
 
-def history_line(row: tuple[Any, ...]) -> tuple[int, str, str] | None:
+def history_line(row: tuple[Any, ...]) -> tuple[int, str] | None:
     """The common, well-formed history row (whole-number ids, a float balance below 10^15 with
     at most 4 decimals, a note of text or none, a date as `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`
     or ISO-8601 in UTC with `Z`, a `created_at` as the legacy app writes it) straight to
-    (legacy id, its line of COPY text in `history_row`'s column order, its canonical line for
-    verification), with exactly the values `history_row` gives; None for anything else (which
-    then goes through `history_row`)."""
+    (legacy id, its line of COPY text in `history_row`'s column order), with exactly the
+    values `history_row` gives; None for anything else (which then goes through
+    `history_row`)."""
     hid, aid, balance, note, when, created = row
     if (
         type(hid) is not int
@@ -343,15 +344,8 @@ def history_line(row: tuple[Any, ...]) -> tuple[int, str, str] | None:
         return None
     day = when[:10]
     made = NULL_TEXT if created is None else created + "+00"
-    if note is None:
-        copy_note, canon_note = NULL_TEXT, "~"
-    else:
-        copy_note, canon_note = _copy_text(note), f"{len(note)}:{note}"
-    return (
-        hid,
-        f"{hid}\t{aid}\t{day}\t{amount}\t{copy_note}\t{as_of}\t{made}\n",
-        f"{len(str(hid))}:{hid}|{len(str(aid))}:{aid}|10:{day}|{len(amount)}:{amount}|{canon_note}",
-    )
+    copy_note = NULL_TEXT if note is None else _copy_text(note)
+    return hid, f"{hid}\t{aid}\t{day}\t{amount}\t{copy_note}\t{as_of}\t{made}\n"
 
 
 NULL_TEXT = "\\N"  # NULL in COPY text
@@ -413,6 +407,25 @@ def history_text(row: tuple[Any, ...]) -> str:
         )
         + "\n"
     )
+
+
+def history_copy_fields(text: str) -> tuple[int, tuple[str, str, str, str, str | None]]:
+    """A line of `history_line` / `history_text` back to (legacy id, (legacy id, account
+    legacy id, day, balance, note) as text): what verification's canonical line is built from."""
+    hid, aid, day, amount, note, _rest = text.split("\t", 5)
+    return int(hid), (hid, aid, day, amount, _from_copy_text(note))
+
+
+_COPY_ESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_COPY_ESCAPED = re.compile(r"\\(.)")
+
+
+def _from_copy_text(value: str) -> str | None:
+    if value == NULL_TEXT:
+        return None
+    if "\\" not in value:
+        return value
+    return _COPY_ESCAPED.sub(lambda m: _COPY_ESCAPES[m.group(1)], value)
 
 
 def _copy_text(value: str | None) -> str:

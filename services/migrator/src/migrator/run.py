@@ -21,7 +21,7 @@ from migrator.events import EventBatch
 from migrator.report import Progress, Report
 from migrator.source import Source
 from migrator.target import Target, correlation, encode_jsonb
-from migrator.verify import ChunkDigests, canon_history
+from migrator.verify import ChunkDigests, canon
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -564,14 +564,9 @@ class Migration:
         rep, chunks = self.report, self.history_digests
         done = 0
         lines: list[str] = []
-        canon: list[tuple[int, str]] = []
         invalid: list[tuple[int | str, str]] = []
 
-        def flush(
-            lines: list[str],
-            canon: list[tuple[int, str]],
-            invalid: list[tuple[int | str, str]],
-        ) -> None:
+        def flush(lines: list[str], invalid: list[tuple[int | str, str]]) -> None:
             for legacy_id, reason in invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
@@ -583,12 +578,14 @@ class Migration:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
                 left_out.add(legacy_id)
-            self._committed(
-                {"phase": "history", "last_history_legacy_id": canon[-1][0]}
-            )
-            for legacy_id, line in canon:
+            last = pl.history_copy_fields(lines[-1])[0]
+            self._committed({"phase": "history", "last_history_legacy_id": last})
+            # The lines themselves are the source side of the verification (only the rows
+            # that landed), rather than keeping a second copy of the batch until now.
+            for text in lines:
+                legacy_id, fields = pl.history_copy_fields(text)
                 if legacy_id not in left_out:
-                    chunks.add(legacy_id, line)
+                    chunks.add(legacy_id, canon(*fields))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
@@ -598,7 +595,7 @@ class Migration:
                 done += 1
                 fast = pl.history_line(raw)
                 if fast is not None:
-                    legacy_id, text, line = fast
+                    lines.append(fast[1])
                 else:
                     row, reason = pl.history_row(raw)
                     if row is None:
@@ -610,19 +607,16 @@ class Migration:
                             )
                         )
                         continue
-                    legacy_id, text = row[0], pl.history_text(row)
-                    line = canon_history(row)
-                lines.append(text)
-                canon.append((legacy_id, line))
+                    lines.append(pl.history_text(row))
                 if len(lines) >= self.batch_history:
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(flush, lines, canon, invalid)
-                    lines, canon, invalid = [], [], []
+                    pending = writer.submit(flush, lines, invalid)
+                    lines, invalid = [], []
                     self.progress.step("balance history", done, total)
             if pending is not None:
                 pending.result()
-            flush(lines, canon, invalid)
+            flush(lines, invalid)
         self.progress.step("balance history", total, total)
 
 

@@ -273,15 +273,14 @@ class Target:
             return None
         return int(row[0]), report
 
-    def mark_verified(self, fingerprint: str, state: dict[str, list[int]]) -> None:
+    def mark_verified(self, fingerprint: str, verified: dict[str, Any]) -> None:
         """A rerun that changed nothing verified the target again: remember it on the newest
-        applied run (the next rerun of the same source compares against this state)."""
+        applied run (`verified`: the fingerprint, the state found, and that verification and
+        its checksums), so the next rerun of the same source compares against it."""
         self.conn.execute(
-            """UPDATE migration_runs
-                  SET report = coalesce(report, '{}'::jsonb)
-                               || jsonb_build_object('verified_fingerprint', %s::text, 'target_state', %s::jsonb)
+            """UPDATE migration_runs SET report = coalesce(report, '{}'::jsonb) || %s
                 WHERE id = (SELECT max(id) FROM migration_runs) AND status = 'applied'""",
-            (fingerprint, Jsonb(state)),
+            (Jsonb({**verified, "verified_fingerprint": fingerprint}),),
         )
 
     def drop_run(self) -> None:
