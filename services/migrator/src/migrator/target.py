@@ -5,6 +5,7 @@ be resumed (same run id, same journal) and rolled back."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, LiteralString
 
@@ -524,17 +525,21 @@ class Target:
         if self.fresh:
             # Nothing to journal or to conflict with: each legacy id is in one batch only, and
             # a resumed run is never fresh. A duplicate would fail the primary key, loudly.
-            run_id = self.run_id
+            # Entity names and hex checksums need no COPY escaping: the rows go as text.
             with (
                 self.conn.cursor() as cur,
                 cur.copy(
                     "COPY migration_rows (entity, legacy_id, checksum, run_id) FROM STDIN"
                 ) as copy,
             ):
-                for entity, legacy_id, checksum in rows:
-                    copy.write_row((entity, legacy_id, checksum, run_id))
+                copy.write(_rows_text(rows, f"\t{int(self.run_id)}\n"))
             return
-        self.copy("stg_rows", ["entity", "legacy_id", "checksum"], rows)
+        with self.conn.cursor() as cur:
+            cur.execute("TRUNCATE stg_rows")
+            with cur.copy(
+                "COPY stg_rows (entity, legacy_id, checksum) FROM STDIN"
+            ) as copy:
+                copy.write(_rows_text(rows, "\n"))
         self.conn.execute(
             """WITH old AS (SELECT m.* FROM migration_rows m JOIN stg_rows s USING (entity, legacy_id)
                             WHERE m.run_id <> %(run)s),
@@ -636,6 +641,17 @@ def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:
     )
     rows = conn.execute(query).fetchall()
     return {r[0]: [int(r[1]), int(r[2])] for r in rows}
+
+
+def _rows_text(rows: list[tuple[str, int, str]], tail: str) -> str:
+    """(entity, legacy id, checksum) rows as COPY text, each line ending in `tail`: entity
+    names (a handful) are checked to need no escaping; checksums are `convert.digest` hex."""
+    if not all(_PLAIN.fullmatch(entity) for entity in {r[0] for r in rows}):
+        raise ValueError("an entity name needs COPY escaping")
+    return "".join(f"{e}\t{int(i)}\t{c}{tail}" for e, i, c in rows)
+
+
+_PLAIN = re.compile(r"[a-z0-9_:]+")
 
 
 def correlation(run_id: int) -> str:
