@@ -207,3 +207,31 @@ async def test_replay_applies_each_parked_message_once(infra) -> None:
 
 async def _parked(broker, topology, n: int) -> bool:  # type: ignore[no-untyped-def]
     return await dead_letter_count(broker, topology, "svc") >= n
+
+
+async def test_a_stream_that_answers_nobody_is_the_bus_away_not_a_bad_message(
+    infra,  # type: ignore[no-untyped-def]
+) -> None:
+    """What nats-py raises while a replicated stream has no leader (after its node died): no
+    response to a publish, no responders to its API — also when a handler wrapped it. Both are
+    retried through the outage, never spent as attempts and parked."""
+    import nats
+    import pytest
+    from brokerlink_shared.outage import is_transient_io_error
+    from nats.errors import NoRespondersError
+    from nats.js.errors import NoStreamResponseError
+
+    nc = await nats.connect(infra.nats_url)
+    try:
+        with pytest.raises(NoStreamResponseError) as published:
+            await nc.jetstream(timeout=2).publish(f"{infra.namespace}.leaderless", b"x")
+        with pytest.raises(NoRespondersError) as requested:
+            await nc.request(f"{infra.namespace}.nobody.listens", b"", timeout=2)
+    finally:
+        await nc.close()
+    wrapped = RuntimeError("the handler's own words")
+    wrapped.__cause__ = requested.value
+    assert is_transient_io_error(published.value)
+    assert is_transient_io_error(requested.value)
+    assert is_transient_io_error(wrapped)
+    assert not is_transient_io_error(RuntimeError("a bad message"))

@@ -160,7 +160,7 @@ EXPECTATIONS = [
     ("schwab-connector", "brokerlink.health.schwab-connector", "sub", True),
     ("schwab-connector", "brokerlink.health.ib-connector", "sub", False),
     # KV buckets as the connectors open them: f"{namespace}_schwab_rate" / "_schwab_logins",
-    # f"{namespace}_ib_replicas" / "_ib_sessions"
+    # f"{namespace}_ib_replicas" / "_ib_sessions" / "_ib_accounts"
     ("schwab-connector", "$KV.brokerlink_schwab_rate.budget", "pub", True),
     (
         "schwab-connector",
@@ -174,6 +174,24 @@ EXPECTATIONS = [
     ("ib-connector", "$JS.API.STREAM.CREATE.KV_brokerlink_ib_sessions", "pub", True),
     ("ib-connector", "$KV.brokerlink_schwab_rate.budget", "pub", False),
     ("account-api", "$KV.brokerlink_ib_sessions.s1", "pub", False),
+    # account claims (keys are keyed hashes of IB account codes): ib-connector's alone
+    ("ib-connector", "$KV.brokerlink_ib_accounts.a1", "pub", True),
+    ("ib-connector", "$JS.API.STREAM.CREATE.KV_brokerlink_ib_accounts", "pub", True),
+    (
+        "ib-connector",
+        "$JS.API.DIRECT.GET.KV_brokerlink_ib_accounts.$KV.brokerlink_ib_accounts.a1",
+        "pub",
+        True,
+    ),
+    ("account-api", "$KV.brokerlink_ib_accounts.a1", "pub", False),
+    (
+        "account-api",
+        "$JS.API.DIRECT.GET.KV_brokerlink_ib_accounts.$KV.brokerlink_ib_accounts.a1",
+        "pub",
+        False,
+    ),
+    ("schwab-connector", "$KV.brokerlink_ib_accounts.a1", "pub", False),
+    ("ibflex-connector", "$JS.API.STREAM.INFO.KV_brokerlink_ib_accounts", "pub", False),
     # IB Flex: its own broker token and KV buckets (ibflex_connector.main), nothing of the others
     ("account-api", "brokerlink.refresh.requested.ib_flex", "pub", True),
     ("ibflex-connector", "brokerlink.balance.updated.ib_flex", "pub", True),

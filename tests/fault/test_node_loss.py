@@ -525,7 +525,13 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
             replicas = {}
             kv = [
                 f"KV_{namespace}_{b}"
-                for b in ("ib_replicas", "ib_sessions", "schwab_rate", "schwab_logins")
+                for b in (
+                    "ib_replicas",
+                    "ib_sessions",
+                    "ib_accounts",
+                    "schwab_rate",
+                    "schwab_logins",
+                )
             ]
             for stream in [topo.stream_name(spec) for spec in STREAMS] + kv:
                 si = await nc.jetstream().stream_info(stream)

@@ -248,6 +248,18 @@ async def sim() -> AsyncIterator[IBGatewaySimulator]:
         await simulator.stop()
 
 
+@pytest.fixture(scope="module")
+async def all_addresses_sim() -> AsyncIterator[IBGatewaySimulator]:
+    """Gateways listening on every address of this machine, as a real one often does: the same
+    gateway answers at 127.0.0.1 and at any other loopback address (127.0.0.2 on Linux)."""
+    simulator = IBGatewaySimulator(Scenario(), host="0.0.0.0", admin_port=None)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
 ConnectorFactory = Callable[..., Any]
 
 

@@ -8,6 +8,16 @@ from decimal import Decimal
 import pytest
 from brokerlink_shared.backoff import Backoff
 from brokerlink_shared.contracts.values import IntegrationStatus
+from ib_connector.domain.account_claims import (
+    TRANSIENT_HOLD_S,
+    AccountClaim,
+    claim_key,
+    claimed,
+    integration_holder,
+    is_claim_key,
+    released,
+    transient_holder,
+)
 from ib_connector.domain.accounts import AccountSelectionError, select_account
 from ib_connector.domain.endpoints import failover_order
 from ib_connector.domain.session_state import (
@@ -26,6 +36,46 @@ from ib_connector.domain.snapshot import (
 pytestmark = pytest.mark.fast
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+class TestAccountClaims:
+    T = 1_800_000_000.0
+    A1, A2 = integration_holder(1), integration_holder(2)
+
+    def test_keys_are_keyed_hashes_that_never_show_the_code(self) -> None:
+        key = claim_key(b"k" * 32, "U1234567")
+        assert is_claim_key(key) and "1234567" not in key
+        assert claim_key(b"k" * 32, " u1234567 ") == key
+        assert claim_key(b"j" * 32, "U1234567") != key  # without the key, no dictionary
+
+    def test_the_first_user_claims_and_adds_holders(self) -> None:
+        first = claimed(None, 7, frozenset({self.A1}), self.T)
+        assert first == AccountClaim(7, frozenset({self.A1}))
+        both = claimed(first, 7, frozenset({self.A2}), self.T)
+        assert both == AccountClaim(7, frozenset({self.A1, self.A2}))
+
+    def test_another_user_is_refused_while_anything_holds_the_claim(self) -> None:
+        held = AccountClaim(7, frozenset({self.A1}))
+        assert claimed(held, 8, frozenset({self.A2}), self.T) is None
+
+    def test_released_by_the_last_holder_only(self) -> None:
+        both = AccountClaim(7, frozenset({self.A1, self.A2}))
+        one = released(both, self.A1, self.T)
+        assert one == AccountClaim(7, frozenset({self.A2}))
+        assert one is not None and released(one, self.A2, self.T) is None
+
+    def test_a_transient_holder_lets_go_by_itself(self) -> None:
+        test = transient_holder(self.T, "n1")
+        held = AccountClaim(7, frozenset({test}))
+        assert claimed(held, 8, frozenset({self.A2}), self.T + 1) is None
+        later = self.T + TRANSIENT_HOLD_S + 1
+        assert claimed(held, 8, frozenset({self.A2}), later) == AccountClaim(
+            8, frozenset({self.A2})
+        )
+        # an integration's hold never expires
+        kept = AccountClaim(7, frozenset({self.A1, test}))
+        assert claimed(kept, 8, frozenset({self.A2}), later) is None
+        assert kept.live_holders(later) == {self.A1}
 
 
 class TestSelectAccount:

@@ -16,9 +16,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    NoServersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 TransientClassifier = Callable[[BaseException], bool]
 
@@ -27,11 +34,18 @@ DEFAULT_OUTAGE_BUDGET_S = 600.0
 # end of a 20 s restart quickly, long enough not to spin.
 MAX_PAUSE_S = 5.0
 
+# A replicated stream or bucket whose leader died answers nobody until the survivors elect a
+# new one (seconds): no responders to its API, no response to a publish. That is the bus away
+# for a moment, not a bad message.
 _TRANSIENT_IO = (
     ConnectionError,
     TimeoutError,
     ConnectionClosedError,
+    ConnectionReconnectingError,
+    StaleConnectionError,
     NoServersError,
+    NoRespondersError,
+    NoStreamResponseError,
     OutboundBufferLimitError,
     NatsTimeoutError,
     ServiceUnavailableError,

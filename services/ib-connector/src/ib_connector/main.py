@@ -20,11 +20,12 @@ from brokerlink_shared.refreshes import fail_parked_refreshes
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 
+from ib_connector.adapters.account_claims import AccountClaims
 from ib_connector.adapters.ib_gateway import IBGatewayClient
 from ib_connector.adapters.ownership import SessionOwnership
 from ib_connector.config import SERVICE, Settings
 from ib_connector.domain.endpoints import SessionKey
-from ib_connector.handlers.commands import register_handlers
+from ib_connector.handlers.subscribers import register_handlers
 from ib_connector.pool import GatewaySessionPool, PoolSettings, SessionSettings
 from ib_connector.service import IBConnectorService
 from ib_connector.statuses import StatusPublisher
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastStream:
         statuses.submit,
         client_factory=lambda notice, closed: IBGatewayClient(notice, closed, reach),
         on_idle_close=on_idle_close,
+        claim_accounts=lambda key, codes, ids: service.claim_accounts(key, codes, ids),
     )
     service = IBConnectorService(settings, topology, broker, publisher, pool)
     health_server: list[asyncio.Server] = []
@@ -126,6 +128,14 @@ def create_app(settings: Settings) -> FastStream:
         )
         statuses.start()
         await pool.start()
+        claims = AccountClaims(
+            broker.connection, settings.namespace, replicas=settings.stream_replicas
+        )
+        await retry_until_done(
+            claims.start, what="opening the account claims (NATS KV)", log=log
+        )
+        # before any session can connect (taking leases over adopts some)
+        service.claims = claims
         service.ownership = SessionOwnership(
             broker.connection,
             settings.namespace,

@@ -2,7 +2,10 @@
 
 A user's accounts configured against the same gateway and client id share one session (IB
 refuses a second connection with the same client id). Sessions are never shared between users:
-whatever a session reads, reports or logs concerns its one user's accounts. Each session runs its own supervisor task that
+whatever a session reads, reports or logs concerns its one user's accounts — and since one gateway
+answers under any address of its host, a session claims the gateway's accounts for its user
+(`ClaimAccounts`, see `domain.account_claims`) before anything is read or logged, and closes a
+connection whose accounts belong to another user unread. Each session runs its own supervisor task that
 connects (with failover to backups), reconnects with backoff when dropped, and probes the
 primary while on a backup. Sessions never wait on each other: timeouts are per session and
 reads are serialised per session only.
@@ -14,13 +17,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from brokerlink_shared.backoff import Backoff
-from brokerlink_shared.contracts.values import IBConnection
+from brokerlink_shared.contracts.values import (
+    GATEWAY_OWNED_ELSEWHERE,
+    GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+    IBConnection,
+)
 
 from ib_connector.adapters.ib_gateway import (
     GatewayClosed,
@@ -77,6 +84,35 @@ class GatewayClient(Protocol):
 
 GatewayClientFactory = Callable[[GatewayNotice, GatewayClosed], GatewayClient]
 
+# Hold a gateway's managed accounts for a session's user, by the integrations (account ids) about
+# to read through it (none: a short-lived hold); False when another user owns any of them.
+ClaimAccounts = Callable[[SessionKey, Sequence[str], Sequence[int]], Awaitable[bool]]
+
+CLAIMS_UNAVAILABLE = "claims_unavailable"
+
+
+async def hold_accounts(claim: Callable[[], Awaitable[bool]], label: str) -> None:
+    """Run an account claim before anything is read through a connection; raises
+    `GatewayError` when another user owns any of the accounts, or when ownership cannot be
+    checked (nothing is read unchecked). The messages name no account and no user."""
+    try:
+        mine = await claim()
+    except Exception as exc:
+        log.warning(
+            "account claims unavailable",
+            extra={"session": label, "error": type(exc).__name__},
+        )
+        raise GatewayError(
+            CLAIMS_UNAVAILABLE,
+            "could not check who this gateway's accounts belong to; try again shortly",
+        ) from None
+    if not mine:
+        log.warning(
+            "gateway accounts registered to another user; connection closed unread",
+            extra={"session": label},
+        )
+        raise GatewayError(GATEWAY_OWNED_ELSEWHERE, GATEWAY_OWNED_ELSEWHERE_MESSAGE)
+
 
 class RefreshError(Exception):
     """A refresh could not be done; `code` and `message` go into `refresh.failed`."""
@@ -130,6 +166,10 @@ class GatewaySession:
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _read_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _backoff: Backoff = field(default_factory=Backoff)
+    claim_accounts: ClaimAccounts | None = None
+    # integrations registered as holders of this connection's account claims
+    _holding: set[int] = field(default_factory=set)
+    _hold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self._backoff = Backoff(
@@ -191,6 +231,8 @@ class GatewaySession:
         self.last_used = time.monotonic()
         deadline = asyncio.get_running_loop().time() + timeout_s
         client = await self._usable_client(deadline)
+        if binding.account_id >= 0 and binding.account_id not in self._holding:
+            await self._hold_for(binding.account_id)
         try:
             code = select_account(self.state.managed_accounts, binding.account_code)
         except AccountSelectionError as exc:
@@ -224,6 +266,33 @@ class GatewaySession:
             f"{snapshot.net_liquidation} {snapshot.currency}"
         )
 
+    async def _hold_for(self, account_id: int) -> None:
+        """Register an integration as a holder of the connection's account claims before it
+        reads; when another user owns them now, close the connection unread. Integrations
+        attached since the connect are registered together: one claim per burst, not a
+        compare-and-set race per account."""
+        async with self._hold_lock:
+            if account_id in self._holding:
+                return
+            pending = {a for a in self.bindings if a not in self._holding}
+            pending.add(account_id)
+            try:
+                await self._claim(self.state.managed_accounts, sorted(pending))
+            except GatewayError as exc:
+                if exc.code == GATEWAY_OWNED_ELSEWHERE:
+                    self._set_state(self.state.refused(exc.code, exc.message))
+                    self._lost.set()  # the supervisor drops the connection, retries later
+                raise RefreshError(exc.code, exc.message) from None
+            self._holding |= pending
+
+    async def _claim(self, managed: Sequence[str], account_ids: Sequence[int]) -> None:
+        """Hold the gateway's accounts for this session's user (see `hold_accounts`)."""
+        claim = self.claim_accounts
+        if claim is not None and managed:
+            await hold_accounts(
+                lambda: claim(self.key, managed, account_ids), self.label
+            )
+
     async def _usable_client(self, deadline: float) -> GatewayClient:
         loop = asyncio.get_running_loop()
         while True:
@@ -250,6 +319,10 @@ class GatewaySession:
                 raise self._not_connected_in_time() from None
 
     def _not_connected_in_time(self) -> RefreshError:
+        if self.state.code == GATEWAY_OWNED_ELSEWHERE:  # refused before this retry
+            return RefreshError(
+                GATEWAY_OWNED_ELSEWHERE, GATEWAY_OWNED_ELSEWHERE_MESSAGE
+            )
         primary = Endpoint(self.config.host, self.config.port)
         if not self._reached(primary):
             return RefreshError(
@@ -288,7 +361,13 @@ class GatewaySession:
                 return True
             except GatewayError as raised:
                 exc = raised
-                if not self._reached(endpoint):
+                if GATEWAY_OWNED_ELSEWHERE in (raised.code, self.state.code):
+                    # once refused, later failures (the gateway still counting the closed
+                    # connection's client id, say) keep reading as the refusal
+                    exc = GatewayError(
+                        GATEWAY_OWNED_ELSEWHERE, GATEWAY_OWNED_ELSEWHERE_MESSAGE
+                    )
+                elif not self._reached(endpoint):
                     exc = GatewayError(
                         UNREACHABLE, unreachable_message(endpoint.host, endpoint.port)
                     )
@@ -314,12 +393,17 @@ class GatewaySession:
                     "reason": failure.message,
                 },
             )
-        self._set_state(self.state.failed(failure.code, failure.message))
+        self._set_state(
+            self.state.refused(failure.code, failure.message)
+            if failure.code == GATEWAY_OWNED_ELSEWHERE
+            else self.state.failed(failure.code, failure.message)
+        )
         return False
 
     async def _connect(self, endpoint: Endpoint) -> None:
         self._lost.clear()
         client = self.client_factory(self._on_notice, self._on_closed)
+        holders = list(self.bindings)
         async with self.connect_slots:
             try:
                 managed = await client.connect(
@@ -328,12 +412,14 @@ class GatewaySession:
                     self.key.client_id,
                     self.settings.connect_timeout_s,
                 )
+                await self._claim(managed, holders)  # before anything is read or logged
             except BaseException:
                 await client.close()
                 raise
         self.reached.add((self.key.user_id, endpoint.host.lower(), endpoint.port))
         await self._drop_client()
         self._client = client
+        self._holding = set(holders)
         log.info(
             "gateway session connected",
             extra={
@@ -364,6 +450,7 @@ class GatewaySession:
     async def _try_primary(self) -> None:
         primary = Endpoint(self.config.host, self.config.port)
         client = self.client_factory(self._on_notice, self._on_closed)
+        holders = list(self.bindings)
         try:
             async with self.connect_slots:
                 managed = await client.connect(
@@ -372,11 +459,13 @@ class GatewaySession:
                     self.key.client_id,
                     self.settings.connect_timeout_s,
                 )
+                await self._claim(managed, holders)
         except GatewayError:
             await client.close()
             return
         previous = self._client
         self._client = client
+        self._holding = set(holders)
         if previous is not None:
             await previous.close()
         self._lost.clear()
@@ -442,8 +531,10 @@ class GatewaySessionPool:
         sink: StatusSink,
         client_factory: GatewayClientFactory = IBGatewayClient,
         on_idle_close: Callable[[SessionKey], None] | None = None,
+        claim_accounts: ClaimAccounts | None = None,
     ) -> None:
         self.settings = settings
+        self._claim_accounts = claim_accounts
         self._sink = sink
         self._client_factory = client_factory
         self._on_idle_close = on_idle_close
@@ -480,6 +571,7 @@ class GatewaySessionPool:
                 client_factory=self._client_factory,
                 connect_slots=self._connect_slots,
                 reached=self.reached,
+                claim_accounts=self._claim_accounts,
             )
             self.sessions[key] = session
             session.start()

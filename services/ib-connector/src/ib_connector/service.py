@@ -4,7 +4,11 @@ then refresh / attach / detach / test on the local session pool and publish the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,9 +37,18 @@ from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from ib_connector.adapters.account_claims import AccountClaims, ClaimsUnavailable
 from ib_connector.adapters.ib_gateway import GatewayError, IBGatewayClient
-from ib_connector.adapters.ownership import SessionOwnership, SessionRecord
+from ib_connector.adapters.ownership import (
+    SessionOwnership,
+    SessionRecord,
+    session_kv_key,
+)
 from ib_connector.config import SERVICE, Settings
+from ib_connector.domain.account_claims import (
+    integration_holder,
+    transient_holder,
+)
 from ib_connector.domain.accounts import AccountSelectionError, select_account
 from ib_connector.domain.endpoints import SessionKey, session_key
 from ib_connector.domain.session_state import StatusView
@@ -43,6 +56,7 @@ from ib_connector.pool import (
     UNREACHABLE,
     GatewaySessionPool,
     RefreshError,
+    hold_accounts,
     unreachable_message,
 )
 
@@ -76,6 +90,7 @@ class IBConnectorService:
         self.results = RefreshResultPublisher(publisher, Broker.IB)
         self.pool = pool
         self.ownership: SessionOwnership | None = None
+        self.claims: AccountClaims | None = None
         self.order = CommandOrder()
         self.admission = RefreshAdmission(
             settings.max_in_flight_refreshes, settings.max_queued_s
@@ -139,7 +154,9 @@ class IBConnectorService:
             event.account_id, config, event.user_id, event.payload.version
         )
 
-    async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
+    async def test_integration(
+        self, request: IntegrationTestRequest
+    ) -> IntegrationTestReply:
         budget = max(
             0.5, request.timeout_s - 0.5
         )  # answer inside the requester's deadline
@@ -273,6 +290,9 @@ class IBConnectorService:
     ) -> None:
         if not self.order.admits(account_id, version, "removed"):
             return
+        # First, so a failure leaves the removal to be redelivered: the integration lets go of
+        # the gateway accounts it held; the last holder's going frees them for anyone.
+        await self._claims().release(integration_holder(account_id))
         self.order.applied(account_id, version)
         closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
@@ -281,6 +301,20 @@ class IBConnectorService:
                 account_id,
                 session_closed=closed is not None,
             )
+
+    async def claim_accounts(
+        self, key: SessionKey, codes: Sequence[str], account_ids: Sequence[int]
+    ) -> bool:
+        """Hold a gateway's accounts for the session's user (see `domain.account_claims`)."""
+        holders = [integration_holder(a) for a in account_ids] or [
+            transient_holder(time.time(), session_kv_key(key))
+        ]
+        return await self._claims().claim(key.user_id, codes, holders)
+
+    def _claims(self) -> AccountClaims:
+        if self.claims is None:
+            raise ClaimsUnavailable("account claims used before start-up finished")
+        return self.claims
 
     async def adopt(self, record: SessionRecord) -> None:
         """Open a session taken over from a replica that is gone, with the accounts it served."""
@@ -369,9 +403,19 @@ class IBConnectorService:
                 raise GatewayError(
                     UNREACHABLE, unreachable_message(config.host, config.port)
                 ) from exc
+            # a test connection holds the gateway's accounts only while it reads them
+            holder = transient_holder(time.time(), uuid.uuid4().hex[:12])
+            await hold_accounts(
+                lambda: self._claims().claim(user_id or 0, managed, [holder]),
+                f"u{user_id or 0}@{config.host}:{config.port}/{config.client_id} (test)",
+            )
             self.pool.reached.add(reached)
-            code = select_account(managed, config.account_code)
-            rows, _ = await client.read_account(code, max(0.5, budget / 2))
+            try:
+                code = select_account(managed, config.account_code)
+                rows, _ = await client.read_account(code, max(0.5, budget / 2))
+            finally:
+                with contextlib.suppress(Exception):
+                    await self._claims().release(holder, managed)
             net_liq = next(
                 (
                     r

@@ -23,7 +23,7 @@ from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
 from faststream.nats import NatsBroker, TestNatsBroker
 from ib_connector.config import SERVICE, Settings
-from ib_connector.handlers.commands import register_handlers
+from ib_connector.handlers.subscribers import register_handlers
 from ib_connector.service import forward_subject
 
 pytestmark = pytest.mark.fast
@@ -47,7 +47,9 @@ class RecordingService:
     async def on_removed(self, event: IntegrationRemoved) -> None:
         self.calls.append(("removed", event))
 
-    async def on_test(self, request: IntegrationTestRequest) -> IntegrationTestReply:
+    async def test_integration(
+        self, request: IntegrationTestRequest
+    ) -> IntegrationTestReply:
         self.calls.append(("test", request))
         return IntegrationTestReply(success=True, message="connected")
 

@@ -26,8 +26,7 @@ from faststream.nats import NatsBroker
 from ibflex_connector.adapters.flex_http import FlexWebService, RetryPolicy
 from ibflex_connector.adapters.statement_share import KvStatementShare
 from ibflex_connector.config import SERVICE, Settings
-from ibflex_connector.handlers.commands import register_command_handlers
-from ibflex_connector.handlers.requests import register_request_handlers
+from ibflex_connector.handlers.subscribers import register_handlers
 from ibflex_connector.service import FlexConnector
 
 log = logging.getLogger(__name__)
@@ -50,11 +49,12 @@ class ConnectorRuntime:
         self._connector: FlexConnector | None = None
         self._http: httpx.AsyncClient | None = None
         self._health: asyncio.Server | None = None
-        register_command_handlers(
-            self.broker, self.topology, self.connector, settings.refresh_workers
-        )
-        register_request_handlers(
-            self.broker, self.topology, self.connector, self.probe
+        register_handlers(
+            self.broker,
+            self.topology,
+            self.connector,
+            self.probe,
+            settings.refresh_workers,
         )
         self.app = FastStream(self.broker, logger=log)
         self.app.on_startup(self.start)

@@ -178,8 +178,11 @@ class FlexConnector:
             )
         return IntegrationStatus.CONNECTED, None
 
-    async def on_refresh(self, event: RefreshRequested) -> None:
-        """Fetch the account's statement and publish its balance (or why not)."""
+    async def on_refresh(self, event: RefreshRequested, queued_s: float = 0.0) -> None:
+        """Fetch the account's statement and publish its balance (or why not). However long
+        the request queued (`queued_s`), it is served: statements are minutes old anyway and
+        the requests of one report share one fetch."""
+        del queued_s
         payload = event.payload
         binding = self._bind(event.user_id, event.account_id, payload.config)
         if binding is None:

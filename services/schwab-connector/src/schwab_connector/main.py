@@ -30,8 +30,7 @@ from schwab_connector.adapters.schwab_http import SchwabGateway
 from schwab_connector.adapters.token_vault import LoginState, TokenVault
 from schwab_connector.config import SERVICE, Settings
 from schwab_connector.domain.clock import Clock, SystemClock
-from schwab_connector.handlers.commands import register_command_handlers
-from schwab_connector.handlers.requests import register_request_handlers
+from schwab_connector.handlers.subscribers import register_handlers
 from schwab_connector.service import SchwabConnector
 
 log = logging.getLogger(__name__)
@@ -56,11 +55,12 @@ class ConnectorRuntime:
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
         self._lifecycle: asyncio.Task[None] | None = None
-        register_command_handlers(
-            self.broker, self.topology, self.connector, settings.refresh_workers
-        )
-        register_request_handlers(
-            self.broker, self.topology, self.connector, self.probe
+        register_handlers(
+            self.broker,
+            self.topology,
+            self.connector,
+            self.probe,
+            settings.refresh_workers,
         )
         self.app = FastStream(self.broker, logger=log)
         self.app.on_startup(self.start)

@@ -29,8 +29,7 @@ from brokerlink_shared.subjects import (
 )
 from faststream.nats import NatsBroker, TestNatsBroker
 from schwab_connector.config import SERVICE
-from schwab_connector.handlers.commands import register_command_handlers
-from schwab_connector.handlers.requests import register_request_handlers
+from schwab_connector.handlers.subscribers import register_handlers
 
 pytestmark = pytest.mark.fast
 
@@ -90,8 +89,7 @@ def broker(topology: Topology, connector: RecordingConnector) -> NatsBroker:
     async def probe() -> HealthReply:
         return HealthReply(service=SERVICE, status="ok")
 
-    register_command_handlers(broker, topology, lambda: connector, refresh_workers=2)  # type: ignore[arg-type, return-value]
-    register_request_handlers(broker, topology, lambda: connector, probe)  # type: ignore[arg-type, return-value]
+    register_handlers(broker, topology, lambda: connector, probe, refresh_workers=2)  # type: ignore[arg-type, return-value]
     return broker
 
 

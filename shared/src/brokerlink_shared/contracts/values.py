@@ -15,6 +15,14 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
 )
 IB_ACCOUNT_CODE = r"^[A-Z]{1,3}\d{4,10}$"
+# An IB Gateway whose accounts belong to another brokerlink user: the code of the connector's test
+# reply, refresh failure and status, and of account-api's 409. The message names no account and
+# no user, and reads the same whichever address the gateway was reached under.
+GATEWAY_OWNED_ELSEWHERE = "gateway_owned_elsewhere"
+GATEWAY_OWNED_ELSEWHERE_MESSAGE = (
+    "this IB Gateway is registered to another brokerlink user; "
+    "configure a gateway of your own"
+)
 
 
 class Strict(BaseModel):

@@ -14,6 +14,10 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Protocol
 
+from brokerlink_shared.contracts.values import (
+    GATEWAY_OWNED_ELSEWHERE,
+    GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+)
 from brokerlink_shared.reach import HostNotAllowed, NetworkReach
 
 from account_api.errors import Conflict, InvalidField
@@ -38,13 +42,10 @@ class EndpointOwners(Protocol):
 
 class GatewayOwnedElsewhere(Conflict):
     def __init__(self, field: str) -> None:
-        # Names no account and no user: only that the address is taken.
-        super().__init__(
-            "this IB Gateway address is registered to another brokerlink user; "
-            "configure a gateway of your own",
-            field=field,
-        )
-        self.code = "gateway_owned_elsewhere"
+        # Names no account and no user, and reads the same whether the address was taken here
+        # or the connector found the gateway's accounts claimed (ib-connector's account claims).
+        super().__init__(GATEWAY_OWNED_ELSEWHERE_MESSAGE, field=field)
+        self.code = GATEWAY_OWNED_ELSEWHERE
 
 
 class HostOutsideReach(InvalidField):

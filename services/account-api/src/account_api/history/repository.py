@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,35 +85,30 @@ class HistoryRepository:
         self, rows: list[tuple[int, dt.date, Decimal, str, dt.datetime]]
     ) -> None:
         """Many `upsert`s of broker balances (account, day, balance, source, as_of) in one
-        statement, keeping the same rule: never replace a newer row. One row per (account, day)."""
+        statement, keeping the same rule: never replace a newer row. One row per (account, day).
+        Rows go in as arrays so the SQL is the same whatever their number."""
         if not rows:
             return
-        stmt = insert(BalanceHistory).values(
-            [
-                {
-                    "account_id": account_id,
-                    "date": day,
-                    "balance": balance,
-                    "source": source,
-                    "as_of": as_of,
-                }
-                for account_id, day, balance, source, as_of in sorted(
-                    rows, key=lambda r: (r[0], r[1])
-                )
-            ]
-        )
+        ordered = sorted(rows, key=lambda r: (r[0], r[1]))
+        account_ids, days, balances, sources, as_ofs = zip(*ordered, strict=True)
         await self._session.execute(
-            stmt.on_conflict_do_update(
-                constraint="uq_history_account_day",
-                set_={
-                    "balance": stmt.excluded.balance,
-                    "source": stmt.excluded.source,
-                    "as_of": stmt.excluded.as_of,
-                    "updated_at": func.now(),
-                },
-                where=BalanceHistory.as_of.is_(None)
-                | (BalanceHistory.as_of <= stmt.excluded.as_of),
-            )
+            text(
+                "INSERT INTO account_balance_history (account_id, date, balance, source, as_of)"
+                " SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:d AS date[]),"
+                " CAST(:b AS numeric[]), CAST(:s AS text[]), CAST(:t AS timestamptz[]))"
+                " ON CONFLICT ON CONSTRAINT uq_history_account_day DO UPDATE SET"
+                " balance = excluded.balance, source = excluded.source,"
+                " as_of = excluded.as_of, updated_at = now()"
+                " WHERE account_balance_history.as_of IS NULL"
+                " OR account_balance_history.as_of <= excluded.as_of"
+            ),
+            {
+                "a": list(account_ids),
+                "d": list(days),
+                "b": list(balances),
+                "s": list(sources),
+                "t": list(as_ofs),
+            },
         )
 
     async def delete(self, row: BalanceHistory) -> None:

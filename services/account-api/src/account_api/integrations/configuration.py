@@ -12,6 +12,7 @@ from brokerlink_shared.contracts.events import (
     IntegrationTestRequest,
 )
 from brokerlink_shared.contracts.plugins import IBConfigIn, plugin_for
+from brokerlink_shared.contracts.values import GATEWAY_OWNED_ELSEWHERE
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.messaging import request_model
 from brokerlink_shared.subjects import INTEGRATION_TEST, Broker, Topology
@@ -22,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.gateways.service import GatewayEndpoints
+from account_api.gateways.service import GatewayEndpoints, GatewayOwnedElsewhere
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
 from account_api.integrations.refreshes import RefreshService
@@ -215,4 +216,8 @@ class IntegrationConfiguration:
                 ),
             )
             await uow.commit()
+        if result.code == GATEWAY_OWNED_ELSEWHERE:
+            # the connector found the gateway's accounts claimed by another user (reached under
+            # an address account-api cannot tell is the same gateway): the same 409 as a save
+            raise GatewayOwnedElsewhere("config.host")
         return result

@@ -13,6 +13,7 @@ from brokerlink_shared.messaging import EventPublisher
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from account_api.integrations.lifecycle import IntegrationState, Transition
 from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
@@ -149,20 +150,43 @@ class RefreshRepository:
         ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
         now: datetime,
     ) -> None:
-        """`settle` for many refreshes (refresh, status, message, balance), one NOTIFY statement."""
-        ids = []
+        """`settle` for many refreshes (refresh, status, message, balance): one UPDATE and one
+        NOTIFY statement, the same SQL whatever the batch size (no ORM flush, no re-compile)."""
+        ids, statuses, messages, balances = [], [], [], []
         for refresh, status, message, balance in ended:
-            refresh.status, refresh.completed_at = status, now
-            if message is not None:
-                refresh.message = message
-            if balance is not None:
-                refresh.balance = balance
-            ids.append(str(refresh.id))
-        if ids:
-            await self._session.execute(
-                text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
-                {"ch": REFRESH_CHANNEL, "ids": ids},
-            )
+            for attr, value in (
+                ("status", status),
+                ("completed_at", now),
+                ("message", message if message is not None else refresh.message),
+                ("balance", balance if balance is not None else refresh.balance),
+            ):
+                set_committed_value(refresh, attr, value)
+            ids.append(refresh.id)
+            statuses.append(status)
+            messages.append(message)
+            balances.append(balance)
+        if not ids:
+            return
+        await self._session.execute(
+            text(
+                "UPDATE refreshes r SET status = e.status, completed_at = :now,"
+                " message = coalesce(e.message, r.message), balance = coalesce(e.balance, r.balance)"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]),"
+                " CAST(:messages AS text[]), CAST(:balances AS numeric[]))"
+                " AS e(id, status, message, balance) WHERE r.id = e.id"
+            ),
+            {
+                "now": now,
+                "ids": ids,
+                "statuses": statuses,
+                "messages": messages,
+                "balances": balances,
+            },
+        )
+        await self._session.execute(
+            text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
+            {"ch": REFRESH_CHANNEL, "ids": [str(i) for i in ids]},
+        )
 
     async def get_for_account(
         self, refresh_id: uuid.UUID, account_id: int
@@ -193,6 +217,28 @@ class RefreshRepository:
         return {status: int(count) for status, count in rows.all()}
 
 
+_POSITION_COLUMNS = (
+    "account_id",
+    "symbol",
+    "sec_type",
+    "currency",
+    "quantity",
+    "average_cost",
+    "market_price",
+    "market_value",
+    "unrealized_pnl",
+    "as_of",
+)
+_INSERT_POSITIONS = text(
+    "INSERT INTO positions (account_id, symbol, sec_type, currency, quantity, average_cost,"
+    " market_price, market_value, unrealized_pnl, as_of) SELECT * FROM unnest("
+    "CAST(:account_id AS bigint[]), CAST(:symbol AS text[]), CAST(:sec_type AS text[]),"
+    " CAST(:currency AS text[]), CAST(:quantity AS numeric[]), CAST(:average_cost AS numeric[]),"
+    " CAST(:market_price AS numeric[]), CAST(:market_value AS numeric[]),"
+    " CAST(:unrealized_pnl AS numeric[]), CAST(:as_of AS timestamptz[]))"
+)
+
+
 class SnapshotRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -220,35 +266,55 @@ class SnapshotRepository:
             tuple[datetime, list[dict[str, object]], list[tuple[str, Decimal]]],
         ],
     ) -> None:
-        """`replace` for many accounts (account id -> as_of, positions, cash) in four statements."""
+        """`replace` for many accounts (account id -> as_of, positions, cash) in four statements
+        whose SQL does not depend on the batch size (arrays, not one VALUES row per item)."""
         if not snapshots:
             return
         ids = list(snapshots)
         await self._session.execute(
-            delete(PositionSnapshot).where(PositionSnapshot.account_id.in_(ids))
+            text(
+                "DELETE FROM positions WHERE account_id = ANY(CAST(:ids AS bigint[]))"
+            ),
+            {"ids": ids},
         )
         await self._session.execute(
-            delete(CashSnapshot).where(CashSnapshot.account_id.in_(ids))
+            text(
+                "DELETE FROM cash_balances WHERE account_id = ANY(CAST(:ids AS bigint[]))"
+            ),
+            {"ids": ids},
         )
-        positions = [
-            {"account_id": account_id, "as_of": as_of, **pos}
-            for account_id, (as_of, held, _) in snapshots.items()
-            for pos in held
+        held = [
+            (account_id, as_of, pos)
+            for account_id, (as_of, positions, _) in snapshots.items()
+            for pos in positions
         ]
-        if positions:
-            await self._session.execute(insert(PositionSnapshot), positions)
+        if held:
+            columns: dict[str, list[object]] = {c: [] for c in _POSITION_COLUMNS}
+            for account_id, as_of, pos in held:
+                row = {**pos, "account_id": account_id, "as_of": as_of}
+                for column, values in columns.items():
+                    values.append(row.get(column))
+            await self._session.execute(_INSERT_POSITIONS, columns)
         cash = [
-            {
-                "account_id": account_id,
-                "currency": currency,
-                "amount": amount,
-                "as_of": as_of,
-            }
+            (account_id, currency, amount, as_of)
             for account_id, (as_of, _, balances) in snapshots.items()
             for currency, amount in balances
         ]
         if cash:
-            await self._session.execute(insert(CashSnapshot), cash)
+            account_ids, currencies, amounts, as_ofs = zip(*cash, strict=True)
+            await self._session.execute(
+                text(
+                    "INSERT INTO cash_balances (account_id, currency, amount, as_of)"
+                    " SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:c AS text[]),"
+                    " CAST(:m AS numeric[]), CAST(:t AS timestamptz[]))"
+                ),
+                {
+                    "a": list(account_ids),
+                    "c": list(currencies),
+                    "m": list(amounts),
+                    "t": list(as_ofs),
+                },
+            )
 
     async def replace(
         self,
@@ -287,10 +353,12 @@ class ProcessedEventRepository:
         if not event_ids:
             return set()
         result = await self._session.execute(
-            insert(ProcessedEvent)
-            .values([{"event_id": e, "consumer": consumer} for e in event_ids])
-            .on_conflict_do_nothing()
-            .returning(ProcessedEvent.event_id)
+            text(
+                "INSERT INTO processed_events (event_id, consumer)"
+                " SELECT e, :consumer FROM unnest(CAST(:ids AS uuid[])) e"
+                " ON CONFLICT DO NOTHING RETURNING event_id"
+            ),
+            {"ids": event_ids, "consumer": consumer},
         )
         return set(result.scalars())
 

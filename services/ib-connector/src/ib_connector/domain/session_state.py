@@ -102,6 +102,19 @@ class SessionState:
     def failed(self, code: str, message: str) -> SessionState:
         return replace(self, phase=Phase.FAILED, code=code, message=message)
 
+    def refused(self, code: str, message: str) -> SessionState:
+        """The gateway's accounts belong to another user: the connection was closed unread, and
+        nothing of it (its accounts, an earlier drop's reason) is kept."""
+        return replace(
+            self,
+            phase=Phase.FAILED,
+            managed_accounts=(),
+            code=code,
+            message=message,
+            gateway_link_down=False,
+            lost_message=None,
+        )
+
     def lost(self, message: str) -> SessionState:
         return replace(
             self, phase=Phase.LOST, code=None, message=message, lost_message=message

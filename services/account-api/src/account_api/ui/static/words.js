@@ -129,7 +129,7 @@ export function brokerErrorText(code, message, context = {}) {
     502: `IB Gateway refused the connection${port} — is it running with the API enabled?`,
     // never reached from this account's user: refused, timed out or closed read the same
     unreachable: `No IB Gateway answered${at} — check the host and port, that IB Gateway is running and that its API is enabled.`,
-    gateway_owned_elsewhere: "This IB Gateway address belongs to another brokerlink user — use a gateway of your own.",
+    gateway_owned_elsewhere: "This IB Gateway belongs to another brokerlink user — use a gateway of your own.",
     504: "brokerlink is not connected to IB Gateway — is it running with the API enabled?",
     326: `${c.client_id !== undefined ? `Client ID ${c.client_id}` : "This client ID"} is already in use on this gateway — choose another client ID.`,
     1100: "IB Gateway lost its connection to Interactive Brokers — it reconnects by itself; check the gateway if this lasts.",

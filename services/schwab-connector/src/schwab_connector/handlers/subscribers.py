@@ -1,22 +1,24 @@
-"""Core NATS request/reply: integration test, OAuth code exchange, account numbers (for the
-migrator) and health."""
+"""Subscribers of the Schwab connector: the shared command, test and health subscribers
+(`brokerlink_shared.connector_subscribers`), the OAuth code exchange and the account numbers
+the migrator asks for (core NATS request/reply; replicas share a queue group)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
+from brokerlink_shared.connector_subscribers import (
+    answer_tests_and_health,
+    subscribe_commands,
+)
 from brokerlink_shared.contracts.events import (
     HealthReply,
-    IntegrationTestReply,
-    IntegrationTestRequest,
     SchwabAccountNumbersReply,
     SchwabAccountNumbersRequest,
     SchwabOAuthExchangeReply,
     SchwabOAuthExchangeRequest,
 )
 from brokerlink_shared.subjects import (
-    INTEGRATION_TEST,
     SCHWAB_ACCOUNT_NUMBERS,
     SCHWAB_OAUTH_EXCHANGE,
     Broker,
@@ -30,24 +32,31 @@ from schwab_connector.service import SchwabConnector
 log = logging.getLogger(__name__)
 
 
-def register_request_handlers(
+def register_handlers(
     broker: NatsBroker,
     topology: Topology,
     connector: Callable[[], SchwabConnector],
     probe: Callable[[], Awaitable[HealthReply]],
+    refresh_workers: int,
 ) -> None:
-    """Answer integration tests, code exchanges and health checks (replicas share a queue group)."""
-
-    @broker.subscriber(topology.subject(INTEGRATION_TEST, Broker.SCHWAB), queue=SERVICE)
-    async def on_test(request: IntegrationTestRequest) -> IntegrationTestReply:
-        log.debug("integration.test", extra={"account": request.account_id})
-        try:
-            return await connector().test_integration(request)
-        except Exception as exc:
-            log.exception("integration test failed unexpectedly")
-            return IntegrationTestReply(
-                success=False, message=f"internal error ({type(exc).__name__})"
-            )
+    """Declare every subscriber of the connector on `broker`. Refreshes run `refresh_workers`
+    at a time so that requests for one login can coalesce; config changes one at a time."""
+    subscribe_commands(
+        broker,
+        topology,
+        service=SERVICE,
+        kind=Broker.SCHWAB,
+        connector=connector,
+        refresh_workers=refresh_workers,
+    )
+    answer_tests_and_health(
+        broker,
+        topology,
+        service=SERVICE,
+        kind=Broker.SCHWAB,
+        connector=connector,
+        probe=probe,
+    )
 
     @broker.subscriber(topology.subject(SCHWAB_OAUTH_EXCHANGE), queue=SERVICE)
     async def on_exchange(
@@ -74,7 +83,3 @@ def register_request_handlers(
             return SchwabAccountNumbersReply(
                 success=False, message=f"internal error ({type(exc).__name__})"
             )
-
-    @broker.subscriber(topology.health_subject(SERVICE), queue=SERVICE)
-    async def on_health() -> HealthReply:
-        return await probe()

@@ -1,0 +1,92 @@
+"""Which brokerlink user the IB accounts behind a gateway belong to.
+
+An IB Gateway cannot tell brokerlink's users apart, and one gateway answers under every address
+of its host (a LAN or Docker bridge address, another DNS name, a name rebound after it was
+saved), so an address says nothing about whose gateway it is. The accounts it manages do. The
+first user whose session sees an account claims it; a session of another user that meets a
+claimed account is closed before anything is read through it.
+
+A claim lists its holders: the user's integrations (account ids) that read through a session
+seeing the account, and short-lived holders for a connection that serves no integration yet (a
+one-shot test, a session opened before its first account). It is released when its last holder
+goes: when the owner removes the last integration that used it — never when a session merely
+idles or a connector restarts, so a quiet owner keeps their accounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+# How long a holder that is no integration keeps a claim: long enough for a test or for a new
+# session's first refresh to register its account, short enough that a crash mid-test does not
+# keep a gateway away from its owner for long.
+TRANSIENT_HOLD_S = 300.0
+
+_TRANSIENT = "t:"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClaim:
+    """One account's owner and what holds the claim."""
+
+    user_id: int
+    holders: frozenset[str]
+
+    def live_holders(self, now: float) -> frozenset[str]:
+        """The holders still holding at `now` (transient ones expire)."""
+        return frozenset(h for h in self.holders if not _expired(h, now))
+
+
+def claim_key(secret: bytes, account_code: str) -> str:
+    """The KV key of an account's claim: a keyed hash, so no account code is ever a subject
+    name (which NATS logs, monitoring and key listings show)."""
+    digest = hmac.new(
+        secret, account_code.strip().upper().encode(), hashlib.sha256
+    ).hexdigest()
+    return f"a{digest[:40]}"
+
+
+def is_claim_key(key: str) -> bool:
+    return key.startswith("a") and len(key) == 41
+
+
+def integration_holder(account_id: int) -> str:
+    return f"acct:{account_id}"
+
+
+def transient_holder(now: float, nonce: str) -> str:
+    """A holder that lets go by itself `TRANSIENT_HOLD_S` after `now`."""
+    return f"{_TRANSIENT}{now + TRANSIENT_HOLD_S:.0f}:{nonce}"
+
+
+def claimed(
+    current: AccountClaim | None,
+    user_id: int,
+    holders: frozenset[str],
+    now: float,
+) -> AccountClaim | None:
+    """The claim once `holders` of `user_id` hold it, or None: another user owns the account."""
+    live = current.live_holders(now) if current is not None else frozenset()
+    if current is None or not live:
+        return AccountClaim(user_id, holders)
+    if current.user_id != user_id:
+        return None
+    return AccountClaim(user_id, live | holders)
+
+
+def released(current: AccountClaim, holder: str, now: float) -> AccountClaim | None:
+    """The claim once `holder` lets go, or None: nothing holds it any more (delete it)."""
+    remaining = current.live_holders(now) - {holder}
+    return AccountClaim(current.user_id, remaining) if remaining else None
+
+
+def _expired(holder: str, now: float) -> bool:
+    if not holder.startswith(_TRANSIENT):
+        return False
+    expiry = holder[len(_TRANSIENT) :].split(":", 1)[0]
+    try:
+        return float(expiry) < now
+    except ValueError:
+        return True

@@ -1,0 +1,166 @@
+"""A gateway's accounts belong to the first user whose session reached them, under whatever
+address: ib-connector's account claims (real NATS KV, ib_async to the simulator over TCP)."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from brokerlink_devkit.testing import wait_until
+from brokerlink_shared.contracts.events import Event
+from brokerlink_shared.contracts.values import (
+    GATEWAY_OWNED_ELSEWHERE,
+    GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+    IBConnection,
+    IntegrationStatus,
+)
+from brokerlink_simulators.ib_gateway import GatewaySpec, IBGatewaySimulator
+
+from .conftest import Bus, account
+
+# what every LogRecord has; the rest is a log line's message and its extras
+_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _mentions(
+    events: list[Event], records: list[logging.LogRecord], *texts: str
+) -> list[str]:
+    found = [e.model_dump_json() for e in events]
+    found += [f"{r.getMessage()} {r.__dict__}" for r in records]
+    return [line for line in found if any(text in line for text in texts)]
+
+
+async def test_a_gateway_under_another_address_stays_its_owners(
+    all_addresses_sim: IBGatewaySimulator,
+    bus: Bus,
+    connector: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    owner, other = 551, 552
+    gateway = await all_addresses_sim.add_gateway(
+        GatewaySpec(
+            name="two-addresses",
+            accounts=[account("U5500001", "5501.37"), account("U5500002", "5502.91")],
+        )
+    )
+    mine = IBConnection(
+        host="127.0.0.1", port=gateway.port, client_id=1, account_code="U5500001"
+    )
+    assert (await bus.refreshed(61, mine, user_id=owner)).payload.balance == Decimal(
+        "5501.37"
+    )
+
+    # The other user's integration names the same gateway under another address of this host
+    # (account-api folds every loopback address into one endpoint; a LAN or Docker address, or
+    # a name rebound after it was saved, reaches the connector just like this) and another
+    # client id, so the gateway itself lets the connection in; it names an account the
+    # owner's integration does not.
+    theirs = IBConnection(
+        host="127.0.0.2", port=gateway.port, client_id=2, account_code="U5500002"
+    )
+    caplog.clear()
+    seen_before = len(bus.events)
+    await bus.configure(62, theirs, user_id=other)
+    refresh_id = await bus.refresh(62, theirs, user_id=other)
+    failed = await wait_until(
+        lambda: bus.failure_for(refresh_id), message="the other user's refresh fails"
+    )
+    assert (failed.user_id, failed.payload.code, failed.payload.message) == (
+        other,
+        GATEWAY_OWNED_ELSEWHERE,
+        GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+    )
+    status = await wait_until(lambda: bus.last_status(62), message="a status")
+    assert (status.payload.status, status.payload.code, status.payload.message) == (
+        IntegrationStatus.ERROR,
+        GATEWAY_OWNED_ELSEWHERE,
+        GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+    )
+    # the test route, through the session and through a one-shot connection alike
+    for config in (theirs, theirs.model_copy(update={"client_id": 3})):
+        reply = await bus.test(config, timeout_s=4, user_id=other)
+        assert (reply.success, reply.code, reply.message) == (
+            False,
+            GATEWAY_OWNED_ELSEWHERE,
+            GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+        )
+    assert not bus.balances(62)
+    # nothing the other user's session produced names the owner's accounts or figures
+    theirs_events = [e for e in bus.events[seen_before:] if e.user_id == other]
+    theirs_logs = [
+        r
+        for r in caplog.records
+        if str(getattr(r, "session", "")).startswith(f"u{other}@")
+        or getattr(r, "account_id", None) == 62
+    ]
+    assert theirs_events and theirs_logs
+    assert _mentions(theirs_events, theirs_logs, "U55000", "5501.37", "5502.91") == []
+    # nor does anything the connector logged meanwhile (ib_async's wire dump aside: the
+    # connector's entry point keeps only ib_async's critical messages)
+    ours = [r for r in caplog.records if not r.name.startswith("ib_async")]
+    assert _mentions(list(bus.events[seen_before:]), ours, "U55000") == []
+
+    # the owner keeps working, unaffected, and adds a second integration on the same session
+    assert (await bus.refreshed(61, mine, user_id=owner)).payload.balance == Decimal(
+        "5501.37"
+    )
+    second = mine.model_copy(update={"account_code": "U5500002"})
+    assert (await bus.refreshed(64, second, user_id=owner)).payload.balance == Decimal(
+        "5502.91"
+    )
+    # the claims name no account code, and both integrations hold both accounts
+    claims = await _claims(bus)
+    assert len(claims) == 2 and "U55" not in str(claims)
+    assert all(
+        (c["user_id"], set(c["holders"])) == (owner, {"acct:61", "acct:64"})
+        for c in claims.values()
+    )
+
+    # Removing one of them releases nothing: the other still holds the accounts.
+    await bus.remove(61, mine, user_id=owner)
+    await wait_until(
+        lambda: _holders_are(bus, {"acct:64"}), message="the first integration let go"
+    )
+    reply = await bus.test(theirs.model_copy(update={"client_id": 4}), user_id=other)
+    assert (reply.success, reply.code) == (False, GATEWAY_OWNED_ELSEWHERE)
+
+    # Once the owner removes the last integration, the accounts are free: the other user's
+    # session (retrying with backoff) claims them and reads.
+    await bus.remove(64, second, user_id=owner)
+    await wait_until(
+        lambda: (
+            (last := bus.last_status(62)) is not None
+            and last.payload.status is IntegrationStatus.CONNECTED
+        ),
+        timeout_s=15,
+        message="the other user's session connects once the accounts are free",
+    )
+    assert (await bus.refreshed(62, theirs, user_id=other)).payload.balance == Decimal(
+        "5502.91"
+    )
+    # ... and now the first user is the one refused
+    refresh_id = await bus.refresh(63, mine, user_id=owner)
+    refused = await wait_until(
+        lambda: bus.failure_for(refresh_id), message="the former owner is refused"
+    )
+    assert refused.payload.code == GATEWAY_OWNED_ELSEWHERE
+
+
+async def _claims(bus: Bus) -> dict[str, dict[str, Any]]:
+    """The account claims as the bucket holds them (its hash key aside)."""
+    kv = await bus.nc.jetstream().key_value(f"{bus.topology.namespace}_ib_accounts")
+    found = {}
+    for key in await kv.keys():
+        if key != "hash-key":
+            entry = await kv.get(key)
+            if entry.value:
+                found[key] = orjson.loads(entry.value)
+    return found
+
+
+async def _holders_are(bus: Bus, holders: set[str]) -> bool:
+    return all(set(c["holders"]) == holders for c in (await _claims(bus)).values())
