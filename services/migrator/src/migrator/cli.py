@@ -415,8 +415,8 @@ def _execute(
     # copies while this one imports the balance history, then computes the target's state
     # while this one verifies history.
     with (
+        contextlib.ExitStack() as stack,  # closed last: after the pool's work on `side` ended
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-side") as pool,
-        contextlib.ExitStack() as stack,
     ):
         side: psycopg.Connection[Any] | None = None
         others: Future[dict[str, Any]] | None = None
