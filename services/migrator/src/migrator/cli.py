@@ -585,7 +585,10 @@ def _write_report(path: Path | None, data: dict[str, Any]) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
+    # Streamed: a full-size report (tens of thousands of pending links and skipped rows) as
+    # one string was the run's peak memory.
+    with path.open("w") as fh:
+        json.dump(data, fh, indent=2, default=str)
 
 
 if __name__ == "__main__":
