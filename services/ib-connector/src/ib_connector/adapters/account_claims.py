@@ -87,23 +87,35 @@ class AccountClaims:
         """Hold every account in `codes` for `user_id` by `holders`; False when another user
         owns any of them.
 
-        Keys are taken in one global order, so two users meeting the same gateway at once do
-        not each win a part of it; a refused call lets go of what it took."""
+        The first key in one global order is taken alone: two users meeting the same gateway
+        both start there, so one of them is refused before writing anything else. The other
+        keys are then written together (a gateway may manage hundreds of accounts, and one
+        replicated write at a time made a connect cost seconds). A refused call lets go of
+        what it took."""
         holding = frozenset(holders)
         if not holding:
             raise ValueError("a claim needs a holder")
+        keys = sorted({claim_key(self._secret, code) for code in codes})
+
+        def decide(current: AccountClaim | None) -> AccountClaim | None:
+            return claimed(current, user_id, holding, self._now())
+
         taken: list[str] = []
-        for key in sorted({claim_key(self._secret, code) for code in codes}):
-            outcome = await self._update(
-                key, lambda c: claimed(c, user_id, holding, self._now())
-            )
-            if outcome is None:
-                for key_taken in taken:
-                    for holder in holding:
-                        await self._release_key(key_taken, holder)
-                return False
-            if outcome:
-                taken.append(key)
+        refused = False
+        batches = [keys[:1]] + [
+            keys[i : i + _SCAN_BATCH] for i in range(1, len(keys), _SCAN_BATCH)
+        ]
+        for batch in batches:
+            outcomes = await asyncio.gather(*(self._update(k, decide) for k in batch))
+            taken += [k for k, written in zip(batch, outcomes, strict=True) if written]
+            if any(o is None for o in outcomes):
+                refused = True
+                break
+        if refused:
+            for key_taken in taken:
+                for holder in holding:
+                    await self._release_key(key_taken, holder)
+            return False
         return True
 
     async def release(self, holder: str, codes: Iterable[str] | None = None) -> int:
