@@ -230,6 +230,36 @@ def test_second_run_changes_nothing(legacy, target_url, migrate) -> None:
     assert dump(target_url) == state
 
 
+def test_a_rerun_after_a_change_in_the_target_verifies_again(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    """A rerun of the same file takes the short way only while the target is as the verified
+    run left it: after a change there (an account renamed in brokerlink) the rerun reads and
+    verifies everything again (and reports the drift); the one after that is short again."""
+    src = legacy()
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    report = tmp_path / "report.json"
+
+    def rerun() -> dict:  # type: ignore[type-arg]
+        code, out, err = migrate(
+            target_url, "--source", str(src), "--report", str(report)
+        )
+        assert code == 0 and "nothing to change" in out, err
+        return json.loads(report.read_text())["verification"]
+
+    assert "unchanged_since_run" in rerun()
+    ((first,),) = q(target_url, "SELECT min(legacy_id) FROM accounts")
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        conn.execute(
+            "UPDATE accounts SET name = 'renamed' WHERE legacy_id = %s", (first,)
+        )
+    full = rerun()
+    assert "unchanged_since_run" not in full
+    assert full["ok"] and full["tables"]["accounts"]["drifted_legacy_ids"] == [first]
+    short = rerun()
+    assert short["unchanged_since_run"] and short["tables"]["accounts"]["drifted"] == 1
+
+
 def test_dry_run_writes_nothing(legacy, target_url, migrate, tmp_path) -> None:
     src = legacy()
     code, out, err = migrate(

@@ -80,6 +80,8 @@ def money(value: Any) -> Decimal | None:
         ).quantize(CENT4, ROUND_HALF_UP)
     except (InvalidOperation, ValueError):
         return None
+    if not result.is_finite():  # 'NaN' / 'Infinity' text in a REAL column: not money
+        return None
     return result + 0  # no negative zero
 
 

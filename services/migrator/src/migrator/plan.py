@@ -3,8 +3,9 @@ which account, what is pending, what conflicts. Pure: plaintext in, plaintext ou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -313,6 +314,129 @@ def history_row(row: tuple[Any, ...]) -> tuple[tuple[Any, ...] | None, str | Non
         cv.timestamp(when),
         cv.timestamp(created),
     ), None
+
+
+def history_line(row: tuple[Any, ...]) -> tuple[int, str] | None:
+    """The common, well-formed history row (whole-number ids, a float balance below 10^15 with
+    at most 4 decimals, a note of text or none, a date as `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`
+    or ISO-8601 in UTC with `Z`, a `created_at` as the legacy app writes it) straight to
+    (legacy id, its line of COPY text in `history_row`'s column order), with exactly the
+    values `history_row` gives; None for anything else (which then goes through
+    `history_row`)."""
+    hid, aid, balance, note, when, created = row
+    if (
+        type(hid) is not int
+        or type(aid) is not int
+        or type(balance) is not float
+        or not -1e15 < balance < 1e15
+        or not (note is None or (type(note) is str and len(note) <= 2000))
+        or type(when) is not str
+        or not (created is None or (type(created) is str and len(created) == 19))
+        or not (-(2**63) <= hid < 2**63 and -(2**63) <= aid < 2**63)
+    ):
+        return None
+    whole, _, frac = repr(balance).partition(".")
+    if len(frac) > 4 or not frac or "e" in frac:
+        return None
+    amount = "0.0000" if balance == 0 else f"{whole}.{frac:0<4}"
+    as_of = _plain_moment(when)
+    if as_of is None or not (created is None or _plain_time(created)):
+        return None
+    day = when[:10]
+    made = NULL_TEXT if created is None else created + "+00"
+    copy_note = NULL_TEXT if note is None else _copy_text(note)
+    return hid, f"{hid}\t{aid}\t{day}\t{amount}\t{copy_note}\t{as_of}\t{made}\n"
+
+
+NULL_TEXT = "\\N"  # NULL in COPY text
+
+
+def _plain_moment(text: str) -> str | None:
+    """A history date the legacy app writes (`YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`, or ISO-8601
+    with `Z`) as COPY text of the instant `cv.timestamp` reads in it (UTC); None otherwise."""
+    n = len(text)
+    if n == 10:
+        if text[4] != "-" or text[7] != "-":
+            return None
+        try:
+            date.fromisoformat(text)
+        except ValueError:
+            return None
+        return text + " 00:00:00+00"
+    if n == 19:
+        return text + "+00" if _plain_time(text) else None
+    if text.endswith("Z") and n in (20, 24) and text[10] == "T":
+        naive = text[:-1]
+        if n == 24 and (naive[19] != "." or not naive[20:].isdigit()):
+            return None
+        return naive + "+00" if _plain_time(naive[:19]) else None
+    return None
+
+
+def _plain_time(text: str) -> bool:
+    """`YYYY-MM-DD HH:MM:SS` (or with `T`), a valid time without a zone."""
+    if (
+        len(text) != 19
+        or text[4] != "-"
+        or text[7] != "-"
+        or text[10] not in " T"
+        or text[13] != ":"
+        or text[16] != ":"
+    ):
+        return False
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
+
+
+def history_text(row: tuple[Any, ...]) -> str:
+    """A `history_row` result as a line of COPY text (same columns)."""
+    hid, aid, the_day, amount, note, as_of, created = row
+    return (
+        "\t".join(
+            (
+                str(hid),
+                str(aid),
+                the_day.isoformat(),
+                str(amount),
+                _copy_text(note),
+                NULL_TEXT if as_of is None else as_of.isoformat(),
+                NULL_TEXT if created is None else created.isoformat(),
+            )
+        )
+        + "\n"
+    )
+
+
+def history_copy_fields(text: str) -> tuple[int, tuple[str, str, str, str, str | None]]:
+    """A line of `history_line` / `history_text` back to (legacy id, (legacy id, account
+    legacy id, day, balance, note) as text): what verification's canonical line is built from."""
+    hid, aid, day, amount, note, _rest = text.split("\t", 5)
+    return int(hid), (hid, aid, day, amount, _from_copy_text(note))
+
+
+_COPY_ESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_COPY_ESCAPED = re.compile(r"\\(.)")
+
+
+def _from_copy_text(value: str) -> str | None:
+    if value == NULL_TEXT:
+        return None
+    if "\\" not in value:
+        return value
+    return _COPY_ESCAPED.sub(lambda m: _COPY_ESCAPES[m.group(1)], value)
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return NULL_TEXT
+    return (
+        value.replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
 
 
 def _schwab_plain(

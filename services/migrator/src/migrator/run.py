@@ -21,6 +21,7 @@ from migrator.events import EventBatch
 from migrator.report import Progress, Report
 from migrator.source import Source
 from migrator.target import Target, correlation, encode_jsonb
+from migrator.verify import ChunkDigests, canon
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -143,12 +144,17 @@ class Migration:
         # legacy ids that were not imported; a non-integer id is kept as (the start of) its text
         self.skipped: dict[str, set[int | str]] = defaultdict(set)
         self.schwab_seen: pl.SchwabSeen = {}
+        self.history_digests = (
+            ChunkDigests()
+        )  # the source side of history's verification
         self._batches = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     # ---- driver ----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, after_users: Callable[[], None] | None = None) -> None:
+        """Users with their accounts and integrations, then `after_users()` (everything so far
+        is committed), then balance history."""
         src, rep = self.source, self.report
         totals = {
             t: src.count(t)
@@ -191,6 +197,8 @@ class Migration:
             if pending is not None:
                 pending.result()
         self.progress.step("users and accounts", users_total, users_total)
+        if after_users is not None:
+            after_users()
         self._history(totals["account_balance_history"])
 
     def _ask_schwab(self) -> None:
@@ -550,25 +558,34 @@ class Migration:
     def _history(self, total: int) -> None:
         """Read and convert batch N+1 while the database writes batch N: a one-deep pipeline
         with one writer thread, which alone uses the connection during this phase (psycopg
-        releases the GIL while PostgreSQL works)."""
-        rep = self.report
+        releases the GIL while PostgreSQL works). Rows go to PostgreSQL as COPY text; the
+        source side of the history verification (per-chunk digests of the rows that landed)
+        is taken on the way, so verification does not read the source's history again."""
+        rep, chunks = self.report, self.history_digests
         done = 0
-        rows: list[tuple[Any, ...]] = []
+        lines: list[str] = []
         invalid: list[tuple[int | str, str]] = []
 
-        def flush(
-            rows: list[tuple[Any, ...]], invalid: list[tuple[int | str, str]]
-        ) -> None:
+        def flush(lines: list[str], invalid: list[tuple[int | str, str]]) -> None:
             for legacy_id, reason in invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            if not rows:
+            if not lines:
                 return
-            _updated, _inserted, skipped = self.target.write_history(rows)
+            _updated, _inserted, skipped = self.target.write_history("".join(lines))
+            left_out = set()
             for legacy_id, reason in skipped:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            self._committed({"phase": "history", "last_history_legacy_id": rows[-1][0]})
+                left_out.add(legacy_id)
+            last = pl.history_copy_fields(lines[-1])[0]
+            self._committed({"phase": "history", "last_history_legacy_id": last})
+            # The lines themselves are the source side of the verification (only the rows
+            # that landed), rather than keeping a second copy of the batch until now.
+            for text in lines:
+                legacy_id, fields = pl.history_copy_fields(text)
+                if legacy_id not in left_out:
+                    chunks.add(legacy_id, canon(*fields))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
@@ -576,26 +593,30 @@ class Migration:
                 "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
             ):
                 done += 1
-                row, reason = pl.history_row(raw)
-                if row is None:
-                    key = cv.legacy_id(raw[0])
-                    invalid.append(
-                        (
-                            key if key is not None else str(raw[0])[:40],
-                            reason or "invalid",
+                fast = pl.history_line(raw)
+                if fast is not None:
+                    lines.append(fast[1])
+                else:
+                    row, reason = pl.history_row(raw)
+                    if row is None:
+                        key = cv.legacy_id(raw[0])
+                        invalid.append(
+                            (
+                                key if key is not None else str(raw[0])[:40],
+                                reason or "invalid",
+                            )
                         )
-                    )
-                    continue
-                rows.append(row)
-                if len(rows) >= self.batch_history:
+                        continue
+                    lines.append(pl.history_text(row))
+                if len(lines) >= self.batch_history:
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(flush, rows, invalid)
-                    rows, invalid = [], []
+                    pending = writer.submit(flush, lines, invalid)
+                    lines, invalid = [], []
                     self.progress.step("balance history", done, total)
             if pending is not None:
                 pending.result()
-            flush(rows, invalid)
+            flush(lines, invalid)
         self.progress.step("balance history", total, total)
 
 

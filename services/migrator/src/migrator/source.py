@@ -31,6 +31,7 @@ class Source:
     def __init__(self, location: str) -> None:
         self.location = location
         self._sqlite: sqlite3.Connection | None = None
+        self._uri = ""
         self._engine: Any = None
         self._conn: Any = None
         self._copy_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -81,6 +82,7 @@ class Source:
                 # Checkpointed (the header may still say WAL): immutable, so nothing is
                 # written next to the user's file, not even a -shm.
                 uri = f"file:{quote(str(self.path))}?mode=ro&immutable=1"
+            self._uri = uri
             self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._sqlite.execute("PRAGMA query_only = ON")
             self._sqlite.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -204,6 +206,18 @@ class Source:
                     stat = os.stat(self.path.with_name(self.path.name + suffix))
                     parts.append(f"{suffix}{stat.st_size}:{stat.st_mtime_ns}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def twin(self) -> Source:
+        """Another connection to the same source (the same private copy, if one was taken),
+        for a second thread; closing it leaves this one and the copy alone."""
+        if self._sqlite is None:
+            return Source(self.location)
+        other = object.__new__(Source)
+        other.__dict__.update(self.__dict__)
+        other._copy_dir = None
+        other._sqlite = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        other._sqlite.execute("PRAGMA query_only = ON")
+        return other
 
     def close(self) -> None:
         if self._sqlite is not None:

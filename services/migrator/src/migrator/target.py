@@ -5,6 +5,7 @@ be resumed (same run id, same journal) and rolled back."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, LiteralString
 
@@ -134,6 +135,19 @@ STATE_SQL = {
 }
 
 
+# The tables whose whole content tells whether the target is still as a verified run left it
+# (`Target.state`): anything anyone changed in them since sends a rerun down the full path.
+STATE_TABLES = (
+    "users",
+    "accounts",
+    "account_balance_history",
+    "legacy_ib_connections",
+    "legacy_schwab_settings",
+    "pending_links",
+    "migration_rows",
+)
+
+
 def libpq_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
         if url.startswith(prefix):
@@ -160,6 +174,8 @@ class Target:
         # the target for every batch, which makes the import quadratic. Verification turns it
         # back on for its whole-table scans.
         self.conn.execute("SET enable_seqscan = off")
+        # Each history batch sorts 100,000 staged rows: in memory, not in temporary files.
+        self.conn.execute("SET work_mem = '64MB'")
         with self.conn.cursor() as cur:
             for name, cols in STAGING.items():
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({cols})")
@@ -236,6 +252,37 @@ class Target:
             {"r": self.run_id, "c": correlation(self.run_id)},
         ).fetchone()
         return bool(row and row[0])
+
+    def state(self) -> dict[str, list[int]]:
+        """Per `STATE_TABLES` table: [row count, XOR of a 64-bit hash of each row's text]. Any
+        row added, removed or changed (by anyone, in any column) changes it."""
+        return target_state(self.conn)
+
+    def verified_unchanged(self, fingerprint: str) -> tuple[int, dict[str, Any]] | None:
+        """(run id, stored report) when the newest run is an applied one that was verified
+        against a source with this fingerprint and the target is still in the state it was
+        verified in; else None."""
+        row = self.conn.execute(
+            "SELECT id, status, report FROM migration_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None or row[1] != "applied" or not isinstance(row[2], dict):
+            return None
+        report: dict[str, Any] = row[2]
+        if report.get("verified_fingerprint") != fingerprint:
+            return None
+        if report.get("target_state") != self.state():
+            return None
+        return int(row[0]), report
+
+    def mark_verified(self, fingerprint: str, verified: dict[str, Any]) -> None:
+        """A rerun that changed nothing verified the target again: remember it on the newest
+        applied run (`verified`: the fingerprint, the state found, and that verification and
+        its checksums), so the next rerun of the same source compares against it."""
+        self.conn.execute(
+            """UPDATE migration_runs SET report = coalesce(report, '{}'::jsonb) || %s
+                WHERE id = (SELECT max(id) FROM migration_runs) AND status = 'applied'""",
+            (Jsonb({**verified, "verified_fingerprint": fingerprint}),),
+        )
 
     def drop_run(self) -> None:
         self.conn.execute("DELETE FROM migration_runs WHERE id = %s", (self.run_id,))
@@ -478,17 +525,21 @@ class Target:
         if self.fresh:
             # Nothing to journal or to conflict with: each legacy id is in one batch only, and
             # a resumed run is never fresh. A duplicate would fail the primary key, loudly.
-            run_id = self.run_id
+            # Entity names and hex checksums need no COPY escaping: the rows go as text.
             with (
                 self.conn.cursor() as cur,
                 cur.copy(
                     "COPY migration_rows (entity, legacy_id, checksum, run_id) FROM STDIN"
                 ) as copy,
             ):
-                for entity, legacy_id, checksum in rows:
-                    copy.write_row((entity, legacy_id, checksum, run_id))
+                copy.write(_rows_text(rows, f"\t{int(self.run_id)}\n"))
             return
-        self.copy("stg_rows", ["entity", "legacy_id", "checksum"], rows)
+        with self.conn.cursor() as cur:
+            cur.execute("TRUNCATE stg_rows")
+            with cur.copy(
+                "COPY stg_rows (entity, legacy_id, checksum) FROM STDIN"
+            ) as copy:
+                copy.write(_rows_text(rows, "\n"))
         self.conn.execute(
             """WITH old AS (SELECT m.* FROM migration_rows m JOIN stg_rows s USING (entity, legacy_id)
                             WHERE m.run_id <> %(run)s),
@@ -500,26 +551,18 @@ class Target:
             {"run": self.run_id},
         )
 
-    def write_history(
-        self, rows: list[tuple[Any, ...]]
-    ) -> tuple[int, int, list[tuple[int, str]]]:
-        """Rows (legacy_id, account_legacy_id, date, balance, note, as_of, created_at): returns
-        (updated, inserted, [(legacy id, skip reason)]); unchanged rows are left alone."""
-        if not rows:
+    def write_history(self, text: str) -> tuple[int, int, list[tuple[int, str]]]:
+        """Rows (legacy_id, account_legacy_id, date, balance, note, as_of, created_at) as COPY
+        text (`plan.history_line` / `plan.history_text`): returns (updated, inserted,
+        [(legacy id, skip reason)]); unchanged rows are left alone."""
+        if not text:
             return 0, 0, []
-        self.copy(
-            "stg_history",
-            [
-                "legacy_id",
-                "account_legacy_id",
-                "date",
-                "balance",
-                "note",
-                "as_of",
-                "created_at",
-            ],
-            rows,
-        )
+        with self.conn.cursor() as cur:
+            cur.execute("TRUNCATE stg_history")
+            with cur.copy(
+                "COPY stg_history (legacy_id, account_legacy_id, date, balance, note, as_of, created_at) FROM STDIN"
+            ) as copy:
+                copy.write(text)
         params = {"run": self.run_id}
         # Rows this transaction writes carry its id in `xmin` until someone changes them:
         # rollback restores or deletes only those.
@@ -579,6 +622,36 @@ class Target:
         )
         inserted = int(new) - sum(1 for r in skipped if r[1].startswith("another"))
         return updated, int(inserted), [(r[0], r[1]) for r in skipped]
+
+
+def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:
+    """`Target.state` on any connection (one of its own sees what the import committed). Text
+    output is pinned (date style, time zone, float digits) so the same rows always hash the
+    same."""
+    for setting in (
+        "SET LOCAL DateStyle = 'ISO, YMD'",
+        "SET LOCAL TimeZone = 'UTC'",
+        "SET LOCAL extra_float_digits = 1",
+        "SET LOCAL enable_seqscan = on",
+    ):
+        conn.execute(setting)
+    query = " UNION ALL ".join(
+        f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
+        for t in STATE_TABLES
+    )
+    rows = conn.execute(query).fetchall()
+    return {r[0]: [int(r[1]), int(r[2])] for r in rows}
+
+
+def _rows_text(rows: list[tuple[str, int, str]], tail: str) -> str:
+    """(entity, legacy id, checksum) rows as COPY text, each line ending in `tail`: entity
+    names (a handful) are checked to need no escaping; checksums are `convert.digest` hex."""
+    if not all(_PLAIN.fullmatch(entity) for entity in {r[0] for r in rows}):
+        raise ValueError("an entity name needs COPY escaping")
+    return "".join(f"{e}\t{int(i)}\t{c}{tail}" for e, i, c in rows)
+
+
+_PLAIN = re.compile(r"[a-z0-9_:]+")
 
 
 def correlation(run_id: int) -> str:

@@ -8,7 +8,7 @@ reported as drift, not as a failure. Rows this run wrote must match exactly."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +20,13 @@ from migrator import plan as pl
 from migrator.source import Source
 
 NAMED = 20  # rows named per problem kind
+TABLES = (
+    "users",
+    "accounts",
+    "account_balance_history",
+    "ib_connections",
+    "schwab_settings",
+)
 
 
 def _dec(box: SecretBox, value: str | None) -> str | None:
@@ -122,45 +129,69 @@ def canon(*values: Any) -> str:
     return "|".join(parts)
 
 
+def canon_history(h: tuple[Any, ...]) -> str:
+    """The canonical line of a converted history row (`plan.history_row`)."""
+    return canon(h[0], h[1], h[2].isoformat(), h[3], h[4])
+
+
+class ChunkDigests:
+    """Per chunk of legacy ids, the count and md5 of the rows' canonical lines joined by
+    newlines, fed one row at a time in legacy-id order: what `_chunked` computes from a source
+    iterator, for a caller that sees the rows anyway."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, tuple[list[int], Any]] = {}
+
+    def add(self, legacy_id: int, line: str) -> None:
+        c = _chunk(legacy_id)
+        entry = self._chunks.get(c)
+        if entry is None:
+            self._chunks[c] = (
+                [1],
+                hashlib.md5(line.encode(), usedforsecurity=False),
+            )
+        else:
+            entry[0][0] += 1
+            entry[1].update(b"\n" + line.encode())
+
+    def result(self) -> dict[int, tuple[int, str]]:
+        return {c: (n[0], h.hexdigest()) for c, (n, h) in self._chunks.items()}
+
+
 def _canon_sql(*exprs: str) -> str:
     return " || '|' || ".join(
         f"coalesce(length(({e})::text) || ':' || ({e})::text, '~')" for e in exprs
     )
 
 
+HISTORY_CHUNKS_SQL = f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
+    _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
+}, E'\\n' ORDER BY h.legacy_id))
+     FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
+    WHERE h.legacy_id IS NOT NULL GROUP BY 1"""
+
+
 def _chunked(
     conn: psycopg.Connection[Any],
-    source: Iterator[tuple[int, str]],
+    source: Iterator[tuple[int, str]] | dict[int, tuple[int, str]],
     target_sql: str,
     params: dict[str, Any],
     drill: Callable[[int, int], dict[str, Any]],
 ) -> dict[str, Any]:
     """Compare per chunk of legacy ids: count and md5 of the rows' canonical text, the target's
-    computed in PostgreSQL (on a worker thread, while this thread reads the source). Only a
-    chunk that differs is compared row by row (`drill(lo, hi)`), which names the rows and tells
-    mismatches from drift exactly as the row-by-row comparison does."""
+    computed in PostgreSQL (on a worker thread, while this thread reads the source, unless the
+    source's chunks come computed already: see `ChunkDigests`). Only a chunk that differs is
+    compared row by row (`drill(lo, hi)`), which names the rows and tells mismatches from
+    drift exactly as the row-by-row comparison does."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
         future = pool.submit(lambda: conn.execute(target_sql, params).fetchall())
-        src: dict[int, tuple[int, str]] = {}
-        current: int | None = None
-        lines: list[str] = []
-
-        def close() -> None:
-            if current is not None:
-                src[current] = (
-                    len(lines),
-                    hashlib.md5(
-                        "\n".join(lines).encode(), usedforsecurity=False
-                    ).hexdigest(),
-                )
-
-        for legacy_id, line in source:
-            c = _chunk(legacy_id)
-            if c != current:
-                close()
-                current, lines = c, []
-            lines.append(line)
-        close()
+        if isinstance(source, dict):
+            src = source
+        else:
+            digests = ChunkDigests()
+            for legacy_id, line in source:
+                digests.add(legacy_id, line)
+            src = digests.result()
         tgt = {int(r[0]): (int(r[1]), r[2]) for r in future.result()}
     counts = {"missing": 0, "mismatched": 0, "drifted": 0, "extra": 0, "rows": 0}
     named: dict[str, list[int]] = {"missing": [], "mismatched": [], "drifted": []}
@@ -197,8 +228,13 @@ def verify(
     run_id: int,
     expected_integrations: dict[int, str],
     skipped: dict[str, set[int | str]],
+    history_source: dict[int, tuple[int, str]] | None = None,
+    tables: Collection[str] = TABLES,
 ) -> dict[str, Any]:
-    """Per table: counts and checksums of source vs target, and the rows that differ."""
+    """Per table: counts and checksums of source vs target, and the rows that differ.
+    `history_source`: the source history's chunk digests when the import took them on its
+    way (`ChunkDigests`); otherwise the source's history is read here. `tables`: the ones to
+    verify (all by default), so history can be verified apart from the others."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -212,23 +248,24 @@ def verify(
             if u is not None and u.legacy_id not in skipped.get("users", ()):
                 yield u.legacy_id, cv.digest(*u.content())
 
-    results["users"] = _compare(
-        users_src(),
-        _target(
-            conn,
-            "users",
-            """SELECT u.legacy_id, u.email, u.name, u.password_hash, u.base_currency, u.two_factor_secret_enc,
-                  u.two_factor_enabled, coalesce(m.run_id = %(run)s, false)
-             FROM users u LEFT JOIN migration_rows m ON m.entity = 'users' AND m.legacy_id = u.legacy_id
-            WHERE u.legacy_id IS NOT NULL ORDER BY u.legacy_id""",
-            params,
-            lambda r: (
-                r[0],
-                cv.digest(r[1], r[2], r[3], r[4], _dec(box, r[5]), r[6]),
-                r[7],
+    if "users" in tables:
+        results["users"] = _compare(
+            users_src(),
+            _target(
+                conn,
+                "users",
+                """SELECT u.legacy_id, u.email, u.name, u.password_hash, u.base_currency, u.two_factor_secret_enc,
+                      u.two_factor_enabled, coalesce(m.run_id = %(run)s, false)
+                 FROM users u LEFT JOIN migration_rows m ON m.entity = 'users' AND m.legacy_id = u.legacy_id
+                WHERE u.legacy_id IS NOT NULL ORDER BY u.legacy_id""",
+                params,
+                lambda r: (
+                    r[0],
+                    cv.digest(r[1], r[2], r[3], r[4], _dec(box, r[5]), r[6]),
+                    r[7],
+                ),
             ),
-        ),
-    )
+        )
 
     conn.execute("SET LOCAL work_mem = '64MB'")
     conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
@@ -268,30 +305,31 @@ def verify(
             ),
         )
 
-    results["accounts"] = _chunked(
-        conn,
-        (
-            (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
-            for a, kind in account_rows()
-        ),
-        f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
-            _canon_sql(
-                "a.legacy_id",
-                "u.legacy_id",
-                "a.name",
-                "a.currency",
-                "a.account_type",
-                "a.account_number",
-                "a.original_capital",
-                "a.current_balance",
-                "a.integration_type",
-            )
-        }, E'\\n' ORDER BY a.legacy_id))
-             FROM accounts a JOIN users u ON u.id = a.user_id
-            WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
-        params,
-        accounts_drill,
-    )
+    if "accounts" in tables:
+        results["accounts"] = _chunked(
+            conn,
+            (
+                (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
+                for a, kind in account_rows()
+            ),
+            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
+                _canon_sql(
+                    "a.legacy_id",
+                    "u.legacy_id",
+                    "a.name",
+                    "a.currency",
+                    "a.account_type",
+                    "a.account_number",
+                    "a.original_capital",
+                    "a.current_balance",
+                    "a.integration_type",
+                )
+            }, E'\\n' ORDER BY a.legacy_id))
+                 FROM accounts a JOIN users u ON u.id = a.user_id
+                WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
+            params,
+            accounts_drill,
+        )
 
     def history_rows(tail: str = "", args: tuple[Any, ...] = ()) -> Iterator[Any]:
         for raw in source.select(
@@ -301,7 +339,7 @@ def verify(
             if h is not None and h[0] not in skipped.get("account_balance_history", ()):
                 yield h
 
-    history_target = """WITH written AS (
+    history_rows_target = """WITH written AS (
                 SELECT unnest(ids) AS id FROM migration_journal
                  WHERE run_id = %(run)s AND table_name = 'account_balance_history' AND op = 'insert'
                 UNION SELECT (before->>'id')::bigint FROM migration_journal
@@ -320,7 +358,7 @@ def verify(
             _target(
                 conn,
                 "history",
-                history_target,
+                history_rows_target,
                 {**params, "lo": lo, "hi": hi},
                 lambda r: (
                     r[0],
@@ -330,20 +368,16 @@ def verify(
             ),
         )
 
-    results["account_balance_history"] = _chunked(
-        conn,
-        (
-            (h[0], canon(h[0], h[1], h[2].isoformat(), h[3], h[4]))
-            for h in history_rows()
-        ),
-        f"""SELECT h.legacy_id / {CHUNK}, count(*), md5(string_agg({
-            _canon_sql("h.legacy_id", "a.legacy_id", "h.date", "h.balance", "h.note")
-        }, E'\\n' ORDER BY h.legacy_id))
-             FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
-            WHERE h.legacy_id IS NOT NULL GROUP BY 1""",
-        params,
-        history_drill,
-    )
+    if "account_balance_history" in tables:
+        results["account_balance_history"] = _chunked(
+            conn,
+            history_source
+            if history_source is not None
+            else ((h[0], canon_history(h)) for h in history_rows()),
+            HISTORY_CHUNKS_SQL,
+            params,
+            history_drill,
+        )
 
     def ib_src() -> Iterator[tuple[int, str]]:
         for r in source.select("ib_connections", pl.IB_COLS, "ORDER BY id"):
@@ -351,18 +385,19 @@ def verify(
                 continue
             yield int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
 
-    results["ib_connections"] = _compare(
-        ib_src(),
-        _target(
-            conn,
-            "ib",
-            """SELECT l.id, l.user_legacy_id, l.name, l.host, l.port, l.client_id, coalesce(m.run_id = %(run)s, false)
-             FROM legacy_ib_connections l
-             LEFT JOIN migration_rows m ON m.entity = 'ib_connections' AND m.legacy_id = l.id ORDER BY l.id""",
-            params,
-            lambda r: (r[0], cv.digest(r[1], r[2], r[3], r[4], r[5]), r[6]),
-        ),
-    )
+    if "ib_connections" in tables:
+        results["ib_connections"] = _compare(
+            ib_src(),
+            _target(
+                conn,
+                "ib",
+                """SELECT l.id, l.user_legacy_id, l.name, l.host, l.port, l.client_id, coalesce(m.run_id = %(run)s, false)
+                 FROM legacy_ib_connections l
+                 LEFT JOIN migration_rows m ON m.entity = 'ib_connections' AND m.legacy_id = l.id ORDER BY l.id""",
+                params,
+                lambda r: (r[0], cv.digest(r[1], r[2], r[3], r[4], r[5]), r[6]),
+            ),
+        )
 
     def schwab_src() -> Iterator[tuple[int, str]]:
         for r in source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"):
@@ -373,25 +408,31 @@ def verify(
                 cv.digest(_i(r[1]), r[2], _s(r[3]), _s(r[4]), _s(r[5]), _i(r[6])),
             )
 
-    results["schwab_settings"] = _compare(
-        schwab_src(),
-        _target(
-            conn,
-            "schwab",
-            """SELECT l.id, l.user_legacy_id, l.app_key, l.app_secret_enc, l.access_token_enc, l.refresh_token_enc,
-                  l.token_expires_at, coalesce(m.run_id = %(run)s, false)
-             FROM legacy_schwab_settings l
-             LEFT JOIN migration_rows m ON m.entity = 'schwab_settings' AND m.legacy_id = l.id ORDER BY l.id""",
-            params,
-            lambda r: (
-                r[0],
-                cv.digest(
-                    r[1], r[2], _dec(box, r[3]), _dec(box, r[4]), _dec(box, r[5]), r[6]
+    if "schwab_settings" in tables:
+        results["schwab_settings"] = _compare(
+            schwab_src(),
+            _target(
+                conn,
+                "schwab",
+                """SELECT l.id, l.user_legacy_id, l.app_key, l.app_secret_enc, l.access_token_enc, l.refresh_token_enc,
+                      l.token_expires_at, coalesce(m.run_id = %(run)s, false)
+                 FROM legacy_schwab_settings l
+                 LEFT JOIN migration_rows m ON m.entity = 'schwab_settings' AND m.legacy_id = l.id ORDER BY l.id""",
+                params,
+                lambda r: (
+                    r[0],
+                    cv.digest(
+                        r[1],
+                        r[2],
+                        _dec(box, r[3]),
+                        _dec(box, r[4]),
+                        _dec(box, r[5]),
+                        r[6],
+                    ),
+                    r[7],
                 ),
-                r[7],
             ),
-        ),
-    )
+        )
     return results
 
 
