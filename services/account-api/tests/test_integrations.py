@@ -328,6 +328,7 @@ async def test_test_without_connector_answers_clearly(client, account) -> None: 
 async def test_bulk_refresh_job_counts(client, account) -> None:  # type: ignore[no-untyped-def]
     h, aid = account
     await client.put(f"/api/accounts/{aid}/integration", headers=h, json=_ib())
+    before = (await client.get(f"/api/accounts/{aid}", headers=h)).json()["sync"]
     r = await client.post("/api/integrations/refresh", headers=h)
     assert r.status_code == 202 and r.json()["total"] == 1
     job = (
@@ -336,6 +337,10 @@ async def test_bulk_refresh_job_counts(client, account) -> None:  # type: ignore
     assert job["pending"] + job["done"] + job["failed"] == 1
     health = (await client.get("/api/integrations/health", headers=h)).json()
     assert health[0]["account_id"] == aid and health[0]["type"] == "IB"
+    # the bulk path writes the account's state too (set-based, not through an ORM flush)
+    shown = (await client.get(f"/api/accounts/{aid}", headers=h)).json()
+    assert shown["sync"]["last_attempt_at"] > before["last_attempt_at"]
+    assert shown["integration_config"]["host"] == _ib()["config"]["host"]
 
 
 async def test_a_result_read_with_an_old_config_is_not_applied(

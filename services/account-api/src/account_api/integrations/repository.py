@@ -7,9 +7,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher
+from psycopg.types.json import Jsonb
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,14 +65,44 @@ def integration_state(account: Account) -> IntegrationState:
 def store_state(account: Account, state: IntegrationState) -> None:
     """Write a transition's new state back to the row (only the fields that changed)."""
     for name in _STATE_FIELDS:
-        value = getattr(state, name)
-        if name == "status":
-            value = value.value
-        elif name == "config" and value is not None:
-            value = dict(value)  # a new object, so the JSONB column is seen as changed
+        value = _column_value(state, name)
         column = _COLUMN.get(name, name)
         if getattr(account, column) != value:
             setattr(account, column, value)
+
+
+def _column_value(state: IntegrationState, name: str) -> Any:
+    value = getattr(state, name)
+    if name == "status":
+        return value.value
+    if name == "config" and value is not None:
+        return dict(value)  # a new object, so the JSONB column is seen as changed
+    return value
+
+
+# Every state column of many accounts at once (`save_many`); arrays keep the SQL the same for any
+# number of rows.
+_SAVE_STATES = text(
+    "UPDATE accounts a SET integration_type = r.type, integration_config = r.config,"
+    " integration_version = r.version, integration_status = r.status,"
+    " integration_status_at = r.status_at, last_error = r.last_error,"
+    " last_error_code = r.last_error_code, last_refresh_at = r.last_refresh_at,"
+    " last_success_at = r.last_success_at, last_failure_at = r.last_failure_at,"
+    " last_connected_at = r.last_connected_at,"
+    " token_access_expires_at = r.token_access_expires_at,"
+    " token_refresh_expires_at = r.token_refresh_expires_at"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:type AS text[]), CAST(:config AS jsonb[]),"
+    " CAST(:version AS integer[]), CAST(:status AS text[]), CAST(:status_at AS timestamptz[]),"
+    " CAST(:last_error AS text[]), CAST(:last_error_code AS text[]),"
+    " CAST(:last_refresh_at AS timestamptz[]), CAST(:last_success_at AS timestamptz[]),"
+    " CAST(:last_failure_at AS timestamptz[]), CAST(:last_connected_at AS timestamptz[]),"
+    " CAST(:token_access_expires_at AS timestamptz[]),"
+    " CAST(:token_refresh_expires_at AS timestamptz[]))"
+    " AS r(id, type, config, version, status, status_at, last_error, last_error_code,"
+    " last_refresh_at, last_success_at, last_failure_at, last_connected_at,"
+    " token_access_expires_at, token_refresh_expires_at)"
+    " WHERE a.id = r.id"
+)
 
 
 class RefreshRepository:
@@ -440,9 +472,22 @@ class IntegrationRepository:
             self._outbox.add(event)
 
     async def save_many(self, saves: Sequence[tuple[Account, Transition]]) -> None:
-        """`save` for many accounts: their events are written now, in one statement."""
+        """`save` for many (locked) accounts, written now: their new states in one UPDATE, their
+        events in one INSERT, whatever their number (no ORM flush of each row)."""
+        if not saves:
+            return
+        columns: dict[str, list[Any]] = {name: [] for name in _STATE_FIELDS}
         for account, transition in saves:
-            store_state(account, transition.state)
+            for name in _STATE_FIELDS:
+                value = _column_value(transition.state, name)
+                columns[name].append(
+                    Jsonb(value) if name == "config" and value is not None else value
+                )
+                # what the row now holds: nothing left for a flush to write
+                set_committed_value(account, _COLUMN.get(name, name), value)
+        await self._session.execute(
+            _SAVE_STATES, {"ids": [account.id for account, _ in saves], **columns}
+        )
         await self._outbox.add_many(
             [event for _, transition in saves for event in transition.events]
         )
