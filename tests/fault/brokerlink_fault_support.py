@@ -131,16 +131,35 @@ class NatsCluster:
 
 
 def start_nats_cluster(
-    procs: Processes, size: int = 3, timeout_s: float = 30
+    procs: Processes, size: int = 3, timeout_s: float = 30, attempts: int = 3
 ) -> NatsCluster:
-    """`size` nats-server processes routed to each other, JetStream with fsync on every write."""
-    nodes = [
-        NatsNode(f"n{i + 1}", free_port(), free_port(), free_port())
-        for i in range(size)
-    ]
+    """`size` nats-server processes routed to each other, JetStream with fsync on every write.
+
+    The ports are picked free and handed to the servers a moment later; another process on the
+    machine (any outgoing connection takes an ephemeral port) can bind one in between. A node
+    that exits with "address already in use" is that race, not a defect: the cluster is
+    started again on fresh ports."""
+    for attempt in range(1, attempts + 1):
+        nodes = [
+            NatsNode(f"n{i + 1}", free_port(), free_port(), free_port())
+            for i in range(size)
+        ]
+        _launch(procs, nodes, attempt)
+        failure = _wait_healthy(procs, nodes, timeout_s)
+        if failure is None:
+            return NatsCluster(nodes)
+        if attempt < attempts and _port_taken(procs, nodes):
+            for node in nodes:
+                procs.sigkill(f"nats-{node.name}")
+            continue
+        raise AssertionError(f"{failure}\n{procs.dump_logs()}")
+    raise AssertionError("unreachable")
+
+
+def _launch(procs: Processes, nodes: list[NatsNode], attempt: int) -> None:
     routes = ", ".join(f'"nats-route://127.0.0.1:{n.cluster_port}"' for n in nodes)
     for node in nodes:
-        store = procs.workdir / node.name
+        store = procs.workdir / f"{node.name}-{attempt}"
         store.mkdir(parents=True, exist_ok=True)
         conf = store / "nats.conf"
         conf.write_text(
@@ -153,22 +172,36 @@ def start_nats_cluster(
             f"  routes: [{routes}]\n}}\n"
         )
         procs.start(f"nats-{node.name}", [nats_server_binary(), "-c", str(conf)])
-    # JetStream is usable once every node reports healthy (meta group has a leader).
+
+
+def _wait_healthy(
+    procs: Processes, nodes: list[NatsNode], timeout_s: float
+) -> str | None:
+    """None once every node reports healthy (the meta group has a leader), else what failed."""
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
     while pending:
         node = pending[0]
+        if not procs.procs[f"nats-{node.name}"].alive():
+            return f"NATS node {node.name} exited"
         with contextlib.suppress(httpx.HTTPError):
             r = httpx.get(f"http://127.0.0.1:{node.monitor_port}/healthz", timeout=1)
             if r.status_code == 200:
                 pending.pop(0)
                 continue
+        if any(not procs.procs[f"nats-{n.name}"].alive() for n in nodes):
+            return "a NATS node exited"
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"NATS node {node.name} not healthy\n{procs.dump_logs()}"
-            )
+            return f"NATS node {node.name} not healthy"
         time.sleep(0.1)
-    return NatsCluster(nodes)
+    return None
+
+
+def _port_taken(procs: Processes, nodes: list[NatsNode]) -> bool:
+    return any(
+        "address already in use" in procs.procs[f"nats-{n.name}"].tail(50)
+        for n in nodes
+    )
 
 
 def read_json_line(proc: Proc, timeout_s: float = 30) -> dict:
