@@ -555,6 +555,14 @@ async def main() -> None:
                     )
                 ).fetchall()
             )
+            failures = dict(
+                await (
+                    await conn.execute(
+                        "SELECT message, count(*) FROM refreshes WHERE status = 'failed'"
+                        " GROUP BY message ORDER BY count(*) DESC LIMIT 5"
+                    )
+                ).fetchall()
+            )
         sampler.cancel()
         for tree in tree_list.values():
             tree.sample()
@@ -580,6 +588,7 @@ async def main() -> None:
             "p99_ms": round(_percentile(lat_ms, 0.99), 1),
             "max_ms": round(lat_ms[-1], 1) if lat_ms else None,
             "refreshes_by_status": statuses,
+            "failures_by_message": failures,
             "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
             "cpu_ms_per_refresh": round(1000 * sum(cpu.values()) / max(1, answered), 2),
             "peak_rss_mib": {
@@ -612,6 +621,7 @@ async def main() -> None:
         print(
             f"unanswered: {total - answered} (request errors {len(request_errors)}); "
             f"refreshes table: {statuses}"
+            + (f"; why they failed: {failures}" if failures else "")
         )
         print(
             "CPU seconds during the paced phase (of "

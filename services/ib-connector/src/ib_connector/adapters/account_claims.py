@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import orjson
+from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.kv import create_if_absent
 from brokerlink_shared.rate_budget import open_bucket
 from nats.aio.client import Client as NatsClient
@@ -36,9 +37,13 @@ from ib_connector.domain.account_claims import (
 log = logging.getLogger(__name__)
 
 HASH_KEY = "hash-key"
-_ATTEMPTS = (
-    8  # compare-and-set retries on one key before giving up (the caller retries later)
-)
+# Compare-and-set rounds on one key before giving up (the caller retries later). Every session
+# of one gateway (one per client id) updates the same keys when integrations attach in a burst:
+# conflicting writers back off with jitter (5 ms doubling to 200 ms) so they take turns instead
+# of colliding again, about 4 s in all.
+_ATTEMPTS = 24
+_CONFLICT_BASE_S = 0.005
+_CONFLICT_CAP_S = 0.2
 _SCAN_BATCH = 64
 
 
@@ -150,7 +155,7 @@ class AccountClaims:
 
     async def _release_key(self, key: str, holder: str) -> bool:
         """Drop `holder` from one claim; True when that deleted the claim."""
-        for _ in range(_ATTEMPTS):
+        for attempt in range(1, _ATTEMPTS + 1):
             known = await self._read(key)
             if known is None:
                 return False
@@ -165,6 +170,7 @@ class AccountClaims:
                 await self._bucket.update(key, _encode(after), last=revision)
                 return False
             except KeyWrongLastSequenceError:
+                await _after_conflict(attempt)
                 continue
         raise ClaimsUnavailable("an account claim kept changing during its release")
 
@@ -172,7 +178,7 @@ class AccountClaims:
         self, key: str, decide: Callable[[AccountClaim | None], AccountClaim | None]
     ) -> bool | None:
         """Apply `decide` to one claim: None when it refuses, else whether anything was written."""
-        for _ in range(_ATTEMPTS):
+        for attempt in range(1, _ATTEMPTS + 1):
             known = await self._read(key)
             current, revision = known if known is not None else (None, 0)
             after = decide(current)
@@ -186,10 +192,12 @@ class AccountClaims:
                         await create_if_absent(self._bucket, key, _encode(after))
                         is None
                     ):
+                        await _after_conflict(attempt)
                         continue
                 else:
                     await self._bucket.update(key, _encode(after), last=revision)
             except KeyWrongLastSequenceError:
+                await _after_conflict(attempt)
                 continue
             return True
         raise ClaimsUnavailable("an account claim kept changing")
@@ -202,6 +210,10 @@ class AccountClaims:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             return None
         return _decode(entry.value), int(entry.revision or 0)
+
+
+async def _after_conflict(attempt: int) -> None:
+    await asyncio.sleep(backoff_delay(attempt, _CONFLICT_BASE_S, _CONFLICT_CAP_S))
 
 
 def _encode(claim: AccountClaim) -> bytes:
