@@ -181,11 +181,6 @@ def _flex_scenario() -> Any:
 @pytest.fixture(scope="session")
 async def stack(infra: Any) -> AsyncIterator[Stack]:
     """Simulators, connectors and account-api, each in this event loop on its own port."""
-    from account_api.config import Settings as ApiSettings
-    from account_api.main import create_app as create_api
-    from account_api.migrate import upgrade
-    from brokerlink_devkit.devstack.embedded import free_port
-    from brokerlink_devkit.testing.serving import serving
     from brokerlink_shared.reach import LOOPBACK
     from brokerlink_simulators.ib_flex import IbFlexSimulator
     from brokerlink_simulators.ib_gateway import (
@@ -271,28 +266,14 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
         cleanup.push_async_callback(lambda: asyncio.wait_for(flex_app.stop(), 30))
 
         database = infra.new_database("e2e")
-        upgrade(database)
-        port = free_port()
-        settings = ApiSettings.model_validate(
-            {
-                "database_url": database,
-                "nats_url": infra.nats_url,
-                "namespace": namespace,
-                "encryption_keys": infra.encryption_keys,
-                "jwt_secret": secrets.token_urlsafe(32),
-                "port": port,
-                "public_url": f"http://127.0.0.1:{port}",
-                "scheduled_refresh_interval_s": 0,
-                "refresh_wait_default_s": 5.0,
-                "integration_test_timeout_s": 5.0,
-                "schwab_authorize_url": f"{schwab_sim.base_url}/v1/oauth/authorize",
-                "ib_allowed_networks": LOOPBACK,
-            }
+        base_url = await serve_account_api(
+            infra,
+            cleanup,
+            namespace,
+            database,
+            schwab_authorize_url=f"{schwab_sim.base_url}/v1/oauth/authorize",
+            ib_allowed_networks=LOOPBACK,
         )
-        base_url = await cleanup.enter_async_context(
-            serving(create_api(settings), port)
-        )
-        await _wait_healthy(base_url)
         yield Stack(
             base_url=base_url,
             ib_sim=ib_sim,
@@ -302,6 +283,46 @@ async def stack(infra: Any) -> AsyncIterator[Stack]:
             flex_sim=flex_sim,
             database_url=database,
         )
+
+
+async def serve_account_api(
+    infra: Any,
+    cleanup: contextlib.AsyncExitStack,
+    namespace: str,
+    database: str,
+    **overrides: Any,
+) -> str:
+    """account-api on a free port over a freshly migrated `database`, served until `cleanup`
+    closes, with the end-to-end defaults (no scheduler, short waits) and `overrides`; returns
+    its base URL once /healthz says ok."""
+    from account_api.config import Settings as ApiSettings
+    from account_api.main import create_app as create_api
+    from account_api.migrate import upgrade
+    from brokerlink_devkit.devstack.embedded import free_port
+    from brokerlink_devkit.testing.serving import serving
+
+    upgrade(database)
+    port = free_port()
+    settings = ApiSettings.model_validate(
+        {
+            "database_url": database,
+            "nats_url": infra.nats_url,
+            "namespace": namespace,
+            "encryption_keys": infra.encryption_keys,
+            "jwt_secret": secrets.token_urlsafe(32),
+            "port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "scheduled_refresh_interval_s": 0,
+            "refresh_wait_default_s": 5.0,
+            "integration_test_timeout_s": 5.0,
+            **overrides,
+        }
+    )
+    base_url: str = await cleanup.enter_async_context(
+        serving(create_api(settings), port)
+    )
+    await _wait_healthy(base_url)
+    return base_url
 
 
 async def _wait_healthy(base_url: str, timeout_s: float = 30.0) -> None:

@@ -26,6 +26,8 @@ from brokerlink_shared.contracts.values import (
     GATEWAY_OWNED_ELSEWHERE_MESSAGE,
 )
 
+from .conftest import serve_account_api
+
 OWNER_CODES = ("U3200001", "U3200002")
 
 
@@ -61,11 +63,6 @@ class TwoAddressStack:
 async def two_addresses(infra: Any) -> AsyncIterator[TwoAddressStack]:
     """account-api and ib-connector allowed loopback and this machine's LAN address, and a
     simulated gateway listening on every address."""
-    from account_api.config import Settings as ApiSettings
-    from account_api.main import create_app as create_api
-    from account_api.migrate import upgrade
-    from brokerlink_devkit.devstack.embedded import free_port
-    from brokerlink_devkit.testing.serving import serving
     from brokerlink_simulators.ib_gateway import (
         AccountSpec,
         GatewaySpec,
@@ -108,36 +105,14 @@ async def two_addresses(infra: Any) -> AsyncIterator[TwoAddressStack]:
         )
         await ib_app.start()
         cleanup.push_async_callback(lambda: asyncio.wait_for(ib_app.stop(), 30))
-        database = infra.new_database("gwacct")
-        upgrade(database)
-        port = free_port()
-        settings = ApiSettings.model_validate(
-            {
-                "database_url": database,
-                "nats_url": infra.nats_url,
-                "namespace": namespace,
-                "encryption_keys": infra.encryption_keys,
-                "jwt_secret": secrets.token_urlsafe(32),
-                "port": port,
-                "public_url": f"http://127.0.0.1:{port}",
-                "scheduled_refresh_interval_s": 0,
-                "refresh_wait_default_s": 5.0,
-                "integration_test_timeout_s": 5.0,
-                "ib_allowed_networks": allowed,
-            }
+        base_url = await serve_account_api(
+            infra,
+            cleanup,
+            namespace,
+            infra.new_database("gwacct"),
+            ib_allowed_networks=allowed,
         )
-        base_url = await cleanup.enter_async_context(
-            serving(create_api(settings), port)
-        )
-        async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
-            await wait_until(
-                lambda: _healthy(client), timeout_s=30, message="account-api healthy"
-            )
         yield TwoAddressStack(base_url, lan, gateway.port)
-
-
-async def _healthy(client: httpx.AsyncClient) -> bool:
-    return (await client.get("/healthz")).status_code == 200
 
 
 async def _user(client: httpx.AsyncClient) -> tuple[dict[str, str], str]:
