@@ -54,8 +54,8 @@ class RefreshService:
         correlation: str | None,
         job_id: uuid.UUID | None,
     ) -> None:
-        """`stage` for many accounts, written in two statements (refreshes, outbox) whatever
-        their number: a bulk refresh is the hot path of every scheduled and "refresh all" run."""
+        """`stage` for many accounts, written in three statements (refreshes, account states,
+        outbox) whatever their number: a bulk refresh is the hot path of every scheduled and "refresh all" run."""
         now = datetime.now(UTC)
         staged = [(account, uuid.uuid4()) for account in accounts]
         await uow.refreshes.add_many(
