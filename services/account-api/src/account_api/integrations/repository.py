@@ -3,6 +3,7 @@ mapping between an account row and its `IntegrationState`."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ from typing import Any
 from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher
 from psycopg.types.json import Jsonb
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import TextClause, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -80,29 +81,36 @@ def _column_value(state: IntegrationState, name: str) -> Any:
     return value
 
 
-# Every state column of many accounts at once (`save_many`); arrays keep the SQL the same for any
-# number of rows.
-_SAVE_STATES = text(
-    "UPDATE accounts a SET integration_type = r.type, integration_config = r.config,"
-    " integration_version = r.version, integration_status = r.status,"
-    " integration_status_at = r.status_at, last_error = r.last_error,"
-    " last_error_code = r.last_error_code, last_refresh_at = r.last_refresh_at,"
-    " last_success_at = r.last_success_at, last_failure_at = r.last_failure_at,"
-    " last_connected_at = r.last_connected_at,"
-    " token_access_expires_at = r.token_access_expires_at,"
-    " token_refresh_expires_at = r.token_refresh_expires_at"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:type AS text[]), CAST(:config AS jsonb[]),"
-    " CAST(:version AS integer[]), CAST(:status AS text[]), CAST(:status_at AS timestamptz[]),"
-    " CAST(:last_error AS text[]), CAST(:last_error_code AS text[]),"
-    " CAST(:last_refresh_at AS timestamptz[]), CAST(:last_success_at AS timestamptz[]),"
-    " CAST(:last_failure_at AS timestamptz[]), CAST(:last_connected_at AS timestamptz[]),"
-    " CAST(:token_access_expires_at AS timestamptz[]),"
-    " CAST(:token_refresh_expires_at AS timestamptz[]))"
-    " AS r(id, type, config, version, status, status_at, last_error, last_error_code,"
-    " last_refresh_at, last_success_at, last_failure_at, last_connected_at,"
-    " token_access_expires_at, token_refresh_expires_at)"
-    " WHERE a.id = r.id"
-)
+# The SQL type of each state column, for `save_many`'s arrays.
+_SQL_TYPE = {
+    "type": "text",
+    "config": "jsonb",
+    "version": "integer",
+    "status": "text",
+    "status_at": "timestamptz",
+    "last_error": "text",
+    "last_error_code": "text",
+    "last_refresh_at": "timestamptz",
+    "last_success_at": "timestamptz",
+    "last_failure_at": "timestamptz",
+    "last_connected_at": "timestamptz",
+    "token_access_expires_at": "timestamptz",
+    "token_refresh_expires_at": "timestamptz",
+}
+
+
+@functools.cache
+def _save_states(fields: tuple[str, ...]) -> TextClause:
+    """One UPDATE of `fields` for many accounts; arrays keep the SQL the same for any number
+    of rows, and writing only the changed columns spares dumping the others (a refresh
+    request changes one of thirteen)."""
+    sets = ", ".join(f"{_COLUMN.get(f, f)} = r.{f}" for f in fields)
+    arrays = ", ".join(f"CAST(:{f} AS {_SQL_TYPE[f]}[])" for f in fields)
+    return text(
+        f"UPDATE accounts a SET {sets}"  # noqa: S608 - only the constant column names above
+        f" FROM unnest(CAST(:ids AS bigint[]), {arrays}) AS r(id, {', '.join(fields)})"
+        " WHERE a.id = r.id"
+    )
 
 
 class RefreshRepository:
@@ -476,18 +484,32 @@ class IntegrationRepository:
         events in one INSERT, whatever their number (no ORM flush of each row)."""
         if not saves:
             return
-        columns: dict[str, list[Any]] = {name: [] for name in _STATE_FIELDS}
-        for account, transition in saves:
-            for name in _STATE_FIELDS:
-                value = _column_value(transition.state, name)
-                columns[name].append(
-                    Jsonb(value) if name == "config" and value is not None else value
-                )
-                # what the row now holds: nothing left for a flush to write
-                set_committed_value(account, _COLUMN.get(name, name), value)
-        await self._session.execute(
-            _SAVE_STATES, {"ids": [account.id for account, _ in saves], **columns}
+        rows = [
+            (account, {name: _column_value(t.state, name) for name in _STATE_FIELDS})
+            for account, t in saves
+        ]
+        changed = tuple(
+            name
+            for name in _STATE_FIELDS
+            if any(
+                getattr(account, _COLUMN.get(name, name)) != values[name]
+                for account, values in rows
+            )
         )
+        if changed:
+            params: dict[str, list[Any]] = {"ids": [account.id for account, _ in rows]}
+            for name in changed:
+                params[name] = [
+                    Jsonb(v[name])
+                    if name == "config" and v[name] is not None
+                    else v[name]
+                    for _, v in rows
+                ]
+            await self._session.execute(_save_states(changed), params)
+        for account, values in rows:
+            for name in changed:
+                # what the row now holds: nothing left for a flush to write
+                set_committed_value(account, _COLUMN.get(name, name), values[name])
         await self._outbox.add_many(
             [event for _, transition in saves for event in transition.events]
         )
