@@ -18,6 +18,7 @@ from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import Topology
 from faststream.nats import NatsBroker
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -175,6 +176,12 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
             )
             for e in events
         ]
+        statements: list[str] = []
+
+        @sa_event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def seen(_conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+            statements.append(statement)
+
         await results.record_balances(
             _uow(async_sessionmaker(engine, expire_on_commit=False)), batch
         )
@@ -190,6 +197,9 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
     assert together["refreshes"][0][1] == "failed"
     assert {r[1] for r in together["refreshes"][1:]} == {"succeeded"}
     assert len(together["history"]) == 2 * 12  # today and yesterday for each
+    # set-based: the twelve accounts in one UPDATE, not an ORM flush per row
+    updates = [s for s in statements if "UPDATE accounts" in s]
+    assert len(updates) == 1 and "unnest" in updates[0], updates
 
 
 async def test_group_commit_answers_each_submitter(database) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@ mapping between an account row and its `IntegrationState`."""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -12,12 +11,12 @@ from typing import Any
 
 from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher
-from psycopg.types.json import Jsonb
-from sqlalchemy import TextClause, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from account_api.accounts.repository import AccountRepository
 from account_api.integrations.lifecycle import IntegrationState, Transition
 from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
 from account_api.outbox.repository import OutboxRepository
@@ -79,38 +78,6 @@ def _column_value(state: IntegrationState, name: str) -> Any:
     if name == "config" and value is not None:
         return dict(value)  # a new object, so the JSONB column is seen as changed
     return value
-
-
-# The SQL type of each state column, for `save_many`'s arrays.
-_SQL_TYPE = {
-    "type": "text",
-    "config": "jsonb",
-    "version": "integer",
-    "status": "text",
-    "status_at": "timestamptz",
-    "last_error": "text",
-    "last_error_code": "text",
-    "last_refresh_at": "timestamptz",
-    "last_success_at": "timestamptz",
-    "last_failure_at": "timestamptz",
-    "last_connected_at": "timestamptz",
-    "token_access_expires_at": "timestamptz",
-    "token_refresh_expires_at": "timestamptz",
-}
-
-
-@functools.cache
-def _save_states(fields: tuple[str, ...]) -> TextClause:
-    """One UPDATE of `fields` for many accounts; arrays keep the SQL the same for any number
-    of rows, and writing only the changed columns spares dumping the others (a refresh
-    request changes one of thirteen)."""
-    sets = ", ".join(f"{_COLUMN.get(f, f)} = r.{f}" for f in fields)
-    arrays = ", ".join(f"CAST(:{f} AS {_SQL_TYPE[f]}[])" for f in fields)
-    return text(
-        f"UPDATE accounts a SET {sets}"  # noqa: S608 - only the constant column names above
-        f" FROM unnest(CAST(:ids AS bigint[]), {arrays}) AS r(id, {', '.join(fields)})"
-        " WHERE a.id = r.id"
-    )
 
 
 class RefreshRepository:
@@ -484,32 +451,9 @@ class IntegrationRepository:
         events in one INSERT, whatever their number (no ORM flush of each row)."""
         if not saves:
             return
-        rows = [
-            (account, {name: _column_value(t.state, name) for name in _STATE_FIELDS})
-            for account, t in saves
-        ]
-        changed = tuple(
-            name
-            for name in _STATE_FIELDS
-            if any(
-                getattr(account, _COLUMN.get(name, name)) != values[name]
-                for account, values in rows
-            )
-        )
-        if changed:
-            params: dict[str, list[Any]] = {"ids": [account.id for account, _ in rows]}
-            for name in changed:
-                params[name] = [
-                    Jsonb(v[name])
-                    if name == "config" and v[name] is not None
-                    else v[name]
-                    for _, v in rows
-                ]
-            await self._session.execute(_save_states(changed), params)
-        for account, values in rows:
-            for name in changed:
-                # what the row now holds: nothing left for a flush to write
-                set_committed_value(account, _COLUMN.get(name, name), values[name])
+        for account, transition in saves:
+            store_state(account, transition.state)
+        await AccountRepository(self._session).write_changes(a for a, _ in saves)
         await self._outbox.add_many(
             [event for _, transition in saves for event in transition.events]
         )
