@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from brokerlink_shared.contracts.events import Event
 from brokerlink_shared.messaging import EventPublisher
 from sqlalchemy import text
@@ -101,3 +102,14 @@ class OutboxQueue:
     async def ping(self) -> None:
         """A trivial round trip, for health checks."""
         await self._session.execute(PING)
+
+
+async def has_unpublished(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether any row waits (the relay's idle probe: one index look-up on a connection it
+    already holds, instead of a session and a transaction every poll)."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)",
+        prepare=True,
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
