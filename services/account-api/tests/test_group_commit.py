@@ -47,7 +47,18 @@ def _balance(
             "currency": "USD",
             "balance": balance,
             "cash": [{"currency": "USD", "amount": balance}],
-            "positions": [{"symbol": symbol, "quantity": "1", "market_value": balance}],
+            "positions": [
+                {"symbol": symbol, "quantity": "1", "market_value": balance},
+                {
+                    "symbol": "VT",
+                    "sec_type": "ETF",
+                    "currency": "EUR",
+                    "quantity": "0.12345678",
+                    "average_cost": "101.5",
+                    "market_price": "99.25",
+                    "unrealized_pnl": "-0.2778",
+                },
+            ],
         },
     )
 
@@ -117,7 +128,8 @@ async def _state(libpq: str) -> dict[str, list[tuple[object, ...]]]:
                 "JOIN accounts a ON a.id = h.account_id ORDER BY a.name, h.date"
             ),
             "positions": await rows(
-                "SELECT a.name, p.symbol, p.market_value FROM positions p "
+                "SELECT a.name, p.symbol, p.sec_type, p.currency, p.quantity, p.average_cost, "
+                "p.market_price, p.market_value, p.unrealized_pnl, p.as_of FROM positions p "
                 "JOIN accounts a ON a.id = p.account_id ORDER BY a.name, p.symbol"
             ),
             "cash": await rows(
@@ -197,6 +209,34 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
     assert together["refreshes"][0][1] == "failed"
     assert {r[1] for r in together["refreshes"][1:]} == {"succeeded"}
     assert len(together["history"]) == 2 * 12  # today and yesterday for each
+    # every column of a position lands exactly, absent ones as NULL
+    assert [p for p in together["positions"] if p[0] == "A3"] == [
+        (
+            "A3",
+            "NEW",
+            "STK",
+            "USD",
+            Decimal("1"),
+            None,
+            None,
+            Decimal("103"),
+            None,
+            NOW,
+        ),
+        (
+            "A3",
+            "VT",
+            "ETF",
+            "EUR",
+            Decimal("0.12345678"),
+            Decimal("101.5"),
+            Decimal("99.25"),
+            None,
+            Decimal("-0.2778"),
+            NOW,
+        ),
+    ]
+    assert [c for c in together["cash"] if c[0] == "A3"] == [("A3", Decimal("103"))]
     # set-based: the twelve accounts in one UPDATE, not an ORM flush per row
     updates = [s for s in statements if "UPDATE accounts" in s]
     assert len(updates) == 1 and "unnest" in updates[0], updates

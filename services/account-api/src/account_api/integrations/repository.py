@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from account_api.accounts.repository import AccountRepository
 from account_api.integrations.lifecycle import IntegrationState, Transition
 from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
+from account_api.json_values import dumps
 from account_api.outbox.repository import OutboxRepository
 from account_api.tables import (
     Account,
@@ -246,25 +247,20 @@ class RefreshRepository:
         return {status: int(count) for status, count in rows.all()}
 
 
-_POSITION_COLUMNS = (
-    "account_id",
-    "symbol",
-    "sec_type",
-    "currency",
-    "quantity",
-    "average_cost",
-    "market_price",
-    "market_value",
-    "unrealized_pnl",
-    "as_of",
-)
+# Rows as one JSON document PostgreSQL unpacks: a fixed statement for any batch size, and one
+# orjson call instead of a Python loop per array element (~10x cheaper to send).
 _INSERT_POSITIONS = text(
     "INSERT INTO positions (account_id, symbol, sec_type, currency, quantity, average_cost,"
-    " market_price, market_value, unrealized_pnl, as_of) SELECT * FROM unnest("
-    "CAST(:account_id AS bigint[]), CAST(:symbol AS text[]), CAST(:sec_type AS text[]),"
-    " CAST(:currency AS text[]), CAST(:quantity AS numeric[]), CAST(:average_cost AS numeric[]),"
-    " CAST(:market_price AS numeric[]), CAST(:market_value AS numeric[]),"
-    " CAST(:unrealized_pnl AS numeric[]), CAST(:as_of AS timestamptz[]))"
+    " market_price, market_value, unrealized_pnl, as_of) SELECT account_id, symbol, sec_type,"
+    " currency, quantity, average_cost, market_price, market_value, unrealized_pnl, as_of"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(account_id bigint, symbol text,"
+    " sec_type text, currency text, quantity numeric, average_cost numeric,"
+    " market_price numeric, market_value numeric, unrealized_pnl numeric, as_of timestamptz)"
+)
+_INSERT_CASH = text(
+    "INSERT INTO cash_balances (account_id, currency, amount, as_of)"
+    " SELECT account_id, currency, amount, as_of FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+    " AS r(account_id bigint, currency text, amount numeric, as_of timestamptz)"
 )
 
 
@@ -313,37 +309,26 @@ class SnapshotRepository:
             {"ids": ids},
         )
         held = [
-            (account_id, as_of, pos)
+            {**pos, "account_id": account_id, "as_of": as_of}
             for account_id, (as_of, positions, _) in snapshots.items()
             for pos in positions
         ]
         if held:
-            columns: dict[str, list[object]] = {c: [] for c in _POSITION_COLUMNS}
-            for account_id, as_of, pos in held:
-                row = {**pos, "account_id": account_id, "as_of": as_of}
-                for column, values in columns.items():
-                    values.append(row.get(column))
-            await self._session.execute(_INSERT_POSITIONS, columns)
+            await self._session.execute(
+                _INSERT_POSITIONS, {"rows": dumps(held).decode()}
+            )
         cash = [
-            (account_id, currency, amount, as_of)
+            {
+                "account_id": account_id,
+                "currency": currency,
+                "amount": amount,
+                "as_of": as_of,
+            }
             for account_id, (as_of, _, balances) in snapshots.items()
             for currency, amount in balances
         ]
         if cash:
-            account_ids, currencies, amounts, as_ofs = zip(*cash, strict=True)
-            await self._session.execute(
-                text(
-                    "INSERT INTO cash_balances (account_id, currency, amount, as_of)"
-                    " SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:c AS text[]),"
-                    " CAST(:m AS numeric[]), CAST(:t AS timestamptz[]))"
-                ),
-                {
-                    "a": list(account_ids),
-                    "c": list(currencies),
-                    "m": list(amounts),
-                    "t": list(as_ofs),
-                },
-            )
+            await self._session.execute(_INSERT_CASH, {"rows": dumps(cash).decode()})
 
     async def replace(
         self,
