@@ -13,6 +13,7 @@ import pytest
 from account_api.consumers.group_commit import GroupCommit
 from account_api.db import UnitOfWork
 from account_api.integrations import results
+from account_api.integrations.waiter import CHANNEL as WAITERS
 from account_api.migrate import upgrade
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher
@@ -267,3 +268,23 @@ async def test_group_commit_answers_each_submitter(database) -> None:  # type: i
     assert max(batches) > 1  # they were committed together, not one transaction each
     state = await _state(libpq)
     assert sum(1 for r in state["refreshes"] if r[1] == "succeeded") == 28
+
+
+async def test_settled_refreshes_wake_their_waiters(database) -> None:  # type: ignore[no-untyped-def]
+    """Each refresh a batch settles is announced on the waiters' channel (the API's `?wait=`
+    answers from that, not from polling), in the batch's own statement."""
+    libpq, sessionmaker = database
+    user_id, ids, refreshes = await _seed(libpq, 4)
+    async with await psycopg.AsyncConnection.connect(
+        libpq, autocommit=True
+    ) as listener:
+        await listener.execute(f"LISTEN {WAITERS}")
+        await results.record_balances(
+            _uow(sessionmaker),
+            [
+                _balance(user_id, aid, "10", NOW, rid)
+                for aid, rid in zip(ids, refreshes, strict=True)
+            ],
+        )
+        heard = [n.payload async for n in listener.notifies(timeout=10, stop_after=4)]
+    assert sorted(heard) == sorted(str(r) for r in refreshes)

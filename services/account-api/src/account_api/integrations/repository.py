@@ -81,6 +81,15 @@ def _column_value(state: IntegrationState, name: str) -> Any:
     return value
 
 
+_SETTLE_MANY = text(
+    "WITH settled AS (UPDATE refreshes r SET status = e.status, completed_at = :now,"
+    " message = coalesce(e.message, r.message), balance = coalesce(e.balance, r.balance)"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+    " AS e(id uuid, status text, message text, balance numeric) WHERE r.id = e.id"
+    " RETURNING r.id) SELECT pg_notify(:ch, id::text) FROM settled"
+)
+
+
 class RefreshRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -180,9 +189,10 @@ class RefreshRepository:
         ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
         now: datetime,
     ) -> None:
-        """`settle` for many refreshes (refresh, status, message, balance): one UPDATE and one
-        NOTIFY statement, the same SQL whatever the batch size (no ORM flush, no re-compile)."""
-        ids, statuses, messages, balances = [], [], [], []
+        """`settle` for many refreshes (refresh, status, message, balance): one statement that
+        updates them and tells the waiters, the same SQL whatever the batch size (no ORM flush,
+        no re-compile)."""
+        rows = []
         for refresh, status, message, balance in ended:
             for attr, value in (
                 ("status", status),
@@ -191,31 +201,19 @@ class RefreshRepository:
                 ("balance", balance if balance is not None else refresh.balance),
             ):
                 set_committed_value(refresh, attr, value)
-            ids.append(refresh.id)
-            statuses.append(status)
-            messages.append(message)
-            balances.append(balance)
-        if not ids:
+            rows.append(
+                {
+                    "id": refresh.id,
+                    "status": status,
+                    "message": message,
+                    "balance": balance,
+                }
+            )
+        if not rows:
             return
         await self._session.execute(
-            text(
-                "UPDATE refreshes r SET status = e.status, completed_at = :now,"
-                " message = coalesce(e.message, r.message), balance = coalesce(e.balance, r.balance)"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]),"
-                " CAST(:messages AS text[]), CAST(:balances AS numeric[]))"
-                " AS e(id, status, message, balance) WHERE r.id = e.id"
-            ),
-            {
-                "now": now,
-                "ids": ids,
-                "statuses": statuses,
-                "messages": messages,
-                "balances": balances,
-            },
-        )
-        await self._session.execute(
-            text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
-            {"ch": REFRESH_CHANNEL, "ids": [str(i) for i in ids]},
+            _SETTLE_MANY,
+            {"now": now, "rows": dumps(rows).decode(), "ch": REFRESH_CHANNEL},
         )
 
     async def get_for_account(
