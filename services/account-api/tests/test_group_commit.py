@@ -240,7 +240,7 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
     assert [c for c in together["cash"] if c[0] == "A3"] == [("A3", Decimal("103"))]
     # set-based: the twelve accounts in one UPDATE, not an ORM flush per row
     updates = [s for s in statements if "UPDATE accounts" in s]
-    assert len(updates) == 1 and "unnest" in updates[0], updates
+    assert len(updates) == 1 and "jsonb_to_recordset" in updates[0], updates
 
 
 async def test_group_commit_answers_each_submitter(database) -> None:  # type: ignore[no-untyped-def]

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from psycopg.adapt import Loader
-from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, TextClause, inspect, select, text
+from sqlalchemy import TextClause, inspect, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from account_api.json_values import dumps
 from account_api.tables import Account
 
 if TYPE_CHECKING:  # db builds the repositories: a runtime import would be circular
@@ -47,23 +47,18 @@ _POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 @functools.cache
 def _write_columns(keys: tuple[str, ...]) -> TextClause:
-    """One UPDATE of `keys` for many accounts; arrays keep the SQL the same for any number of
-    rows."""
+    """One UPDATE of `keys` for many accounts, the rows as one JSON document: the same SQL for
+    any number of rows."""
     columns = Account.__table__.c
     sets = ", ".join(f"{k} = r.{k}" for k in keys)
-    arrays = ", ".join(
-        f"CAST(:{k} AS {columns[k].type.compile(dialect=_POSTGRESQL)}[])" for k in keys
+    types = ", ".join(
+        f"{k} {columns[k].type.compile(dialect=_POSTGRESQL)}" for k in keys
     )
     return text(
         f"UPDATE accounts a SET {sets}"  # noqa: S608 - column names of the mapped table only
-        f" FROM unnest(CAST(:ids AS bigint[]), {arrays}) AS r(id, {', '.join(keys)})"
+        f" FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id bigint, {types})"
         " WHERE a.id = r.id"
     )
-
-
-def _bind(key: str, value: Any) -> Any:
-    json_column = isinstance(Account.__table__.c[key].type, JSON)
-    return Jsonb(value) if json_column and value is not None else value
 
 
 class AccountRepository:
@@ -148,14 +143,14 @@ class AccountRepository:
         )
         if not keys:
             return
-        params: dict[str, list[Any]] = {"ids": [a.id for a in changed]}
-        for key in keys:
-            params[key] = [_bind(key, getattr(a, key)) for a in changed]
+        rows = [{"id": a.id, **{k: getattr(a, k) for k in keys}} for a in changed]
         # Marked as written first: the statement autoflushes, which would write them again.
         for account in changed:
             for key in keys:
                 set_committed_value(account, key, getattr(account, key))
-        await self._session.execute(_write_columns(keys), params)
+        await self._session.execute(
+            _write_columns(keys), {"rows": dumps(rows).decode()}
+        )
 
     async def add(self, account: Account) -> Account:
         self._session.add(account)

@@ -117,18 +117,25 @@ class RefreshRepository:
         statement."""
         if not rows:
             return
-        ids, account_ids, versions, job_ids = zip(*rows, strict=True)
         await self._session.execute(
             text(
                 "INSERT INTO refreshes (id, account_id, integration_version, job_id)"
-                " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:accounts AS bigint[]),"
-                " CAST(:versions AS integer[]), CAST(:jobs AS uuid[]))"
+                " SELECT id, account_id, integration_version, job_id"
+                " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, account_id bigint,"
+                " integration_version integer, job_id uuid)"
             ),
             {
-                "ids": list(ids),
-                "accounts": list(account_ids),
-                "versions": list(versions),
-                "jobs": list(job_ids),
+                "rows": dumps(
+                    [
+                        {
+                            "id": rid,
+                            "account_id": account_id,
+                            "integration_version": version,
+                            "job_id": job_id,
+                        }
+                        for rid, account_id, version, job_id in rows
+                    ]
+                ).decode()
             },
         )
 
