@@ -4,9 +4,9 @@ Exactly one relay runs at a time across replicas (a session-level advisory lock)
 per-account order without per-key bookkeeping. It is woken at once by commits in its own process
 (`wake_on_commit`) and probes every `poll_interval_s` for rows other processes staged (one index
 look-up on the lock's own connection; a session per poll cost ~10 % of a core at idle); there is
-no NOTIFY per insert, because PostgreSQL serialises the commits of transactions that NOTIFY. When NATS is down it keeps the
-rows and retries with capped backoff; a row is marked published only after JetStream
-acknowledged it, and `Nats-Msg-Id = event id` makes a re-send a no-op.
+no NOTIFY per insert, because PostgreSQL serialises the commits of transactions that NOTIFY.
+When NATS is down it keeps the rows and retries with capped backoff; a row is marked published
+only after JetStream acknowledged it, and `Nats-Msg-Id = event id` makes a re-send a no-op.
 
 A batch goes out in commit order on one connection with all its acks in flight together
 (waiting for each ack before the next send capped the relay at ~50 messages/s end to end);
