@@ -83,6 +83,42 @@ async def test_transient_failures_spend_no_attempt_and_are_not_parked(infra) -> 
         await broker.stop()
 
 
+async def test_a_bad_message_met_by_an_outage_still_parks_within_seconds(infra) -> None:
+    """Deliveries that met the outage are not attempts, so they do not slow the retries of a
+    message that then fails on its own: with the outage's four deliveries counted, its two
+    retries would wait at least 4 + 8 s before it parks; on its own attempts, under 1.5 s."""
+    topology = Topology(f"{infra.namespace}o5")
+    broker = make_broker(infra.nats_url, topology, "svc", max_deliver=3)
+    deliveries = 0
+    first_bad_at: list[float] = []
+
+    async def on_balance(event: BalanceUpdated) -> None:
+        nonlocal deliveries
+        deliveries += 1
+        if deliveries <= 4:
+            raise ConnectionRefusedError("database unavailable")
+        if not first_bad_at:
+            first_bad_at.append(time.monotonic())
+        raise RuntimeError("this version cannot store it")
+
+    _subscribe(broker, topology, on_balance)
+    await broker.connect()
+    await ensure_streams(broker, topology)
+    await broker.start()
+    try:
+        await EventPublisher(broker, topology).publish(_balance(1))
+        await wait_until(lambda: bool(first_bad_at), timeout_s=30, message="bad once")
+
+        async def parked() -> bool:
+            return await dead_letter_count(broker, topology, "svc") == 1
+
+        await wait_until(parked, timeout_s=30, message="parked")
+        assert deliveries == 4 + 3
+        assert time.monotonic() - first_bad_at[0] < 8, "retries paced by the outage"
+    finally:
+        await broker.stop()
+
+
 async def test_an_outage_longer_than_the_budget_parks(infra) -> None:
     topology = Topology(f"{infra.namespace}o2")
     broker = make_broker(

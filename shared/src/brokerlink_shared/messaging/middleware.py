@@ -128,7 +128,9 @@ class DeadLetterMiddleware(BaseMiddleware):
             attempts = delivered - self._outage.transient_failures(key)
             if permanent or attempts >= self._max_deliver:
                 await self._park(raw, exc, delivered)
-            delay = backoff_delay(delivered)
+            # Paced by its own attempts: after an outage a bad message still parks in seconds
+            # (counting the outage's deliveries put each retry at the 30 s cap).
+            delay = backoff_delay(max(1, attempts))
             log.warning(
                 "handler failed, redelivering",
                 extra={
