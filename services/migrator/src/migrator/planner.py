@@ -1,0 +1,252 @@
+"""Reading, planning and sealing the legacy users in a process of their own, so the writer has
+the migrator's interpreter to itself: batch N+1 is read, planned and sealed (checksums,
+encryption, text forms: `migrator.sealed`) on one core while batch N is written on the other.
+
+`grouped` merge-joins the legacy streams by user; `BatchPlanner` plans a batch of groups
+(pure: `plan.plan_user` per user, plus the duplicate-email rule across the whole source);
+`PlannerProcess` runs both in a spawned process and hands the sealed batches back in order."""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from multiprocessing.connection import Connection
+from typing import Any
+
+from brokerlink_shared.crypto import SecretBox
+
+from migrator import convert as cv
+from migrator import plan as pl
+from migrator.sealed import SealedUser, seal
+from migrator.source import Source
+
+Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
+"""(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
+BadRow = tuple[str, Any, str]
+"""(table, legacy id as read, reason) of a row that cannot be placed at all."""
+
+
+def grouped(
+    source: Source,
+    bad: Callable[[str, Any, str], None],
+    after_user: int = 0,
+) -> Iterator[Group]:
+    """Merge-join the four legacy streams by user id: (user id, user row or None, accounts, ib
+    rows, schwab rows). A row whose id or user id is not a whole number cannot be placed: it
+    goes to `bad(table, id, reason)` and the import goes on."""
+    streams = [
+        _placeable(
+            "users",
+            source.select(
+                "users", pl.USER_COLS, "WHERE id > ? ORDER BY id", (after_user,)
+            ),
+            0,
+            bad,
+        ),
+        *(
+            _placeable(
+                table,
+                source.select(
+                    table,
+                    cols,
+                    "WHERE user_id > ? OR user_id IS NULL ORDER BY user_id, id"
+                    if after_user
+                    else "ORDER BY user_id, id",
+                    (after_user,) if after_user else (),
+                ),
+                1,
+                bad,
+            )
+            for table, cols in (
+                ("accounts", pl.ACCOUNT_COLS),
+                ("ib_connections", pl.IB_COLS),
+                ("schwab_settings", pl.SCHWAB_COLS),
+            )
+        ),
+    ]
+    heads: list[tuple[int, tuple[Any, ...]] | None] = [next(s, None) for s in streams]
+    while any(h is not None for h in heads):
+        uid = min(h[0] for h in heads if h is not None)
+        parts: list[list[Any]] = [[], [], [], []]
+        for i, stream in enumerate(streams):
+            while (head := heads[i]) is not None and head[0] == uid:
+                parts[i].append(head[1])
+                heads[i] = next(stream, None)
+        yield uid, (parts[0][0] if parts[0] else None), parts[1], parts[2], parts[3]
+
+
+def _placeable(
+    table: str,
+    rows: Iterator[tuple[Any, ...]],
+    key: int,
+    bad: Callable[[str, Any, str], None],
+) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(user id, row) for rows with whole-number ids; the others go to `bad`. NULL user ids
+    (orphans) come as -1, first, as SQLite orders NULL first."""
+    last = -2
+    for row in rows:
+        rid = cv.legacy_id(row[0])
+        if rid is None:
+            bad(table, row[0], "id is not a whole number")
+            continue
+        if row[key] is None:
+            uid = -1
+        else:
+            parsed = cv.legacy_id(row[key])
+            if parsed is None:
+                bad(table, rid, "user_id is not a whole number")
+                continue
+            uid = parsed
+        if (
+            uid < last
+        ):  # cannot happen with SQLite's ordering; never mis-group if it does
+            bad(table, rid, "out of order in the source")
+            continue
+        last = uid
+        yield uid, row
+
+
+@dataclass
+class BatchPlanner:
+    """Plans batches of groups without the database. Emails are unique case-insensitively
+    across the whole source: the first user with an email keeps it, later ones are skipped."""
+
+    now: datetime
+    local: tzinfo
+    schwab_seen: pl.SchwabSeen = field(default_factory=dict)
+    emails: dict[str, int] = field(default_factory=dict)
+
+    def plan(self, groups: list[Group]) -> list[tuple[pl.UserPlan, str | None]]:
+        """(plan, lower email to check against the target's users, or None when the user is
+        skipped already) per group."""
+        out: list[tuple[pl.UserPlan, str | None]] = []
+        for uid, user, accounts, ibs, schwabs in groups:
+            reason = lower = None
+            if user is not None and user[1]:
+                lower = str(user[1]).strip().lower()
+                first = self.emails.setdefault(lower, uid)
+                if first != uid:
+                    reason = (
+                        f"duplicate email (case-insensitive) of legacy user #{first}"
+                    )
+                    lower = None
+            plan = pl.plan_user(
+                user,
+                accounts,
+                ibs,
+                schwabs,
+                self.now,
+                user_skip_reason=reason,
+                schwab_seen=self.schwab_seen,
+                local=self.local,
+            )
+            out.append((plan, lower))
+        return out
+
+
+@dataclass
+class PlannedBatch:
+    bad: list[BadRow]  # rows met while reading this batch that cannot be placed
+    groups: list[
+        Group
+    ]  # as read (a user may have to be planned again: `Migration._recheck`)
+    sealed: list[SealedUser]  # one per group
+
+
+class PlanningFailed(RuntimeError):
+    """The planning process stopped with an error (named by type and place, never by value)."""
+
+
+class PlannerProcess:
+    """`grouped` + `BatchPlanner` in a spawned process (not forked: the parent holds a
+    PostgreSQL connection and threads). Batches come back in source order through a pipe; a
+    send blocks until the parent takes the batch, so the process plans at most one batch ahead
+    of the one the parent holds. Started early (the interpreter starts while the parent
+    counts the source and asks schwab-connector), then given the Schwab answers."""
+
+    def __init__(
+        self,
+        source: Source,
+        box: SecretBox,
+        batch_users: int,
+        now: datetime,
+        local: tzinfo,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_serve,
+            args=(child, source.handle(), box, batch_users, now, local),
+            name="brokerlink-migrate-planner",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+
+    def batches(self, schwab_seen: pl.SchwabSeen) -> Iterator[PlannedBatch]:
+        self._conn.send(schwab_seen)
+        while True:
+            try:
+                message = self._conn.recv()
+            except EOFError:
+                raise PlanningFailed(
+                    f"the planning process ended unexpectedly (exit code {self._process.exitcode})"
+                ) from None
+            if isinstance(message, PlannedBatch):
+                yield message
+            elif message is None:
+                return
+            else:
+                raise PlanningFailed(f"planning failed: {message}")
+
+    def close(self) -> None:
+        self._conn.close()
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _serve(
+    conn: Connection,
+    handle: tuple[str, str],
+    box: SecretBox,
+    batch_users: int,
+    now: datetime,
+    local: tzinfo,
+) -> None:
+    """The planning process: read, plan, send; it ends when the parent goes away."""
+    try:
+        source = Source.reopen(*handle)
+        planner = BatchPlanner(now, local, conn.recv())
+        bad: list[BadRow] = []
+        batch: list[Group] = []
+
+        def send() -> None:
+            plans = planner.plan(batch)
+            sealed = [
+                seal(g[0], lower, plan, box)
+                for g, (plan, lower) in zip(batch, plans, strict=True)
+            ]
+            conn.send(PlannedBatch(bad, batch, sealed))
+            bad.clear()  # sent (pickled) already
+
+        for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):
+            batch.append(group)
+            if len(batch) >= batch_users:
+                send()
+                batch = []
+        if batch or bad:
+            send()
+        conn.send(None)
+        source.close()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return  # the parent is gone (or done with us): nothing to report to
+    except Exception as exc:  # reported to the parent, which fails the run
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        conn.send(
+            f"{type(exc).__name__} at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+        )
