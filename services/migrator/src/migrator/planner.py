@@ -150,10 +150,7 @@ class BatchPlanner:
 @dataclass
 class PlannedBatch:
     bad: list[BadRow]  # rows met while reading this batch that cannot be placed
-    groups: list[
-        Group
-    ]  # as read (a user may have to be planned again: `Migration._recheck`)
-    sealed: list[SealedUser]  # one per group
+    sealed: list[SealedUser]  # one per user, in source order
 
 
 class PlanningFailed(RuntimeError):
@@ -231,7 +228,7 @@ def _serve(
                 seal(g[0], lower, plan, box)
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
-            conn.send(PlannedBatch(bad, batch, sealed))
+            conn.send(PlannedBatch(bad, sealed))
             bad.clear()  # sent (pickled) already
 
         for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):

@@ -17,7 +17,7 @@ from brokerlink_shared.messaging import EventPublisher
 from migrator import convert as cv
 from migrator import plan as pl
 from migrator.events import EventBatch
-from migrator.planner import Group, PlannerProcess
+from migrator.planner import PlannerProcess, grouped
 from migrator.report import Progress, Report
 from migrator.sealed import SealedUser, config_json, seal
 from migrator.source import Source
@@ -104,13 +104,13 @@ class Migration:
                 for batch in planner.batches(self.schwab_seen):
                     for table, legacy_id, reason in batch.bad:
                         self._bad_row(table, legacy_id, reason)
-                    if not batch.groups:
+                    if not batch.sealed:
                         continue
-                    done += len(batch.groups)
+                    done += len(batch.sealed)
                     if pending is not None:
                         pending.result()
                     pending = writer.submit(
-                        self._user_batch, batch.groups, batch.sealed, done, users_total
+                        self._user_batch, batch.sealed, done, users_total
                     )
                 if pending is not None:
                     pending.result()
@@ -164,7 +164,6 @@ class Migration:
 
     def _user_batch(
         self,
-        groups: list[Group],
         sealed: list[SealedUser],
         done: int,
         total: int,
@@ -174,9 +173,7 @@ class Migration:
         target, rep = self.target, self.report
         owners = target.email_owners([s[1] for s in sealed if s[1]])
         if owners:
-            sealed = [
-                self._recheck(g, s, owners) for g, s in zip(groups, sealed, strict=True)
-            ]
+            sealed = [self._recheck(s, owners) for s in sealed]
 
         users = [s[2] for s in sealed if s[2] is not None]
         accounts = [a for s in sealed for a in s[3]]
@@ -351,23 +348,27 @@ class Migration:
         target.write_outbox(staged.rows)
         rep.events += len(staged)
         target.write_rows(marks)
-        self._committed({"phase": "users", "last_user_legacy_id": groups[-1][0]})
+        self._committed({"phase": "users", "last_user_legacy_id": sealed[-1][0]})
         if done < total:
             self.progress.step("users and accounts", done, total)
 
     def _recheck(
-        self,
-        group: Group,
-        sealed: SealedUser,
-        owners: dict[str, tuple[int, int | None]],
+        self, sealed: SealedUser, owners: dict[str, tuple[int, int | None]]
     ) -> SealedUser:
         """A user whose email someone else holds in the target already is skipped, with
-        everything hanging off it (planned again here: it is rare)."""
-        lower = sealed[1]
+        everything hanging off it: its rows are read again and planned here (it is rare)."""
+        uid, lower = sealed[0], sealed[1]
         owner = owners.get(lower) if lower else None
-        if owner is None or owner[1] == group[0]:
+        if owner is None or owner[1] == uid:
             return sealed
-        uid, user, accounts, ibs, schwabs = group
+        for group in grouped(self.source, lambda *_: None, after_user=uid - 1):
+            if group[0] == uid:
+                _uid, user, accounts, ibs, schwabs = group
+                break
+            if group[0] > uid:
+                raise RuntimeError("a planned user is missing from the source")
+        else:
+            raise RuntimeError("a planned user is missing from the source")
         plan = pl.plan_user(
             user,
             accounts,

@@ -24,6 +24,7 @@ Layout (tuples, in this order):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -47,6 +48,7 @@ SealedUser = tuple[
 
 
 def seal(uid: int, lower: str | None, plan: pl.UserPlan, box: SecretBox) -> SealedUser:
+    enc = _encrypter(box)
     u = plan.user
     user = None
     if u is not None:
@@ -58,7 +60,7 @@ def seal(uid: int, lower: str | None, plan: pl.UserPlan, box: SecretBox) -> Seal
                 u.name,
                 u.password_hash,
                 u.base_currency,
-                box.encrypt(u.two_factor_secret) if u.two_factor_secret else None,
+                enc(u.two_factor_secret) if u.two_factor_secret else None,
                 u.two_factor_enabled,
                 u.legacy_id,
                 _time(u.created_at),
@@ -68,7 +70,7 @@ def seal(uid: int, lower: str | None, plan: pl.UserPlan, box: SecretBox) -> Seal
     accounts = []
     for a in plan.accounts:
         integ = a.integration
-        stored = None if integ is None else stored_config(box, integ.type, integ.config)
+        stored = None if integ is None else stored_config(enc, integ.type, integ.config)
         accounts.append(
             (
                 a.legacy_id,
@@ -108,11 +110,11 @@ def seal(uid: int, lower: str | None, plan: pl.UserPlan, box: SecretBox) -> Seal
             x.suggestions,
             x.verified,
             x.checksum(),
-            config_json(stored_config(box, x.integration_type, x.config, lenient=True)),
+            config_json(stored_config(enc, x.integration_type, x.config, lenient=True)),
         )
         for x in plan.pending
     ]
-    copies = [_copy(c, box) for c in plan.copies]
+    copies = [_copy(c, enc) for c in plan.copies]
     return (
         uid,
         lower,
@@ -125,7 +127,7 @@ def seal(uid: int, lower: str | None, plan: pl.UserPlan, box: SecretBox) -> Seal
     )
 
 
-def _copy(c: pl.LegacyCopy, box: SecretBox) -> tuple[Any, ...]:
+def _copy(c: pl.LegacyCopy, enc: Callable[[str], str]) -> tuple[Any, ...]:
     r = c.row
     legacy_id = int(r[0])
     user_legacy = _int(r[1])
@@ -161,9 +163,9 @@ def _copy(c: pl.LegacyCopy, box: SecretBox) -> tuple[Any, ...]:
             user_legacy or 0,
             None,
             r[2],
-            encrypt(box, r[3]),
-            encrypt(box, r[4]),
-            encrypt(box, r[5]),
+            _secret(enc, r[3]),
+            _secret(enc, r[4]),
+            _secret(enc, r[5]),
             _int(r[6]),
             c.outcome,
             _time(cv.timestamp(r[7])),
@@ -181,19 +183,21 @@ def _copy(c: pl.LegacyCopy, box: SecretBox) -> tuple[Any, ...]:
 
 
 def stored_config(
-    box: SecretBox, kind: str, config: dict[str, Any], *, lenient: bool = False
+    enc: Callable[[str], str],
+    kind: str,
+    config: dict[str, Any],
+    *,
+    lenient: bool = False,
 ) -> dict[str, Any]:
-    """The stored (encrypted) form of a plaintext integration config."""
+    """The stored (encrypted with `enc`) form of a plaintext integration config."""
     if kind == "IB":
         return dict(config)
     stored: dict[str, Any] = {
         "app_key": config.get("app_key"),
-        "app_secret_enc": encrypt(box, config.get("app_secret"))
+        "app_secret_enc": _secret(enc, config.get("app_secret"))
         if config.get("app_secret") or not lenient
         else None,
-        "token_enc": box.encrypt(json.dumps(config["token"]))
-        if config.get("token")
-        else None,
+        "token_enc": enc(json.dumps(config["token"])) if config.get("token") else None,
         "account_number": config.get("account_number"),
         "account_hash": config.get("account_hash"),
     }
@@ -207,8 +211,24 @@ def config_json(stored: dict[str, Any] | None) -> str | None:
     return None if stored is None else orjson.dumps(stored).decode()
 
 
-def encrypt(box: SecretBox, value: Any) -> str | None:
-    return None if value is None or value == "" else box.encrypt(str(value))
+def _encrypter(box: SecretBox) -> Callable[[str], str]:
+    """Encryption for one user's plan: a plaintext stored in several places (a Schwab app
+    secret in the pending item and in the legacy copy) is encrypted once, and each place holds
+    that ciphertext (the same key and plaintext; each place is re-encrypted on its own by
+    rekey, and decrypts on its own)."""
+    done: dict[str, str] = {}
+
+    def enc(plaintext: str) -> str:
+        ciphertext = done.get(plaintext)
+        if ciphertext is None:
+            ciphertext = done[plaintext] = box.encrypt(plaintext)
+        return ciphertext
+
+    return enc
+
+
+def _secret(enc: Callable[[str], str], value: Any) -> str | None:
+    return None if value is None or value == "" else enc(str(value))
 
 
 def _time(value: datetime | None) -> str | None:
