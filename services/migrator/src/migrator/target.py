@@ -356,24 +356,54 @@ class Target:
             f"{c} = {update_exprs.get(c, 's.' + c)}" for c in columns if c not in key
         )
         params = {"run": self.run_id, "table": table}
-        updated = self.conn.execute(
-            f"""WITH old AS (SELECT t.* FROM {table} t JOIN {staging} s ON {match}),
-                j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
-                      SELECT %(run)s, %(table)s, 'update', to_jsonb(old) FROM old)
-                UPDATE {table} t SET {sets} FROM {staging} s WHERE {match} RETURNING {returning}""",
-            params,
-        ).fetchall()
+        if self._range_free(table, staging, key):
+            # Nothing in the target within the batch's key range (a first import, batch after
+            # batch): nothing to update, nothing to look up before inserting.
+            updated: list[tuple[Any, ...]] = []
+            exists = "FALSE"
+        else:
+            exists = f"EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+            updated = self._update(table, staging, match, sets, returning, params)
         values = ", ".join(insert_exprs.get(c, "s." + c) for c in columns)
         inserted = self.conn.execute(
             f"""WITH ins AS (INSERT INTO {table} AS t ({", ".join(columns)})
                       SELECT {values} FROM {staging} s
-                      WHERE {insert_where} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}) RETURNING t.{pk} AS pk_, {returning}),
+                      WHERE {insert_where} AND NOT {exists} RETURNING t.{pk} AS pk_, {returning}),
                 j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
                       SELECT %(run)s, %(table)s, 'insert', array_agg(pk_) FROM ins HAVING count(*) > 0)
                 SELECT * FROM ins""",
             params,
         ).fetchall()
         return updated, [r[1:] for r in inserted]
+
+    def _range_free(self, table: str, staging: str, key: Sequence[str]) -> bool:
+        """No row of `table` has a key within the staged rows' range (single-column keys; one
+        index probe)."""
+        if len(key) != 1:
+            return False
+        k = key[0]
+        return not self.value(
+            f"""SELECT EXISTS (SELECT 1 FROM {table} t
+                                WHERE t.{k} BETWEEN (SELECT min({k}) FROM {staging})
+                                                AND (SELECT max({k}) FROM {staging}))"""
+        )
+
+    def _update(
+        self,
+        table: str,
+        staging: str,
+        match: str,
+        sets: str,
+        returning: str,
+        params: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            f"""WITH old AS (SELECT t.* FROM {table} t JOIN {staging} s ON {match}),
+                j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                      SELECT %(run)s, %(table)s, 'update', to_jsonb(old) FROM old)
+                UPDATE {table} t SET {sets} FROM {staging} s WHERE {match} RETURNING {returning}""",
+            params,
+        ).fetchall()
 
     def journal_state(self, table: str, ids: Sequence[int]) -> None:
         """Journal the state this run left `ids` of `table` in (`op='after'`), so rollback can
