@@ -392,7 +392,11 @@ class Migration:
         lines: list[str] = []
         invalid: list[tuple[int | str, str]] = []
 
-        def flush(lines: list[str], invalid: list[tuple[int | str, str]]) -> None:
+        def flush(
+            lines: list[str],
+            invalid: list[tuple[int | str, str]],
+            canons: list[tuple[int, str]],
+        ) -> None:
             for legacy_id, reason in invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
@@ -404,14 +408,22 @@ class Migration:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
                 left_out.add(legacy_id)
-            last = pl.history_copy_fields(lines[-1])[0]
-            self._committed({"phase": "history", "last_history_legacy_id": last})
-            # The lines themselves are the source side of the verification (only the rows
-            # that landed), rather than keeping a second copy of the batch until now.
+            self._committed(
+                {"phase": "history", "last_history_legacy_id": canons[-1][0]}
+            )
+            for legacy_id, line in canons:
+                if legacy_id not in left_out:
+                    chunks.add(legacy_id, line)
+
+        def canonical(lines: list[str]) -> list[tuple[int, str]]:
+            """The lines themselves are the source side of the verification (of the rows
+            that land): their canonical text, taken here while the writer waits on
+            PostgreSQL."""
+            out = []
             for text in lines:
                 legacy_id, fields = pl.history_copy_fields(text)
-                if legacy_id not in left_out:
-                    chunks.add(legacy_id, canon(*fields))
+                out.append((legacy_id, canon(*fields)))
+            return out
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
@@ -435,12 +447,13 @@ class Migration:
                         continue
                     lines.append(pl.history_text(row))
                 if len(lines) >= self.batch_history:
+                    canons = canonical(lines)
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(flush, lines, invalid)
+                    pending = writer.submit(flush, lines, invalid, canons)
                     lines, invalid = [], []
                     self.progress.step("balance history", done, total)
             if pending is not None:
                 pending.result()
-            flush(lines, invalid)
+            flush(lines, invalid, canonical(lines))
         self.progress.step("balance history", total, total)

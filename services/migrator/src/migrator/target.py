@@ -377,15 +377,15 @@ class Target:
         return updated, [r[1:] for r in inserted]
 
     def _range_free(self, table: str, staging: str, key: Sequence[str]) -> bool:
-        """No row of `table` has a key within the staged rows' range (single-column keys; one
-        index probe)."""
-        if len(key) != 1:
-            return False
-        k = key[0]
+        """No row of `table` has a key within the staged rows' range: its last column between
+        the staged minimum and maximum, any others equal to a staged value (an index probe or
+        a few)."""
+        *same, k = key
+        kinds = "".join(f" AND t.{c} IN (SELECT {c} FROM {staging})" for c in same)
         return not self.value(
             f"""SELECT EXISTS (SELECT 1 FROM {table} t
                                 WHERE t.{k} BETWEEN (SELECT min({k}) FROM {staging})
-                                                AND (SELECT max({k}) FROM {staging}))"""
+                                                AND (SELECT max({k}) FROM {staging}){kinds})"""
         )
 
     def _update(
