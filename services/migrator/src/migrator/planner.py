@@ -27,6 +27,7 @@ Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
 """(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
 BadRow = tuple[str, Any, str]
 """(table, legacy id as read, reason) of a row that cannot be placed at all."""
+PIECE_USERS = 1000  # users per message from the planning process
 
 
 def grouped(
@@ -148,7 +149,7 @@ class BatchPlanner:
 
 
 @dataclass
-class PlannedBatch:
+class SealedPiece:
     bad: list[BadRow]  # rows met while reading this batch that cannot be placed
     sealed: list[SealedUser]  # one per user, in source order
 
@@ -159,9 +160,9 @@ class PlanningFailed(RuntimeError):
 
 class PlannerProcess:
     """`grouped` + `BatchPlanner` in a spawned process (not forked: the parent holds a
-    PostgreSQL connection and threads). Batches come back in source order through a pipe; a
-    send blocks until the parent takes the batch, so the process plans at most one batch ahead
-    of the one the parent holds. Started early (the interpreter starts while the parent
+    PostgreSQL connection and threads). Users come back sealed, in source order, in pieces of
+    at most `PIECE_USERS` through a pipe; a send blocks until the parent takes the piece, so
+    the process plans at most a piece ahead of what the parent holds. Started early (the interpreter starts while the parent
     counts the source and asks schwab-connector), then given the Schwab answers."""
 
     def __init__(
@@ -183,7 +184,7 @@ class PlannerProcess:
         self._process.start()
         child.close()
 
-    def batches(self, schwab_seen: pl.SchwabSeen) -> Iterator[PlannedBatch]:
+    def pieces(self, schwab_seen: pl.SchwabSeen) -> Iterator[SealedPiece]:
         self._conn.send(schwab_seen)
         while True:
             try:
@@ -192,7 +193,7 @@ class PlannerProcess:
                 raise PlanningFailed(
                     f"the planning process ended unexpectedly (exit code {self._process.exitcode})"
                 ) from None
-            if isinstance(message, PlannedBatch):
+            if isinstance(message, SealedPiece):
                 yield message
             elif message is None:
                 return
@@ -228,12 +229,15 @@ def _serve(
                 seal(g[0], lower, plan, box)
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
-            conn.send(PlannedBatch(bad, sealed))
+            conn.send(SealedPiece(bad, sealed))
             bad.clear()  # sent (pickled) already
 
+        # Sent in pieces smaller than a writer's batch: the pieces are what this process
+        # holds at a time (the writer puts its batches together from them).
+        piece = min(batch_users, PIECE_USERS)
         for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):
             batch.append(group)
-            if len(batch) >= batch_users:
+            if len(batch) >= piece:
                 send()
                 batch = []
         if batch or bad:

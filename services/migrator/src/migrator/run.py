@@ -101,17 +101,24 @@ class Migration:
             ) as writer:
                 pending: Future[None] | None = None
                 done = 0
-                for batch in planner.batches(self.schwab_seen):
-                    for table, legacy_id, reason in batch.bad:
-                        self._bad_row(table, legacy_id, reason)
-                    if not batch.sealed:
-                        continue
-                    done += len(batch.sealed)
+                batch: list[SealedUser] = []
+
+                def submit() -> None:
+                    nonlocal pending, done, batch
+                    done += len(batch)
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(
-                        self._user_batch, batch.sealed, done, users_total
-                    )
+                    pending = writer.submit(self._user_batch, batch, done, users_total)
+                    batch = []
+
+                for piece in planner.pieces(self.schwab_seen):
+                    for table, legacy_id, reason in piece.bad:
+                        self._bad_row(table, legacy_id, reason)
+                    batch.extend(piece.sealed)
+                    if len(batch) >= self.batch_users:
+                        submit()
+                if batch:
+                    submit()
                 if pending is not None:
                     pending.result()
         finally:
