@@ -1,7 +1,6 @@
 """Reading, planning and sealing the legacy users in a process of their own, so the writer has
 the migrator's interpreter to itself: batch N+1 is read, planned and sealed (checksums,
 encryption, text forms: `migrator.sealed`) on one core while batch N is written on the other.
-Then the same process reads the balance history and sends it as COPY text.
 
 `grouped` merge-joins the legacy streams by user; `BatchPlanner` plans a batch of groups
 (pure: `plan.plan_user` per user, plus the duplicate-email rule across the whole source);
@@ -9,7 +8,6 @@ Then the same process reads the balance history and sends it as COPY text.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,7 +22,6 @@ from migrator import convert as cv
 from migrator import plan as pl
 from migrator.sealed import SealedUser, seal
 from migrator.source import Source
-from migrator.verify import canon
 
 Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
 """(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
@@ -157,49 +154,6 @@ class SealedPiece:
     sealed: list[SealedUser]  # one per user, in source order
 
 
-@dataclass
-class HistoryPiece:
-    text: str  # COPY text of the readable rows (`plan.history_line` / `plan.history_text`)
-    invalid: list[tuple[int | str, str]]  # (legacy id, reason) of unreadable rows
-    read: int  # source rows read so far
-
-    def canonical(self) -> list[tuple[int, str]]:
-        """(legacy id, canonical line) per row of `text`: the source side of the history
-        verification (of the rows that land: the writer knows which)."""
-        out = []
-        for line in self.text.splitlines(keepends=True):
-            legacy_id, fields = pl.history_copy_fields(line)
-            out.append((legacy_id, canon(*fields)))
-        return out
-
-
-def history_pieces(source: Source, rows: int) -> Iterator[HistoryPiece]:
-    """The balance history in pieces of `rows` readable rows, in legacy-id order, as COPY
-    text."""
-    lines: list[str] = []
-    invalid: list[tuple[int | str, str]] = []
-    read = 0
-    for raw in source.select("account_balance_history", pl.HISTORY_COLS, "ORDER BY id"):
-        read += 1
-        fast = pl.history_line(raw)
-        if fast is not None:
-            lines.append(fast[1])
-        else:
-            row, reason = pl.history_row(raw)
-            if row is None:
-                key = cv.legacy_id(raw[0])
-                invalid.append(
-                    (key if key is not None else str(raw[0])[:40], reason or "invalid")
-                )
-                continue
-            lines.append(pl.history_text(row))
-        if len(lines) >= rows:
-            yield HistoryPiece("".join(lines), invalid, read)
-            lines, invalid = [], []
-    if lines or invalid:
-        yield HistoryPiece("".join(lines), invalid, read)
-
-
 class PlanningFailed(RuntimeError):
     """The planning process stopped with an error (named by type and place, never by value)."""
 
@@ -216,7 +170,6 @@ class PlannerProcess:
         source: Source,
         box: SecretBox,
         batch_users: int,
-        batch_history: int,
         now: datetime,
         local: tzinfo,
     ) -> None:
@@ -224,7 +177,7 @@ class PlannerProcess:
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
             target=_serve,
-            args=(child, source.handle(), box, batch_users, batch_history, now, local),
+            args=(child, source.handle(), box, batch_users, now, local),
             name="brokerlink-migrate-planner",
             daemon=True,
         )
@@ -232,15 +185,7 @@ class PlannerProcess:
         child.close()
 
     def pieces(self, schwab_seen: pl.SchwabSeen) -> Iterator[SealedPiece]:
-        """The sealed users, given the Schwab answers to plan with."""
         self._conn.send(schwab_seen)
-        yield from self._receive(SealedPiece)
-
-    def history(self) -> Iterator[HistoryPiece]:
-        """The balance history (`history_pieces`), after the users."""
-        yield from self._receive(HistoryPiece)
-
-    def _receive(self, kind: type[Any]) -> Iterator[Any]:
         while True:
             try:
                 message = self._conn.recv()
@@ -248,7 +193,7 @@ class PlannerProcess:
                 raise PlanningFailed(
                     f"the planning process ended unexpectedly (exit code {self._process.exitcode})"
                 ) from None
-            if isinstance(message, kind):
+            if isinstance(message, SealedPiece):
                 yield message
             elif message is None:
                 return
@@ -268,18 +213,35 @@ def _serve(
     handle: tuple[str, str],
     box: SecretBox,
     batch_users: int,
-    batch_history: int,
     now: datetime,
     local: tzinfo,
 ) -> None:
-    """The planning process: read, plan, seal and send the users, then read and send the
-    balance history; it ends when the parent goes away."""
+    """The planning process: read, plan, send; it ends when the parent goes away."""
     try:
         source = Source.reopen(*handle)
-        _send_users(conn, source, box, min(batch_users, PIECE_USERS), now, local)
-        gc.collect()  # what planning held goes before the history is read
-        for history in history_pieces(source, batch_history):
-            conn.send(history)
+        planner = BatchPlanner(now, local, conn.recv())
+        bad: list[BadRow] = []
+        batch: list[Group] = []
+
+        def send() -> None:
+            plans = planner.plan(batch)
+            sealed = [
+                seal(g[0], lower, plan, box)
+                for g, (plan, lower) in zip(batch, plans, strict=True)
+            ]
+            conn.send(SealedPiece(bad, sealed))
+            bad.clear()  # sent (pickled) already
+
+        # Sent in pieces smaller than a writer's batch: the pieces are what this process
+        # holds at a time (the writer puts its batches together from them).
+        piece = min(batch_users, PIECE_USERS)
+        for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):
+            batch.append(group)
+            if len(batch) >= piece:
+                send()
+                batch = []
+        if batch or bad:
+            send()
         conn.send(None)
         source.close()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -289,37 +251,3 @@ def _serve(
         conn.send(
             f"{type(exc).__name__} at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
         )
-
-
-def _send_users(
-    conn: Connection,
-    source: Source,
-    box: SecretBox,
-    piece: int,
-    now: datetime,
-    local: tzinfo,
-) -> None:
-    """Sealed users in pieces of `piece`, then None. Pieces are smaller than a writer's
-    batch: they are what this process holds at a time (the writer puts its batches
-    together from them)."""
-    planner = BatchPlanner(now, local, conn.recv())
-    bad: list[BadRow] = []
-    batch: list[Group] = []
-
-    def send() -> None:
-        plans = planner.plan(batch)
-        sealed = [
-            seal(g[0], lower, plan, box)
-            for g, (plan, lower) in zip(batch, plans, strict=True)
-        ]
-        conn.send(SealedPiece(bad, sealed))
-        bad.clear()  # sent (pickled) already
-
-    for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):
-        batch.append(group)
-        if len(batch) >= piece:
-            send()
-            batch = []
-    if batch or bad:
-        send()
-    conn.send(None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -17,12 +17,12 @@ from brokerlink_shared.messaging import EventPublisher
 from migrator import convert as cv
 from migrator import plan as pl
 from migrator.events import EventBatch
-from migrator.planner import HistoryPiece, PlannerProcess, grouped
+from migrator.planner import PlannerProcess, grouped
 from migrator.report import Progress, Report
 from migrator.sealed import SealedUser, config_json, seal
 from migrator.source import Source
 from migrator.target import Target, correlation
-from migrator.verify import ChunkDigests
+from migrator.verify import ChunkDigests, canon
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -80,9 +80,7 @@ class Migration:
         # starts while this one counts and asks schwab-connector); this process writes batch N
         # while that one plans batch N+1, with one writer thread, which alone uses the
         # connection during this phase (as for history).
-        planner = PlannerProcess(
-            src, self.box, self.batch_users, self.batch_history, self.now, self.local
-        )
+        planner = PlannerProcess(src, self.box, self.batch_users, self.now, self.local)
         try:
             totals = {
                 t: src.count(t)
@@ -123,12 +121,12 @@ class Migration:
                     submit()
                 if pending is not None:
                     pending.result()
-            self.progress.step("users and accounts", users_total, users_total)
-            if after_users is not None:
-                after_users()
-            self._history(planner.history(), totals["account_balance_history"])
         finally:
             planner.close()
+        self.progress.step("users and accounts", users_total, users_total)
+        if after_users is not None:
+            after_users()
+        self._history(totals["account_balance_history"])
 
     def _ask_schwab(self) -> None:
         """Ask schwab-connector which accounts each legacy Schwab login sees (see schwab_probe)."""
@@ -390,20 +388,28 @@ class Migration:
 
     # ---- balance history -------------------------------------------------------------------
 
-    def _history(self, pieces: Iterator[HistoryPiece], total: int) -> None:
-        """Write piece N while the planning process reads piece N+1 (`history_pieces`): one
-        writer thread, which alone uses the connection during this phase. The source side of
-        the history verification (per-chunk digests of the rows that landed) is taken on the
-        way, so verification does not read the source's history again."""
+    def _history(self, total: int) -> None:
+        """Read and convert batch N+1 while the database writes batch N: a one-deep pipeline
+        with one writer thread, which alone uses the connection during this phase (psycopg
+        releases the GIL while PostgreSQL works). Rows go to PostgreSQL as COPY text; the
+        source side of the history verification (per-chunk digests of the rows that landed)
+        is taken on the way, so verification does not read the source's history again."""
         rep, chunks = self.report, self.history_digests
+        done = 0
+        lines: list[str] = []
+        invalid: list[tuple[int | str, str]] = []
 
-        def flush(piece: HistoryPiece, canons: list[tuple[int, str]]) -> None:
-            for legacy_id, reason in piece.invalid:
+        def flush(
+            lines: list[str],
+            invalid: list[tuple[int | str, str]],
+            canons: list[tuple[int, str]],
+        ) -> None:
+            for legacy_id, reason in invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            if not piece.text:
+            if not lines:
                 return
-            _updated, _inserted, skipped = self.target.write_history(piece.text)
+            _updated, _inserted, skipped = self.target.write_history("".join(lines))
             left_out = set()
             for legacy_id, reason in skipped:
                 rep.skip("account_balance_history", legacy_id, reason)
@@ -416,15 +422,45 @@ class Migration:
                 if legacy_id not in left_out:
                     chunks.add(legacy_id, line)
 
+        def canonical(lines: list[str]) -> list[tuple[int, str]]:
+            """The lines themselves are the source side of the verification (of the rows
+            that land): their canonical text, taken here while the writer waits on
+            PostgreSQL."""
+            out = []
+            for text in lines:
+                legacy_id, fields = pl.history_copy_fields(text)
+                out.append((legacy_id, canon(*fields)))
+            return out
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
-            for piece in pieces:
-                canons = piece.canonical()  # while the writer waits on PostgreSQL
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(flush, piece, canons)
-                if piece.read < total:
-                    self.progress.step("balance history", piece.read, total)
+            for raw in self.source.select(
+                "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
+            ):
+                done += 1
+                fast = pl.history_line(raw)
+                if fast is not None:
+                    lines.append(fast[1])
+                else:
+                    row, reason = pl.history_row(raw)
+                    if row is None:
+                        key = cv.legacy_id(raw[0])
+                        invalid.append(
+                            (
+                                key if key is not None else str(raw[0])[:40],
+                                reason or "invalid",
+                            )
+                        )
+                        continue
+                    lines.append(pl.history_text(row))
+                if len(lines) >= self.batch_history:
+                    canons = canonical(lines)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(flush, lines, invalid, canons)
+                    lines, invalid = [], []
+                    self.progress.step("balance history", done, total)
             if pending is not None:
                 pending.result()
+            flush(lines, invalid, canonical(lines))
         self.progress.step("balance history", total, total)
