@@ -13,11 +13,13 @@ import pytest
 from account_api.consumers.group_commit import GroupCommit
 from account_api.db import UnitOfWork
 from account_api.integrations import results
+from account_api.integrations.waiter import CHANNEL as WAITERS
 from account_api.migrate import upgrade
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher
 from brokerlink_shared.subjects import Topology
 from faststream.nats import NatsBroker
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -46,7 +48,18 @@ def _balance(
             "currency": "USD",
             "balance": balance,
             "cash": [{"currency": "USD", "amount": balance}],
-            "positions": [{"symbol": symbol, "quantity": "1", "market_value": balance}],
+            "positions": [
+                {"symbol": symbol, "quantity": "1", "market_value": balance},
+                {
+                    "symbol": "VT",
+                    "sec_type": "ETF",
+                    "currency": "EUR",
+                    "quantity": "0.12345678",
+                    "average_cost": "101.5",
+                    "market_price": "99.25",
+                    "unrealized_pnl": "-0.2778",
+                },
+            ],
         },
     )
 
@@ -116,7 +129,8 @@ async def _state(libpq: str) -> dict[str, list[tuple[object, ...]]]:
                 "JOIN accounts a ON a.id = h.account_id ORDER BY a.name, h.date"
             ),
             "positions": await rows(
-                "SELECT a.name, p.symbol, p.market_value FROM positions p "
+                "SELECT a.name, p.symbol, p.sec_type, p.currency, p.quantity, p.average_cost, "
+                "p.market_price, p.market_value, p.unrealized_pnl, p.as_of FROM positions p "
                 "JOIN accounts a ON a.id = p.account_id ORDER BY a.name, p.symbol"
             ),
             "cash": await rows(
@@ -175,6 +189,12 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
             )
             for e in events
         ]
+        statements: list[str] = []
+
+        @sa_event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def seen(_conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+            statements.append(statement)
+
         await results.record_balances(
             _uow(async_sessionmaker(engine, expire_on_commit=False)), batch
         )
@@ -190,6 +210,37 @@ async def test_one_batch_equals_one_by_one(database, infra) -> None:  # type: ig
     assert together["refreshes"][0][1] == "failed"
     assert {r[1] for r in together["refreshes"][1:]} == {"succeeded"}
     assert len(together["history"]) == 2 * 12  # today and yesterday for each
+    # every column of a position lands exactly, absent ones as NULL
+    assert [p for p in together["positions"] if p[0] == "A3"] == [
+        (
+            "A3",
+            "NEW",
+            "STK",
+            "USD",
+            Decimal("1"),
+            None,
+            None,
+            Decimal("103"),
+            None,
+            NOW,
+        ),
+        (
+            "A3",
+            "VT",
+            "ETF",
+            "EUR",
+            Decimal("0.12345678"),
+            Decimal("101.5"),
+            Decimal("99.25"),
+            None,
+            Decimal("-0.2778"),
+            NOW,
+        ),
+    ]
+    assert [c for c in together["cash"] if c[0] == "A3"] == [("A3", Decimal("103"))]
+    # set-based: the twelve accounts in one UPDATE, not an ORM flush per row
+    updates = [s for s in statements if "UPDATE accounts" in s]
+    assert len(updates) == 1 and "jsonb_to_recordset" in updates[0], updates
 
 
 async def test_group_commit_answers_each_submitter(database) -> None:  # type: ignore[no-untyped-def]
@@ -217,3 +268,23 @@ async def test_group_commit_answers_each_submitter(database) -> None:  # type: i
     assert max(batches) > 1  # they were committed together, not one transaction each
     state = await _state(libpq)
     assert sum(1 for r in state["refreshes"] if r[1] == "succeeded") == 28
+
+
+async def test_settled_refreshes_wake_their_waiters(database) -> None:  # type: ignore[no-untyped-def]
+    """Each refresh a batch settles is announced on the waiters' channel (the API's `?wait=`
+    answers from that, not from polling), in the batch's own statement."""
+    libpq, sessionmaker = database
+    user_id, ids, refreshes = await _seed(libpq, 4)
+    async with await psycopg.AsyncConnection.connect(
+        libpq, autocommit=True
+    ) as listener:
+        await listener.execute(f"LISTEN {WAITERS}")
+        await results.record_balances(
+            _uow(sessionmaker),
+            [
+                _balance(user_id, aid, "10", NOW, rid)
+                for aid, rid in zip(ids, refreshes, strict=True)
+            ],
+        )
+        heard = [n.payload async for n in listener.notifies(timeout=10, stop_after=4)]
+    assert sorted(heard) == sorted(str(r) for r in refreshes)

@@ -8,7 +8,9 @@ from collections import defaultdict
 import httpx
 import nats
 import orjson
+import psycopg
 from account_api.migrate import upgrade
+from account_api.outbox.relay import RELAY_LOCK_ID
 from brokerlink_devkit.devstack.embedded import EmbeddedNats
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.subjects import COMMANDS, Topology
@@ -107,3 +109,49 @@ async def _bus_down(client: httpx.AsyncClient) -> bool:
 async def _outbox_drained(client: httpx.AsyncClient) -> bool:
     body = (await client.get("/healthz")).json()
     return body.get("bus") == "connected" and body.get("outbox_pending") == 0
+
+
+async def test_relay_that_loses_its_lock_connection_leads_again_and_publishes(
+    infra, new_user, api_factory
+) -> None:  # type: ignore[no-untyped-def]
+    """The idle probe runs on the connection holding the leader's lock: when PostgreSQL drops
+    that connection, the relay reconnects, takes the lock again and publishes what was staged."""
+    db = infra.new_database("relaylock")
+    upgrade(db)
+    libpq = db.replace("postgresql+psycopg://", "postgresql://")
+    settings = api_factory.settings(db, f"{infra.namespace}rl")
+    lock_holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted"
+    async with (
+        api_factory.run(settings) as running,
+        httpx.AsyncClient(base_url=running.base_url, timeout=30) as client,
+        await psycopg.AsyncConnection.connect(libpq, autocommit=True) as admin,
+    ):
+
+        async def holder() -> int | None:
+            row = await (await admin.execute(lock_holder, (RELAY_LOCK_ID,))).fetchone()
+            return int(row[0]) if row else None
+
+        await wait_until(holder, timeout_s=20, message="a relay holds the lock")
+        first = await holder()
+        await admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+
+        async def new_leader() -> bool:
+            return (await holder()) not in (None, first)
+
+        await wait_until(new_leader, timeout_s=30, message="the relay leads again")
+        h = await new_user(client)
+        r = await client.post(
+            "/api/accounts", headers=h, json={"name": "A", "currency": "USD"}
+        )
+        body = {
+            "type": "IB",
+            "config": {"host": "127.0.0.1", "port": 4001, "client_id": 1},
+        }
+        assert (
+            await client.put(
+                f"/api/accounts/{r.json()['id']}/integration", headers=h, json=body
+            )
+        ).status_code == 200
+        await wait_until(
+            lambda: _outbox_drained(client), timeout_s=30, message="outbox drained"
+        )

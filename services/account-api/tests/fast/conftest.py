@@ -88,6 +88,9 @@ class FakeAccounts:
     async def locked_many(self, account_ids: Iterable[int]) -> dict[int, Account]:
         return {i: self.rows[i] for i in sorted(account_ids) if i in self.rows}
 
+    async def write_changes(self, accounts: Iterable[Account]) -> None:
+        """The rows are the objects themselves: changed in place, nothing to write."""
+
     async def sharing_login(self, user_id: int, app_key: str) -> list[Account]:
         return [
             a

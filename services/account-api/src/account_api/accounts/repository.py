@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from psycopg.adapt import Loader
-from sqlalchemy import select
+from sqlalchemy import TextClause, inspect, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
+from account_api.json_values import dumps
 from account_api.tables import Account
 
 if TYPE_CHECKING:  # db builds the repositories: a runtime import would be circular
@@ -36,6 +40,25 @@ class _JSONFragmentLoader(Loader):
 
     def load(self, data: Any) -> orjson.Fragment:
         return orjson.Fragment(bytes(data))
+
+
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _write_columns(keys: tuple[str, ...]) -> TextClause:
+    """One UPDATE of `keys` for many accounts, the rows as one JSON document: the same SQL for
+    any number of rows."""
+    columns = Account.__table__.c
+    sets = ", ".join(f"{k} = r.{k}" for k in keys)
+    types = ", ".join(
+        f"{k} {columns[k].type.compile(dialect=_POSTGRESQL)}" for k in keys
+    )
+    return text(
+        f"UPDATE accounts a SET {sets}"  # noqa: S608 - column names of the mapped table only
+        f" FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id bigint, {types})"
+        " WHERE a.id = r.id"
+    )
 
 
 class AccountRepository:
@@ -105,6 +128,37 @@ class AccountRepository:
         if user_id is not None:
             query = query.where(Account.user_id == user_id)
         return list((await self._session.execute(query)).scalars())
+
+    async def write_changes(self, accounts: Iterable[Account]) -> None:
+        """Write what changed on many loaded (and locked) accounts in one UPDATE of the changed
+        columns, whatever their number, instead of an ORM flush per row; afterwards the rows
+        hold nothing left for a flush to write."""
+        columns = Account.__table__.c
+        changed = [a for a in accounts if inspect(a).committed_state]
+        # Columns only: anything else left modified is the ORM flush's to write.
+        keys = tuple(
+            sorted(
+                {k for a in changed for k in inspect(a).committed_state if k in columns}
+            )
+        )
+        if not keys:
+            return
+        rows = [{"id": a.id, **{k: getattr(a, k) for k in keys}} for a in changed]
+        # Marked as written first: the statement autoflushes, which would write them again.
+        identity = self._session.sync_session.identity_map
+        for account in changed:
+            state = inspect(account)
+            if state.committed_state.keys() <= set(keys):
+                # What SQLAlchemy does after its own flush: the row is clean, so later flushes
+                # in this transaction skip it instead of diffing every column again (that
+                # check cost a bulk refresh of 20 accounts ~3 ms of CPU, a third of it).
+                state._commit_all(state.dict, identity)
+            else:
+                for key in keys:
+                    set_committed_value(account, key, getattr(account, key))
+        await self._session.execute(
+            _write_columns(keys), {"rows": dumps(rows).decode()}
+        )
 
     async def add(self, account: Account) -> Account:
         self._session.add(account)

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from account_api.json_values import dumps
 from account_api.tables import BalanceHistory
 
 
@@ -86,16 +87,15 @@ class HistoryRepository:
     ) -> None:
         """Many `upsert`s of broker balances (account, day, balance, source, as_of) in one
         statement, keeping the same rule: never replace a newer row. One row per (account, day).
-        Rows go in as arrays so the SQL is the same whatever their number."""
+        Rows go in as one JSON document, so the SQL is the same whatever their number."""
         if not rows:
             return
         ordered = sorted(rows, key=lambda r: (r[0], r[1]))
-        account_ids, days, balances, sources, as_ofs = zip(*ordered, strict=True)
         await self._session.execute(
             text(
                 "INSERT INTO account_balance_history (account_id, date, balance, source, as_of)"
-                " SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:d AS date[]),"
-                " CAST(:b AS numeric[]), CAST(:s AS text[]), CAST(:t AS timestamptz[]))"
+                " SELECT a, d, b, s, t FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+                " AS r(a bigint, d date, b numeric, s text, t timestamptz)"
                 " ON CONFLICT ON CONSTRAINT uq_history_account_day DO UPDATE SET"
                 " balance = excluded.balance, source = excluded.source,"
                 " as_of = excluded.as_of, updated_at = now()"
@@ -103,11 +103,12 @@ class HistoryRepository:
                 " OR account_balance_history.as_of <= excluded.as_of"
             ),
             {
-                "a": list(account_ids),
-                "d": list(days),
-                "b": list(balances),
-                "s": list(sources),
-                "t": list(as_ofs),
+                "rows": dumps(
+                    [
+                        {"a": account, "d": day, "b": balance, "s": source, "t": as_of}
+                        for account, day, balance, source, as_of in ordered
+                    ]
+                ).decode()
             },
         )
 

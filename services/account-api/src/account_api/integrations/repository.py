@@ -11,14 +11,15 @@ from typing import Any
 
 from brokerlink_shared.contracts.values import IntegrationStatus
 from brokerlink_shared.messaging import EventPublisher
-from psycopg.types.json import Jsonb
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from account_api.accounts.repository import AccountRepository
 from account_api.integrations.lifecycle import IntegrationState, Transition
 from account_api.integrations.waiter import CHANNEL as REFRESH_CHANNEL
+from account_api.json_values import dumps
 from account_api.outbox.repository import OutboxRepository
 from account_api.tables import (
     Account,
@@ -80,28 +81,12 @@ def _column_value(state: IntegrationState, name: str) -> Any:
     return value
 
 
-# Every state column of many accounts at once (`save_many`); arrays keep the SQL the same for any
-# number of rows.
-_SAVE_STATES = text(
-    "UPDATE accounts a SET integration_type = r.type, integration_config = r.config,"
-    " integration_version = r.version, integration_status = r.status,"
-    " integration_status_at = r.status_at, last_error = r.last_error,"
-    " last_error_code = r.last_error_code, last_refresh_at = r.last_refresh_at,"
-    " last_success_at = r.last_success_at, last_failure_at = r.last_failure_at,"
-    " last_connected_at = r.last_connected_at,"
-    " token_access_expires_at = r.token_access_expires_at,"
-    " token_refresh_expires_at = r.token_refresh_expires_at"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:type AS text[]), CAST(:config AS jsonb[]),"
-    " CAST(:version AS integer[]), CAST(:status AS text[]), CAST(:status_at AS timestamptz[]),"
-    " CAST(:last_error AS text[]), CAST(:last_error_code AS text[]),"
-    " CAST(:last_refresh_at AS timestamptz[]), CAST(:last_success_at AS timestamptz[]),"
-    " CAST(:last_failure_at AS timestamptz[]), CAST(:last_connected_at AS timestamptz[]),"
-    " CAST(:token_access_expires_at AS timestamptz[]),"
-    " CAST(:token_refresh_expires_at AS timestamptz[]))"
-    " AS r(id, type, config, version, status, status_at, last_error, last_error_code,"
-    " last_refresh_at, last_success_at, last_failure_at, last_connected_at,"
-    " token_access_expires_at, token_refresh_expires_at)"
-    " WHERE a.id = r.id"
+_SETTLE_MANY = text(
+    "WITH settled AS (UPDATE refreshes r SET status = e.status, completed_at = :now,"
+    " message = coalesce(e.message, r.message), balance = coalesce(e.balance, r.balance)"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+    " AS e(id uuid, status text, message text, balance numeric) WHERE r.id = e.id"
+    " RETURNING r.id) SELECT pg_notify(:ch, id::text) FROM settled"
 )
 
 
@@ -132,18 +117,25 @@ class RefreshRepository:
         statement."""
         if not rows:
             return
-        ids, account_ids, versions, job_ids = zip(*rows, strict=True)
         await self._session.execute(
             text(
                 "INSERT INTO refreshes (id, account_id, integration_version, job_id)"
-                " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:accounts AS bigint[]),"
-                " CAST(:versions AS integer[]), CAST(:jobs AS uuid[]))"
+                " SELECT id, account_id, integration_version, job_id"
+                " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, account_id bigint,"
+                " integration_version integer, job_id uuid)"
             ),
             {
-                "ids": list(ids),
-                "accounts": list(account_ids),
-                "versions": list(versions),
-                "jobs": list(job_ids),
+                "rows": dumps(
+                    [
+                        {
+                            "id": rid,
+                            "account_id": account_id,
+                            "integration_version": version,
+                            "job_id": job_id,
+                        }
+                        for rid, account_id, version, job_id in rows
+                    ]
+                ).decode()
             },
         )
 
@@ -204,9 +196,10 @@ class RefreshRepository:
         ended: Iterable[tuple[Refresh, str, str | None, Decimal | None]],
         now: datetime,
     ) -> None:
-        """`settle` for many refreshes (refresh, status, message, balance): one UPDATE and one
-        NOTIFY statement, the same SQL whatever the batch size (no ORM flush, no re-compile)."""
-        ids, statuses, messages, balances = [], [], [], []
+        """`settle` for many refreshes (refresh, status, message, balance): one statement that
+        updates them and tells the waiters, the same SQL whatever the batch size (no ORM flush,
+        no re-compile)."""
+        rows = []
         for refresh, status, message, balance in ended:
             for attr, value in (
                 ("status", status),
@@ -215,31 +208,19 @@ class RefreshRepository:
                 ("balance", balance if balance is not None else refresh.balance),
             ):
                 set_committed_value(refresh, attr, value)
-            ids.append(refresh.id)
-            statuses.append(status)
-            messages.append(message)
-            balances.append(balance)
-        if not ids:
+            rows.append(
+                {
+                    "id": refresh.id,
+                    "status": status,
+                    "message": message,
+                    "balance": balance,
+                }
+            )
+        if not rows:
             return
         await self._session.execute(
-            text(
-                "UPDATE refreshes r SET status = e.status, completed_at = :now,"
-                " message = coalesce(e.message, r.message), balance = coalesce(e.balance, r.balance)"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]),"
-                " CAST(:messages AS text[]), CAST(:balances AS numeric[]))"
-                " AS e(id, status, message, balance) WHERE r.id = e.id"
-            ),
-            {
-                "now": now,
-                "ids": ids,
-                "statuses": statuses,
-                "messages": messages,
-                "balances": balances,
-            },
-        )
-        await self._session.execute(
-            text("SELECT pg_notify(:ch, id) FROM unnest(CAST(:ids AS text[])) id"),
-            {"ch": REFRESH_CHANNEL, "ids": [str(i) for i in ids]},
+            _SETTLE_MANY,
+            {"now": now, "rows": dumps(rows).decode(), "ch": REFRESH_CHANNEL},
         )
 
     async def get_for_account(
@@ -271,25 +252,20 @@ class RefreshRepository:
         return {status: int(count) for status, count in rows.all()}
 
 
-_POSITION_COLUMNS = (
-    "account_id",
-    "symbol",
-    "sec_type",
-    "currency",
-    "quantity",
-    "average_cost",
-    "market_price",
-    "market_value",
-    "unrealized_pnl",
-    "as_of",
-)
+# Rows as one JSON document PostgreSQL unpacks: a fixed statement for any batch size, and one
+# orjson call instead of a Python loop per array element (~10x cheaper to send).
 _INSERT_POSITIONS = text(
     "INSERT INTO positions (account_id, symbol, sec_type, currency, quantity, average_cost,"
-    " market_price, market_value, unrealized_pnl, as_of) SELECT * FROM unnest("
-    "CAST(:account_id AS bigint[]), CAST(:symbol AS text[]), CAST(:sec_type AS text[]),"
-    " CAST(:currency AS text[]), CAST(:quantity AS numeric[]), CAST(:average_cost AS numeric[]),"
-    " CAST(:market_price AS numeric[]), CAST(:market_value AS numeric[]),"
-    " CAST(:unrealized_pnl AS numeric[]), CAST(:as_of AS timestamptz[]))"
+    " market_price, market_value, unrealized_pnl, as_of) SELECT account_id, symbol, sec_type,"
+    " currency, quantity, average_cost, market_price, market_value, unrealized_pnl, as_of"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(account_id bigint, symbol text,"
+    " sec_type text, currency text, quantity numeric, average_cost numeric,"
+    " market_price numeric, market_value numeric, unrealized_pnl numeric, as_of timestamptz)"
+)
+_INSERT_CASH = text(
+    "INSERT INTO cash_balances (account_id, currency, amount, as_of)"
+    " SELECT account_id, currency, amount, as_of FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+    " AS r(account_id bigint, currency text, amount numeric, as_of timestamptz)"
 )
 
 
@@ -338,37 +314,26 @@ class SnapshotRepository:
             {"ids": ids},
         )
         held = [
-            (account_id, as_of, pos)
+            {**pos, "account_id": account_id, "as_of": as_of}
             for account_id, (as_of, positions, _) in snapshots.items()
             for pos in positions
         ]
         if held:
-            columns: dict[str, list[object]] = {c: [] for c in _POSITION_COLUMNS}
-            for account_id, as_of, pos in held:
-                row = {**pos, "account_id": account_id, "as_of": as_of}
-                for column, values in columns.items():
-                    values.append(row.get(column))
-            await self._session.execute(_INSERT_POSITIONS, columns)
+            await self._session.execute(
+                _INSERT_POSITIONS, {"rows": dumps(held).decode()}
+            )
         cash = [
-            (account_id, currency, amount, as_of)
+            {
+                "account_id": account_id,
+                "currency": currency,
+                "amount": amount,
+                "as_of": as_of,
+            }
             for account_id, (as_of, _, balances) in snapshots.items()
             for currency, amount in balances
         ]
         if cash:
-            account_ids, currencies, amounts, as_ofs = zip(*cash, strict=True)
-            await self._session.execute(
-                text(
-                    "INSERT INTO cash_balances (account_id, currency, amount, as_of)"
-                    " SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:c AS text[]),"
-                    " CAST(:m AS numeric[]), CAST(:t AS timestamptz[]))"
-                ),
-                {
-                    "a": list(account_ids),
-                    "c": list(currencies),
-                    "m": list(amounts),
-                    "t": list(as_ofs),
-                },
-            )
+            await self._session.execute(_INSERT_CASH, {"rows": dumps(cash).decode()})
 
     async def replace(
         self,
@@ -476,18 +441,9 @@ class IntegrationRepository:
         events in one INSERT, whatever their number (no ORM flush of each row)."""
         if not saves:
             return
-        columns: dict[str, list[Any]] = {name: [] for name in _STATE_FIELDS}
         for account, transition in saves:
-            for name in _STATE_FIELDS:
-                value = _column_value(transition.state, name)
-                columns[name].append(
-                    Jsonb(value) if name == "config" and value is not None else value
-                )
-                # what the row now holds: nothing left for a flush to write
-                set_committed_value(account, _COLUMN.get(name, name), value)
-        await self._session.execute(
-            _SAVE_STATES, {"ids": [account.id for account, _ in saves], **columns}
-        )
+            store_state(account, transition.state)
+        await AccountRepository(self._session).write_changes(a for a, _ in saves)
         await self._outbox.add_many(
             [event for _, transition in saves for event in transition.events]
         )

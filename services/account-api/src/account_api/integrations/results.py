@@ -131,6 +131,7 @@ async def record_balances(uow: UnitOfWork, events: Sequence[BalanceUpdated]) -> 
                 days[day] = event
             if refresh is not None:
                 ended.append((refresh, "succeeded", None, p.balance))
+        await uow.accounts.write_changes(accounts.values())
         await uow.snapshots.replace_many(
             {
                 account_id: (

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import psycopg
 from brokerlink_shared.contracts.events import Event
 from brokerlink_shared.messaging import EventPublisher
 from sqlalchemy import text
@@ -42,27 +44,30 @@ class OutboxRepository:
         in the given order; validation errors surface before anything is written."""
         if not events:
             return
-        rows = [(event, *self._publisher.encode(event)) for event in events]
-        await self._session.execute(
-            ADD_MANY,
-            {
-                "event_ids": [event.event_id for event, _, _ in rows],
-                "families": [event.family for event, _, _ in rows],
-                "subjects": [subject for _, subject, _ in rows],
-                "keys": [str(event.account_id or "") for event, _, _ in rows],
-                "bodies": [body for _, _, body in rows],
-                "correlations": [event.correlation_id for event, _, _ in rows],
-            },
-        )
+        rows = []
+        for n, event in enumerate(events):
+            subject, body = self._publisher.encode(event)
+            rows.append(
+                {
+                    "n": n,
+                    "event_id": event.event_id,
+                    "family": event.family,
+                    "subject": subject,
+                    "partition_key": str(event.account_id or ""),
+                    "body": body.decode(),  # JSON text, carried as a string: bytes unchanged
+                    "correlation_id": event.correlation_id,
+                }
+            )
+        await self._session.execute(ADD_MANY, {"rows": orjson.dumps(rows).decode()})
         self._session.info[STAGED] = True
 
 
 # Rows take `seq` in the order given (the relay publishes in `seq` order).
 ADD_MANY = text(
     """INSERT INTO outbox (event_id, family, subject, partition_key, body, correlation_id)
-       SELECT e, f, s, k, b, c FROM unnest(CAST(:event_ids AS uuid[]), CAST(:families AS text[]),
-           CAST(:subjects AS text[]), CAST(:keys AS text[]), CAST(:bodies AS bytea[]),
-           CAST(:correlations AS text[])) WITH ORDINALITY AS r(e, f, s, k, b, c, n)
+       SELECT event_id, family, subject, partition_key, convert_to(body, 'UTF8'), correlation_id
+       FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(n integer, event_id uuid, family text,
+           subject text, partition_key text, body text, correlation_id text)
        ORDER BY n"""
 )
 
@@ -101,3 +106,14 @@ class OutboxQueue:
     async def ping(self) -> None:
         """A trivial round trip, for health checks."""
         await self._session.execute(PING)
+
+
+async def has_unpublished(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether any row waits (the relay's idle probe: one index look-up on a connection it
+    already holds, instead of a session and a transaction every poll)."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)",
+        prepare=True,
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
