@@ -22,6 +22,7 @@ from migrator import convert as cv
 from migrator import plan as pl
 from migrator.sealed import SealedUser, seal
 from migrator.source import Source
+from migrator.verify import ROW_DIGESTS, RowDigests
 
 Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
 """(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
@@ -34,10 +35,12 @@ def grouped(
     source: Source,
     bad: Callable[[str, Any, str], None],
     after_user: int = 0,
+    seen: Callable[[str, tuple[Any, ...]], None] | None = None,
 ) -> Iterator[Group]:
     """Merge-join the four legacy streams by user id: (user id, user row or None, accounts, ib
     rows, schwab rows). A row whose id or user id is not a whole number cannot be placed: it
-    goes to `bad(table, id, reason)` and the import goes on."""
+    goes to `bad(table, id, reason)` and the import goes on. `seen(table, row)` is shown every
+    row as read, placeable or not."""
     streams = [
         _placeable(
             "users",
@@ -46,6 +49,7 @@ def grouped(
             ),
             0,
             bad,
+            seen,
         ),
         *(
             _placeable(
@@ -60,6 +64,7 @@ def grouped(
                 ),
                 1,
                 bad,
+                seen,
             )
             for table, cols in (
                 ("accounts", pl.ACCOUNT_COLS),
@@ -84,11 +89,14 @@ def _placeable(
     rows: Iterator[tuple[Any, ...]],
     key: int,
     bad: Callable[[str, Any, str], None],
+    seen: Callable[[str, tuple[Any, ...]], None] | None = None,
 ) -> Iterator[tuple[int, tuple[Any, ...]]]:
     """(user id, row) for rows with whole-number ids; the others go to `bad`. NULL user ids
     (orphans) come as -1, first, as SQLite orders NULL first."""
     last = -2
     for row in rows:
+        if seen is not None:
+            seen(table, row)
         rid = cv.legacy_id(row[0])
         if rid is None:
             bad(table, row[0], "id is not a whole number")
@@ -152,6 +160,7 @@ class BatchPlanner:
 class SealedPiece:
     bad: list[BadRow]  # rows met while reading this batch that cannot be placed
     sealed: list[SealedUser]  # one per user, in source order
+    rows_source: dict[str, RowDigests]  # verification's source side of the rows read
 
 
 class PlanningFailed(RuntimeError):
@@ -222,20 +231,27 @@ def _serve(
         planner = BatchPlanner(now, local, conn.recv())
         bad: list[BadRow] = []
         batch: list[Group] = []
+        taken = {table: RowDigests() for table in ROW_DIGESTS}
 
         def send() -> None:
+            nonlocal taken
             plans = planner.plan(batch)
             sealed = [
                 seal(g[0], lower, plan, box)
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
-            conn.send(SealedPiece(bad, sealed))
+            conn.send(SealedPiece(bad, sealed, taken))
             bad.clear()  # sent (pickled) already
+            taken = {table: RowDigests() for table in ROW_DIGESTS}
+
+        def read(table: str, row: tuple[Any, ...]) -> None:
+            if table in taken:
+                taken[table].add(ROW_DIGESTS[table](row))
 
         # Sent in pieces smaller than a writer's batch: the pieces are what this process
         # holds at a time (the writer puts its batches together from them).
         piece = min(batch_users, PIECE_USERS)
-        for group in grouped(source, lambda t, i, r: bad.append((t, i, r))):
+        for group in grouped(source, lambda t, i, r: bad.append((t, i, r)), seen=read):
             batch.append(group)
             if len(batch) >= piece:
                 send()

@@ -22,7 +22,7 @@ from migrator.report import Progress, Report
 from migrator.sealed import SealedUser, config_json, seal
 from migrator.source import Source
 from migrator.target import Target, correlation
-from migrator.verify import ChunkDigests, canon
+from migrator.verify import ROW_DIGESTS, ChunkDigests, RowDigests, canon
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -67,6 +67,8 @@ class Migration:
         self.history_digests = (
             ChunkDigests()
         )  # the source side of history's verification
+        # the source side of the users' and legacy copies' verification, taken while planning
+        self.rows_source = {table: RowDigests() for table in ROW_DIGESTS}
         self._batches = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
@@ -114,6 +116,8 @@ class Migration:
                 for piece in planner.pieces(self.schwab_seen):
                     for table, legacy_id, reason in piece.bad:
                         self._bad_row(table, legacy_id, reason)
+                    for table, taken in piece.rows_source.items():
+                        self.rows_source[table].extend(taken)
                     batch.extend(piece.sealed)
                     if len(batch) >= self.batch_users:
                         submit()
