@@ -278,7 +278,12 @@ class Migration:
                 continue
             kind, stored = stored_of[legacy_id]
             staged.add(kind, stored, user_id, account_id, version)
-        account_ids = target.id_map("accounts", [a[0] for a in accounts])
+        # The ids of the accounts just written came back with them; only the others are
+        # looked up (none in a first import).
+        account_ids = {r[0]: r[1] for r in [*updated, *inserted]}
+        account_ids |= target.id_map(
+            "accounts", [a[0] for a in accounts if a[0] not in account_ids]
+        )
 
         # pending links (whatever could not be linked with certainty)
         rows = []
