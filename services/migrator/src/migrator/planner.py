@@ -22,7 +22,7 @@ from migrator import convert as cv
 from migrator import plan as pl
 from migrator.sealed import SealedUser, seal
 from migrator.source import Source
-from migrator.verify import ROW_DIGESTS, RowDigests
+from migrator.verify import ROW_DIGESTS, RowDigests, account_line
 
 Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
 """(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
@@ -163,6 +163,13 @@ class SealedPiece:
     rows_source: dict[str, RowDigests]  # verification's source side of the rows read
 
 
+def _taken() -> dict[str, RowDigests]:
+    """Verification's source sides a piece carries (see `verify.verify`'s `rows_source`)."""
+    return {table: RowDigests() for table in ROW_DIGESTS} | {
+        "accounts": RowDigests(width=16)
+    }
+
+
 class PlanningFailed(RuntimeError):
     """The planning process stopped with an error (named by type and place, never by value)."""
 
@@ -231,7 +238,7 @@ def _serve(
         planner = BatchPlanner(now, local, conn.recv())
         bad: list[BadRow] = []
         batch: list[Group] = []
-        taken = {table: RowDigests() for table in ROW_DIGESTS}
+        taken = _taken()
 
         def send() -> None:
             nonlocal taken
@@ -240,13 +247,22 @@ def _serve(
                 seal(g[0], lower, plan, box)
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
+            for group, (plan, _lower) in zip(batch, plans, strict=True):
+                planned = {
+                    a.legacy_id: a.integration.type
+                    for a in plan.accounts
+                    if a.integration is not None
+                }
+                for raw in group[2]:
+                    taken["accounts"].add(account_line(raw, planned))
             conn.send(SealedPiece(bad, sealed, taken))
             bad.clear()  # sent (pickled) already
-            taken = {table: RowDigests() for table in ROW_DIGESTS}
+            taken = _taken()
 
         def read(table: str, row: tuple[Any, ...]) -> None:
-            if table in taken:
-                taken[table].add(ROW_DIGESTS[table](row))
+            digest = ROW_DIGESTS.get(table)
+            if digest is not None:
+                taken[table].add(digest(row))
 
         # Sent in pieces smaller than a writer's batch: the pieces are what this process
         # holds at a time (the writer puts its batches together from them).

@@ -67,8 +67,11 @@ class Migration:
         self.history_digests = (
             ChunkDigests()
         )  # the source side of history's verification
-        # the source side of the users' and legacy copies' verification, taken while planning
-        self.rows_source = {table: RowDigests() for table in ROW_DIGESTS}
+        # the source side of the users', accounts' and legacy copies' verification, taken
+        # while planning
+        self.rows_source = {table: RowDigests() for table in ROW_DIGESTS} | {
+            "accounts": RowDigests(width=16)
+        }
         self._batches = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 

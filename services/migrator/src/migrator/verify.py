@@ -191,12 +191,26 @@ ROW_DIGESTS: dict[str, Callable[[tuple[Any, ...]], tuple[int, str] | None]] = {
 """The tables whose source side can be taken while the import reads them (`RowDigests`)."""
 
 
-class RowDigests:
-    """(legacy id, checksum) pairs of source rows in any order, compactly (8 + 20 bytes a
-    row): the source side of a row-by-row comparison, taken while the import reads the rows
-    anyway, so verification does not read them again."""
+def account_line(
+    raw: tuple[Any, ...], planned: dict[int, str]
+) -> tuple[int, str] | None:
+    """The source side of the accounts' chunked comparison for one legacy row: (legacy id,
+    md5 of its canonical line, with the integration type the account must carry: see
+    `_expected_kind`; `planned`: the plan's types, by legacy account id)."""
+    a, _ = pl.account_row(raw)
+    if a is None:
+        return None
+    line = canon(a.legacy_id, *a.content(), _expected_kind(a, raw, planned))
+    return a.legacy_id, hashlib.md5(line.encode(), usedforsecurity=False).hexdigest()
 
-    def __init__(self) -> None:
+
+class RowDigests:
+    """(legacy id, checksum) pairs of source rows in any order, compactly (8 bytes and the
+    checksum's `width` a row): the source side of a comparison, taken while the import reads
+    the rows anyway, so verification does not read them again."""
+
+    def __init__(self, width: int = 20) -> None:
+        self.width = width
         self.ids = array("q")
         self.sums = bytearray()
 
@@ -211,9 +225,9 @@ class RowDigests:
 
     def ordered(self) -> Iterator[tuple[int, str]]:
         """The pairs in legacy-id order, as the source iterators of `verify` yield them."""
-        ids, sums = self.ids, self.sums
+        ids, sums, w = self.ids, self.sums, self.width
         for i in sorted(range(len(ids)), key=ids.__getitem__):
-            yield ids[i], sums[20 * i : 20 * i + 20].hex()
+            yield ids[i], sums[w * i : w * i + w].hex()
 
 
 def _canon_sql(*exprs: str) -> str:
@@ -293,8 +307,9 @@ def verify(
     """Per table: counts and checksums of source vs target, and the rows that differ.
     `history_source`: the source history's chunk digests when the import took them on its
     way (`ChunkDigests`); otherwise the source's history is read here. `rows_source`: the
-    source sides of the `ROW_DIGESTS` tables when the import took them on its way. `tables`:
-    the ones to verify (all by default), so history can be verified apart from the others."""
+    source sides of the `ROW_DIGESTS` tables and of accounts (`account_line`) when the import
+    took them on its way. `tables`: the ones to verify (all by default), so history can be
+    verified apart from the others."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -375,14 +390,26 @@ def verify(
             ),
         )
 
+    def accounts_src() -> Iterator[tuple[int, str]]:
+        rows: Iterator[tuple[int, str] | None] = (
+            taken["accounts"].ordered()
+            if "accounts" in taken
+            else (
+                account_line(raw, expected_integrations)
+                for raw in source.select("accounts", pl.ACCOUNT_COLS, "ORDER BY id")
+            )
+        )
+        for row in rows:
+            if row is not None and row[0] not in skipped.get("accounts", ()):
+                yield row
+
     if "accounts" in tables:
+        # per chunk: md5 of the rows' md5s (each of its canonical line), so the source side
+        # can be kept as 16 bytes a row
         results["accounts"] = _chunked(
             conn,
-            (
-                (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
-                for a, kind in account_rows()
-            ),
-            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
+            accounts_src(),
+            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg(md5({
                 _canon_sql(
                     "a.legacy_id",
                     "u.legacy_id",
@@ -394,7 +421,7 @@ def verify(
                     "a.current_balance",
                     "a.integration_type",
                 )
-            }, E'\\n' ORDER BY a.legacy_id))
+            }), E'\\n' ORDER BY a.legacy_id))
                  FROM accounts a JOIN users u ON u.id = a.user_id
                 WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
             params,
