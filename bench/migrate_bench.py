@@ -17,6 +17,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -318,6 +319,10 @@ def main() -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+        if args.keep is None:
+            # ~1.7 GB at full size (the generated file, PostgreSQL's data): left behind, a
+            # few runs filled this machine's disk
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
