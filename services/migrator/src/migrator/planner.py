@@ -158,7 +158,7 @@ class BatchPlanner:
 
 @dataclass
 class SealedPiece:
-    bad: list[BadRow]  # rows met while reading this batch that cannot be placed
+    bad: list[BadRow]  # rows met while reading this piece that cannot be placed
     sealed: list[SealedUser]  # one per user, in source order
     rows_source: dict[str, RowDigests]  # verification's source side of the rows read
 
@@ -175,10 +175,11 @@ class PlanningFailed(RuntimeError):
 
 
 class PlannerProcess:
-    """`grouped` + `BatchPlanner` in a spawned process (not forked: the parent holds a
-    PostgreSQL connection and threads). Users come back sealed, in source order, in pieces of
-    at most `PIECE_USERS` through a pipe; a send blocks until the parent takes the piece, so
-    the process plans at most a piece ahead of what the parent holds. Started early (the interpreter starts while the parent
+    """`grouped` + `BatchPlanner` + `sealed.seal` in a spawned process (not forked: the parent
+    holds a PostgreSQL connection and threads). Users come back sealed, in source order, in
+    pieces of at most `PIECE_USERS` through a pipe, with verification's source side of the rows
+    read; a send blocks until the parent takes the piece, so the process plans at most a piece
+    ahead of what the parent holds. Started early (its interpreter starts while the parent
     counts the source and asks schwab-connector), then given the Schwab answers."""
 
     def __init__(
