@@ -21,7 +21,8 @@ from brokerlink_shared.contracts.events import (
     RefreshRequested,
 )
 from brokerlink_shared.contracts.values import CashBalance, Position
-from brokerlink_shared.messaging import EventPublisher, ParkedHook
+from brokerlink_shared.messaging import EventPublisher, ParkedHook, make_broker
+from brokerlink_shared.settings import BusSettings
 from brokerlink_shared.subjects import Broker, Topology
 
 
@@ -113,3 +114,18 @@ def fail_parked_refreshes(topology: Topology, service: str) -> ParkedHook:
         )
 
     return hook
+
+
+def connector_broker(
+    settings: BusSettings, topology: Topology, service: str
+) -> NatsBroker:
+    """A broker connector's bus, built one way for every connector: its settings (bus, delivery
+    limit, outage budget) and a parked refresh command answered as failed."""
+    return make_broker(
+        settings.nats_url,
+        topology,
+        service,
+        max_deliver=settings.max_deliver,
+        on_parked=fail_parked_refreshes(topology, service),
+        outage_budget_s=settings.outage_budget_s,
+    )

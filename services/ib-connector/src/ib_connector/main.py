@@ -14,9 +14,8 @@ from brokerlink_shared.messaging import (
     bus_connected,
     dead_letter_count,
     ensure_streams,
-    make_broker,
 )
-from brokerlink_shared.refreshes import fail_parked_refreshes
+from brokerlink_shared.refreshes import connector_broker
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 
@@ -36,14 +35,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastStream:
     """The connector as a FastStream app; `app.start()` / `app.stop()` run it inside any loop."""
     topology = Topology(settings.namespace)
-    broker = make_broker(
-        settings.nats_url,
-        topology,
-        SERVICE,
-        max_deliver=settings.max_deliver,
-        on_parked=fail_parked_refreshes(topology, SERVICE),
-        outage_budget_s=settings.outage_budget_s,
-    )
+    broker = connector_broker(settings, topology, SERVICE)
     publisher = EventPublisher(broker, topology)
     statuses = StatusPublisher(publisher)
     pool_settings = PoolSettings(

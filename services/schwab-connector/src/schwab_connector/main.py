@@ -16,10 +16,9 @@ from brokerlink_shared.messaging import (
     bus_connected,
     dead_letter_count,
     ensure_streams,
-    make_broker,
 )
 from brokerlink_shared.rate_budget import KvRateBudget, RatePlan, open_bucket
-from brokerlink_shared.refreshes import fail_parked_refreshes
+from brokerlink_shared.refreshes import connector_broker
 from brokerlink_shared.subjects import Topology
 from faststream import FastStream
 from faststream.nats import NatsBroker
@@ -44,14 +43,7 @@ class ConnectorRuntime:
         self.clock = clock or SystemClock()
         self.topology = Topology(settings.namespace)
         self.box = SecretBox.from_setting(settings.encryption_keys.get_secret_value())
-        self.broker: NatsBroker = make_broker(
-            settings.nats_url,
-            self.topology,
-            SERVICE,
-            max_deliver=settings.max_deliver,
-            on_parked=fail_parked_refreshes(self.topology, SERVICE),
-            outage_budget_s=settings.outage_budget_s,
-        )
+        self.broker: NatsBroker = connector_broker(settings, self.topology, SERVICE)
         self._connector: SchwabConnector | None = None
         self._health: asyncio.Server | None = None
         self._lifecycle: asyncio.Task[None] | None = None
