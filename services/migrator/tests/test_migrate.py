@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import bcrypt
@@ -258,6 +259,56 @@ def test_a_rerun_after_a_change_in_the_target_verifies_again(
     assert full["ok"] and full["tables"]["accounts"]["drifted_legacy_ids"] == [first]
     short = rerun()
     assert short["unchanged_since_run"] and short["tables"]["accounts"]["drifted"] == 1
+
+
+def test_a_new_history_row_that_collides_with_a_balance_entered_since_is_named(
+    legacy, target_url, migrate, tmp_path
+) -> None:
+    """A history batch none of which is in the target yet goes in with one plain INSERT; a row
+    of it that collides with a balance someone entered in brokerlink since (same account, same
+    day) sends the batch down the row-by-row path: the other rows land, that one is named."""
+    src = legacy()
+    assert migrate(target_url, "--source", str(src))[0] == 0
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        conn.execute(
+            """INSERT INTO account_balance_history (account_id, date, balance, source, as_of)
+               SELECT id, '2024-06-01', 5, 'MANUAL', now() FROM accounts WHERE legacy_id = 10"""
+        )
+    conn2 = sqlite3.connect(src)
+    conn2.executemany(
+        "INSERT INTO account_balance_history (id, account_id, balance, note, date, created_at) VALUES (?, ?, ?, NULL, ?, ?)",
+        [
+            (5000, 10, 1.5, "2024-06-01", "2024-06-01 10:00:00"),
+            (5001, 11, 2.5, "2024-06-01", "2024-06-01 10:00:00"),
+        ],
+    )
+    conn2.commit()
+    conn2.close()
+    report = tmp_path / "report.json"
+    code, _out, err = migrate(
+        target_url,
+        "--source",
+        str(src),
+        "--batch-history",
+        "1",
+        "--report",
+        str(report),
+    )
+    assert code == 0, err
+    rows = q(
+        target_url,
+        """SELECT h.legacy_id, h.balance FROM account_balance_history h JOIN accounts a ON a.id = h.account_id
+            WHERE a.legacy_id IN (10, 11) AND h.date = '2024-06-01' ORDER BY 1""",
+    )
+    assert rows == [(5001, Decimal("2.5000")), (None, Decimal("5.0000"))]
+    skipped = {
+        (r["table"], r["legacy_id"]): r["reason"]
+        for r in json.loads(report.read_text())["skipped_rows"]
+    }
+    assert (
+        skipped[("account_balance_history", 5000)]
+        == "another balance exists for the same account and day"
+    )
 
 
 def test_dry_run_writes_nothing(legacy, target_url, migrate, tmp_path) -> None:

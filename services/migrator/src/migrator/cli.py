@@ -436,6 +436,7 @@ def _execute(
                 migration.expected_integrations,
                 migration.skipped,
                 tables=[t for t in TABLES if t != "account_balance_history"],
+                rows_source=migration.rows_source,
             )
 
         migration.run(after_users=verify_others)
@@ -470,6 +471,7 @@ def _execute(
             migration.skipped,
             migration.history_digests.result(),
             tables=TABLES if others is None else ["account_balance_history"],
+            rows_source=migration.rows_source,
         )
         if others is not None:
             results |= others.result()

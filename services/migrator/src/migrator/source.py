@@ -207,6 +207,26 @@ class Source:
                     parts.append(f"{suffix}{stat.st_size}:{stat.st_mtime_ns}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
+    def handle(self) -> tuple[str, str]:
+        """What `reopen` needs to open this source again in another process: its location and,
+        for a SQLite file, the URI this one reads (the private copy, if one was taken)."""
+        return self.location, self._uri
+
+    @classmethod
+    def reopen(cls, location: str, uri: str) -> Source:
+        """The source of `handle()` in another process; the private copy, if any, stays the
+        opener's to delete (it outlives this reader)."""
+        if not uri:
+            return cls(location)
+        other = object.__new__(cls)
+        other.location, other._uri, other.path = location, uri, None
+        other._engine = other._conn = other._copy_dir = None
+        other.columns = {}
+        other._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        other._sqlite.execute("PRAGMA query_only = ON")
+        other._inspect()
+        return other
+
     def twin(self) -> Source:
         """Another connection to the same source (the same private copy, if one was taken),
         for a second thread; closing it leaves this one and the copy alone."""

@@ -6,7 +6,7 @@ be resumed (same run id, same journal) and rolled back."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, LiteralString
 
 import psycopg
@@ -183,7 +183,9 @@ class Target:
     def lock(self) -> bool:
         return bool(self.value("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)))
 
-    def value(self, query: LiteralString, params: Sequence[Any] = ()) -> Any:
+    def value(
+        self, query: LiteralString, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> Any:
         """The first column of the one row `query` returns."""
         row = self.conn.execute(query, params).fetchone()
         if row is None:
@@ -354,24 +356,54 @@ class Target:
             f"{c} = {update_exprs.get(c, 's.' + c)}" for c in columns if c not in key
         )
         params = {"run": self.run_id, "table": table}
-        updated = self.conn.execute(
-            f"""WITH old AS (SELECT t.* FROM {table} t JOIN {staging} s ON {match}),
-                j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
-                      SELECT %(run)s, %(table)s, 'update', to_jsonb(old) FROM old)
-                UPDATE {table} t SET {sets} FROM {staging} s WHERE {match} RETURNING {returning}""",
-            params,
-        ).fetchall()
+        if self._range_free(table, staging, key):
+            # Nothing in the target within the batch's key range (a first import, batch after
+            # batch): nothing to update, nothing to look up before inserting.
+            updated: list[tuple[Any, ...]] = []
+            exists = "FALSE"
+        else:
+            exists = f"EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+            updated = self._update(table, staging, match, sets, returning, params)
         values = ", ".join(insert_exprs.get(c, "s." + c) for c in columns)
         inserted = self.conn.execute(
             f"""WITH ins AS (INSERT INTO {table} AS t ({", ".join(columns)})
                       SELECT {values} FROM {staging} s
-                      WHERE {insert_where} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}) RETURNING t.{pk} AS pk_, {returning}),
+                      WHERE {insert_where} AND NOT {exists} RETURNING t.{pk} AS pk_, {returning}),
                 j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
                       SELECT %(run)s, %(table)s, 'insert', array_agg(pk_) FROM ins HAVING count(*) > 0)
                 SELECT * FROM ins""",
             params,
         ).fetchall()
         return updated, [r[1:] for r in inserted]
+
+    def _range_free(self, table: str, staging: str, key: Sequence[str]) -> bool:
+        """No row of `table` has a key within the staged rows' range: its last column between
+        the staged minimum and maximum, any others equal to a staged value (an index probe or
+        a few)."""
+        *same, k = key
+        kinds = "".join(f" AND t.{c} IN (SELECT {c} FROM {staging})" for c in same)
+        return not self.value(
+            f"""SELECT EXISTS (SELECT 1 FROM {table} t
+                                WHERE t.{k} BETWEEN (SELECT min({k}) FROM {staging})
+                                                AND (SELECT max({k}) FROM {staging}){kinds})"""
+        )
+
+    def _update(
+        self,
+        table: str,
+        staging: str,
+        match: str,
+        sets: str,
+        returning: str,
+        params: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        return self.conn.execute(
+            f"""WITH old AS (SELECT t.* FROM {table} t JOIN {staging} s ON {match}),
+                j AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                      SELECT %(run)s, %(table)s, 'update', to_jsonb(old) FROM old)
+                UPDATE {table} t SET {sets} FROM {staging} s WHERE {match} RETURNING {returning}""",
+            params,
+        ).fetchall()
 
     def journal_state(self, table: str, ids: Sequence[int]) -> None:
         """Journal the state this run left `ids` of `table` in (`op='after'`), so rollback can
@@ -573,6 +605,9 @@ class Target:
                                     AND before->>'xid' = pg_current_xact_id()::text)""",
             params,
         )
+        fresh = self._history_fresh()
+        if fresh is not None:
+            return fresh
         # Resolve each staged row once (its account, the target row it already has), then
         # update the changed ones, insert the new ones and name the skipped ones from that.
         self.conn.execute("TRUNCATE stg_history_r")
@@ -622,6 +657,46 @@ class Target:
         )
         inserted = int(new) - sum(1 for r in skipped if r[1].startswith("another"))
         return updated, int(inserted), [(r[0], r[1]) for r in skipped]
+
+    def _history_fresh(self) -> tuple[int, int, list[tuple[int, str]]] | None:
+        """The staged batch straight into the table, when none of its legacy-id range is there
+        yet (a first import: every batch): nothing to compare or update, one plain INSERT.
+        None when some of the range is there already, or when a row collides with a balance
+        of the same account and day (then nothing of this attempt stays): the caller takes the
+        row-by-row path, which updates, skips and names those rows. The attempt is a savepoint,
+        whose rows carry a transaction id of their own: it is journalled (`xid`) with them."""
+        taken = self.value(
+            """SELECT EXISTS (SELECT 1 FROM account_balance_history t
+                               WHERE t.legacy_id BETWEEN (SELECT min(legacy_id) FROM stg_history)
+                                                     AND (SELECT max(legacy_id) FROM stg_history))"""
+        )
+        if taken:
+            return None
+        try:
+            with self.conn.transaction():  # a savepoint
+                inserted = self.value(
+                    """WITH ins AS (INSERT INTO account_balance_history (account_id, date, balance, note, source, as_of, legacy_id, created_at, updated_at)
+                              SELECT a.id, h.date, h.balance, h.note, 'MANUAL', h.as_of, h.legacy_id,
+                                     coalesce(h.created_at, now()), coalesce(h.created_at, now())
+                                FROM stg_history h JOIN accounts a ON a.legacy_id = h.account_legacy_id
+                               ORDER BY h.legacy_id RETURNING id, xmin),
+                            j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
+                                  SELECT %(run)s, 'account_balance_history', 'insert', array_agg(id) FROM ins HAVING count(*) > 0),
+                            -- rows written in a savepoint carry its own transaction id
+                            x AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                                  SELECT %(run)s, 'account_balance_history', 'xid', jsonb_build_object('xid', xmin::text)
+                                    FROM (SELECT xmin FROM ins LIMIT 1) one)
+                       SELECT count(*) FROM ins""",
+                    {"run": self.run_id},
+                )
+        except psycopg.errors.UniqueViolation:
+            return None
+        skipped = self.conn.execute(
+            """SELECT h.legacy_id, 'its account was not migrated' FROM stg_history h
+                WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.legacy_id = h.account_legacy_id)
+                ORDER BY h.legacy_id"""
+        ).fetchall()
+        return 0, int(inserted), [(r[0], r[1]) for r in skipped]
 
 
 def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:

@@ -8,6 +8,7 @@ reported as drift, not as a failure. Rows this run wrote must match exactly."""
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -158,6 +159,77 @@ class ChunkDigests:
         return {c: (n[0], h.hexdigest()) for c, (n, h) in self._chunks.items()}
 
 
+def user_digest(raw: tuple[Any, ...]) -> tuple[int, str] | None:
+    """The source side of users' row-by-row comparison, for one legacy row (None: not a
+    readable user, never compared)."""
+    u, _ = pl.user_row(raw)
+    return None if u is None else (u.legacy_id, cv.digest(*u.content()))
+
+
+def ib_digest(r: tuple[Any, ...]) -> tuple[int, str] | None:
+    """The source side of ib_connections' comparison, for one legacy row (`pl.IB_COLS`)."""
+    if _quarantined(r):
+        return None
+    return int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
+
+
+def schwab_digest(r: tuple[Any, ...]) -> tuple[int, str] | None:
+    """The source side of schwab_settings' comparison, for one legacy row (`pl.SCHWAB_COLS`)."""
+    if _quarantined(r):
+        return None
+    return (
+        int(r[0]),
+        cv.digest(_i(r[1]), r[2], _s(r[3]), _s(r[4]), _s(r[5]), _i(r[6])),
+    )
+
+
+ROW_DIGESTS: dict[str, Callable[[tuple[Any, ...]], tuple[int, str] | None]] = {
+    "users": user_digest,
+    "ib_connections": ib_digest,
+    "schwab_settings": schwab_digest,
+}
+"""The tables whose source side can be taken while the import reads them (`RowDigests`)."""
+
+
+def account_line(
+    raw: tuple[Any, ...], planned: dict[int, str]
+) -> tuple[int, str] | None:
+    """The source side of the accounts' chunked comparison for one legacy row: (legacy id,
+    md5 of its canonical line, with the integration type the account must carry: see
+    `_expected_kind`; `planned`: the plan's types, by legacy account id)."""
+    a, _ = pl.account_row(raw)
+    if a is None:
+        return None
+    line = canon(a.legacy_id, *a.content(), _expected_kind(a, raw, planned))
+    return a.legacy_id, hashlib.md5(line.encode(), usedforsecurity=False).hexdigest()
+
+
+class RowDigests:
+    """(legacy id, checksum) pairs of source rows in any order, compactly (8 bytes and the
+    checksum's `width` a row): the source side of a comparison, taken while the import reads
+    the rows anyway, so verification does not read them again."""
+
+    def __init__(self, width: int = 20) -> None:
+        self.width = width
+        self.ids = array("q")
+        self.sums = bytearray()
+
+    def add(self, row: tuple[int, str] | None) -> None:
+        if row is not None:
+            self.ids.append(row[0])
+            self.sums += bytes.fromhex(row[1])
+
+    def extend(self, other: RowDigests) -> None:
+        self.ids.extend(other.ids)
+        self.sums += other.sums
+
+    def ordered(self) -> Iterator[tuple[int, str]]:
+        """The pairs in legacy-id order, as the source iterators of `verify` yield them."""
+        ids, sums, w = self.ids, self.sums, self.width
+        for i in sorted(range(len(ids)), key=ids.__getitem__):
+            yield ids[i], sums[w * i : w * i + w].hex()
+
+
 def _canon_sql(*exprs: str) -> str:
     return " || '|' || ".join(
         f"coalesce(length(({e})::text) || ':' || ({e})::text, '~')" for e in exprs
@@ -230,11 +302,14 @@ def verify(
     skipped: dict[str, set[int | str]],
     history_source: dict[int, tuple[int, str]] | None = None,
     tables: Collection[str] = TABLES,
+    rows_source: dict[str, RowDigests] | None = None,
 ) -> dict[str, Any]:
     """Per table: counts and checksums of source vs target, and the rows that differ.
     `history_source`: the source history's chunk digests when the import took them on its
-    way (`ChunkDigests`); otherwise the source's history is read here. `tables`: the ones to
-    verify (all by default), so history can be verified apart from the others."""
+    way (`ChunkDigests`); otherwise the source's history is read here. `rows_source`: the
+    source sides of the `ROW_DIGESTS` tables and of accounts (`account_line`) when the import
+    took them on its way. `tables`: the ones to verify (all by default), so history can be
+    verified apart from the others."""
     params = {"run": run_id}
     results: dict[str, Any] = {}
     # Whole-table scans: plan the server-side cursors for all rows, not the first 10 %
@@ -242,11 +317,21 @@ def verify(
     conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
     conn.execute("SET LOCAL enable_seqscan = on")
 
+    taken = rows_source or {}
+
+    def source_rows(
+        table: str, cols: tuple[str, ...]
+    ) -> Iterator[tuple[int, str] | None]:
+        if table in taken:
+            yield from taken[table].ordered()
+            return
+        for raw in source.select(table, cols, "ORDER BY id"):
+            yield ROW_DIGESTS[table](raw)
+
     def users_src() -> Iterator[tuple[int, str]]:
-        for raw in source.select("users", pl.USER_COLS, "ORDER BY id"):
-            u, _ = pl.user_row(raw)
-            if u is not None and u.legacy_id not in skipped.get("users", ()):
-                yield u.legacy_id, cv.digest(*u.content())
+        for row in source_rows("users", pl.USER_COLS):
+            if row is not None and row[0] not in skipped.get("users", ()):
+                yield row
 
     if "users" in tables:
         results["users"] = _compare(
@@ -305,14 +390,26 @@ def verify(
             ),
         )
 
+    def accounts_src() -> Iterator[tuple[int, str]]:
+        rows: Iterator[tuple[int, str] | None] = (
+            taken["accounts"].ordered()
+            if "accounts" in taken
+            else (
+                account_line(raw, expected_integrations)
+                for raw in source.select("accounts", pl.ACCOUNT_COLS, "ORDER BY id")
+            )
+        )
+        for row in rows:
+            if row is not None and row[0] not in skipped.get("accounts", ()):
+                yield row
+
     if "accounts" in tables:
+        # per chunk: md5 of the rows' md5s (each of its canonical line), so the source side
+        # can be kept as 16 bytes a row
         results["accounts"] = _chunked(
             conn,
-            (
-                (a.legacy_id, canon(a.legacy_id, *a.content(), kind))
-                for a, kind in account_rows()
-            ),
-            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg({
+            accounts_src(),
+            f"""SELECT a.legacy_id / {CHUNK}, count(*), md5(string_agg(md5({
                 _canon_sql(
                     "a.legacy_id",
                     "u.legacy_id",
@@ -324,7 +421,7 @@ def verify(
                     "a.current_balance",
                     "a.integration_type",
                 )
-            }, E'\\n' ORDER BY a.legacy_id))
+            }), E'\\n' ORDER BY a.legacy_id))
                  FROM accounts a JOIN users u ON u.id = a.user_id
                 WHERE a.legacy_id IS NOT NULL GROUP BY 1""",
             params,
@@ -380,10 +477,9 @@ def verify(
         )
 
     def ib_src() -> Iterator[tuple[int, str]]:
-        for r in source.select("ib_connections", pl.IB_COLS, "ORDER BY id"):
-            if _quarantined(r):
-                continue
-            yield int(r[0]), cv.digest(_i(r[1]), r[2], r[3], _i(r[4]), _i(r[5]))
+        for row in source_rows("ib_connections", pl.IB_COLS):
+            if row is not None:
+                yield row
 
     if "ib_connections" in tables:
         results["ib_connections"] = _compare(
@@ -400,13 +496,9 @@ def verify(
         )
 
     def schwab_src() -> Iterator[tuple[int, str]]:
-        for r in source.select("schwab_settings", pl.SCHWAB_COLS, "ORDER BY id"):
-            if _quarantined(r):
-                continue
-            yield (
-                int(r[0]),
-                cv.digest(_i(r[1]), r[2], _s(r[3]), _s(r[4]), _s(r[5]), _i(r[6])),
-            )
+        for row in source_rows("schwab_settings", pl.SCHWAB_COLS):
+            if row is not None:
+                yield row
 
     if "schwab_settings" in tables:
         results["schwab_settings"] = _compare(
