@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.crypto import SecretBox
+from brokerlink_shared.heap import freeze_startup_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
 from brokerlink_shared.subjects import Topology
@@ -191,7 +192,9 @@ def app_factory() -> FastAPI:
     """Factory used by uvicorn's workers (each builds its own app from the environment)."""
     settings = Settings()
     configure_logging("account-api", settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_heap()
+    return app
 
 
 def run() -> None:

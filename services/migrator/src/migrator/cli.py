@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
+from brokerlink_shared.heap import for_bulk_work
 
 from migrator.report import Progress, Report
 from migrator.source import Source, SourceError
@@ -130,6 +131,7 @@ def _publisher(namespace: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    for_bulk_work()
     sys.exit(run_cli(argv))
 
 
