@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from brokerlink_shared.heap import BULK_THRESHOLDS
+from brokerlink_shared.heap import THRESHOLDS
 
 
 def _run(code: str) -> str:
@@ -34,15 +34,15 @@ def test_freezing_the_startup_heap_keeps_later_objects_collectable() -> None:
     assert unchanged == "True"
 
 
-def test_bulk_work_collects_the_young_generation_less_often() -> None:
+def test_collecting_less_often_raises_the_thresholds() -> None:
     out = _run(
         "import gc\n"
-        "from brokerlink_shared.heap import for_bulk_work\n"
+        "from brokerlink_shared.heap import collect_less_often\n"
         "before = gc.get_threshold()\n"
-        "for_bulk_work()\n"
+        "collect_less_often()\n"
         "print(*before, *gc.get_threshold())"
     )
     values = [int(v) for v in out.split()]
     assert tuple(values[:3]) == (700, 10, 10)
-    assert tuple(values[3:]) == BULK_THRESHOLDS
-    assert BULK_THRESHOLDS[0] > values[0]
+    assert tuple(values[3:]) == THRESHOLDS
+    assert THRESHOLDS[0] > values[0]

@@ -8,6 +8,7 @@ import logging
 from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.health import serve_http_health
+from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -175,7 +176,10 @@ def run() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
-    asyncio.run(create_app(settings).run())
+    app = create_app(settings)
+    collect_less_often()
+    freeze_startup_heap()
+    asyncio.run(app.run())
 
 
 if __name__ == "__main__":

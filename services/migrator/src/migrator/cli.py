@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
-from brokerlink_shared.heap import for_bulk_work
+from brokerlink_shared.heap import collect_less_often
 
 from migrator.report import Progress, Report
 from migrator.source import Source, SourceError
@@ -131,7 +131,7 @@ def _publisher(namespace: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    for_bulk_work()
+    collect_less_often()
     sys.exit(run_cli(argv))
 
 

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.heap import for_bulk_work
+from brokerlink_shared.heap import collect_less_often
 
 from migrator import convert as cv
 from migrator import plan as pl
@@ -235,7 +235,7 @@ def _serve(
     local: tzinfo,
 ) -> None:
     """The planning process: read, plan, send; it ends when the parent goes away."""
-    for_bulk_work()  # a process of its own: its thresholds are nobody else's
+    collect_less_often()  # a process of its own: its thresholds are nobody else's
     try:
         source = Source.reopen(*handle)
         planner = BatchPlanner(now, local, conn.recv())

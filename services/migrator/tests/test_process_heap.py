@@ -1,4 +1,4 @@
-"""`brokerlink-migrate` runs with the collector set for bulk work (`brokerlink_shared.heap`);
+"""`brokerlink-migrate` collects its young generation less often (`brokerlink_shared.heap`);
 checked in a process of its own, as the command is."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from brokerlink_shared.heap import BULK_THRESHOLDS
+from brokerlink_shared.heap import THRESHOLDS
 
 
-def test_the_command_collects_for_bulk_work() -> None:
+def test_the_command_collects_collect_less_often() -> None:
     out = subprocess.run(
         [
             sys.executable,
@@ -26,4 +26,4 @@ def test_the_command_collects_for_bulk_work() -> None:
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert tuple(int(v) for v in out[-1].split()) == BULK_THRESHOLDS
+    assert tuple(int(v) for v in out[-1].split()) == THRESHOLDS
