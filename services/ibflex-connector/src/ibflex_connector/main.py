@@ -9,6 +9,7 @@ import httpx
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.health import serve_http_health
+from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -151,4 +152,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
 
 def run() -> None:
     """Console entry point: `ibflex-connector`."""
-    asyncio.run(create_app().run())
+    app = create_app()
+    collect_less_often()
+    freeze_startup_heap()
+    asyncio.run(app.run())

@@ -10,6 +10,7 @@ from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.health import serve_http_health
+from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -189,4 +190,7 @@ def create_app(
 
 def run() -> None:
     """Console entry point: `schwab-connector`."""
-    asyncio.run(create_app().run())
+    app = create_app()
+    collect_less_often()
+    freeze_startup_heap()
+    asyncio.run(app.run())
