@@ -6,8 +6,9 @@ version" — so they are parked in dead letters).
 
 Afterwards: every refresh of the job is terminal, no balance is lost (each account's stored
 balance equals the simulator's once the parked ones are replayed), no history row is
-duplicated, the dead-letter stream holds exactly the poisoned messages, and replaying them
-(twice) applies each exactly once. Everything runs as OS processes on loopback.
+duplicated, the dead-letter stream holds exactly the poisoned balances that reached account-api
+(a poisoned account's refresh may fail at the flaky link first, like any other, and is refreshed
+again with the others), and replaying them (twice) applies each exactly once. Everything runs as OS processes on loopback.
 """
 
 from __future__ import annotations
@@ -351,18 +352,32 @@ async def test_a_bulk_refresh_through_restarts_kills_and_a_flaky_link_loses_noth
             topology = Topology(namespace)
             nc = await nats.connect(nats_url)
             try:
-
-                async def parked() -> int:
+                # A poisoned account's refresh can fail at the flaky link first, like any
+                # other (~4 % do): then no balance of it reaches account-api, and nothing of
+                # it is parked. What must hold: every refresh still pending is a poisoned
+                # one, and each has its balance parked.
+                async def parked() -> list[int]:
                     info = await nc.jetstream().stream_info(
                         topology.stream_name(DEAD_LETTERS)
                     )
-                    return (
-                        int(info.state.messages)
-                        if info.state.messages >= POISONED
-                        else 0
+                    waiting = sorted(
+                        a
+                        for (a,) in await rows(
+                            libpq,
+                            "SELECT account_id FROM refreshes"
+                            " WHERE job_id = %s AND status = 'pending'",
+                            job_id,
+                        )
                     )
+                    if (
+                        waiting
+                        and set(waiting) <= set(poisoned)
+                        and int(info.state.messages) == len(waiting)
+                    ):
+                        return waiting
+                    return []
 
-                await poll("the poisoned balances parked", parked, 90, 0.5)
+                waiting = await poll("the poisoned balances parked", parked, 90, 0.5)
             finally:
                 await nc.close()
             listed = await asyncio.to_thread(admin, nats_url, namespace, "list")
@@ -376,7 +391,8 @@ async def test_a_bulk_refresh_through_restarts_kills_and_a_flaky_link_loses_noth
                 assert body["service"] == "account-api", body
                 assert "poisoned by the fault test" in body["error"], body
                 parked_accounts.add(body["body"]["account_id"])
-            assert parked_accounts == set(poisoned), (parked_accounts, poisoned)
+            assert parked_accounts == set(waiting), (parked_accounts, waiting, poisoned)
+            report.append(f"parked: {len(waiting)} of the {POISONED} poisoned balances")
 
             # The fix is deployed; the operator replays the dead letters — twice.
             async with await psycopg.AsyncConnection.connect(
