@@ -34,3 +34,9 @@ def freeze_startup_heap() -> None:
     """Once start-up is done: collect what start-up left behind, then freeze the rest."""
     gc.collect()
     gc.freeze()
+
+
+def prepare_server_heap() -> None:
+    """A server's entry point, once its app is built and before it serves: both of the above."""
+    collect_less_often()
+    freeze_startup_heap()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
+from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
 from brokerlink_shared.subjects import Topology
@@ -193,8 +193,7 @@ def app_factory() -> FastAPI:
     settings = Settings()
     configure_logging("account-api", settings.log_level)
     app = create_app(settings)
-    collect_less_often()
-    freeze_startup_heap()
+    prepare_server_heap()
     return app
 
 

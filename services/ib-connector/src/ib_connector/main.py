@@ -8,7 +8,7 @@ import logging
 from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.health import serve_http_health
-from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
+from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -177,8 +177,7 @@ def run() -> None:
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
     app = create_app(settings)
-    collect_less_often()
-    freeze_startup_heap()
+    prepare_server_heap()
     asyncio.run(app.run())
 
 

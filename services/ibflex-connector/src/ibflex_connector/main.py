@@ -9,7 +9,7 @@ import httpx
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.health import serve_http_health
-from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
+from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -153,6 +153,5 @@ def create_app(settings: Settings | None = None) -> FastStream:
 def run() -> None:
     """Console entry point: `ibflex-connector`."""
     app = create_app()
-    collect_less_often()
-    freeze_startup_heap()
+    prepare_server_heap()
     asyncio.run(app.run())

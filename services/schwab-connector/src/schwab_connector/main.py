@@ -10,7 +10,7 @@ from brokerlink_shared.backoff import retry_until_done
 from brokerlink_shared.contracts.events import HealthReply
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.health import serve_http_health
-from brokerlink_shared.heap import collect_less_often, freeze_startup_heap
+from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
@@ -191,6 +191,5 @@ def create_app(
 def run() -> None:
     """Console entry point: `schwab-connector`."""
     app = create_app()
-    collect_less_often()
-    freeze_startup_heap()
+    prepare_server_heap()
     asyncio.run(app.run())
