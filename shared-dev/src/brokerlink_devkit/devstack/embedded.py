@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import port_for
 import psycopg
 
 with warnings.catch_warnings():
@@ -23,11 +24,11 @@ with warnings.catch_warnings():
     from pgserver.postgres_server import PostgresServer, get_server
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the OS for a free TCP port."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port() -> int:
+    """A free TCP port on loopback, outside the OS's ephemeral range: a port chosen now and bound
+    later by a child process is never taken meanwhile by someone's outgoing connection (which the
+    OS gives an ephemeral port, as it does for `bind(0)`)."""
+    return int(port_for.select_random())
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,10 +1,15 @@
 """Ports of the dev stack: each one from its setting when given, else the one it had last time
 (so URLs and the demo's gateway address survive a restart), else a preferred default, else any
-free port. Remembered in `<data>/ports.json`."""
+free port. Remembered in `<data>/ports.json`.
+
+A chosen port stays reserved (bound, not listening) until the stack is up: another `make run`
+choosing its ports meanwhile sees it taken, while our own server, which binds with SO_REUSEADDR
+as asyncio, uvicorn, nats-server and PostgreSQL all do, may still bind it."""
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from brokerlink_devkit.devstack.embedded import free_port, port_is_free
@@ -18,6 +23,7 @@ class PortBook:
         self.path = path
         self.host = host
         self.chosen: dict[str, int] = {}
+        self._reserved: list[socket.socket] = []
         try:
             self._last: dict[str, int] = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -49,11 +55,38 @@ class PortBook:
                 )
         else:
             candidates = [] if given == "0" else [self._last.get(name), preferred]
-            port = next(
-                (p for p in candidates if p and port_is_free(p, self.host)), 0
-            ) or free_port(self.host)
+            port = (
+                next(
+                    (
+                        p
+                        for p in candidates
+                        if p
+                        and p not in self.chosen.values()
+                        and port_is_free(p, self.host)
+                    ),
+                    0,
+                )
+                or free_port()
+            )
         self.chosen[name] = port
+        self._reserve(port)
         return port
+
+    def _reserve(self, port: int) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, port))
+        except OSError:
+            sock.close()  # taken since it was checked: the server's own bind will say so
+            return
+        self._reserved.append(sock)
+
+    def release(self) -> None:
+        """Drop the reservations: once every server listens, they protect nothing."""
+        for sock in self._reserved:
+            sock.close()
+        self._reserved.clear()
 
     def save(self) -> None:
         self.path.write_text(json.dumps({**self._last, **self.chosen}, indent=1))

@@ -225,6 +225,7 @@ class DevStack:
                 )
 
     def stop(self) -> None:
+        self.ports.release()
         for child in reversed(self.children):
             child.stop()
         if self.embedded_nats:
@@ -322,6 +323,7 @@ class DevStack:
             },
             timeout_s=float(env.get("BROKERLINK_START_TIMEOUT_S", "300")),
         )
+        self.ports.release()
         if demo:
             from brokerlink_devkit.devstack.demo import ensure_demo
 

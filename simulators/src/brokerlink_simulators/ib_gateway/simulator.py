@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+import port_for
 import uvicorn
 
 from brokerlink_simulators.ib_gateway.scenario import GatewaySpec, Scenario
@@ -102,9 +103,9 @@ class IBGatewaySimulator:
             raise ValueError(f"gateway {spec.name!r} exists")
         gateway = SimulatedGateway(spec, self.host)
         if spec.faults.refuse_connections and spec.port == 0:
-            gateway.port = _free_port(
-                self.host
-            )  # a known port that refuses until the fault clears
+            # a known port that refuses until the fault clears; outside the ephemeral range, so
+            # no outgoing connection takes it meanwhile
+            gateway.port = port_for.select_random()
         await gateway.start()
         self.gateways[spec.name] = gateway
         return gateway
@@ -142,9 +143,3 @@ class IBGatewaySimulator:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._admin_url = f"http://{host}:{actual}"
         log.info("admin API listening", extra={"url": self._admin_url})
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
