@@ -25,7 +25,7 @@ async def _account(client, headers) -> int:  # type: ignore[no-untyped-def]
 async def test_second_user_cannot_reach_a_gateway_through_another_loopback_address(
     client, new_user
 ) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()  # bound below: an OS-chosen port, never a fixed one
+    port = free_port()  # bound below: a free port, never a fixed one
     # One IB Gateway, listening as the real one does on every interface.
     gateway = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", port)
     try:
