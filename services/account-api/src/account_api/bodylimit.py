@@ -19,18 +19,19 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # one constant answer, rendered once rather than on every request
+        self.too_large = error_response(
+            BodyTooLarge(f"the request body is over {max_bytes} bytes")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            BodyTooLarge(f"the request body is over {self.max_bytes} bytes")
-        )
         for name, value in scope.get("headers", ()):
             declared = value.isdigit() and int(value)
             if name == b"content-length" and declared and declared > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self.too_large(scope, receive, send)
                 return
         buffered: list[Message] = []
         size = 0
@@ -41,7 +42,7 @@ class BodySizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self.too_large(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
