@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from brokerlink_shared.backoff import Backoff
+from brokerlink_shared.backoff import Backoff, backoff_delay
 from brokerlink_shared.contracts.values import (
     GATEWAY_OWNED_ELSEWHERE,
     GATEWAY_OWNED_ELSEWHERE_MESSAGE,
@@ -89,23 +89,49 @@ GatewayClientFactory = Callable[[GatewayNotice, GatewayClosed], GatewayClient]
 ClaimAccounts = Callable[[SessionKey, Sequence[str], Sequence[int]], Awaitable[bool]]
 
 CLAIMS_UNAVAILABLE = "claims_unavailable"
+CLAIM_RETRY_BASE_S = 0.25
+CLAIM_RETRY_CAP_S = 2.0
 
 
-async def hold_accounts(claim: Callable[[], Awaitable[bool]], label: str) -> None:
+async def hold_accounts(
+    claim: Callable[[], Awaitable[bool]], label: str, deadline: float | None = None
+) -> None:
     """Run an account claim before anything is read through a connection; raises
     `GatewayError` when another user owns any of the accounts, or when ownership cannot be
-    checked (nothing is read unchecked). The messages name no account and no user."""
-    try:
-        mine = await claim()
-    except Exception as exc:
-        log.warning(
-            "account claims unavailable",
-            extra={"session": label, "error": type(exc).__name__},
-        )
-        raise GatewayError(
-            CLAIMS_UNAVAILABLE,
-            "could not check who this gateway's accounts belong to; try again shortly",
-        ) from None
+    checked (nothing is read unchecked). The messages name no account and no user.
+
+    When ownership cannot be checked, the claim is tried again after the backoff's delays until
+    `deadline` (event-loop time; None: one try). The claims live in a replicated KV bucket, and
+    losing the NATS node that leads it times its requests out until another node takes over: a
+    few seconds that a refresh waits out instead of failing."""
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        try:
+            mine = await claim()
+            break
+        except Exception as exc:
+            attempt += 1
+            delay = backoff_delay(attempt, CLAIM_RETRY_BASE_S, CLAIM_RETRY_CAP_S)
+            if deadline is not None and loop.time() + delay < deadline:
+                log.info(
+                    "account claims unavailable; retrying",
+                    extra={
+                        "session": label,
+                        "error": type(exc).__name__,
+                        "attempt": attempt,
+                    },
+                )
+                await asyncio.sleep(delay)
+                continue
+            log.warning(
+                "account claims unavailable",
+                extra={"session": label, "error": type(exc).__name__},
+            )
+            raise GatewayError(
+                CLAIMS_UNAVAILABLE,
+                "could not check who this gateway's accounts belong to; try again shortly",
+            ) from None
     if not mine:
         log.warning(
             "gateway accounts registered to another user; connection closed unread",
@@ -232,7 +258,7 @@ class GatewaySession:
         deadline = asyncio.get_running_loop().time() + timeout_s
         client = await self._usable_client(deadline)
         if binding.account_id >= 0 and binding.account_id not in self._holding:
-            await self._hold_for(binding.account_id)
+            await self._hold_for(binding.account_id, deadline)
         try:
             code = select_account(self.state.managed_accounts, binding.account_code)
         except AccountSelectionError as exc:
@@ -266,7 +292,7 @@ class GatewaySession:
             f"{snapshot.net_liquidation} {snapshot.currency}"
         )
 
-    async def _hold_for(self, account_id: int) -> None:
+    async def _hold_for(self, account_id: int, deadline: float) -> None:
         """Register an integration as a holder of the connection's account claims before it
         reads; when another user owns them now, close the connection unread. Integrations
         attached since the connect are registered together: one claim per burst, not a
@@ -277,7 +303,9 @@ class GatewaySession:
             pending = {a for a in self.bindings if a not in self._holding}
             pending.add(account_id)
             try:
-                await self._claim(self.state.managed_accounts, sorted(pending))
+                await self._claim(
+                    self.state.managed_accounts, sorted(pending), deadline
+                )
             except GatewayError as exc:
                 if exc.code == GATEWAY_OWNED_ELSEWHERE:
                     self._set_state(self.state.refused(exc.code, exc.message))
@@ -285,12 +313,17 @@ class GatewaySession:
                 raise RefreshError(exc.code, exc.message) from None
             self._holding |= pending
 
-    async def _claim(self, managed: Sequence[str], account_ids: Sequence[int]) -> None:
+    async def _claim(
+        self,
+        managed: Sequence[str],
+        account_ids: Sequence[int],
+        deadline: float | None = None,
+    ) -> None:
         """Hold the gateway's accounts for this session's user (see `hold_accounts`)."""
         claim = self.claim_accounts
         if claim is not None and managed:
             await hold_accounts(
-                lambda: claim(self.key, managed, account_ids), self.label
+                lambda: claim(self.key, managed, account_ids), self.label, deadline
             )
 
     async def _usable_client(self, deadline: float) -> GatewayClient:
@@ -412,7 +445,13 @@ class GatewaySession:
                     self.key.client_id,
                     self.settings.connect_timeout_s,
                 )
-                await self._claim(managed, holders)  # before anything is read or logged
+                # before anything is read or logged; a bus failing over is waited out for
+                # as long again as a connect may take
+                await self._claim(
+                    managed,
+                    holders,
+                    asyncio.get_running_loop().time() + self.settings.connect_timeout_s,
+                )
             except BaseException:
                 await client.close()
                 raise
