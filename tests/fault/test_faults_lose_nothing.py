@@ -8,7 +8,8 @@ Afterwards: every refresh of the job is terminal, no balance is lost (each accou
 balance equals the simulator's once the parked ones are replayed), no history row is
 duplicated, the dead-letter stream holds exactly the poisoned balances that reached account-api
 (a poisoned account's refresh may fail at the flaky link first, like any other, and is refreshed
-again with the others), and replaying them (twice) applies each exactly once. Everything runs as OS processes on loopback.
+again with the others), and replaying them (twice) applies each exactly once. Everything runs as
+OS processes on loopback.
 """
 
 from __future__ import annotations

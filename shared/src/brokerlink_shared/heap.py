@@ -1,4 +1,4 @@
-"""The garbage collector, set for our processes (figures: README, "Speed").
+"""The garbage collector, set for our processes (figures: README, "Performance").
 
 CPython collects its youngest generation every 700 new container objects, and walks the whole
 heap each time the long-lived part grew by a quarter. Our processes pay for both:
