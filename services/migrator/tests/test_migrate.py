@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import bcrypt
 import psycopg
 import pytest
 from account_api.auth.passwords import verify_password
-from migrator.target import libpq_url
+from migrator.target import Target, libpq_url
+from sqlalchemy.engine import make_url
 
 from .conftest import HASH, NOW, PASSWORD, dump, logical_dump
 
@@ -309,6 +311,56 @@ def test_a_new_history_row_that_collides_with_a_balance_entered_since_is_named(
         skipped[("account_balance_history", 5000)]
         == "another balance exists for the same account and day"
     )
+
+
+def test_history_without_row_checks_lands_as_with_them(
+    legacy, target_url, migrate, box, infra, tmp_path
+) -> None:
+    """Where the migrator's role may turn per-row triggers off (a superuser, as here), a first
+    import's history batch goes in with the foreign key's per-row check off: the batch's
+    accounts are locked and joined in the statement instead (`Target._history_fresh`). A role
+    that may not takes the per-row path. Both land the same rows and name the same skipped
+    ones, the plain role's session is left as it was, and the only triggers on the tables a
+    batch writes are foreign-key checks, so turning them off skips nothing else."""
+    src = legacy()
+    assert (
+        migrate(target_url, "--source", str(src), "--report", str(tmp_path / "a"))[0]
+        == 0
+    )
+
+    role, password = f"plain_{secrets.token_hex(4)}", secrets.token_hex(8)
+    plain_url = infra.new_database("mig")
+    name = make_url(plain_url).database
+    with psycopg.connect(libpq_url(target_url), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        admin.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
+    plain_url = (
+        make_url(plain_url)
+        .set(username=role, password=password)
+        .render_as_string(hide_password=False)
+    )
+    code, _out, err = migrate(
+        plain_url, "--source", str(src), "--report", str(tmp_path / "b")
+    )
+    assert code == 0, err
+    assert logical_dump(plain_url, box) == logical_dump(target_url, box)
+    reports = [json.loads((tmp_path / n).read_text()) for n in ("a", "b")]
+    assert reports[0]["skipped_rows"] == reports[1]["skipped_rows"]
+    assert reports[0]["verification"]["ok"] and reports[1]["verification"]["ok"]
+
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        assert Target(conn)._skip_row_checks() is True
+    with psycopg.connect(libpq_url(plain_url)) as conn:
+        assert Target(conn)._skip_row_checks() is False
+        assert conn.execute("SHOW session_replication_role").fetchone() == ("origin",)
+
+    triggers = q(
+        target_url,
+        """SELECT t.tgrelid::regclass::text, c.contype FROM pg_trigger t
+             LEFT JOIN pg_constraint c ON c.oid = t.tgconstraint
+            WHERE t.tgrelid IN ('account_balance_history'::regclass, 'migration_journal'::regclass)""",
+    )
+    assert triggers and {kind for _table, kind in triggers} == {"f"}
 
 
 def test_dry_run_writes_nothing(legacy, target_url, migrate, tmp_path) -> None:
