@@ -379,10 +379,6 @@ def _execute(
     args: argparse.Namespace,
     url: str,
 ) -> int:
-    from migrator.run import Migration
-    from migrator.target import target_state
-    from migrator.verify import TABLES, verify
-
     target.prepare()
     nats_url = None if args.no_schwab_check else os.environ.get("NATS_URL", "").strip()
     asks_schwab = bool(nats_url) and source.count("schwab_settings") > 0
@@ -395,6 +391,12 @@ def _execute(
         prior = target.verified_unchanged(fingerprint)
         if prior is not None:
             return _unchanged(target, report, prior, args)
+    # Imported only now: a rerun with nothing to change (above) needs none of it, and the event
+    # contracts, the bus client and the ORM they bring were most of that rerun's time.
+    from migrator.run import Migration
+    from migrator.target import target_state
+    from migrator.verify import TABLES, verify
+
     run_id, _progress, resumed = target.open_run(source.location, source.fingerprint())
     report.run_id, report.resumed = run_id, resumed
     if resumed:
