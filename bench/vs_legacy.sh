@@ -33,7 +33,9 @@ WHAT=${1:-all}
 mkdir -p "$WORK/results"
 RES=$WORK/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$RES"
-PY() { (cd "$REPO" && uv run --frozen python "$@"); }
+# uv as `make` finds it (installed into .tools/ on a machine without it): nothing by hand.
+UV=$(cd "$REPO" && ./scripts/bootstrap.sh | tail -n 1)
+PY() { (cd "$REPO" && "$UV" run --frozen python "$@"); }
 
 if [ -z "${MIRROR:-}" ]; then
   MIRROR=$WORK/mirror.git
@@ -67,7 +69,7 @@ api() {
     --schema "$WORK/src/server/src/database/schema.sql" --out-dir "$WORK/perf" --force > "$RES/seed_legacy.log"
   "$ANCHOR/run_original.sh" start "$WORK/perf/perf.db" "$PORT" "$SECRET"
   rm -rf "$WORK/ours"
-  (cd "$REPO" && exec uv run --frozen python bench/api_bench.py --serve "$WORK/ours") > "$RES/ours_serve.log" 2>&1 &
+  (cd "$REPO" && exec "$UV" run --frozen python bench/api_bench.py --serve "$WORK/ours") > "$RES/ours_serve.log" 2>&1 &
   OURS_PID=$!
   for _ in $(seq 1 600); do [ -f "$WORK/ours/server.json" ] && break; sleep 1; done
   [ -f "$WORK/ours/server.json" ] || { cat "$RES/ours_serve.log"; exit 1; }

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from account_api.migrate import upgrade
 from migrator.legacy_schema import create
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,3 +112,26 @@ def test_the_documented_rollback_plan_runs_as_written(
         reimported["revision"] == imported["revision"]
         and reimported["migrated_users"] == 1
     )
+
+
+@pytest.mark.slow
+def test_a_schema_downgrade_to_no_such_revision_is_one_line_and_changes_nothing(
+    infra: Any,
+) -> None:
+    url = infra.new_database("nosuch")
+    upgrade(url)
+    before = _state(url)
+    done = subprocess.run(
+        [sys.executable, "-m", "migrator.cli", "--schema-downgrade", "9999"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("brokerlink-migrate: ")
+    assert "9999" not in lines[0]
+    assert _state(url) == before

@@ -22,3 +22,8 @@ def alembic_config(url: str | None = None) -> Config:
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the database to `revision` (default: the latest)."""
     command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str | None, revision: str) -> None:
+    """Take the database back to `revision` (each later revision's downgrade, newest first)."""
+    command.downgrade(alembic_config(url), revision)

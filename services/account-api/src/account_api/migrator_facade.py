@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from account_api.migrate import alembic_config, upgrade
+from account_api.migrate import alembic_config, downgrade, upgrade
 
 if TYPE_CHECKING:
     from brokerlink_shared.contracts.events import Event
     from brokerlink_shared.messaging import EventPublisher
     from pydantic import BaseModel
 
-__all__ = ["alembic_config", "bus_connection", "outbox_row", "upgrade"]
+__all__ = ["alembic_config", "bus_connection", "downgrade", "outbox_row", "upgrade"]
 
 # The integration rules and the outbox (with the ORM, the event contracts and the bus client
 # behind them) are imported when first used: a migrator run that writes no event (a rerun with

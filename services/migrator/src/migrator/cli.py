@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore the state before the last apply",
     )
+    mode.add_argument(
+        "--schema-downgrade",
+        metavar="REVISION",
+        help="take account-api's schema back to REVISION (0003: the previous release's), "
+        "after --rollback; the next import applies the migrations again",
+    )
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument(
         "--stack",
@@ -172,6 +178,8 @@ def _connect(url: str) -> psycopg.Connection[Any]:
 def _run(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     namespace = os.environ.get("BROKERLINK_NAMESPACE", "brokerlink")
+    if args.schema_downgrade:
+        return _schema_downgrade(_target_url(), args.schema_downgrade, progress)
     if args.rollback:
         url = _target_url()
         conn = _connect(url)
@@ -254,6 +262,26 @@ def _rollback(
                     for t, k in kept.items()
                 )
             )
+    return EXIT_OK
+
+
+def _schema_downgrade(url: str, revision: str, progress: Progress) -> int:
+    from account_api.migrator_facade import downgrade
+    from alembic.util import CommandError
+
+    _connect(url).close()
+    try:
+        downgrade(url, revision)
+    except CommandError:
+        raise BadInput(
+            "--schema-downgrade: no such revision below the database's current one"
+        ) from None
+    except Exception as exc:
+        sys.stderr.write(
+            f"brokerlink-migrate: the schema downgrade failed: {_one_line(exc)}\n"
+        )
+        return EXIT_FAILED
+    progress.line(f"schema at revision {revision}")
     return EXIT_OK
 
 
