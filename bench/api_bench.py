@@ -329,7 +329,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=int(os.environ.get("ACCOUNT_API_WORKERS", "2"))
     )
-    parser.add_argument("--routes", default=",".join(OURS), help="comma-separated")
+    parser.add_argument(
+        "--routes", default=",".join(OURS), help=f"comma-separated of {', '.join(OURS)}"
+    )
     parser.add_argument("--target", help="drive this server instead of ours")
     parser.add_argument("--tokens", type=Path, help="with --target")
     parser.add_argument("--ids", type=Path, help="with --target")
@@ -340,6 +342,8 @@ def main() -> None:
     parser.add_argument("--serve", type=Path, help="serve ours until interrupted")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if not set(args.routes.split(",")) <= set(OURS):
+        parser.error(f"--routes: each one of {', '.join(OURS)}")
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="api-bench-"))
     try:

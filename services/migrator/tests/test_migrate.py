@@ -15,7 +15,7 @@ import bcrypt
 import psycopg
 import pytest
 from account_api.auth.passwords import verify_password
-from migrator.target import Target, libpq_url
+from migrator.target import HISTORY_FRESH_INSERT, Target, libpq_url
 from sqlalchemy.engine import make_url
 
 from .conftest import HASH, NOW, PASSWORD, dump, logical_dump
@@ -365,6 +365,44 @@ def test_history_without_row_checks_lands_as_with_them(
         )
         assert Target(conn)._skip_row_checks() is False
         assert conn.execute("SHOW session_replication_role").fetchone() == ("origin",)
+
+
+def test_a_history_batch_reaches_accounts_by_legacy_id_only(
+    legacy, target_url, migrate
+) -> None:
+    """A first import's history batch finds its accounts through their legacy ids whatever
+    the statistics say: with many accounts analysed and the staging table not, the planner
+    once walked every account in id order and scanned the staging table for each (a batch
+    that never ended at full size). Every scan of `accounts` in the statement's plan is by
+    legacy id."""
+    assert migrate(target_url, "--source", str(legacy()))[0] == 0
+    with psycopg.connect(libpq_url(target_url)) as conn:
+        conn.execute(
+            """INSERT INTO accounts (user_id, name, currency, account_type, original_capital,
+                                     current_balance, legacy_id)
+               SELECT (SELECT min(id) FROM users), 'bulk ' || g, 'USD', 'INVESTMENT', 0, 0,
+                      1000000 + g
+                 FROM generate_series(1, 20000) g"""
+        )
+        conn.commit()
+        conn.execute("ANALYZE accounts")
+        target = Target(conn)
+        target.prepare()
+        conn.execute(
+            """INSERT INTO stg_history (legacy_id, account_legacy_id, date, balance)
+               SELECT g, 1000000 + g % 5000, date '2020-01-01' + g / 5000, 1
+                 FROM generate_series(1, 50000) g"""
+        )
+        plan = [
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + HISTORY_FRESH_INSERT, {"run": 1}
+            ).fetchall()
+        ]
+        conn.rollback()
+    scans = [line for line in plan if " on accounts" in line]
+    assert scans, plan
+    assert all("uq_accounts_legacy_id" in line for line in scans), "\n".join(plan)
 
 
 def test_dry_run_writes_nothing(legacy, target_url, migrate, tmp_path) -> None:

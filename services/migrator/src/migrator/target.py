@@ -155,6 +155,27 @@ def libpq_url(url: str) -> str:
     return url
 
 
+# A first import's history batch, straight from the staging table (`Target._history_fresh`).
+# The batch's account ids go in as one array (computed once): as a semi-join under ORDER BY id,
+# the planner may walk every account in id order and scan the unanalysed staging table for
+# each (seen: a batch that never ended).
+HISTORY_FRESH_INSERT: LiteralString = """WITH a AS (SELECT id, legacy_id FROM accounts
+                   WHERE legacy_id = ANY (ARRAY(SELECT DISTINCT account_legacy_id FROM stg_history))
+                   ORDER BY id FOR KEY SHARE),
+            ins AS (INSERT INTO account_balance_history (account_id, date, balance, note, source, as_of, legacy_id, created_at, updated_at)
+              SELECT a.id, h.date, h.balance, h.note, 'MANUAL', h.as_of, h.legacy_id,
+                     coalesce(h.created_at, now()), coalesce(h.created_at, now())
+                FROM stg_history h JOIN a ON a.legacy_id = h.account_legacy_id
+               ORDER BY h.legacy_id RETURNING id, xmin),
+            j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
+                  SELECT %(run)s, 'account_balance_history', 'insert', array_agg(id) FROM ins HAVING count(*) > 0),
+            -- rows written in a savepoint carry its own transaction id
+            x AS (INSERT INTO migration_journal (run_id, table_name, op, before)
+                  SELECT %(run)s, 'account_balance_history', 'xid', jsonb_build_object('xid', xmin::text)
+                    FROM (SELECT xmin FROM ins LIMIT 1) one)
+       SELECT count(*) FROM ins"""
+
+
 class Target:
     """One connection, one run id. `commit()` ends a batch (a no-op in a dry run)."""
 
@@ -684,21 +705,7 @@ class Target:
                 # locks are taken in id order, as account-api takes its own (`locked_many`), so
                 # an import next to a running stack cannot deadlock with a balance being stored.
                 inserted = self.value(
-                    """WITH a AS (SELECT id, legacy_id FROM accounts
-                                   WHERE legacy_id IN (SELECT account_legacy_id FROM stg_history)
-                                   ORDER BY id FOR KEY SHARE),
-                            ins AS (INSERT INTO account_balance_history (account_id, date, balance, note, source, as_of, legacy_id, created_at, updated_at)
-                              SELECT a.id, h.date, h.balance, h.note, 'MANUAL', h.as_of, h.legacy_id,
-                                     coalesce(h.created_at, now()), coalesce(h.created_at, now())
-                                FROM stg_history h JOIN a ON a.legacy_id = h.account_legacy_id
-                               ORDER BY h.legacy_id RETURNING id, xmin),
-                            j AS (INSERT INTO migration_journal (run_id, table_name, op, ids)
-                                  SELECT %(run)s, 'account_balance_history', 'insert', array_agg(id) FROM ins HAVING count(*) > 0),
-                            -- rows written in a savepoint carry its own transaction id
-                            x AS (INSERT INTO migration_journal (run_id, table_name, op, before)
-                                  SELECT %(run)s, 'account_balance_history', 'xid', jsonb_build_object('xid', xmin::text)
-                                    FROM (SELECT xmin FROM ins LIMIT 1) one)
-                       SELECT count(*) FROM ins""",
+                    HISTORY_FRESH_INSERT,
                     {"run": self.run_id},
                 )
                 if skipping:
