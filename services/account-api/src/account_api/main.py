@@ -174,10 +174,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     add_exception_handlers(app)
+    # A request is matched against the routers in this order, so the hot reads' router comes
+    # first (no two routers share a path, so the order changes nothing else): a detail read
+    # spent ~50 us of CPU walking the routers before it.
     for router in (
+        accounts_router,
         health.router,
         auth_router,
-        accounts_router,
         history_router,
         integrations_router,
         pending_links_router,
