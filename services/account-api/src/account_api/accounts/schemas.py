@@ -7,9 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from account_api.currencies import validate_currency
+from account_api.inputs import InputModel
 from account_api.integrations.schemas import IntegrationIn, SyncOut
 
 Money = Annotated[
@@ -18,11 +19,7 @@ Money = Annotated[
 ]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class AccountCreate(_In):
+class AccountCreate(InputModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     account_type: Literal["INVESTMENT", "BANK"] = "INVESTMENT"
@@ -37,7 +34,7 @@ class AccountCreate(_In):
     )
 
 
-class AccountUpdate(_In):
+class AccountUpdate(InputModel):
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     currency: Annotated[str, Field(min_length=3, max_length=3)] | None = None
     account_type: Literal["INVESTMENT", "BANK"] | None = None

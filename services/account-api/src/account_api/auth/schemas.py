@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr
+from pydantic import BaseModel, EmailStr, Field, SecretStr
 
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+from account_api.inputs import InputModel
 
 Password = Annotated[SecretStr, Field(min_length=8, max_length=256)]
 # A 6-digit TOTP code or a recovery code (xxxxx-xxxxx).
 SecondFactor = Annotated[SecretStr, Field(min_length=6, max_length=16)]
 
 
-class RegisterIn(_In):
+class RegisterIn(InputModel):
     email: Annotated[EmailStr, Field(max_length=254)]
     password: Password
     name: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-class LoginIn(_In):
+class LoginIn(InputModel):
     email: Annotated[str, Field(min_length=1, max_length=254)]
     password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
     code: SecondFactor | None = Field(
@@ -32,20 +29,20 @@ class LoginIn(_In):
     )
 
 
-class RefreshIn(_In):
+class RefreshIn(InputModel):
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
-class PasswordChangeIn(_In):
+class PasswordChangeIn(InputModel):
     current_password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
     new_password: Password
 
 
-class TwoFactorCodeIn(_In):
+class TwoFactorCodeIn(InputModel):
     code: SecondFactor
 
 
-class TwoFactorDisableIn(_In):
+class TwoFactorDisableIn(InputModel):
     password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
     code: SecondFactor
 

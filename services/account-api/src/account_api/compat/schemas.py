@@ -8,10 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from account_api.inputs import InputModel
 
-class _LegacyIn(BaseModel):
+
+class _LegacyIn(InputModel):
     # Old clients send extra fields (name, is_connected, ...): ignored, as the legacy app did.
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore")
 
 
 class IBSettingsIn(_LegacyIn):

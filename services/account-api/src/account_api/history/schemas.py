@@ -3,22 +3,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from account_api.accounts.schemas import HistoryRowOut, Money
+from account_api.inputs import InputModel
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class HistoryIn(_In):
+class HistoryIn(InputModel):
     date: dt.date
     balance: Money
     note: Annotated[str, Field(max_length=1000)] | None = None
 
 
-class HistoryUpdate(_In):
+class HistoryUpdate(InputModel):
     date: dt.date | None = None
     balance: Money | None = None
     note: Annotated[str, Field(max_length=1000)] | None = None

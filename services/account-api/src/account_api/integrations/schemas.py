@@ -16,7 +16,9 @@ from brokerlink_shared.contracts.plugins import (
     SchwabConfigIn,
 )
 from brokerlink_shared.subjects import Broker
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
+
+from account_api.inputs import InputModel
 
 __all__ = [
     "IBConfigIn",
@@ -24,11 +26,9 @@ __all__ = [
 ]  # the legacy routes build IB and Schwab configs
 
 
-class IntegrationRequest(BaseModel):
+class IntegrationRequest(InputModel):
     """Body of `PUT …/integration`: a `type` and that type's config (its declaration's
     `config_in`, which holds the validation). One subclass per declared type."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     type: str
     config: BaseModel

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from account_api.inputs import InputModel
 
 DbId = Annotated[int, Field(ge=1, le=9_223_372_036_854_775_807)]
 
@@ -31,10 +33,9 @@ class PendingLinkOut(BaseModel):
     created_at: datetime
 
 
-class LinkIn(BaseModel):
+class LinkIn(InputModel):
     """One account, or (a Schwab login only) several accounts of that login at once."""
 
-    model_config = ConfigDict(extra="forbid")
     account_id: DbId | None = None
     account_ids: Annotated[list[DbId], Field(min_length=1, max_length=20)] | None = None
 
