@@ -282,8 +282,14 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
         )
     t_up = time.monotonic()
 
+    # Idle connections are dropped before the server's 5 s keep-alive can close them under a
+    # request (a ReadError while creating the accounts, on a busy machine).
     apis = [
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30)
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{p}",
+            timeout=30,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         for p in api_ports
     ]
     try:
