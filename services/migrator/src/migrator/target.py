@@ -156,9 +156,9 @@ def libpq_url(url: str) -> str:
 
 
 # A first import's history batch, straight from the staging table (`Target._history_fresh`).
-# The batch's account ids go in as one array (computed once): as a semi-join under ORDER BY id,
-# the planner may walk every account in id order and scan the unanalysed staging table for
-# each (seen: a batch still running after 10 minutes).
+# The batch's legacy account ids go in as one array (computed once): as a semi-join under
+# ORDER BY id, the planner may walk every account in id order and scan the unanalysed staging
+# table for each (seen: a batch still running after 10 minutes).
 HISTORY_FRESH_INSERT: LiteralString = """WITH a AS (SELECT id, legacy_id FROM accounts
                    WHERE legacy_id = ANY (ARRAY(SELECT DISTINCT account_legacy_id FROM stg_history))
                    ORDER BY id FOR KEY SHARE),
