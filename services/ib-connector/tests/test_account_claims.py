@@ -3,6 +3,7 @@ address: ib-connector's account claims (real NATS KV, ib_async to the simulator 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,9 @@ from brokerlink_shared.contracts.values import (
     IBConnection,
     IntegrationStatus,
 )
+from brokerlink_shared.kv import bucket_keys
 from brokerlink_simulators.ib_gateway import GatewaySpec, IBGatewaySimulator
+from nats.js.errors import KeyNotFoundError
 
 from .conftest import Bus, account
 
@@ -152,15 +155,18 @@ async def test_a_gateway_under_another_address_stays_its_owners(
 
 async def _claims(bus: Bus) -> dict[str, dict[str, Any]]:
     """The account claims as the bucket holds them (its hash key aside)."""
-    kv = await bus.nc.jetstream().key_value(f"{bus.topology.namespace}_ib_accounts")
+    bucket = f"{bus.topology.namespace}_ib_accounts"
+    kv = await bus.nc.jetstream().key_value(bucket)
     found = {}
-    for key in await kv.keys():
+    for key in await bucket_keys(bus.nc, bucket):
         if key != "hash-key":
-            entry = await kv.get(key)
-            if entry.value:
-                found[key] = orjson.loads(entry.value)
+            with contextlib.suppress(KeyNotFoundError):  # deleted: nothing holds it
+                entry = await kv.get(key)
+                if entry.value:
+                    found[key] = orjson.loads(entry.value)
     return found
 
 
 async def _holders_are(bus: Bus, holders: set[str]) -> bool:
-    return all(set(c["holders"]) == holders for c in (await _claims(bus)).values())
+    claims = await _claims(bus)
+    return bool(claims) and all(set(c["holders"]) == holders for c in claims.values())

@@ -1,4 +1,5 @@
-"""Compare-and-set on NATS KV that survives a replicated bucket losing a node.
+"""NATS KV the way nats-py gets it wrong under races: compare-and-set that survives a replicated
+bucket losing a node, and a listing of a bucket's keys that does not end early.
 
 nats-py's `KeyValue.create` answers a refused create (the key exists) by reading the key back, to
 tell a deleted key (which it then re-creates) from a live one. On an R3 bucket that read can be
@@ -9,6 +10,8 @@ else holds the key, read it again and decide.
 
 from __future__ import annotations
 
+import orjson
+from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -19,3 +22,36 @@ async def create_if_absent(kv: KeyValue, key: str, value: bytes) -> int | None:
         return await kv.create(key, value)
     except (KeyWrongLastSequenceError, KeyNotFoundError):
         return None
+
+
+# The server sends a stream's subjects in pages of up to 100,000 (JSMaxSubjectDetails).
+_STREAM_INFO = "$JS.API.STREAM.INFO.KV_{bucket}"
+
+
+async def bucket_keys(nc: NatsClient, bucket: str, timeout_s: float = 5.0) -> list[str]:
+    """Every key of `bucket` with a message in the bucket: live ones and deleted ones (a delete
+    leaves a marker until the bucket's max age); callers read each key for its state.
+
+    Read from the stream's subject index rather than `KeyValue.keys()`: that one replays the
+    bucket through a watcher whose end-of-replay marker can come before messages still in
+    flight, so it lists nothing (`NoKeysError`) or only part of the keys while they exist
+    (nats-io/nats.py#842, its fix pending in #995). A claim missed that way is never released.
+    """
+    prefix = f"$KV.{bucket}."
+    keys: list[str] = []
+    while True:
+        request = {"subjects_filter": f"{prefix}>", "offset": len(keys)}
+        reply = await nc.request(
+            _STREAM_INFO.format(bucket=bucket), orjson.dumps(request), timeout=timeout_s
+        )
+        answer = orjson.loads(reply.data)
+        if "error" in answer:
+            raise BucketListingFailed(answer["error"].get("description", "unknown"))
+        page = list((answer.get("state") or {}).get("subjects") or {})
+        keys += [subject[len(prefix) :] for subject in page]
+        if not page or len(keys) >= int(answer.get("total") or 0):
+            return keys
+
+
+class BucketListingFailed(Exception):
+    """The server refused to list a bucket's keys (its description, never a key or value)."""

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 
 import orjson
 from brokerlink_shared.backoff import backoff_delay
-from brokerlink_shared.kv import create_if_absent
+from brokerlink_shared.kv import bucket_keys, create_if_absent
 from brokerlink_shared.rate_budget import open_bucket
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from ib_connector.domain.account_claims import (
@@ -129,10 +129,8 @@ class AccountClaims:
         if codes is not None:
             keys = sorted({claim_key(self._secret, code) for code in codes})
         else:
-            try:
-                keys = [k for k in await self._bucket.keys() if is_claim_key(k)]
-            except NoKeysError:
-                keys = []
+            listed = await bucket_keys(self._nc, self._name)
+            keys = [k for k in listed if is_claim_key(k)]
         deleted = 0
         for start in range(0, len(keys), _SCAN_BATCH):
             batch = keys[start : start + _SCAN_BATCH]

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from brokerlink_shared.contracts.values import IBConnection
-from brokerlink_shared.kv import create_if_absent
+from brokerlink_shared.kv import bucket_keys, create_if_absent
 from brokerlink_shared.messaging import RetryLater
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
@@ -37,7 +37,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -350,16 +349,19 @@ class SessionOwnership:
             return False
         if replica in self._live:
             return True
+        if not await self._holds_lease(replica):
+            return False
+        self._live.add(replica)
+        return True
+
+    async def _holds_lease(self, replica: str) -> bool:
         if self._replicas is None:
             raise RuntimeError("session ownership used before start()")
         try:
             entry = await self._replicas.get(replica)
         except KeyNotFoundError:
             return False
-        if entry.value is None or entry.operation in ("DEL", "PURGE"):
-            return False
-        self._live.add(replica)
-        return True
+        return entry.value is not None and entry.operation not in ("DEL", "PURGE")
 
     async def _heartbeat_once(self) -> None:
         if self._replicas is None:
@@ -375,10 +377,11 @@ class SessionOwnership:
             self.lease_lost = False
             log.warning("ownership lease renewed again; re-opening unclaimed sessions")
             await self._readopt_own()
-        keys: list[str] = []
-        with contextlib.suppress(NotFoundError, KeyNotFoundError, NoKeysError):
-            keys = await self._replicas.keys()
-        self._live = set(keys) | {self.replica_id}
+        listed = await bucket_keys(self._nc, f"{self._namespace}_ib_replicas")
+        others = [k for k in listed if k != self.replica_id]
+        alive = await asyncio.gather(*(self._holds_lease(k) for k in others))
+        self._live = {k for k, live in zip(others, alive, strict=True) if live}
+        self._live.add(self.replica_id)
 
     async def _renew(self) -> None:
         interval = self._ttl / 3
