@@ -248,24 +248,3 @@ BIN_IB_CONNECTOR = str(BIN / "ib-connector")
 BIN_SCHWAB_CONNECTOR = str(BIN / "schwab-connector")
 BIN_IB_SIM = str(BIN / "ib-gateway-sim")
 BIN_SCHWAB_SIM = str(BIN / "schwab-api-sim")
-
-
-def start_ib_connectors(
-    procs: Processes, env: dict[str, str], replica_prefix: str
-) -> dict[str, int]:
-    """Start the two ib-connector replicas `ib-a` and `ib-b` (sessions never idle out); returns
-    their health ports by name."""
-    health: dict[str, int] = {}
-    for name in ("ib-a", "ib-b"):
-        health[name] = free_port()
-        procs.start(
-            name,
-            [BIN_IB_CONNECTOR],
-            {
-                **env,
-                "IB_CONNECTOR_REPLICA_ID": f"{replica_prefix}-{name}",
-                "IB_CONNECTOR_HEALTH_PORT": str(health[name]),
-                "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
-            },
-        )
-    return health

@@ -145,9 +145,9 @@ async def test_a_bulk_refresh_through_restarts_kills_and_a_flaky_link_loses_noth
     from account_api.migrate import upgrade
     from brokerlink_fault_support import (
         BIN_ACCOUNT_API,
+        BIN_IB_CONNECTOR,
         BIN_IB_SIM,
         read_json_line,
-        start_ib_connectors,
         wait_http_ok,
     )
 
@@ -209,7 +209,19 @@ async def test_a_bulk_refresh_through_restarts_kills_and_a_flaky_link_loses_noth
                 },
             )
         api_port = api_ports[0]
-        ib_health = start_ib_connectors(processes, common, "f17")
+        ib_health: dict[str, int] = {}
+        for name in ("ib-a", "ib-b"):
+            ib_health[name] = free_port()
+            processes.start(
+                name,
+                [BIN_IB_CONNECTOR],
+                {
+                    **common,
+                    "IB_CONNECTOR_REPLICA_ID": f"f17-{name}",
+                    "IB_CONNECTOR_HEALTH_PORT": str(ib_health[name]),
+                    "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
+                },
+            )
         health = {
             **{f"account-api-{i}": p for i, p in enumerate(api_ports)},
             **ib_health,

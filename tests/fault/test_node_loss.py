@@ -173,11 +173,11 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
     from account_api.migrate import upgrade
     from brokerlink_fault_support import (
         BIN_ACCOUNT_API,
+        BIN_IB_CONNECTOR,
         BIN_IB_SIM,
         BIN_SCHWAB_CONNECTOR,
         BIN_SCHWAB_SIM,
         read_json_line,
-        start_ib_connectors,
         start_nats_cluster,
         wait_http_ok,
     )
@@ -343,7 +343,19 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
         # added, a session adds each new integration to every account its gateway manages, one
         # replicated write each (95 per integration here): minutes of set-up on 2 cores. That
         # cost is the connector's to cut (see the ib-connector README), not this test's subject.
-        ib_health = start_ib_connectors(processes, common, "fault")
+        ib_health: dict[str, int] = {}
+        for name in ("ib-a", "ib-b"):
+            ib_health[name] = free_port()
+            processes.start(
+                name,
+                [BIN_IB_CONNECTOR],
+                {
+                    **common,
+                    "IB_CONNECTOR_REPLICA_ID": f"fault-{name}",
+                    "IB_CONNECTOR_HEALTH_PORT": str(ib_health[name]),
+                    "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
+                },
+            )
         for name, port in ib_health.items():
             await asyncio.to_thread(
                 wait_http_ok, f"http://127.0.0.1:{port}/healthz", processes.procs[name]
