@@ -249,6 +249,19 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
         120,
         0.25,
     )
+    ib_health = {}
+    for name in ("ib-a", "ib-b"):
+        ib_health[name] = free_port()
+        processes.start(
+            name,
+            [BIN_IB_CONNECTOR],
+            {
+                **common,
+                "IB_CONNECTOR_REPLICA_ID": f"fault-{name}",
+                "IB_CONNECTOR_HEALTH_PORT": str(ib_health[name]),
+                "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
+            },
+        )
     sw_health = {}
     for name in ("schwab-a", "schwab-b"):
         sw_health[name] = free_port()
@@ -262,7 +275,8 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
                 "SCHWAB_CONNECTOR_HEALTH_PORT": str(sw_health[name]),
             },
         )
-    for name, port in sw_health.items():
+    # The four start together (each takes seconds to import on a busy machine); then all healthy.
+    for name, port in {**ib_health, **sw_health}.items():
         await asyncio.to_thread(
             wait_http_ok, f"http://127.0.0.1:{port}/healthz", processes.procs[name]
         )
@@ -337,29 +351,6 @@ async def test_bulk_refresh_survives_nats_node_and_connector_replica_loss(
             *(create(n, item) for n, item in enumerate(ib_plan + sw_plan))
         )
         assert len(expected) == TOTAL
-
-        # The IB connectors start once the accounts exist, so each gateway session claims its
-        # accounts for all of its integrations at once. Started while the accounts are being
-        # added, a session adds each new integration to every account its gateway manages, one
-        # replicated write each (95 per integration here): minutes of set-up on 2 cores. That
-        # cost is the connector's to cut (see the ib-connector README), not this test's subject.
-        ib_health: dict[str, int] = {}
-        for name in ("ib-a", "ib-b"):
-            ib_health[name] = free_port()
-            processes.start(
-                name,
-                [BIN_IB_CONNECTOR],
-                {
-                    **common,
-                    "IB_CONNECTOR_REPLICA_ID": f"fault-{name}",
-                    "IB_CONNECTOR_HEALTH_PORT": str(ib_health[name]),
-                    "IB_CONNECTOR_IDLE_CLOSE_S": "3600",
-                },
-            )
-        for name, port in ib_health.items():
-            await asyncio.to_thread(
-                wait_http_ok, f"http://127.0.0.1:{port}/healthz", processes.procs[name]
-            )
 
         # ---- one OAuth consent per Schwab login: start -> simulator consent -> our callback ----
         async with httpx.AsyncClient(timeout=30) as browser:
