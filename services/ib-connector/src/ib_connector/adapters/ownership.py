@@ -50,9 +50,8 @@ log = logging.getLogger(__name__)
 LOSS_MARGIN = 0.6
 # A lost NATS node takes its streams' leadership with it, and the followers wait 4-9 s before they
 # campaign (nats-server's raft election timeout): no renewal can succeed meanwhile. Renewing every
-# tenth of the TTL, waiting a sixth for an answer and retrying a thirtieth later, leaves room for
-# that inside LOSS_MARGIN when the TTL is 30 s (config.py): 3 s since the last renewal, then
-# attempts over 0-5 s and 6-11 s, the second answered once a leader is elected, < 18 s.
+# tenth of the TTL, and retrying every thirtieth, leaves room for that inside LOSS_MARGIN when the
+# TTL is 30 s (config.py): 3 s since the last renewal + ~10 s election + 1 s < 18 s.
 RENEW_EVERY = 0.1
 
 
@@ -377,7 +376,7 @@ class SessionOwnership:
             raise RuntimeError("session ownership used before start()")
         started = time.monotonic()
         await asyncio.wait_for(
-            self._replicas.put(self.replica_id, b"1"), timeout=self._ttl / 6
+            self._replicas.put(self.replica_id, b"1"), timeout=RENEW_EVERY * self._ttl
         )
         self._last_renewed = (
             started  # the lease runs from when the put was sent, at worst
