@@ -81,9 +81,7 @@ class Settings(BusSettings):
         default_factory=_replica_id, pattern=r"^[A-Za-z0-9_-]{1,80}$"
     )
     lease_ttl_s: float = Field(
-        # longer than a NATS stream's leader election (followers wait 4-9 s) with room to spare:
-        # a shorter lease made a surviving replica give its sessions up when a NATS node died
-        default=30.0,
+        default=10.0,
         ge=1.0,
         description="a replica silent this long loses its sessions",
     )

@@ -1,6 +1,6 @@
 """Which replica owns which gateway session, kept in two NATS KV buckets.
 
-- `<ns>_ib_replicas`: one key per live replica, re-put every `lease_ttl/10`; the bucket's max
+- `<ns>_ib_replicas`: one key per live replica, re-put every `lease_ttl/3`; the bucket's max
   age is the lease TTL, so a replica that stops renewing disappears by itself.
 - `<ns>_ib_sessions`: one key per session (hash of host/port/client id) holding the owner and
   what a new owner needs to re-open it (the IB config and the accounts attached). Claims are
@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 # Give sessions up when this share of the lease TTL has passed without a renewal: the others
 # may take over only once the whole TTL has passed.
 LOSS_MARGIN = 0.6
-# A lost NATS node takes its streams' leadership with it, and the followers wait 4-9 s before they
-# campaign (nats-server's raft election timeout): no renewal can succeed meanwhile. Renewing every
-# tenth of the TTL, and retrying every thirtieth, leaves room for that inside LOSS_MARGIN when the
-# TTL is 30 s (config.py): 3 s since the last renewal + ~10 s election + 1 s < 18 s.
-RENEW_EVERY = 0.1
 
 
 def session_kv_key(key: SessionKey) -> str:
@@ -149,17 +144,14 @@ class SessionOwnership:
             ttl=self._ttl,
             replicas=self._kv_replicas,
         )
-        await _lapse_no_sooner_than(js, self._replicas, self._ttl)
         self._sessions = await _bucket(
             js, f"{self._namespace}_ib_sessions", ttl=None, replicas=self._kv_replicas
         )
-        await self._renew_lease()
-        await self._see_live_replicas()
+        await self._heartbeat_once()
         self._watcher = await self._sessions.watchall()
         self._tasks = [
             asyncio.create_task(self._watch(), name="ib-ownership-watch"),
             asyncio.create_task(self._renew(), name="ib-ownership-renew"),
-            asyncio.create_task(self._take_over(), name="ib-ownership-takeover"),
             asyncio.create_task(self._guard(), name="ib-ownership-guard"),
         ]
 
@@ -371,12 +363,12 @@ class SessionOwnership:
             return False
         return entry.value is not None and entry.operation not in ("DEL", "PURGE")
 
-    async def _renew_lease(self) -> None:
+    async def _heartbeat_once(self) -> None:
         if self._replicas is None:
             raise RuntimeError("session ownership used before start()")
         started = time.monotonic()
         await asyncio.wait_for(
-            self._replicas.put(self.replica_id, b"1"), timeout=RENEW_EVERY * self._ttl
+            self._replicas.put(self.replica_id, b"1"), timeout=self._ttl / 3
         )
         self._last_renewed = (
             started  # the lease runs from when the put was sent, at worst
@@ -385,43 +377,24 @@ class SessionOwnership:
             self.lease_lost = False
             log.warning("ownership lease renewed again; re-opening unclaimed sessions")
             await self._readopt_own()
-
-    async def _see_live_replicas(self) -> None:
-        """Refresh the cached view of which replicas hold their lease."""
-        listed = await bucket_keys(
-            self._nc, f"{self._namespace}_ib_replicas", timeout_s=self._ttl / 3
-        )
+        listed = await bucket_keys(self._nc, f"{self._namespace}_ib_replicas")
         others = [k for k in listed if k != self.replica_id]
-        alive = await asyncio.wait_for(
-            asyncio.gather(*(self._holds_lease(k) for k in others)),
-            timeout=self._ttl / 3,
-        )
+        alive = await asyncio.gather(*(self._holds_lease(k) for k in others))
         self._live = {k for k, live in zip(others, alive, strict=True) if live}
         self._live.add(self.replica_id)
 
     async def _renew(self) -> None:
-        """Renew the lease and nothing else: a slow listing or takeover during a bus failover
-        must not delay the next renewal past the point where the guard gives every session up."""
-        interval = RENEW_EVERY * self._ttl
+        interval = self._ttl / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._renew_lease()
-            except Exception as exc:
-                log.warning("ownership renewal failed", extra={"error": repr(exc)})
-                interval = self._ttl / 30  # try again soon, the lease is running out
-            else:
-                interval = RENEW_EVERY * self._ttl
-
-    async def _take_over(self) -> None:
-        """See which replicas are live and take over the sessions of those that are not."""
-        while True:
-            await asyncio.sleep(RENEW_EVERY * self._ttl)
-            try:
-                await self._see_live_replicas()
+                await self._heartbeat_once()
                 await self._take_over_orphans()
             except Exception as exc:
-                log.warning("session takeover round failed", extra={"error": repr(exc)})
+                log.warning("ownership renewal failed", extra={"error": repr(exc)})
+                interval = self._ttl / 10  # try again soon, the lease is running out
+            else:
+                interval = self._ttl / 3
 
     async def _guard(self) -> None:
         """Give every session up before the lease can lapse (see the module docstring)."""
@@ -519,16 +492,3 @@ async def _bucket(js: Any, name: str, ttl: float | None, replicas: int = 1) -> K
         name
     )  # created by another replica meanwhile
     return existing
-
-
-async def _lapse_no_sooner_than(js: Any, kv: KeyValue, ttl: float) -> None:
-    """A replicas bucket made with a shorter TTL (by an older version, or another setting) would
-    let the others take over before this replica gives its sessions up: raise its max age to
-    ours. Never lower it: a replica with a shorter TTL gives up sooner still, which is safe."""
-    info = (await kv.status()).stream_info
-    if info.config.max_age and info.config.max_age < ttl:
-        await js.update_stream(config=info.config, max_age=ttl)
-        log.warning(
-            "raised the replicas bucket's max age to the lease TTL",
-            extra={"from_s": info.config.max_age, "to_s": ttl},
-        )
