@@ -115,18 +115,21 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     assert (await bus.refreshed(64, second, user_id=owner)).payload.balance == Decimal(
         "5502.91"
     )
-    # the claims name no account code, and both integrations hold both accounts
-    claims = await _claims(bus)
-    assert len(claims) == 2 and "U55" not in str(claims)
-    assert all(
-        (c["user_id"], set(c["holders"])) == (owner, {"acct:61", "acct:64"})
-        for c in claims.values()
+    # the claims name no account code, and both integrations hold both accounts: through the
+    # owner's gateway hold, which lists them and is the one holder of each account's claim
+    claims, hold = await _owned(bus, owner)
+    assert len(claims) == 2 and "U55" not in str((claims, hold))
+    assert (hold["state"], set(hold["integrations"])) == (
+        "held",
+        {"acct:61", "acct:64"},
     )
+    assert await _held_by(bus, owner, {"acct:61", "acct:64"})
 
     # Removing one of them releases nothing: the other still holds the accounts.
     await bus.remove(61, mine, user_id=owner)
     await wait_until(
-        lambda: _holders_are(bus, {"acct:64"}), message="the first integration let go"
+        lambda: _held_by(bus, owner, {"acct:64"}),
+        message="the first integration let go",
     )
     reply = await bus.test(theirs.model_copy(update={"client_id": 4}), user_id=other)
     assert (reply.success, reply.code) == (False, GATEWAY_OWNED_ELSEWHERE)
@@ -153,8 +156,9 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     assert refused.payload.code == GATEWAY_OWNED_ELSEWHERE
 
 
-async def _claims(bus: Bus) -> dict[str, dict[str, Any]]:
-    """The account claims as the bucket holds them (its hash key aside)."""
+async def _owned(bus: Bus, user_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user's account claims and their one gateway hold (with its `key`), as the bucket
+    holds them."""
     bucket = f"{bus.topology.namespace}_ib_accounts"
     kv = await bus.nc.jetstream().key_value(bucket)
     found = {}
@@ -164,9 +168,17 @@ async def _claims(bus: Bus) -> dict[str, dict[str, Any]]:
                 entry = await kv.get(key)
                 if entry.value:
                     found[key] = orjson.loads(entry.value)
-    return found
+    found = {k: v for k, v in found.items() if v["user_id"] == user_id}
+    [hold] = [{**v, "key": k} for k, v in found.items() if k.startswith("s")]
+    claims = {k: v for k, v in found.items() if not k.startswith("s")}
+    return claims, hold
 
 
-async def _holders_are(bus: Bus, holders: set[str]) -> bool:
-    claims = await _claims(bus)
-    return bool(claims) and all(set(c["holders"]) == holders for c in claims.values())
+async def _held_by(bus: Bus, user_id: int, integrations: set[str]) -> bool:
+    claims, hold = await _owned(bus, user_id)
+    holder = {f"g:{hold['key']}:{hold['generation']}"}
+    return (
+        bool(claims)
+        and set(hold["integrations"]) == integrations
+        and all(set(c["holders"]) == holder for c in claims.values())
+    )

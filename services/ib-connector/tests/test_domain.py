@@ -13,6 +13,7 @@ from ib_connector.domain.account_claims import (
     AccountClaim,
     claim_key,
     claimed,
+    hold_key,
     integration_holder,
     is_claim_key,
     released,
@@ -47,6 +48,15 @@ class TestAccountClaims:
         assert is_claim_key(key) and "1234567" not in key
         assert claim_key(b"k" * 32, " u1234567 ") == key
         assert claim_key(b"j" * 32, "U1234567") != key  # without the key, no dictionary
+
+    def test_a_gateway_hold_is_per_user_and_account_set_and_never_shows_a_code(
+        self,
+    ) -> None:
+        key = hold_key(b"k" * 32, 7, ["U1234567", "U7654321"])
+        assert key == hold_key(b"k" * 32, 7, [" u7654321", "U1234567 "])
+        assert "1234567" not in key and "7654321" not in key
+        assert key != hold_key(b"k" * 32, 8, ["U1234567", "U7654321"])
+        assert key != hold_key(b"k" * 32, 7, ["U1234567"])
 
     def test_the_first_user_claims_and_adds_holders(self) -> None:
         first = claimed(None, 7, frozenset({self.A1}), self.T)

@@ -306,10 +306,12 @@ class IBConnectorService:
         self, key: SessionKey, codes: Sequence[str], account_ids: Sequence[int]
     ) -> bool:
         """Hold a gateway's accounts for the session's user (see `domain.account_claims`)."""
-        holders = [integration_holder(a) for a in account_ids] or [
-            transient_holder(time.time(), session_kv_key(key))
-        ]
-        return await self._claims().claim(key.user_id, codes, holders)
+        if account_ids:
+            return await self._claims().hold(
+                key.user_id, codes, [integration_holder(a) for a in account_ids]
+            )
+        transient = transient_holder(time.time(), session_kv_key(key))
+        return await self._claims().claim(key.user_id, codes, [transient])
 
     def _claims(self) -> AccountClaims:
         if self.claims is None:

@@ -8,15 +8,19 @@ connector restarts, replica hand-overs and NATS node losses.
 
 Every write is compare-and-set on the entry's revision, so two users' sessions meeting the same
 account at once cannot both win it. The decisions are `domain.account_claims`'.
+
+Integrations hold a gateway's accounts through a gateway hold, a key of its own in the same
+bucket (`hold_key(secret, user, codes)`, listing claim keys and integration holders, never a code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 from brokerlink_shared.backoff import backoff_delay
@@ -28,10 +32,18 @@ from nats.js.kv import KeyValue
 
 from ib_connector.domain.account_claims import (
     AccountClaim,
+    GatewayHold,
+    HoldState,
     claim_key,
     claimed,
+    hold_holder,
+    hold_key,
     is_claim_key,
+    is_hold_key,
+    joined,
+    left,
     released,
+    settled,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +98,46 @@ class AccountClaims:
             self._secret = entry.value
         self._kv = kv
 
+    async def hold(
+        self, user_id: int, codes: Iterable[str], integrations: Iterable[str]
+    ) -> bool:
+        """Hold every account in `codes` for `user_id` on behalf of `integrations` (through the
+        user's gateway hold on that set of accounts); False when another user owns any of them.
+
+        Once the hold is held, adding integrations is one write. Otherwise this round claims every
+        account for the hold's generation (`claim`), marks it held and clears the claims of the
+        generations it retired. A refused round lets go of the hold's claims as well."""
+        codes = list(codes)
+        holding = frozenset(integrations)
+        if not holding:
+            raise ValueError("a gateway hold needs an integration")
+        claims = sorted({claim_key(self._secret, code) for code in codes})
+        key = hold_key(self._secret, user_id, codes)
+        for attempt in range(1, _ATTEMPTS + 1):
+            known = await self._read_hold(key)
+            current, revision = known if known is not None else (None, 0)
+            after = joined(current, user_id, claims, holding, secrets.token_hex(6))
+            if after != current:
+                written = await self._write_hold(key, after, known)
+                if written is None:
+                    await _after_conflict(attempt)
+                    continue
+                revision = written
+            if after.state is HoldState.HELD and not after.retired:
+                return True
+            if after.state is not HoldState.HELD and not await self.claim(
+                user_id, codes, [hold_holder(key, after.generation)]
+            ):
+                await self._leave(key, holding)
+                return False
+            for generation in after.retired:
+                await self._release_keys(after.claims, hold_holder(key, generation))
+            if await self._write_hold(key, settled(after), (after, revision)) is None:
+                await _after_conflict(attempt)  # another round changed it: look again
+                continue
+            return True
+        raise ClaimsUnavailable("a gateway hold kept changing")
+
     async def claim(
         self, user_id: int, codes: Iterable[str], holders: Iterable[str]
     ) -> bool:
@@ -127,18 +179,18 @@ class AccountClaims:
         """Let go of `holder`'s claims (those of `codes`, or all of them); returns how many
         claims were deleted because nothing holds them any more."""
         if codes is not None:
-            keys = sorted({claim_key(self._secret, code) for code in codes})
-        else:
-            listed = await bucket_keys(self._nc, self._name)
-            keys = [k for k in listed if is_claim_key(k)]
-        deleted = 0
-        for start in range(0, len(keys), _SCAN_BATCH):
-            batch = keys[start : start + _SCAN_BATCH]
-            results = await asyncio.gather(
-                *(self._release_key(k, holder) for k in batch)
+            return await self._release_keys(
+                sorted({claim_key(self._secret, code) for code in codes}), holder
             )
-            deleted += sum(results)
-        return deleted
+        listed = await bucket_keys(self._nc, self._name)
+        deleted = 0
+        # holds first, then any claim naming the holder itself (a transient one, or one
+        # written before gateway holds existed)
+        for key in (k for k in listed if is_hold_key(k)):
+            deleted += await self._leave(key, frozenset({holder}))
+        return deleted + await self._release_keys(
+            [k for k in listed if is_claim_key(k)], holder
+        )
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -150,6 +202,70 @@ class AccountClaims:
 
     def _now(self) -> float:
         return self._clock()
+
+    async def _release_keys(self, keys: Sequence[str], holder: str) -> int:
+        deleted = 0
+        for start in range(0, len(keys), _SCAN_BATCH):
+            batch = keys[start : start + _SCAN_BATCH]
+            results = await asyncio.gather(
+                *(self._release_key(k, holder) for k in batch)
+            )
+            deleted += sum(results)
+        return deleted
+
+    async def _leave(self, key: str, integrations: frozenset[str]) -> int:
+        """Take `integrations` off a gateway hold; the last going (or a release found unfinished)
+        releases its claims. Returns how many claims that deleted."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            known = await self._read_hold(key)
+            if known is None:
+                return 0
+            current, revision = known
+            after = current
+            for integration in integrations & current.integrations:
+                after = left(after, integration)
+            if after != current:
+                written = await self._write_hold(key, after, known)
+                if written is None:
+                    await _after_conflict(attempt)
+                    continue
+                revision = written
+            if after.state is not HoldState.RELEASING:
+                return 0
+            deleted = 0
+            for generation in after.generations:
+                deleted += await self._release_keys(
+                    after.claims, hold_holder(key, generation)
+                )
+            # a new round may have taken the hold over meanwhile: it is then that round's
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self._bucket.delete(key, last=revision)
+            return deleted
+        raise ClaimsUnavailable("a gateway hold kept changing during its release")
+
+    async def _read_hold(self, key: str) -> tuple[GatewayHold, int] | None:
+        try:
+            entry = await self._bucket.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return None
+        return _decode_hold(entry.value), int(entry.revision or 0)
+
+    async def _write_hold(
+        self,
+        key: str,
+        hold: GatewayHold,
+        known: tuple[GatewayHold, int] | None,
+    ) -> int | None:
+        """Write a hold over what was read (compare-and-set): its revision, or None when
+        another writer changed it first."""
+        if known is None:
+            return await create_if_absent(self._bucket, key, _encode_hold(hold))
+        try:
+            return await self._bucket.update(key, _encode_hold(hold), last=known[1])
+        except KeyWrongLastSequenceError:
+            return None
 
     async def _release_key(self, key: str, holder: str) -> bool:
         """Drop `holder` from one claim; True when that deleted the claim."""
@@ -216,6 +332,31 @@ async def _after_conflict(attempt: int) -> None:
 
 def _encode(claim: AccountClaim) -> bytes:
     return orjson.dumps({"user_id": claim.user_id, "holders": sorted(claim.holders)})
+
+
+def _encode_hold(hold: GatewayHold) -> bytes:
+    return orjson.dumps(
+        {
+            "user_id": hold.user_id,
+            "generation": hold.generation,
+            "state": hold.state.value,
+            "claims": list(hold.claims),
+            "integrations": sorted(hold.integrations),
+            "retired": list(hold.retired),
+        }
+    )
+
+
+def _decode_hold(raw: bytes) -> GatewayHold:
+    data = orjson.loads(raw)
+    return GatewayHold(
+        int(data["user_id"]),
+        str(data["generation"]),
+        HoldState(data["state"]),
+        tuple(data["claims"]),
+        frozenset(data["integrations"]),
+        tuple(data.get("retired", ())),
+    )
 
 
 def _decode(raw: bytes) -> AccountClaim:

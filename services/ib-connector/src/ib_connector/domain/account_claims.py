@@ -11,13 +11,24 @@ seeing the account, and short-lived holders for a connection that serves no inte
 one-shot test, a session opened before its first account). It is released when its last holder
 goes: when the owner removes the last integration that used it — never when a session merely
 idles or a connector restarts, so a quiet owner keeps their accounts.
+
+A user's integrations reading through one gateway hold its accounts together, through a gateway
+hold: one record per (user, set of accounts the gateway manages) listing those integrations, and
+one holder on each account's claim for the whole hold. A gateway managing a hundred accounts then
+costs a hundred claim writes once, not for every integration added behind it; adding one is a
+single write to the hold. A hold is claimed, then marked held; it is released when its last
+integration goes. Each claiming round has a fresh generation, the claims' holder names it, so a
+round that starts while an earlier one is still releasing never has its holder removed by that
+release; the newer round retires the older generation's leftovers itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 # How long a holder that is no integration keeps a claim: long enough for a test or for a new
 # session's first refresh to register its account, short enough that a crash mid-test does not
@@ -25,6 +36,7 @@ from dataclasses import dataclass
 TRANSIENT_HOLD_S = 300.0
 
 _TRANSIENT = "t:"
+_HOLD = "g:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,81 @@ def claim_key(secret: bytes, account_code: str) -> str:
 
 def is_claim_key(key: str) -> bool:
     return key.startswith("a") and len(key) == 41
+
+
+def hold_key(secret: bytes, user_id: int, account_codes: Iterable[str]) -> str:
+    """The KV key of a user's hold on the accounts one gateway manages (a keyed hash again)."""
+    codes = ",".join(sorted({c.strip().upper() for c in account_codes}))
+    digest = hmac.new(secret, f"{user_id}|{codes}".encode(), hashlib.sha256).hexdigest()
+    return f"s{digest[:40]}"
+
+
+def is_hold_key(key: str) -> bool:
+    return key.startswith("s") and len(key) == 41
+
+
+def hold_holder(key: str, generation: str) -> str:
+    """The holder a gateway hold's generation puts on each of its accounts' claims."""
+    return f"{_HOLD}{key}:{generation}"
+
+
+class HoldState(StrEnum):
+    CLAIMING = "claiming"  # its accounts' claims are being written; not yet proven
+    HELD = "held"  # every account's claim names this generation's holder
+    RELEASING = "releasing"  # no integration left; its holders are being removed
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayHold:
+    """The integrations of one user that read through gateways managing one set of accounts."""
+
+    user_id: int
+    generation: str
+    state: HoldState
+    claims: tuple[str, ...]  # the claim keys of the accounts
+    integrations: frozenset[str]
+    # earlier generations whose holders may still be on the claims
+    retired: tuple[str, ...] = field(default=())
+
+    @property
+    def generations(self) -> tuple[str, ...]:
+        return (self.generation, *self.retired)
+
+
+def joined(
+    current: GatewayHold | None,
+    user_id: int,
+    claims: Iterable[str],
+    integrations: frozenset[str],
+    fresh_generation: str,
+) -> GatewayHold:
+    """The hold once `integrations` read through it. A hold being released starts a new
+    generation that retires the old one."""
+    if current is not None and current.user_id != user_id:
+        raise ValueError("a gateway hold's key names its user")
+    if current is None or current.state is HoldState.RELEASING:
+        retired = current.generations if current is not None else ()
+        return GatewayHold(
+            user_id,
+            fresh_generation,
+            HoldState.CLAIMING,
+            tuple(sorted(set(claims))),
+            integrations,
+            retired,
+        )
+    return replace(current, integrations=current.integrations | integrations)
+
+
+def settled(current: GatewayHold) -> GatewayHold:
+    """The hold once its generation holds every claim and older generations are gone."""
+    return replace(current, state=HoldState.HELD, retired=())
+
+
+def left(current: GatewayHold, integration: str) -> GatewayHold:
+    """The hold once `integration` stops reading through it; the last one going releases it."""
+    remaining = current.integrations - {integration}
+    state = HoldState.RELEASING if not remaining else current.state
+    return replace(current, integrations=remaining, state=state)
 
 
 def integration_holder(account_id: int) -> str:

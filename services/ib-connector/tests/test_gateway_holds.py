@@ -1,0 +1,169 @@
+"""Gateway holds: a user's integrations behind one gateway hold its accounts together, so adding
+one more costs one write rather than one per account the gateway manages; releases, refusals and
+a release cut short leave no claim behind. Real nats-server and KV bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import orjson
+import pytest
+from brokerlink_devkit.testing.plugin import Infra
+from brokerlink_shared.kv import bucket_keys
+from ib_connector.adapters.account_claims import AccountClaims
+from ib_connector.domain.account_claims import integration_holder
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError
+
+CODES = [f"U{6_100_000 + n}" for n in range(95)]
+OWNER, OTHER = 71, 72
+
+
+@dataclass
+class Bucket:
+    nc: NatsClient
+    namespace: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.namespace}_ib_accounts"
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[Bucket]:
+    client = await nats.connect(infra.nats_url)
+    try:
+        yield Bucket(client, f"holds{uuid.uuid4().hex[:8]}")
+    finally:
+        await client.close()
+
+
+async def _claims(nc: Bucket) -> AccountClaims:
+    claims = AccountClaims(nc.nc, nc.namespace)
+    await claims.start()
+    return claims
+
+
+async def _entries(nc: Bucket) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(claims, holds) as the bucket holds them, deleted keys aside."""
+    kv = await nc.nc.jetstream().key_value(nc.name)
+    claims, holds = {}, {}
+    for key in await bucket_keys(nc.nc, nc.name):
+        if key == "hash-key":
+            continue
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await kv.get(key)
+            if entry.value:
+                (holds if key.startswith("s") else claims)[key] = orjson.loads(
+                    entry.value
+                )
+    return claims, holds
+
+
+async def _writes(nc: Bucket) -> int:
+    info = await nc.nc.jetstream().stream_info(f"KV_{nc.name}")
+    return int(info.state.last_seq)
+
+
+def _acct(*ids: int) -> list[str]:
+    return [integration_holder(i) for i in ids]
+
+
+async def test_one_more_integration_behind_a_gateway_is_one_write(
+    nc: Bucket,
+) -> None:
+    claims = await _claims(nc)
+    assert await claims.hold(OWNER, CODES, _acct(1))
+    for account_id in range(2, 12):
+        before = await _writes(nc)
+        assert await claims.hold(OWNER, CODES, _acct(account_id))
+        assert await _writes(nc) - before == 1
+    before = await _writes(nc)
+    assert await claims.hold(OWNER, CODES, _acct(5))  # already holding: nothing written
+    assert await _writes(nc) == before
+
+    found, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    assert (hold["user_id"], hold["state"], set(hold["integrations"])) == (
+        OWNER,
+        "held",
+        set(_acct(*range(1, 12))),
+    )
+    assert sorted(hold["claims"]) == sorted(found) and len(found) == len(CODES)
+    holder = f"g:{key}:{hold['generation']}"
+    assert all(c == {"user_id": OWNER, "holders": [holder]} for c in found.values())
+    assert not any(code in str((found, holds)) for code in CODES)
+
+
+async def test_sessions_holding_at_once_all_land_in_one_hold(nc: Bucket) -> None:
+    claims = await _claims(nc)
+    # one session per client id of the same gateway, each with its first integration
+    results = await asyncio.gather(
+        *(claims.hold(OWNER, CODES, _acct(i)) for i in range(1, 5))
+    )
+    assert results == [True] * 4
+    found, holds = await _entries(nc)
+    [hold] = holds.values()
+    assert hold["state"] == "held" and set(hold["integrations"]) == set(
+        _acct(1, 2, 3, 4)
+    )
+    assert {len(c["holders"]) for c in found.values()} == {1}
+
+
+async def test_another_user_is_refused_and_leaves_nothing(nc: Bucket) -> None:
+    claims = await _claims(nc)
+    assert await claims.hold(OWNER, CODES, _acct(1))
+    before = await _entries(nc)
+    # the same gateway, or one sharing a single account with it
+    assert await claims.hold(OTHER, CODES, _acct(2)) is False
+    assert await claims.hold(OTHER, [CODES[50], "U6199999"], _acct(3)) is False
+    assert await _entries(nc) == before
+
+
+async def test_the_last_integration_going_frees_the_accounts(nc: Bucket) -> None:
+    claims = await _claims(nc)
+    assert await claims.hold(OWNER, CODES, _acct(1, 2))
+    assert await claims.release(integration_holder(1)) == 0
+    found, holds = await _entries(nc)
+    assert len(found) == len(CODES)
+    assert [set(h["integrations"]) for h in holds.values()] == [set(_acct(2))]
+
+    assert await claims.release(integration_holder(2)) == len(CODES)
+    assert await _entries(nc) == ({}, {})
+    assert await claims.hold(OTHER, CODES, _acct(3))
+
+
+async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
+    nc: Bucket,
+) -> None:
+    claims = await _claims(nc)
+    kv = await nc.nc.jetstream().key_value(nc.name)
+
+    async def cut_short() -> tuple[str, str]:
+        """The hold's last integration left, and the process died before any claim was let go."""
+        _, holds = await _entries(nc)
+        [(key, hold)] = holds.items()
+        hold.update(state="releasing", integrations=[])
+        await kv.put(key, orjson.dumps(hold))
+        return key, hold["generation"]
+
+    # the user adds an integration again: a new generation, the old one's holders retired
+    assert await claims.hold(OWNER, CODES, _acct(1))
+    key, old = await cut_short()
+    assert await claims.hold(OWNER, CODES, _acct(2))
+    found, holds = await _entries(nc)
+    new = holds[key]["generation"]
+    assert new != old and holds[key]["retired"] == []
+    assert all(c["holders"] == [f"g:{key}:{new}"] for c in found.values())
+
+    # nobody comes back: the next release of anything finishes it
+    await cut_short()
+    assert await claims.release(integration_holder(99)) == len(CODES)
+    assert await _entries(nc) == ({}, {})
+    assert await claims.hold(OTHER, CODES, _acct(3))
