@@ -3,13 +3,17 @@ once and says so; the replica that takes over connects without a client-id fight
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from brokerlink_devkit.testing import wait_until
 from brokerlink_devkit.testing.proxy import TcpProxy
 from brokerlink_shared.contracts.values import IntegrationStatus
+from brokerlink_shared.rate_budget import open_bucket
 from brokerlink_simulators.ib_gateway import IBGatewaySimulator
+from ib_connector.adapters.ownership import SessionOwnership
+from nats import connect as nats_connect
 
 from .conftest import Bus, account, add_gateway
 
@@ -67,3 +71,32 @@ async def test_lease_loss_closes_sessions_and_the_new_owner_connects_cleanly(
 def _status(bus: Bus, account_id: int) -> IntegrationStatus | None:
     last = bus.last_status(account_id)
     return last.payload.status if last else None
+
+
+async def test_a_replicas_bucket_with_a_shorter_ttl_is_raised_to_the_lease_never_lowered(
+    infra: Any,
+) -> None:
+    """Leases lapse by the bucket's max age: one shorter than a replica's TTL would let the others
+    take over before that replica gives its sessions up (a bucket made by an older version)."""
+    namespace = f"{infra.namespace}lease{time.monotonic_ns()}"
+    nc = await nats_connect(infra.nats_url)
+    js = nc.jetstream()
+    await open_bucket(js, f"{namespace}_ib_replicas", ttl_s=2.0)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    owners = []
+    try:
+        for ttl in (6.0, 3.0):
+            owner = SessionOwnership(nc, namespace, f"r{ttl:g}", ttl, nothing, nothing)
+            await owner.start()
+            owners.append(owner)
+            status = await (await js.key_value(f"{namespace}_ib_replicas")).status()
+            assert status.ttl == 6.0
+    finally:
+        for owner in owners:
+            await owner.stop()
+        for bucket in ("ib_replicas", "ib_sessions"):
+            await js.delete_key_value(f"{namespace}_{bucket}")
+        await nc.close()

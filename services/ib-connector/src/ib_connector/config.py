@@ -50,7 +50,7 @@ class Settings(BusSettings):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     primary_retry_s: float = Field(
-        default=30.0,
+        default=20.0,
         gt=0,
         description="how often a session on a backup tries the primary",
     )
@@ -81,7 +81,9 @@ class Settings(BusSettings):
         default_factory=_replica_id, pattern=r"^[A-Za-z0-9_-]{1,80}$"
     )
     lease_ttl_s: float = Field(
-        default=10.0,
+        # longer than a NATS stream's leader election (followers wait 4-9 s) with room to spare:
+        # a shorter lease made a surviving replica give its sessions up when a NATS node died
+        default=20.0,
         ge=1.0,
         description="a replica silent this long loses its sessions",
     )

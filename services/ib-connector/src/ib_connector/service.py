@@ -485,10 +485,10 @@ class IBConnectorService:
                 timeout=timeout_s or self.settings.forward_timeout_s,
             )
         except NoRespondersError:
-            # The owner is gone; its lease lapses within lease_ttl_s and the next delivery
+            # The owner is gone; its lease lapses within lease_ttl_s and a later delivery
             # takes the session over here. Waiting for that is not a failed attempt.
             raise RetryLater(
-                self.settings.lease_ttl_s,
+                self.settings.lease_ttl_s / 6,
                 f"replica {owner} is unreachable; waiting for its lease to lapse",
             ) from None
         except (NatsTimeoutError, TimeoutError):

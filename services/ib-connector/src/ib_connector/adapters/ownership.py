@@ -1,6 +1,6 @@
 """Which replica owns which gateway session, kept in two NATS KV buckets.
 
-- `<ns>_ib_replicas`: one key per live replica, re-put every `lease_ttl/3`; the bucket's max
+- `<ns>_ib_replicas`: one key per live replica, re-put every `lease_ttl/10`; the bucket's max
   age is the lease TTL, so a replica that stops renewing disappears by itself.
 - `<ns>_ib_sessions`: one key per session (hash of host/port/client id) holding the owner and
   what a new owner needs to re-open it (the IB config and the accounts attached). Claims are
@@ -46,8 +46,16 @@ from ib_connector.domain.endpoints import SessionKey, session_key
 log = logging.getLogger(__name__)
 
 # Give sessions up when this share of the lease TTL has passed without a renewal: the others
-# may take over only once the whole TTL has passed.
-LOSS_MARGIN = 0.6
+# may take over only once the whole TTL has passed, so a quarter of it is left for closing.
+LOSS_MARGIN = 0.75
+# A lost NATS node takes its streams' leadership with it, and the followers wait 4-9 s before they
+# campaign (nats-server's raft election timeout): no renewal can succeed meanwhile. Renewals go
+# out every tenth of the TTL, every thirtieth once one is late, each waiting up to a sixth for its
+# answer without holding the next one back. With the default 20 s TTL (config.py) the lease is
+# renewed within about a second of a new leader: at worst 2 s since the last renewal + 9 s
+# without a leader + 1 s < 15 s (LOSS_MARGIN).
+RENEW_EVERY = 0.1
+RENEW_RETRY = 1 / 30
 
 
 def session_kv_key(key: SessionKey) -> str:
@@ -144,14 +152,17 @@ class SessionOwnership:
             ttl=self._ttl,
             replicas=self._kv_replicas,
         )
+        await _lapse_no_sooner_than(js, self._replicas, self._ttl)
         self._sessions = await _bucket(
             js, f"{self._namespace}_ib_sessions", ttl=None, replicas=self._kv_replicas
         )
-        await self._heartbeat_once()
+        await self._renew_lease()
+        await self._see_live_replicas()
         self._watcher = await self._sessions.watchall()
         self._tasks = [
             asyncio.create_task(self._watch(), name="ib-ownership-watch"),
             asyncio.create_task(self._renew(), name="ib-ownership-renew"),
+            asyncio.create_task(self._take_over(), name="ib-ownership-takeover"),
             asyncio.create_task(self._guard(), name="ib-ownership-guard"),
         ]
 
@@ -363,38 +374,67 @@ class SessionOwnership:
             return False
         return entry.value is not None and entry.operation not in ("DEL", "PURGE")
 
-    async def _heartbeat_once(self) -> None:
+    async def _renew_lease(self) -> None:
         if self._replicas is None:
             raise RuntimeError("session ownership used before start()")
         started = time.monotonic()
         await asyncio.wait_for(
-            self._replicas.put(self.replica_id, b"1"), timeout=self._ttl / 3
+            self._replicas.put(self.replica_id, b"1"), timeout=self._ttl / 6
         )
-        self._last_renewed = (
-            started  # the lease runs from when the put was sent, at worst
-        )
+        # the lease runs from when the put was sent, at worst; renewals may answer out of order
+        self._last_renewed = max(self._last_renewed, started)
         if self.lease_lost:
             self.lease_lost = False
             log.warning("ownership lease renewed again; re-opening unclaimed sessions")
             await self._readopt_own()
-        listed = await bucket_keys(self._nc, f"{self._namespace}_ib_replicas")
+
+    async def _see_live_replicas(self) -> None:
+        """Refresh the cached view of which replicas hold their lease."""
+        listed = await bucket_keys(
+            self._nc, f"{self._namespace}_ib_replicas", timeout_s=self._ttl / 3
+        )
         others = [k for k in listed if k != self.replica_id]
-        alive = await asyncio.gather(*(self._holds_lease(k) for k in others))
+        alive = await asyncio.wait_for(
+            asyncio.gather(*(self._holds_lease(k) for k in others)),
+            timeout=self._ttl / 3,
+        )
         self._live = {k for k, live in zip(others, alive, strict=True) if live}
         self._live.add(self.replica_id)
 
     async def _renew(self) -> None:
-        interval = self._ttl / 3
+        """Renew the lease and nothing else: a slow listing or takeover during a bus failover
+        must not delay the next renewal past the point where the guard gives every session up.
+        A renewal waiting for its answer does not hold the next one back either."""
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                late = (
+                    time.monotonic() - self._last_renewed
+                    > 1.5 * RENEW_EVERY * self._ttl
+                )
+                await asyncio.sleep((RENEW_RETRY if late else RENEW_EVERY) * self._ttl)
+                task = asyncio.create_task(self._renew_once())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _renew_once(self) -> None:
+        try:
+            await self._renew_lease()
+        except Exception as exc:
+            log.warning("ownership renewal failed", extra={"error": repr(exc)})
+
+    async def _take_over(self) -> None:
+        """See which replicas are live and take over the sessions of those that are not."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(RENEW_EVERY * self._ttl)
             try:
-                await self._heartbeat_once()
+                await self._see_live_replicas()
                 await self._take_over_orphans()
             except Exception as exc:
-                log.warning("ownership renewal failed", extra={"error": repr(exc)})
-                interval = self._ttl / 10  # try again soon, the lease is running out
-            else:
-                interval = self._ttl / 3
+                log.warning("session takeover round failed", extra={"error": repr(exc)})
 
     async def _guard(self) -> None:
         """Give every session up before the lease can lapse (see the module docstring)."""
@@ -492,3 +532,16 @@ async def _bucket(js: Any, name: str, ttl: float | None, replicas: int = 1) -> K
         name
     )  # created by another replica meanwhile
     return existing
+
+
+async def _lapse_no_sooner_than(js: Any, kv: KeyValue, ttl: float) -> None:
+    """A replicas bucket made with a shorter TTL (by an older version, or another setting) would
+    let the others take over before this replica gives its sessions up: raise its max age to
+    ours. Never lower it: a replica with a shorter TTL gives up sooner still, which is safe."""
+    info = (await kv.status()).stream_info
+    if info.config.max_age and info.config.max_age < ttl:
+        await js.update_stream(config=info.config, max_age=ttl)
+        log.warning(
+            "raised the replicas bucket's max age to the lease TTL",
+            extra={"from_s": info.config.max_age, "to_s": ttl},
+        )
