@@ -9,7 +9,7 @@ from typing import Any
 
 import nats
 import pytest
-from brokerlink_shared.kv import bucket_keys
+from brokerlink_shared.kv import bucket_keys, delete_if_unchanged
 from brokerlink_shared.rate_budget import open_bucket
 from nats.aio.client import Client as NatsClient
 
@@ -78,4 +78,19 @@ async def test_a_listing_is_complete_while_another_client_writes(
             await task
     finally:
         await writer.close()
+        await nc.jetstream().delete_key_value(name)
+
+
+async def test_a_delete_at_a_revision_is_refused_once_the_key_changed(
+    nc: NatsClient, infra: Any
+) -> None:
+    name = await _bucket(nc, infra)
+    try:
+        kv = await nc.jetstream().key_value(name)
+        first = await kv.put("k", b"1")
+        await kv.put("k", b"2")
+        assert await delete_if_unchanged(kv, "k", first) is False
+        assert (await kv.get("k")).value == b"2"
+        assert await delete_if_unchanged(kv, "k", first + 1) is True
+    finally:
         await nc.jetstream().delete_key_value(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ import pytest
 from brokerlink_devkit.testing.plugin import Infra
 from brokerlink_shared.kv import bucket_keys
 from ib_connector.adapters.account_claims import AccountClaims
-from ib_connector.domain.account_claims import integration_holder
+from ib_connector.domain.account_claims import (
+    claim_key,
+    integration_holder,
+    transient_holder,
+)
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError
 
@@ -167,3 +172,86 @@ async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
     assert await claims.release(integration_holder(99)) == len(CODES)
     assert await _entries(nc) == ({}, {})
     assert await claims.hold(OTHER, CODES, _acct(3))
+
+
+async def test_a_session_refused_while_another_claims_takes_nothing_from_it(
+    nc: Bucket,
+) -> None:
+    """Two sessions of the owner claim one new hold at once; one meets another user's one-shot
+    test on an account and is refused, the test ends, the other session claims everything. The
+    refused one must not let go of the claims they share."""
+    first, second, other = [await _claims(nc) for _ in range(3)]
+    keys = sorted(claim_key(first._secret, c) for c in CODES)
+    shared = next(c for c in CODES if claim_key(first._secret, c) == keys[10])
+    test_holder = transient_holder(time.time(), "other-test")
+    assert await other.claim(OTHER, [shared], [test_holder])
+
+    refused, resume = asyncio.Event(), asyncio.Event()
+    release_key = second._release_key
+
+    async def paused_release(key: str, holder: str) -> bool:
+        refused.set()
+        await resume.wait()
+        return await release_key(key, holder)
+
+    second._release_key = paused_release  # type: ignore[method-assign]
+    holding = asyncio.create_task(second.hold(OWNER, CODES, _acct(2)))
+    with contextlib.suppress(
+        TimeoutError
+    ):  # refused without letting go: nothing to pause
+        await asyncio.wait_for(asyncio.shield(holding), 5)
+    await other.release(test_holder, [shared])
+    assert await first.hold(OWNER, CODES, _acct(1))
+    resume.set()
+    assert await holding is False
+
+    found, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    assert (hold["state"], hold["integrations"]) == ("held", _acct(1))
+    assert len(found) == len(CODES) and all(
+        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
+        for c in found.values()
+    )
+    assert await other.hold(OTHER, [shared], _acct(9)) is False
+
+
+async def test_a_removal_while_a_session_claims_leaves_no_holder_behind(
+    nc: Bucket,
+) -> None:
+    connecting, remover, other = [await _claims(nc) for _ in range(3)]
+    started, resume = asyncio.Event(), asyncio.Event()
+    claim = connecting.claim
+
+    async def paused_claim(*args: Any, **kwargs: Any) -> bool:
+        if not started.is_set():
+            started.set()
+            await resume.wait()
+        return await claim(*args, **kwargs)
+
+    connecting.claim = paused_claim  # type: ignore[method-assign]
+    holding = asyncio.create_task(connecting.hold(OWNER, CODES, _acct(1)))
+    await asyncio.wait_for(started.wait(), 30)
+    await remover.release(
+        integration_holder(1)
+    )  # the user removes the integration meanwhile
+    resume.set()
+    await holding
+    # the removal's redelivery (or the integration's own later removal) frees everything
+    await remover.release(integration_holder(1))
+    assert await _entries(nc) == ({}, {})
+    assert await other.hold(OTHER, CODES, _acct(9))
+
+
+async def test_a_release_cut_short_is_finished_when_a_replica_starts(
+    nc: Bucket,
+) -> None:
+    claims = await _claims(nc)
+    assert await claims.hold(OWNER, CODES, _acct(1))
+    kv = await nc.nc.jetstream().key_value(nc.name)
+    _, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    hold.update(state="releasing", integrations=[])
+    await kv.put(key, orjson.dumps(hold))
+
+    await _claims(nc)  # another replica starting
+    assert await _entries(nc) == ({}, {})

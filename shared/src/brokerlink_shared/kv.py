@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 
@@ -22,6 +22,24 @@ async def create_if_absent(kv: KeyValue, key: str, value: bytes) -> int | None:
         return await kv.create(key, value)
     except (KeyWrongLastSequenceError, KeyNotFoundError):
         return None
+
+
+# JetStream's "wrong last sequence" (JSStreamWrongLastSequenceErrF)
+_WRONG_LAST_SEQUENCE = 10071
+
+
+async def delete_if_unchanged(kv: KeyValue, key: str, revision: int) -> bool:
+    """Delete `key` if it is still at `revision`: False when another writer changed it first.
+
+    nats-py turns that refusal into `KeyWrongLastSequenceError` for `update` but not for
+    `delete`, which raises a bare `BadRequestError`."""
+    try:
+        await kv.delete(key, last=revision)
+    except BadRequestError as exc:
+        if exc.err_code != _WRONG_LAST_SEQUENCE:
+            raise
+        return False
+    return True
 
 
 # The server sends a stream's subjects in pages of up to 100,000 (JSMaxSubjectDetails).

@@ -16,15 +16,15 @@ bucket (`hold_key(secret, user, codes)`, listing claim keys and integration hold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import orjson
 from brokerlink_shared.backoff import backoff_delay
-from brokerlink_shared.kv import bucket_keys, create_if_absent
+from brokerlink_shared.kv import bucket_keys, create_if_absent, delete_if_unchanged
 from brokerlink_shared.rate_budget import open_bucket
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -97,6 +97,7 @@ class AccountClaims:
                 raise RuntimeError(f"{self._name}: the hash key is empty")
             self._secret = entry.value
         self._kv = kv
+        await self.finish_releases()
 
     async def hold(
         self, user_id: int, codes: Iterable[str], integrations: Iterable[str]
@@ -113,10 +114,16 @@ class AccountClaims:
             raise ValueError("a gateway hold needs an integration")
         claims = sorted({claim_key(self._secret, code) for code in codes})
         key = hold_key(self._secret, user_id, codes)
+        # generations this call put on claims: if a release deletes the hold meanwhile, the
+        # next one written retires them, so no holder outlives every record of it
+        wrote: list[str] = []
         for attempt in range(1, _ATTEMPTS + 1):
             known = await self._read_hold(key)
             current, revision = known if known is not None else (None, 0)
             after = joined(current, user_id, claims, holding, secrets.token_hex(6))
+            untraced = [g for g in wrote if g not in after.generations]
+            if untraced:
+                after = replace(after, retired=(*after.retired, *untraced))
             if after != current:
                 written = await self._write_hold(key, after, known)
                 if written is None:
@@ -125,11 +132,12 @@ class AccountClaims:
                 revision = written
             if after.state is HoldState.HELD and not after.retired:
                 return True
-            if after.state is not HoldState.HELD and not await self.claim(
-                user_id, codes, [hold_holder(key, after.generation)]
-            ):
-                await self._leave(key, holding)
-                return False
+            if after.state is not HoldState.HELD:
+                wrote.append(after.generation)
+                holder = hold_holder(key, after.generation)
+                if not await self.claim(user_id, codes, [holder], undo=False):
+                    await self._leave(key, holding)
+                    return False
             for generation in after.retired:
                 await self._release_keys(after.claims, hold_holder(key, generation))
             if await self._write_hold(key, settled(after), (after, revision)) is None:
@@ -139,7 +147,12 @@ class AccountClaims:
         raise ClaimsUnavailable("a gateway hold kept changing")
 
     async def claim(
-        self, user_id: int, codes: Iterable[str], holders: Iterable[str]
+        self,
+        user_id: int,
+        codes: Iterable[str],
+        holders: Iterable[str],
+        *,
+        undo: bool = True,
     ) -> bool:
         """Hold every account in `codes` for `user_id` by `holders`; False when another user
         owns any of them.
@@ -148,7 +161,9 @@ class AccountClaims:
         both start there, so one of them is refused before writing anything else. The other
         keys are then written together (a gateway may manage hundreds of accounts, and one
         replicated write at a time made a connect cost seconds). A refused call lets go of
-        what it took."""
+        what it took, unless `undo` is False: a gateway hold's holder is shared by every session
+        of its user claiming at once, so what one of them took is not its own to let go (the
+        hold lets go of all of it when its last integration leaves)."""
         holding = frozenset(holders)
         if not holding:
             raise ValueError("a claim needs a holder")
@@ -168,29 +183,35 @@ class AccountClaims:
             if any(o is None for o in outcomes):
                 refused = True
                 break
-        if refused:
+        if refused and undo:
             for key_taken in taken:
                 for holder in holding:
                     await self._release_key(key_taken, holder)
-            return False
-        return True
+        return not refused
 
     async def release(self, holder: str, codes: Iterable[str] | None = None) -> int:
         """Let go of `holder`'s claims (those of `codes`, or all of them); returns how many
-        claims were deleted because nothing holds them any more."""
+        claims were deleted because nothing holds them any more (releasing all of them also
+        finishes any gateway hold release found cut short, and counts its claims)."""
         if codes is not None:
             return await self._release_keys(
                 sorted({claim_key(self._secret, code) for code in codes}), holder
             )
         listed = await bucket_keys(self._nc, self._name)
-        deleted = 0
         # holds first, then any claim naming the holder itself (a transient one, or one
         # written before gateway holds existed)
-        for key in (k for k in listed if is_hold_key(k)):
-            deleted += await self._leave(key, frozenset({holder}))
+        deleted = await self._leave_all(
+            [k for k in listed if is_hold_key(k)], frozenset({holder})
+        )
         return deleted + await self._release_keys(
             [k for k in listed if is_claim_key(k)], holder
         )
+
+    async def finish_releases(self) -> int:
+        """Finish every gateway hold release cut short (a process killed, the bus gone midway):
+        until then its accounts stay claimed for a user who holds nothing behind them."""
+        listed = await bucket_keys(self._nc, self._name)
+        return await self._leave_all([k for k in listed if is_hold_key(k)], frozenset())
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -209,6 +230,18 @@ class AccountClaims:
             batch = keys[start : start + _SCAN_BATCH]
             results = await asyncio.gather(
                 *(self._release_key(k, holder) for k in batch)
+            )
+            deleted += sum(results)
+        return deleted
+
+    async def _leave_all(
+        self, keys: Sequence[str], integrations: frozenset[str]
+    ) -> int:
+        deleted = 0
+        for start in range(0, len(keys), _SCAN_BATCH):
+            batch = keys[start : start + _SCAN_BATCH]
+            results = await asyncio.gather(
+                *(self._leave(k, integrations) for k in batch)
             )
             deleted += sum(results)
         return deleted
@@ -238,8 +271,7 @@ class AccountClaims:
                     after.claims, hold_holder(key, generation)
                 )
             # a new round may have taken the hold over meanwhile: it is then that round's
-            with contextlib.suppress(KeyWrongLastSequenceError):
-                await self._bucket.delete(key, last=revision)
+            await delete_if_unchanged(self._bucket, key, revision)
             return deleted
         raise ClaimsUnavailable("a gateway hold kept changing during its release")
 
@@ -277,10 +309,12 @@ class AccountClaims:
             if holder not in claim.holders:
                 return False
             after = released(claim, holder, self._now())
-            try:
-                if after is None:
-                    await self._bucket.delete(key, last=revision)
+            if after is None:
+                if await delete_if_unchanged(self._bucket, key, revision):
                     return True
+                await _after_conflict(attempt)
+                continue
+            try:
                 await self._bucket.update(key, _encode(after), last=revision)
                 return False
             except KeyWrongLastSequenceError:
