@@ -24,6 +24,13 @@ from brokerlink_shared.subjects import DEAD_LETTERS, Topology
 
 ParkedHook = Callable[[NatsBroker, Msg, BaseException], Awaitable[None]]
 
+# JetStream API calls the broker makes on its own, chiefly each subscriber's consumer lookup at
+# start-up: nats-py's 5 s default failed an ib-connector's start on a busy 3-node cluster (the
+# consumer info went unanswered while the cluster was creating other services' buckets), and a
+# failed start exits the process. Publishes keep their own, shorter, explicit timeouts.
+JS_API_TIMEOUT_S = 30.0
+DEAD_LETTER_ACK_TIMEOUT_S = 5.0
+
 
 class _EmptyFetchFilter(logging.Filter):
     """Drop FastStream's 'raised an exception, retrying' for an empty JetStream fetch.
@@ -73,6 +80,7 @@ def make_broker(
             topology.dead_letter_subject(service),
             headers=headers,
             stream=topology.stream_name(DEAD_LETTERS),
+            timeout=DEAD_LETTER_ACK_TIMEOUT_S,
         )
         if on_parked is not None:
             await on_parked(holder["broker"], raw, exc)
@@ -96,6 +104,7 @@ def make_broker(
         logger=_bus_log,
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
+        js_options={"timeout": JS_API_TIMEOUT_S},
         **{"inbox_prefix": inbox_prefix(service), **kwargs},
     )
     holder["broker"] = broker

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 import orjson
@@ -107,7 +107,8 @@ class AccountClaims:
 
         Once the hold is held, adding integrations is one write. Otherwise this round claims every
         account for the hold's generation (`claim`), marks it held and clears the claims of the
-        generations it retired. A refused round lets go of the hold's claims as well."""
+        generations it retired. A refused round takes its integrations off the hold again (the
+        last one leaving lets go of the hold's claims)."""
         codes = list(codes)
         holding = frozenset(integrations)
         if not holding:
@@ -225,26 +226,12 @@ class AccountClaims:
         return self._clock()
 
     async def _release_keys(self, keys: Sequence[str], holder: str) -> int:
-        deleted = 0
-        for start in range(0, len(keys), _SCAN_BATCH):
-            batch = keys[start : start + _SCAN_BATCH]
-            results = await asyncio.gather(
-                *(self._release_key(k, holder) for k in batch)
-            )
-            deleted += sum(results)
-        return deleted
+        return await _in_batches(keys, lambda k: self._release_key(k, holder))
 
     async def _leave_all(
         self, keys: Sequence[str], integrations: frozenset[str]
     ) -> int:
-        deleted = 0
-        for start in range(0, len(keys), _SCAN_BATCH):
-            batch = keys[start : start + _SCAN_BATCH]
-            results = await asyncio.gather(
-                *(self._leave(k, integrations) for k in batch)
-            )
-            deleted += sum(results)
-        return deleted
+        return await _in_batches(keys, lambda k: self._leave(k, integrations))
 
     async def _leave(self, key: str, integrations: frozenset[str]) -> int:
         """Take `integrations` off a gateway hold; the last going (or a release found unfinished)
@@ -358,6 +345,19 @@ class AccountClaims:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             return None
         return _decode(entry.value), int(entry.revision or 0)
+
+
+async def _in_batches(
+    keys: Sequence[str], each: Callable[[str], Awaitable[int | bool]]
+) -> int:
+    """Run `each` over the keys, `_SCAN_BATCH` at a time; the sum of what they return."""
+    total = 0
+    for start in range(0, len(keys), _SCAN_BATCH):
+        results = await asyncio.gather(
+            *(each(k) for k in keys[start : start + _SCAN_BATCH])
+        )
+        total += sum(results)
+    return total
 
 
 async def _after_conflict(attempt: int) -> None:
