@@ -3,6 +3,7 @@ address: ib-connector's account claims (real NATS KV, ib_async to the simulator 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from decimal import Decimal
@@ -20,6 +21,7 @@ from brokerlink_shared.contracts.values import (
 )
 from brokerlink_shared.kv import bucket_keys
 from brokerlink_simulators.ib_gateway import GatewaySpec, IBGatewaySimulator
+from ib_connector.adapters.account_claims import AccountClaims
 from nats.js.errors import KeyNotFoundError
 
 from .conftest import Bus, account
@@ -156,9 +158,8 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     assert refused.payload.code == GATEWAY_OWNED_ELSEWHERE
 
 
-async def _owned(bus: Bus, user_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The user's account claims and their one gateway hold (with its `key`), as the bucket
-    holds them."""
+async def _entries(bus: Bus, user_id: int) -> dict[str, Any]:
+    """The user's account claims and gateway holds as the bucket holds them."""
     bucket = f"{bus.topology.namespace}_ib_accounts"
     kv = await bus.nc.jetstream().key_value(bucket)
     found = {}
@@ -168,7 +169,75 @@ async def _owned(bus: Bus, user_id: int) -> tuple[dict[str, Any], dict[str, Any]
                 entry = await kv.get(key)
                 if entry.value:
                     found[key] = orjson.loads(entry.value)
-    found = {k: v for k, v in found.items() if v["user_id"] == user_id}
+    return {k: v for k, v in found.items() if v["user_id"] == user_id}
+
+
+async def test_an_integration_removed_while_its_claim_is_written_holds_nothing(
+    all_addresses_sim: IBGatewaySimulator,
+    bus: Bus,
+    connector: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second integration's first refresh writes it into the owner's gateway hold; the
+    owner removes it before the write lands. Once the owner removes the first one too, nothing
+    may keep the gateway's accounts claimed."""
+    owner = 553
+    gateway = await all_addresses_sim.add_gateway(
+        GatewaySpec(
+            name="removed-midway",
+            accounts=[account("U5530001", "1.25"), account("U5530002", "2.50")],
+        )
+    )
+    first = IBConnection(
+        host="127.0.0.1", port=gateway.port, client_id=1, account_code="U5530001"
+    )
+    assert (await bus.refreshed(71, first, user_id=owner)).payload.balance == Decimal(
+        "1.25"
+    )
+    second = first.model_copy(update={"account_code": "U5530002"})
+
+    writing, resume, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    hold, release = AccountClaims.hold, AccountClaims.release
+
+    async def paused_hold(
+        self: AccountClaims, user_id: int, codes: Any, integrations: Any
+    ) -> bool:
+        integrations = list(integrations)
+        if "acct:72" in integrations and not writing.is_set():
+            writing.set()
+            await resume.wait()
+        return await hold(self, user_id, codes, integrations)
+
+    async def observed_release(
+        self: AccountClaims, holder: str, codes: Any = None
+    ) -> int:
+        deleted = await release(self, holder, codes)
+        if holder == "acct:72":
+            let_go.set()
+        return deleted
+
+    monkeypatch.setattr(AccountClaims, "hold", paused_hold)
+    monkeypatch.setattr(AccountClaims, "release", observed_release)
+    await bus.configure(72, second, user_id=owner)
+    await bus.refresh(72, second, user_id=owner)
+    await wait_until(writing.is_set, message="the second integration's claim underway")
+    await bus.remove(72, second, user_id=owner)
+    await wait_until(let_go.is_set, message="the removal let go of the integration")
+    resume.set()
+
+    await bus.remove(71, first, user_id=owner)
+    await wait_until(
+        lambda: _nothing_held(bus, owner), message="nothing holds the accounts"
+    )
+
+
+async def _nothing_held(bus: Bus, user_id: int) -> bool:
+    return not await _entries(bus, user_id)
+
+
+async def _owned(bus: Bus, user_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user's account claims and their one gateway hold (with its `key`)."""
+    found = await _entries(bus, user_id)
     [hold] = [{**v, "key": k} for k, v in found.items() if k.startswith("s")]
     claims = {k: v for k, v in found.items() if not k.startswith("s")}
     return claims, hold

@@ -670,6 +670,10 @@ class GatewaySessionPool:
             await session.close()
             log.info("gateway session closed", extra={"session": session.label})
 
+    def serves(self, account_id: int) -> bool:
+        """Whether a session of this replica serves the account."""
+        return account_id in self._session_of
+
     def counts(self) -> dict[str, int]:
         phases = [s.state.phase for s in self.sessions.values()]
         return {
