@@ -24,6 +24,18 @@ async def create_if_absent(kv: KeyValue, key: str, value: bytes) -> int | None:
         return None
 
 
+async def live_entry(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
+    """A key's value and revision, or None when it is absent or deleted (a delete leaves a
+    marker that `get` may return)."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None
+    if entry.value is None or entry.operation in ("DEL", "PURGE"):
+        return None
+    return entry.value, int(entry.revision or 0)
+
+
 # JetStream's "wrong last sequence" (JSStreamWrongLastSequenceErrF)
 _WRONG_LAST_SEQUENCE = 10071
 

@@ -24,10 +24,15 @@ from dataclasses import replace
 
 import orjson
 from brokerlink_shared.backoff import backoff_delay
-from brokerlink_shared.kv import bucket_keys, create_if_absent, delete_if_unchanged
+from brokerlink_shared.kv import (
+    bucket_keys,
+    create_if_absent,
+    delete_if_unchanged,
+    live_entry,
+)
 from brokerlink_shared.rate_budget import open_bucket
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from ib_connector.domain.account_claims import (
@@ -263,13 +268,8 @@ class AccountClaims:
         raise ClaimsUnavailable("a gateway hold kept changing during its release")
 
     async def _read_hold(self, key: str) -> tuple[GatewayHold, int] | None:
-        try:
-            entry = await self._bucket.get(key)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.operation in ("DEL", "PURGE"):
-            return None
-        return _decode_hold(entry.value), int(entry.revision or 0)
+        found = await live_entry(self._bucket, key)
+        return (_decode_hold(found[0]), found[1]) if found is not None else None
 
     async def _write_hold(
         self,
@@ -338,13 +338,8 @@ class AccountClaims:
         raise ClaimsUnavailable("an account claim kept changing")
 
     async def _read(self, key: str) -> tuple[AccountClaim, int] | None:
-        try:
-            entry = await self._bucket.get(key)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.operation in ("DEL", "PURGE"):
-            return None
-        return _decode(entry.value), int(entry.revision or 0)
+        found = await live_entry(self._bucket, key)
+        return (_decode(found[0]), found[1]) if found is not None else None
 
 
 async def _in_batches(

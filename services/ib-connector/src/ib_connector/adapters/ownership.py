@@ -29,13 +29,12 @@ from typing import Any
 
 import orjson
 from brokerlink_shared.contracts.values import IBConnection
-from brokerlink_shared.kv import bucket_keys, create_if_absent
+from brokerlink_shared.kv import bucket_keys, create_if_absent, live_entry
 from brokerlink_shared.messaging import RetryLater
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BucketNotFoundError,
-    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
@@ -299,13 +298,10 @@ class SessionOwnership:
         return self._sessions
 
     async def _read(self, kv_key: str) -> tuple[SessionRecord, int] | None:
-        try:
-            entry = await self._kv.get(kv_key)
-        except KeyNotFoundError:
+        found = await live_entry(self._kv, kv_key)
+        if found is None:
             return None
-        if entry.value is None or entry.operation in ("DEL", "PURGE"):
-            return None
-        known = (SessionRecord.decode(entry.value), int(entry.revision or 0))
+        known = (SessionRecord.decode(found[0]), found[1])
         self._records[kv_key] = known
         return known
 
@@ -368,11 +364,7 @@ class SessionOwnership:
     async def _holds_lease(self, replica: str) -> bool:
         if self._replicas is None:
             raise RuntimeError("session ownership used before start()")
-        try:
-            entry = await self._replicas.get(replica)
-        except KeyNotFoundError:
-            return False
-        return entry.value is not None and entry.operation not in ("DEL", "PURGE")
+        return await live_entry(self._replicas, replica) is not None
 
     async def _renew_lease(self) -> None:
         if self._replicas is None:
