@@ -83,12 +83,14 @@ class Processes:
         return proc.killed_at
 
     def close(self) -> None:
+        # One at a time, the last started first: a service stops in a moment while NATS and
+        # the simulators it talks to are still up, but all signalled at once, a connector spent
+        # its whole grace period retrying status events into a bus that was going away.
+        deadline = time.monotonic() + 10
         for proc in reversed(list(self.procs.values())):
             if proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(list(self.procs.values())):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(max(0.1, deadline - time.monotonic()))
             # the group may still hold children even when the leader is gone
