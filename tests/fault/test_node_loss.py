@@ -55,7 +55,7 @@ KILL_AFTER = 150  # balances recorded for the job before the faults are injected
 JOB_DEADLINE_S = 150.0
 
 # Set-up alone (a 3-node cluster, 1,000 accounts through the API, 40 gateway sessions claiming
-# their accounts on R3 storage) takes 1.5-4 minutes on a loaded 2-core machine.
+# their accounts on R3 storage) took 1.5-2.5 minutes on a loaded 2-core machine (2026-12-02).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 
