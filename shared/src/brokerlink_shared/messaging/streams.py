@@ -3,12 +3,15 @@ at start-up); `durable_subscriber` declares a JetStream pull consumer bound to o
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.subscriber.usecases import LogicSubscriber
+from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -56,6 +59,12 @@ def durable_subscriber(
 
 
 DECLARE_TIMEOUT_S = 30.0
+# One JetStream API request's wait within that. A fresh 3-node cluster sometimes never answers a
+# stream's create (two account-api replicas declaring at once, nats-server 2.15): one 30 s wait
+# per stream made start-up take a minute in the fault tests, where asking again answered at once.
+DECLARE_ATTEMPT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_streams(
@@ -65,10 +74,13 @@ async def ensure_streams(
     *,
     replicas: int = 1,
 ) -> None:
-    """Create or update streams idempotently (called by their owners at start-up)."""
-    # A replicated stream is created by a quorum of NATS nodes: on a busy cluster that can take
-    # longer than the client's default 5 s, and a timeout here fails the service's start-up.
-    js = broker.connection.jetstream(timeout=DECLARE_TIMEOUT_S)
+    """Create or update streams idempotently (called by their owners at start-up).
+
+    A replicated stream is created by a quorum of NATS nodes, which on a busy cluster can take
+    longer than nats-py's default 5 s: each stream gets up to `DECLARE_TIMEOUT_S`, asked again
+    every `DECLARE_ATTEMPT_S` (asking again is harmless: the calls are idempotent)."""
+    js = broker.connection.jetstream(timeout=DECLARE_ATTEMPT_S)
+    loop = asyncio.get_running_loop()
     for spec in specs:
         config = StreamConfig(
             name=topology.stream_name(spec),
@@ -78,8 +90,23 @@ async def ensure_streams(
             max_age=spec.max_age_s,
             num_replicas=replicas,
         )
-        try:
-            await js.stream_info(topology.stream_name(spec))
-            await js.update_stream(config)
-        except NotFoundError:
-            await js.add_stream(config)
+        deadline = loop.time() + DECLARE_TIMEOUT_S
+        while True:
+            try:
+                await _declare(js, config)
+                break
+            except TimeoutError:
+                if loop.time() + DECLARE_ATTEMPT_S > deadline:
+                    raise
+                log.info(
+                    "stream declaration unanswered; asking again",
+                    extra={"stream": config.name},
+                )
+
+
+async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+        await js.update_stream(config)
+    except NotFoundError:
+        await js.add_stream(config)
