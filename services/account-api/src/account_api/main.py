@@ -15,7 +15,12 @@ from brokerlink_shared.backoff import backoff_delay
 from brokerlink_shared.crypto import SecretBox
 from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
-from brokerlink_shared.messaging import EventPublisher, ensure_streams, make_broker
+from brokerlink_shared.messaging import (
+    EventPublisher,
+    await_consumers,
+    ensure_streams,
+    make_broker,
+)
 from brokerlink_shared.subjects import Topology
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
@@ -56,6 +61,7 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
         try:
             await broker.connect()
             await ensure_streams(broker, topology, replicas=replicas)
+            await await_consumers(broker)
             await broker.start()
             log.info("connected to NATS")
             return

@@ -12,6 +12,7 @@ from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
+    await_consumers,
     bus_connected,
     dead_letter_count,
     ensure_streams,
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> FastStream:
         async def declare() -> None:
             await broker.connect()
             await ensure_streams(broker, topology, replicas=settings.stream_replicas)
+            await await_consumers(broker)
 
         await retry_until_done(
             declare, what="connecting to NATS and declaring the streams", log=log

@@ -14,6 +14,7 @@ from brokerlink_shared.heap import prepare_server_heap
 from brokerlink_shared.logging import configure_logging
 from brokerlink_shared.messaging import (
     EventPublisher,
+    await_consumers,
     bus_connected,
     dead_letter_count,
     ensure_streams,
@@ -78,6 +79,7 @@ class ConnectorRuntime:
         async def declare() -> tuple[KeyValue, KeyValue]:
             await self.broker.connect()
             await ensure_streams(self.broker, self.topology, replicas=s.stream_replicas)
+            await await_consumers(self.broker)
             js = self.broker.connection.jetstream()
             rate = await open_bucket(
                 js,

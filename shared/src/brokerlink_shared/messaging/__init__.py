@@ -5,7 +5,7 @@
 - `middleware`: `DeadLetterMiddleware` — handlers that raise are NACKed with backoff; on the last
   allowed delivery (or for a message that can never succeed) the message is parked in the
   dead-letter stream and acknowledged. Nothing is dropped silently.
-- `streams`: `ensure_streams` (declared by their owners) and `durable_subscriber` (pull
+- `streams`: `ensure_streams` (declared by their owners), `await_consumers` and `durable_subscriber` (pull
   consumers bound, never declared, to a stream).
 - `publishing`: `EventPublisher` validates an event against its model before it reaches the bus
   and sets `Nats-Msg-Id` so JetStream de-duplicates retries; `request_model` for request/reply.
@@ -34,7 +34,11 @@ from brokerlink_shared.messaging.publishing import (
     PartialPublish,
     request_model,
 )
-from brokerlink_shared.messaging.streams import durable_subscriber, ensure_streams
+from brokerlink_shared.messaging.streams import (
+    await_consumers,
+    durable_subscriber,
+    ensure_streams,
+)
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -47,6 +51,7 @@ __all__ = [
     "PartialPublish",
     "PermanentFailure",
     "RetryLater",
+    "await_consumers",
     "bus_connected",
     "dead_letter_count",
     "durable_subscriber",

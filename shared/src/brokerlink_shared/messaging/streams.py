@@ -104,6 +104,37 @@ async def ensure_streams(
                 )
 
 
+async def await_consumers(broker: NatsBroker) -> None:
+    """Before the broker starts its subscribers: every durable consumer they bind to answers a
+    lookup, or is known not to exist yet (the subscriber creates it).
+
+    A consumer another replica has just created answers nothing until its leader is elected,
+    and the subscriber's own lookup waits once, then fails the start (and the process): two
+    ib-connectors starting together lost one of them that way in the node-loss fault test. Here
+    the lookup is asked again every `DECLARE_ATTEMPT_S`, up to `DECLARE_TIMEOUT_S` a consumer."""
+    js = broker.connection.jetstream(timeout=DECLARE_ATTEMPT_S)
+    loop = asyncio.get_running_loop()
+    for subscriber in broker.subscribers:
+        stream = getattr(getattr(subscriber, "stream", None), "name", None)
+        durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
+        if not stream or not durable:
+            continue  # a core subscription: nothing to look up
+        deadline = loop.time() + DECLARE_TIMEOUT_S
+        while True:
+            try:
+                await js.consumer_info(stream, durable)
+                break
+            except NotFoundError:
+                break
+            except TimeoutError:
+                if loop.time() + DECLARE_ATTEMPT_S > deadline:
+                    raise
+                log.info(
+                    "consumer lookup unanswered; asking again",
+                    extra={"stream": stream, "consumer": durable},
+                )
+
+
 async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.stream_info(config.name or "")
