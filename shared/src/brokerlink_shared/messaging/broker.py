@@ -25,9 +25,8 @@ from brokerlink_shared.subjects import DEAD_LETTERS, Topology
 ParkedHook = Callable[[NatsBroker, Msg, BaseException], Awaitable[None]]
 
 # JetStream API calls the broker makes on its own, chiefly each subscriber's consumer lookup at
-# start-up: nats-py's 5 s default failed an ib-connector's start on a busy 3-node cluster (the
-# consumer info went unanswered while the cluster was creating other services' buckets), and a
-# failed start exits the process. Publishes keep their own, shorter, explicit timeouts.
+# start-up: room for a busy cluster's slow answer (an unanswered one is asked again beforehand,
+# `streams.await_consumers`). Publishes keep their own, shorter, explicit timeouts.
 JS_API_TIMEOUT_S = 30.0
 DEAD_LETTER_ACK_TIMEOUT_S = 5.0
 

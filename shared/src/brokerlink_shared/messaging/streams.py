@@ -4,8 +4,10 @@ at start-up); `durable_subscriber` declares a JetStream pull consumer bound to o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from faststream import AckPolicy
@@ -80,7 +82,6 @@ async def ensure_streams(
     longer than nats-py's default 5 s: each stream gets up to `DECLARE_TIMEOUT_S`, asked again
     every `DECLARE_ATTEMPT_S` (asking again is harmless: the calls are idempotent)."""
     js = broker.connection.jetstream(timeout=DECLARE_ATTEMPT_S)
-    loop = asyncio.get_running_loop()
     for spec in specs:
         config = StreamConfig(
             name=topology.stream_name(spec),
@@ -90,18 +91,11 @@ async def ensure_streams(
             max_age=spec.max_age_s,
             num_replicas=replicas,
         )
-        deadline = loop.time() + DECLARE_TIMEOUT_S
-        while True:
-            try:
-                await _declare(js, config)
-                break
-            except TimeoutError:
-                if loop.time() + DECLARE_ATTEMPT_S > deadline:
-                    raise
-                log.info(
-                    "stream declaration unanswered; asking again",
-                    extra={"stream": config.name},
-                )
+        await _asking_again(
+            functools.partial(_declare, js, config),
+            "stream declaration",
+            stream=config.name,
+        )
 
 
 async def await_consumers(broker: NatsBroker) -> None:
@@ -113,26 +107,38 @@ async def await_consumers(broker: NatsBroker) -> None:
     ib-connectors starting together lost one of them that way in the node-loss fault test. Here
     the lookup is asked again every `DECLARE_ATTEMPT_S`, up to `DECLARE_TIMEOUT_S` a consumer."""
     js = broker.connection.jetstream(timeout=DECLARE_ATTEMPT_S)
-    loop = asyncio.get_running_loop()
     for subscriber in broker.subscribers:
         stream = getattr(getattr(subscriber, "stream", None), "name", None)
         durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
         if not stream or not durable:
             continue  # a core subscription: nothing to look up
-        deadline = loop.time() + DECLARE_TIMEOUT_S
-        while True:
-            try:
-                await js.consumer_info(stream, durable)
-                break
-            except NotFoundError:
-                break
-            except TimeoutError:
-                if loop.time() + DECLARE_ATTEMPT_S > deadline:
-                    raise
-                log.info(
-                    "consumer lookup unanswered; asking again",
-                    extra={"stream": stream, "consumer": durable},
-                )
+        await _asking_again(
+            functools.partial(_look_up, js, stream, durable),
+            "consumer lookup",
+            stream=stream,
+            consumer=durable,
+        )
+
+
+async def _asking_again(
+    call: Callable[[], Awaitable[None]], what: str, **context: str | None
+) -> None:
+    """Run `call`, asked again after every unanswered `DECLARE_ATTEMPT_S` for up to
+    `DECLARE_TIMEOUT_S` in all."""
+    deadline = asyncio.get_running_loop().time() + DECLARE_TIMEOUT_S
+    while True:
+        try:
+            await call()
+            return
+        except TimeoutError:
+            if asyncio.get_running_loop().time() + DECLARE_ATTEMPT_S > deadline:
+                raise
+            log.info(f"{what} unanswered; asking again", extra=context)
+
+
+async def _look_up(js: JetStreamContext, stream: str, durable: str) -> None:
+    with contextlib.suppress(NotFoundError):  # the subscriber creates it
+        await js.consumer_info(stream, durable)
 
 
 async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
