@@ -7,6 +7,8 @@
   dead-letter stream and acknowledged. Nothing is dropped silently.
 - `streams`: `ensure_streams` (declared by their owners), `await_consumers` and `durable_subscriber` (pull
   consumers bound, never declared, to a stream).
+- `pull_fetch`: the fetch those consumers use (installed by `make_broker`), which hands a message
+  over as soon as the server has it.
 - `publishing`: `EventPublisher` validates an event against its model before it reaches the bus
   and sets `Nats-Msg-Id` so JetStream de-duplicates retries; `request_model` for request/reply.
 

@@ -1,6 +1,7 @@
 """Broker set-up: `make_broker` builds the service's FastStream NATS broker with the
-dead-letter convention installed (`middleware.DeadLetterMiddleware`); `bus_connected` and
-`dead_letter_count` for health checks."""
+dead-letter convention installed (`middleware.DeadLetterMiddleware`) and pull consumers that
+fetch without stalling (`pull_fetch`); `bus_connected` and `dead_letter_count` for health
+checks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from brokerlink_shared.messaging.middleware import DeadLetterMiddleware
+from brokerlink_shared.messaging.pull_fetch import use_prompt_fetch
 from brokerlink_shared.outage import (
     DEFAULT_OUTAGE_BUDGET_S,
     OutageTracker,
@@ -31,20 +33,7 @@ JS_API_TIMEOUT_S = 30.0
 DEAD_LETTER_ACK_TIMEOUT_S = 5.0
 
 
-class _EmptyFetchFilter(logging.Filter):
-    """Drop FastStream's 'raised an exception, retrying' for an empty JetStream fetch.
-
-    nats-py 2.16 can raise the builtin `TimeoutError` from an empty `fetch()`, while FastStream
-    0.7.8 only suppresses nats' own subclass, so its supervisor logs an ERROR and restarts the
-    (healthy) pull loop. Nothing is lost; the record is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (type(exc) is TimeoutError and "retrying" in record.getMessage())
-
-
 _bus_log = logging.getLogger("brokerlink.bus")
-_bus_log.addFilter(_EmptyFetchFilter())
 
 
 def make_broker(
@@ -61,6 +50,7 @@ def make_broker(
     """Build the service's broker with the dead-letter convention installed; `on_parked` runs
     after a message was parked (e.g. to tell the requester it failed); `transient` tells an
     infrastructure failure (retried for `outage_budget_s`) from a bad message."""
+    use_prompt_fetch()
     holder: dict[str, NatsBroker] = {}
     outage = OutageTracker(outage_budget_s)
 
