@@ -37,8 +37,9 @@ from nats.js.errors import APIError
 # A fetch asks again after a stray status at most this many times; past that it waits out its
 # timeout (a server that ended every request at once would otherwise be asked in a loop).
 MAX_ASKS = 4
-# Less time than this left is not worth a request: the fetch ends (FastStream fetches again).
-MIN_LEFT_S = 0.001
+# A request expires this long before the fetch's deadline, so the 408 that ends it on a quiet
+# consumer is read by the same fetch instead of being left for the next one as a stray status.
+EXPIRY_MARGIN_S = 0.02
 
 _nats_fetch_n = JetStreamContext.PullSubscription._fetch_n
 
@@ -51,7 +52,7 @@ async def prompt_fetch(
     heartbeat: float | None = None,
 ) -> list[Msg]:
     """`PullSubscription._fetch_n` without the stall (see the module docstring)."""
-    if timeout is None or heartbeat:
+    if timeout is None or heartbeat or timeout <= 2 * EXPIRY_MARGIN_S:
         return await _nats_fetch_n(self, batch, expires, timeout, heartbeat)
     sub: Any = self._sub
     queue: asyncio.Queue[Msg] = sub._pending_queue
@@ -79,12 +80,12 @@ async def prompt_fetch(
         asks += 1
         # `no_wait` with `expires`: the server waits for a first message, then ends the request
         # with a 404 once nothing more is ready, instead of holding it for a full batch.
-        left_ns = int((deadline - loop.time()) * 1e9) - 100_000
-        request = {"batch": batch, "expires": left_ns, "no_wait": True}
+        expires_s = deadline - loop.time() - EXPIRY_MARGIN_S
+        request = {"batch": batch, "expires": int(expires_s * 1e9), "no_wait": True}
         await self._nc.publish(self._nms, json.dumps(request).encode(), self._deliver)
 
     await ask()
-    while (left := deadline - loop.time()) >= MIN_LEFT_S:
+    while (left := deadline - loop.time()) > 0:
         msg = await sub.next_msg(left)  # nats' TimeoutError when nothing came
         status = JetStreamContext.is_status_msg(msg)
         if not status:
@@ -94,8 +95,10 @@ async def prompt_fetch(
             continue
         if not JetStreamContext._is_temporary_error(status):
             raise APIError.from_msg(msg)
+        if deadline - loop.time() <= 2 * EXPIRY_MARGIN_S:
+            break  # our own request's end: nothing came in time
         if asks < MAX_ASKS:
-            await ask()  # an end of an earlier request, or of ours: ask (again)
+            await ask()  # an earlier request's end (or ours, ended early): ask again
     raise nats.errors.TimeoutError
 
 
