@@ -15,6 +15,7 @@ import nats.errors
 import pytest
 from brokerlink_shared.messaging import make_broker
 from brokerlink_shared.messaging.pull_fetch import (
+    ERROR_PAUSE_S,
     _nats_fetch_n,
     prompt_fetch,
     use_prompt_fetch,
@@ -22,6 +23,7 @@ from brokerlink_shared.messaging.pull_fetch import (
 from brokerlink_shared.subjects import Topology
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 LONG_S = 60.0  # a fetch timeout no answer here may wait for
 
@@ -145,6 +147,20 @@ async def test_an_empty_fetch_ends_with_nats_timeout_after_its_timeout(
     await nc.jetstream().publish(subject, b"after")
     msgs = await asyncio.wait_for(fetching, 10)
     assert [m.data for m in msgs] == [b"after"]
+
+
+async def test_a_deleted_consumer_is_asked_about_once_a_second_not_in_a_loop(
+    nc: NatsClient, infra: Any
+) -> None:
+    """The server answers every request for a deleted consumer at once (no responders), and
+    FastStream's pull loop fetches again as soon as a fetch raises: nats-py's fetch, raising
+    at once, had it ask thousands of times a second."""
+    _, psub = await _consumer(nc, infra)
+    await nc.jetstream().delete_consumer(psub._stream, psub._consumer)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailableError):
+        await prompt_fetch(psub, 64, int(5e9), 5.0)
+    assert time.monotonic() - started >= ERROR_PAUSE_S * 0.9
 
 
 async def test_every_service_broker_fetches_promptly(infra: Any) -> None:

@@ -16,9 +16,12 @@ open (one nats-py sent without `no_wait`): no 404 follows that message, so the f
 the rest of its batch until its own request expires.
 
 `prompt_fetch` asks the way nats-py's first request does, treats a status read before any
-message as "ask again" (an end of an earlier request, or of ours), and returns as soon as it has
-a message, with whatever else has already arrived; messages still on their way are in the
-subscription's queue for the next fetch, which takes them without asking the server.
+message as "ask again" (an end of an earlier request, or of ours; at a growing interval when
+they keep coming), and returns as soon as it has a message, with whatever else has already
+arrived; messages still on their way are in the subscription's queue for the next fetch, which
+takes them without asking the server. It also paces a fetch that meets an error status (a
+deleted consumer): nats-py's, raising at once, had FastStream's loop ask thousands of times a
+second.
 `use_prompt_fetch` installs it on nats-py's class; every service does that through
 `make_broker`, since FastStream's pull loop calls `fetch` on subscriptions it creates itself.
 """
@@ -34,12 +37,18 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
-# A fetch asks again after a stray status at most this many times; past that it waits out its
-# timeout (a server that ended every request at once would otherwise be asked in a loop).
-MAX_ASKS = 4
 # A request expires this long before the fetch's deadline, so the 408 that ends it on a quiet
 # consumer is read by the same fetch instead of being left for the next one as a stray status.
 EXPIRY_MARGIN_S = 0.02
+# After a status ends a request before any message came, the fetch asks again at once the first
+# time (an earlier request's end is the usual one), then after a pause that doubles up to the
+# most: a server refusing every request ("408 Requests Pending" while ack-pending is at its
+# limit) is neither asked in a loop nor left without a request of ours.
+FIRST_PAUSE_S = 0.05
+MAX_PAUSE_S = 0.5
+# Any other status (the consumer deleted, no responders) ends the fetch only after this long, or
+# the time left: FastStream's pull loop fetches again at once, thousands of times a second.
+ERROR_PAUSE_S = 1.0
 
 _nats_fetch_n = JetStreamContext.PullSubscription._fetch_n
 
@@ -73,11 +82,8 @@ async def prompt_fetch(
         return msgs
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    asks = 0
 
     async def ask() -> None:
-        nonlocal asks
-        asks += 1
         # `no_wait` with `expires`: the server waits for a first message, then ends the request
         # with a 404 once nothing more is ready, instead of holding it for a full batch.
         expires_s = deadline - loop.time() - EXPIRY_MARGIN_S
@@ -85,6 +91,7 @@ async def prompt_fetch(
         await self._nc.publish(self._nms, json.dumps(request).encode(), self._deliver)
 
     await ask()
+    pause = 0.0
     while (left := deadline - loop.time()) > 0:
         msg = await sub.next_msg(left)  # nats' TimeoutError when nothing came
         status = JetStreamContext.is_status_msg(msg)
@@ -93,12 +100,19 @@ async def prompt_fetch(
             return [msg, *ready()]
         if JetStreamContext._is_heartbeat(status):
             continue
+        left = deadline - loop.time()
         if not JetStreamContext._is_temporary_error(status):
+            await asyncio.sleep(min(ERROR_PAUSE_S, max(0.0, left)))
             raise APIError.from_msg(msg)
-        if deadline - loop.time() <= 2 * EXPIRY_MARGIN_S:
+        if left <= 2 * EXPIRY_MARGIN_S:
             break  # our own request's end: nothing came in time
-        if asks < MAX_ASKS:
-            await ask()  # an earlier request's end (or ours, ended early): ask again
+        if pause:
+            await asyncio.sleep(min(pause, left - 2 * EXPIRY_MARGIN_S))
+            if msgs := ready():  # delivered meanwhile under an earlier request
+                return msgs
+        # An earlier request's end, or ours ended early: ask again.
+        await ask()
+        pause = min(2 * pause, MAX_PAUSE_S) if pause else FIRST_PAUSE_S
     raise nats.errors.TimeoutError
 
 
