@@ -925,7 +925,7 @@ def compose_env(root: Path) -> dict[str, str]:
         if value == "":  # generated as the comments of .env.example say
             if key == "BROKERLINK_ENCRYPTION_KEYS":
                 env[key] = Fernet.generate_key().decode()
-            elif key.endswith("NATS_PASSWORD"):
+            elif _is_nats_password(key):
                 env[key] = "n" + secrets.token_hex(24)
             else:
                 env[key] = secrets.token_urlsafe(32)
@@ -938,6 +938,13 @@ def compose_env(root: Path) -> dict[str, str]:
     legacy_database(legacy)
     env["LEGACY_SQLITE_DIR"] = str(legacy)
     return env
+
+
+def _is_nats_password(key: str) -> bool:
+    """A NATS user's password (`NATS_SYSTEM_PASSWORD` too), generated as .env.example says for
+    them: a random token may start with a digit or '-', which nats-server reads as a number and
+    refuses to start (the compose smoke failed that way about one run in six)."""
+    return "NATS" in key and key.endswith("PASSWORD")
 
 
 def _mounts(manifest: str, volumes: list[str], root: Path) -> dict[str, Path]:
@@ -1476,7 +1483,7 @@ def run_kubernetes(root: Path, timeout_s: float = 240) -> dict[str, str]:
     # the NATS users' secret; CloudNativePG creates brokerlink-pg-app.
     secret = {  # as docs/deploying.md creates them
         k: "n" + secrets.token_hex(24)
-        if k.endswith("NATS_PASSWORD")
+        if _is_nats_password(k)
         else secrets.token_urlsafe(32)
         for k in template["stringData"]
     }
