@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -28,41 +27,32 @@ from nats.js.errors import ServiceUnavailableError
 LONG_S = 60.0  # a fetch timeout no answer here may wait for
 
 
-@pytest.fixture
-async def nc(infra: Any) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(infra.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def _consumer(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> tuple[str, JetStreamContext.PullSubscription]:
     name = f"{infra.namespace}FETCH{time.monotonic_ns()}"
     subject = f"{name}.x"
-    js = nc.jetstream()
+    js = nats_client.jetstream()
     await js.add_stream(name=name, subjects=[f"{name}.>"])
     return subject, await js.pull_subscribe(subject, durable="d", stream=name)
 
 
-async def _stray_status(nc: NatsClient, psub: Any) -> None:
+async def _stray_status(nats_client: NatsClient, psub: Any) -> None:
     """What the server sends when it ends a pull request (here: an earlier one) by expiry."""
-    await nc.publish(
+    await nats_client.publish(
         psub._deliver, b"", headers={"Status": "408", "Description": "Request Timeout"}
     )
 
 
-async def _earlier_request(nc: NatsClient, psub: Any) -> None:
+async def _earlier_request(nats_client: NatsClient, psub: Any) -> None:
     """A pull request an earlier fetch left open (nats-py's lingering one: no `no_wait`)."""
     request = {"batch": 64, "expires": int(LONG_S * 1e9)}
-    await nc.publish(psub._nms, json.dumps(request).encode(), psub._deliver)
-    await nc.flush()
+    await nats_client.publish(psub._nms, json.dumps(request).encode(), psub._deliver)
+    await nats_client.flush()
 
 
 async def _fetch_one_refresh(
-    nc: NatsClient,
+    nats_client: NatsClient,
     psub: Any,
     subject: str,
     fetch: Any,
@@ -74,42 +64,43 @@ async def _fetch_one_refresh(
         fetch(psub, 64, int(timeout_s * 1e9) - 100_000, timeout_s)
     )
     # The fetch has drained its queue and asked by the time these reach it through the server.
-    await before(nc, psub)
-    await nc.jetstream().publish(subject, b"refresh")
+    await before(nats_client, psub)
+    await nats_client.jetstream().publish(subject, b"refresh")
     msgs = await asyncio.wait_for(fetching, LONG_S)
     return msgs, time.monotonic() - started
 
 
 @pytest.mark.parametrize("left_over", [_stray_status, _earlier_request])
 async def test_a_message_is_handed_over_at_once_whatever_an_earlier_fetch_left(
-    nc: NatsClient, infra: Any, left_over: Any
+    nats_client: NatsClient, infra: Any, left_over: Any
 ) -> None:
-    subject, psub = await _consumer(nc, infra)
+    subject, psub = await _consumer(nats_client, infra)
     msgs, _ = await asyncio.wait_for(
-        _fetch_one_refresh(nc, psub, subject, prompt_fetch, LONG_S, left_over), 10
+        _fetch_one_refresh(nats_client, psub, subject, prompt_fetch, LONG_S, left_over),
+        10,
     )
     assert [m.data for m in msgs] == [b"refresh"]
 
 
 async def test_nats_py_own_fetch_still_holds_that_message_until_its_timeout(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> None:
     """The defect `prompt_fetch` works around. When a nats-py release fixes it, this fails:
     then `pull_fetch` can go."""
-    subject, psub = await _consumer(nc, infra)
+    subject, psub = await _consumer(nats_client, infra)
     msgs, took_s = await _fetch_one_refresh(
-        nc, psub, subject, _nats_fetch_n, 2.0, _earlier_request
+        nats_client, psub, subject, _nats_fetch_n, 2.0, _earlier_request
     )
     assert [m.data for m in msgs] == [b"refresh"]
     assert took_s >= 1.5
 
 
 async def test_messages_already_waiting_are_returned_without_waiting_for_a_full_batch(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> None:
-    subject, psub = await _consumer(nc, infra)
+    subject, psub = await _consumer(nats_client, infra)
     for i in range(3):
-        await nc.jetstream().publish(subject, str(i).encode())
+        await nats_client.jetstream().publish(subject, str(i).encode())
     msgs = await asyncio.wait_for(prompt_fetch(psub, 64, int(LONG_S * 1e9), LONG_S), 10)
     assert [m.data for m in msgs] == [b"0", b"1", b"2"]
     for m in msgs:
@@ -117,11 +108,11 @@ async def test_messages_already_waiting_are_returned_without_waiting_for_a_full_
 
 
 async def test_fetches_of_a_small_batch_take_every_message_once_in_order(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> None:
-    subject, psub = await _consumer(nc, infra)
+    subject, psub = await _consumer(nats_client, infra)
     for i in range(5):
-        await nc.jetstream().publish(subject, str(i).encode())
+        await nats_client.jetstream().publish(subject, str(i).encode())
     got: list[bytes] = []
     while len(got) < 5:
         msgs = await asyncio.wait_for(
@@ -133,30 +124,30 @@ async def test_fetches_of_a_small_batch_take_every_message_once_in_order(
 
 
 async def test_an_empty_fetch_ends_with_nats_timeout_after_its_timeout(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> None:
     """FastStream's pull loop expects nats' own TimeoutError from an empty fetch (the builtin
     one made it log an error and restart the loop)."""
-    subject, psub = await _consumer(nc, infra)
+    subject, psub = await _consumer(nats_client, infra)
     started = time.monotonic()
     with pytest.raises(nats.errors.TimeoutError):
         await prompt_fetch(psub, 64, int(0.5e9) - 100_000, 0.5)
     assert time.monotonic() - started >= 0.45
     # The next fetch may read the expired request's 408 first; it still gets the message.
     fetching = asyncio.create_task(prompt_fetch(psub, 64, int(LONG_S * 1e9), LONG_S))
-    await nc.jetstream().publish(subject, b"after")
+    await nats_client.jetstream().publish(subject, b"after")
     msgs = await asyncio.wait_for(fetching, 10)
     assert [m.data for m in msgs] == [b"after"]
 
 
 async def test_a_deleted_consumer_is_asked_about_once_a_second_not_in_a_loop(
-    nc: NatsClient, infra: Any
+    nats_client: NatsClient, infra: Any
 ) -> None:
     """The server answers every request for a deleted consumer at once (no responders), and
     FastStream's pull loop fetches again as soon as a fetch raises: nats-py's fetch, raising
     at once, had it ask thousands of times a second."""
-    _, psub = await _consumer(nc, infra)
-    await nc.jetstream().delete_consumer(psub._stream, psub._consumer)
+    _, psub = await _consumer(nats_client, infra)
+    await nats_client.jetstream().delete_consumer(psub._stream, psub._consumer)
     started = time.monotonic()
     with pytest.raises(ServiceUnavailableError):
         await prompt_fetch(psub, 64, int(5e9), 5.0)

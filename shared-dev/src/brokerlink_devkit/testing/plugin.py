@@ -11,12 +11,14 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 from brokerlink_shared.crypto import generate_key
+from nats.aio.client import Client as NatsClient
 
 from brokerlink_devkit.devstack.embedded import (
     EmbeddedNats,
@@ -132,6 +134,16 @@ def infra() -> Iterator[Infra]:
         yield infra
     finally:
         stack.close()
+
+
+@pytest.fixture
+async def nats_client(infra: Infra) -> AsyncIterator[NatsClient]:
+    """A plain nats-py connection to the session's NATS, closed after the test."""
+    client = await nats.connect(infra.nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 def pytest_report_header() -> str:
