@@ -1,6 +1,7 @@
 """The pull fetch every consumer uses (real NATS): a message is handed over as soon as the
 server has it, even when the first thing the fetch reads back is a status left over from an
-earlier request — which made nats-py 2.16's own fetch hold the message until its timeout."""
+earlier request, or the message comes under an earlier request still open — either made
+nats-py 2.16's own fetch hold the message until its timeout."""
 
 from __future__ import annotations
 
