@@ -96,39 +96,40 @@ async def test_nats_py_own_fetch_still_holds_that_message_until_its_timeout(
     assert took_s >= 1.5
 
 
+async def _fetched(
+    nats_client: NatsClient, infra: Any, count: int, batch: int
+) -> list[list[bytes]]:
+    """Publish `count` messages, then fetch `batch` at a time until all came: each fetch's
+    messages (a fetch that waited for a full batch would exceed the 10 s bound)."""
+    subject, psub = await _consumer(nats_client, infra)
+    for i in range(count):
+        await nats_client.jetstream().publish(subject, str(i).encode())
+    fetches: list[list[bytes]] = []
+    while sum(map(len, fetches)) < count:
+        msgs = await asyncio.wait_for(
+            prompt_fetch(psub, batch, int(LONG_S * 1e9), LONG_S), 10
+        )
+        fetches.append([m.data for m in msgs])
+        for m in msgs:
+            await m.ack()
+    return fetches
+
+
 async def test_messages_already_waiting_are_returned_without_waiting_for_a_full_batch(
     nats_client: NatsClient, infra: Any
 ) -> None:
     """Each fetch returns what has arrived (on a busy machine the first read may hold only the
     first message); none waits for the 64 it asked for."""
-    subject, psub = await _consumer(nats_client, infra)
-    for i in range(3):
-        await nats_client.jetstream().publish(subject, str(i).encode())
-    got: list[bytes] = []
-    while len(got) < 3:
-        msgs = await asyncio.wait_for(
-            prompt_fetch(psub, 64, int(LONG_S * 1e9), LONG_S), 10
-        )
-        got += [m.data for m in msgs]
-        for m in msgs:
-            await m.ack()
-    assert got == [b"0", b"1", b"2"]
+    fetches = await _fetched(nats_client, infra, 3, 64)
+    assert [m for f in fetches for m in f] == [b"0", b"1", b"2"]
 
 
 async def test_fetches_of_a_small_batch_take_every_message_once_in_order(
     nats_client: NatsClient, infra: Any
 ) -> None:
-    subject, psub = await _consumer(nats_client, infra)
-    for i in range(5):
-        await nats_client.jetstream().publish(subject, str(i).encode())
-    got: list[bytes] = []
-    while len(got) < 5:
-        msgs = await asyncio.wait_for(
-            prompt_fetch(psub, 2, int(LONG_S * 1e9), LONG_S), 10
-        )
-        assert 1 <= len(msgs) <= 2
-        got += [m.data for m in msgs]
-    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    fetches = await _fetched(nats_client, infra, 5, 2)
+    assert all(1 <= len(f) <= 2 for f in fetches)
+    assert [m for f in fetches for m in f] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 async def test_an_empty_fetch_ends_with_nats_timeout_after_its_timeout(
