@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from migrator import plan as pl
-from migrator.verify import canon, canon_history
+from migrator.digests import canon, canon_history
 
 pytestmark = pytest.mark.fast
 

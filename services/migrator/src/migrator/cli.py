@@ -501,7 +501,7 @@ def _execute(
             run_id,
             migration.expected_integrations,
             migration.skipped,
-            migration.history_digests.result(),
+            migration.history_digests,
             tables=TABLES if others is None else ["account_balance_history"],
             rows_source=migration.rows_source,
         )

@@ -8,8 +8,6 @@ encryption, text forms: `migrator.sealed`) on one core while batch N is written 
 
 from __future__ import annotations
 
-import multiprocessing
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -17,12 +15,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from brokerlink_shared.crypto import SecretBox
-from brokerlink_shared.heap import collect_less_often
 
 from migrator import convert as cv
 from migrator import plan as pl
 from migrator.sealed import SealedUser, seal
 from migrator.source import Source
+from migrator.spawned import SpawnedProcess, run_child
 from migrator.verify import ROW_DIGESTS, RowDigests, account_line
 
 Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
@@ -171,17 +169,13 @@ def _taken() -> dict[str, RowDigests]:
     }
 
 
-class PlanningFailed(RuntimeError):
-    """The planning process stopped with an error (named by type and place, never by value)."""
-
-
 class PlannerProcess:
-    """`grouped` + `BatchPlanner` + `sealed.seal` in a spawned process (not forked: the parent
-    holds a PostgreSQL connection and threads). Users come back sealed, in source order, in
-    pieces of at most `PIECE_USERS` through a pipe, with verification's source side of the rows
-    read; a send blocks until the parent takes the piece, so the process plans at most a piece
-    ahead of what the parent holds. Started early (its interpreter starts while the parent
-    counts the source and asks schwab-connector), then given the Schwab answers."""
+    """`grouped` + `BatchPlanner` + `sealed.seal` in a spawned process. Users come back sealed,
+    in source order, in pieces of at most `PIECE_USERS` through a pipe, with verification's
+    source side of the rows read; a send blocks until the parent takes the piece, so the
+    process plans at most a piece ahead of what the parent holds. Started early (its
+    interpreter starts while the parent counts the source and asks schwab-connector), then
+    given the Schwab answers; it ends after the last piece."""
 
     def __init__(
         self,
@@ -191,39 +185,17 @@ class PlannerProcess:
         now: datetime,
         local: tzinfo,
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_serve,
-            args=(child, source.handle(), box, batch_users, now, local),
-            name="brokerlink-migrate-planner",
-            daemon=True,
+        self._process = SpawnedProcess(
+            _serve, (source.handle(), box, batch_users, now, local), "planning"
         )
-        self._process.start()
-        child.close()
 
     def pieces(self, schwab_seen: pl.SchwabSeen) -> Iterator[SealedPiece]:
-        self._conn.send(schwab_seen)
-        while True:
-            try:
-                message = self._conn.recv()
-            except EOFError:
-                raise PlanningFailed(
-                    f"the planning process ended unexpectedly (exit code {self._process.exitcode})"
-                ) from None
-            if isinstance(message, SealedPiece):
-                yield message
-            elif message is None:
-                return
-            else:
-                raise PlanningFailed(f"planning failed: {message}")
+        self._process.send(schwab_seen)
+        while (message := self._process.receive()) is not None:
+            yield message
 
     def close(self) -> None:
-        self._conn.close()
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        self._process.close()
 
 
 def _serve(
@@ -234,9 +206,10 @@ def _serve(
     now: datetime,
     local: tzinfo,
 ) -> None:
-    """The planning process: read, plan, send; it ends when the parent goes away."""
-    collect_less_often()  # a process of its own: its thresholds are nobody else's
-    try:
+    """The planning process: read, plan, send; it ends when done or when the parent goes
+    away."""
+
+    def body() -> None:
         source = Source.reopen(*handle)
         planner = BatchPlanner(now, local, conn.recv())
         bad: list[BadRow] = []
@@ -256,8 +229,16 @@ def _serve(
                     for a in plan.accounts
                     if a.integration is not None
                 }
-                for raw in group[2]:
-                    taken["accounts"].add(account_line(raw, planned))
+                raws = group[2]
+                # The plan holds one converted account per legacy row, in order, when every
+                # row converted; otherwise each row is converted again on its own.
+                converted = (
+                    plan.accounts
+                    if len(plan.accounts) == len(raws)
+                    else [None] * len(raws)
+                )
+                for raw, account in zip(raws, converted, strict=True):
+                    taken["accounts"].add(account_line(raw, planned, account))
             conn.send(SealedPiece(bad, sealed, taken))
             bad.clear()  # sent (pickled) already
             taken = _taken()
@@ -279,10 +260,5 @@ def _serve(
             send()
         conn.send(None)
         source.close()
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        return  # the parent is gone (or done with us): nothing to report to
-    except Exception as exc:  # reported to the parent, which fails the run
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        conn.send(
-            f"{type(exc).__name__} at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
-        )
+
+    run_child(conn, body)

@@ -16,13 +16,15 @@ from brokerlink_shared.messaging import EventPublisher
 
 from migrator import convert as cv
 from migrator import plan as pl
+from migrator.digests import chunk_of
 from migrator.events import EventBatch
+from migrator.history import HistoryPiece, HistoryProcess
 from migrator.planner import PlannerProcess, grouped
 from migrator.report import Progress, Report
 from migrator.sealed import SealedUser, config_json, seal
 from migrator.source import Source
 from migrator.target import Target, correlation
-from migrator.verify import ROW_DIGESTS, ChunkDigests, RowDigests, canon
+from migrator.verify import ROW_DIGESTS, RowDigests, history_chunks
 
 CRASH_ENV = "BROKERLINK_MIGRATE_CRASH_AFTER_BATCHES"  # test hook: os._exit(137) after N committed batches
 
@@ -64,9 +66,8 @@ class Migration:
         # legacy ids that were not imported; a non-integer id is kept as (the start of) its text
         self.skipped: dict[str, set[int | str]] = defaultdict(set)
         self.schwab_seen: pl.SchwabSeen = {}
-        self.history_digests = (
-            ChunkDigests()
-        )  # the source side of history's verification
+        # the source side of history's verification: per chunk of legacy ids
+        self.history_digests: dict[int, tuple[int, str]] = {}
         # the source side of the users', accounts' and legacy copies' verification, taken
         # while planning
         self.rows_source = {table: RowDigests() for table in ROW_DIGESTS} | {
@@ -131,9 +132,15 @@ class Migration:
         finally:
             planner.close()
         self.progress.step("users and accounts", users_total, users_total)
-        if after_users is not None:
-            after_users()
-        self._history(totals["account_balance_history"])
+        # Started now, once the planning process has ended (the two never hold their memory
+        # at the same time); its interpreter starts while `after_users` runs.
+        history = HistoryProcess(src, self.batch_history)
+        try:
+            if after_users is not None:
+                after_users()
+            self._history(history, totals["account_balance_history"])
+        finally:
+            history.close()
 
     def _ask_schwab(self) -> None:
         """Ask schwab-connector which accounts each legacy Schwab login sees (see schwab_probe)."""
@@ -400,79 +407,42 @@ class Migration:
 
     # ---- balance history -------------------------------------------------------------------
 
-    def _history(self, total: int) -> None:
-        """Read and convert batch N+1 while the database writes batch N: a one-deep pipeline
-        with one writer thread, which alone uses the connection during this phase (psycopg
-        releases the GIL while PostgreSQL works). Rows go to PostgreSQL as COPY text; the
-        source side of the history verification (per-chunk digests of the rows that landed)
-        is taken on the way, so verification does not read the source's history again."""
-        rep, chunks = self.report, self.history_digests
-        done = 0
-        lines: list[str] = []
-        invalid: list[tuple[int | str, str]] = []
+    def _history(self, history: HistoryProcess, total: int) -> None:
+        """The history process reads and converts batch N+1 (COPY text, and the source side
+        of the history's verification) while the writer thread loads batch N: the writer
+        alone uses the connection during this phase (psycopg releases the GIL while
+        PostgreSQL works)."""
+        rep = self.report
+        left_out: set[int] = set()
 
-        def flush(
-            lines: list[str],
-            invalid: list[tuple[int | str, str]],
-            canons: list[tuple[int, str]],
-        ) -> None:
-            for legacy_id, reason in invalid:
+        def flush(piece: HistoryPiece) -> None:
+            for legacy_id, reason in piece.invalid:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
-            if not lines:
+            if not piece.text:
                 return
-            _updated, _inserted, skipped = self.target.write_history("".join(lines))
-            left_out = set()
+            _updated, _inserted, skipped = self.target.write_history(piece.text)
             for legacy_id, reason in skipped:
                 rep.skip("account_balance_history", legacy_id, reason)
                 self.skipped["account_balance_history"].add(legacy_id)
                 left_out.add(legacy_id)
             self._committed(
-                {"phase": "history", "last_history_legacy_id": canons[-1][0]}
+                {"phase": "history", "last_history_legacy_id": piece.last_legacy_id}
             )
-            for legacy_id, line in canons:
-                if legacy_id not in left_out:
-                    chunks.add(legacy_id, line)
-
-        def canonical(lines: list[str]) -> list[tuple[int, str]]:
-            """The lines themselves are the source side of the verification (of the rows
-            that land): their canonical text, taken here while the writer waits on
-            PostgreSQL."""
-            out = []
-            for text in lines:
-                legacy_id, fields = pl.history_copy_fields(text)
-                out.append((legacy_id, canon(*fields)))
-            return out
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as writer:
             pending: Future[None] | None = None
-            for raw in self.source.select(
-                "account_balance_history", pl.HISTORY_COLS, "ORDER BY id"
-            ):
-                done += 1
-                fast = pl.history_line(raw)
-                if fast is not None:
-                    lines.append(fast[1])
-                else:
-                    row, reason = pl.history_row(raw)
-                    if row is None:
-                        key = cv.legacy_id(raw[0])
-                        invalid.append(
-                            (
-                                key if key is not None else str(raw[0])[:40],
-                                reason or "invalid",
-                            )
-                        )
-                        continue
-                    lines.append(pl.history_text(row))
-                if len(lines) >= self.batch_history:
-                    canons = canonical(lines)
-                    if pending is not None:
-                        pending.result()
-                    pending = writer.submit(flush, lines, invalid, canons)
-                    lines, invalid = [], []
-                    self.progress.step("balance history", done, total)
+            for piece in history.batches():
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(flush, piece)
+                self.progress.step("balance history", piece.read, total)
             if pending is not None:
                 pending.result()
-            flush(lines, invalid, canonical(lines))
+        # The digests cover every converted row; a chunk with rows that did not land is
+        # taken again from the source without them (rare: rows of accounts not imported).
+        dirty = {chunk_of(i) for i in left_out}
+        self.history_digests = {
+            c: v for c, v in history.chunks.items() if c not in dirty
+        } | history_chunks(self.source, dirty, self.skipped["account_balance_history"])
         self.progress.step("balance history", total, total)

@@ -18,6 +18,13 @@ from brokerlink_shared.crypto import SecretBox, SecretDecryptionError
 
 from migrator import convert as cv
 from migrator import plan as pl
+from migrator.digests import (
+    CHUNK,
+    ChunkDigests,
+    canon,
+    canon_history,
+    chunk_bounds,
+)
 from migrator.source import Source
 
 NAMED = 20  # rows named per problem kind
@@ -99,64 +106,24 @@ def _compare(
     }
 
 
-CHUNK = 20_000  # legacy ids per chunk of the set-based comparison
-
-
-def _chunk(legacy_id: int) -> int:
-    """The chunk of a legacy id: truncating division, as PostgreSQL's bigint `/`."""
-    q = abs(legacy_id) // CHUNK
-    return q if legacy_id >= 0 else -q
-
-
-def _bounds(chunk: int) -> tuple[int, int]:
-    """The inclusive legacy-id range of a chunk."""
-    if chunk > 0:
-        return chunk * CHUNK, chunk * CHUNK + CHUNK - 1
-    if chunk < 0:
-        return chunk * CHUNK - CHUNK + 1, chunk * CHUNK
-    return -CHUNK + 1, CHUNK - 1
-
-
-def canon(*values: Any) -> str:
-    """One row as text, the same as `_canon_sql` builds in PostgreSQL: each value as
-    `<length>:<text>` (NULL as `~`), joined by `|`."""
-    parts = []
-    for v in values:
-        if v is None:
-            parts.append("~")
-        else:
-            t = str(v)
-            parts.append(f"{len(t)}:{t}")
-    return "|".join(parts)
-
-
-def canon_history(h: tuple[Any, ...]) -> str:
-    """The canonical line of a converted history row (`plan.history_row`)."""
-    return canon(h[0], h[1], h[2].isoformat(), h[3], h[4])
-
-
-class ChunkDigests:
-    """Per chunk of legacy ids, the count and md5 of the rows' canonical lines joined by
-    newlines, fed one row at a time in legacy-id order: what `_chunked` computes from a source
-    iterator, for a caller that sees the rows anyway."""
-
-    def __init__(self) -> None:
-        self._chunks: dict[int, tuple[list[int], Any]] = {}
-
-    def add(self, legacy_id: int, line: str) -> None:
-        c = _chunk(legacy_id)
-        entry = self._chunks.get(c)
-        if entry is None:
-            self._chunks[c] = (
-                [1],
-                hashlib.md5(line.encode(), usedforsecurity=False),
-            )
-        else:
-            entry[0][0] += 1
-            entry[1].update(b"\n" + line.encode())
-
-    def result(self) -> dict[int, tuple[int, str]]:
-        return {c: (n[0], h.hexdigest()) for c, (n, h) in self._chunks.items()}
+def history_chunks(
+    source: Source, chunks: Collection[int], skipped: Collection[int | str]
+) -> dict[int, tuple[int, str]]:
+    """The source side of the given history chunks (`ChunkDigests.result`), read from the
+    source again, without the rows in `skipped`; a chunk none of whose rows are left is
+    absent."""
+    digests = ChunkDigests()
+    for chunk in sorted(chunks):
+        for raw in source.select(
+            "account_balance_history",
+            pl.HISTORY_COLS,
+            "WHERE id BETWEEN ? AND ? ORDER BY id",
+            chunk_bounds(chunk),
+        ):
+            h, _ = pl.history_row(raw)
+            if h is not None and h[0] not in skipped:
+                digests.add(h[0], canon_history(h))
+    return digests.result()
 
 
 def user_digest(raw: tuple[Any, ...]) -> tuple[int, str] | None:
@@ -192,12 +159,16 @@ ROW_DIGESTS: dict[str, Callable[[tuple[Any, ...]], tuple[int, str] | None]] = {
 
 
 def account_line(
-    raw: tuple[Any, ...], planned: dict[int, str]
+    raw: tuple[Any, ...],
+    planned: dict[int, str],
+    converted: pl.AccountRow | None = None,
 ) -> tuple[int, str] | None:
     """The source side of the accounts' chunked comparison for one legacy row: (legacy id,
     md5 of its canonical line, with the integration type the account must carry: see
-    `_expected_kind`; `planned`: the plan's types, by legacy account id)."""
-    a, _ = pl.account_row(raw)
+    `_expected_kind`; `planned`: the plan's types, by legacy account id). `converted`: what
+    `pl.account_row` made of this very row already, when the caller has it (the planner
+    does: converting each account twice cost the import ~2 s)."""
+    a = converted if converted is not None else pl.account_row(raw)[0]
     if a is None:
         return None
     line = canon(a.legacy_id, *a.content(), _expected_kind(a, raw, planned))
@@ -277,7 +248,7 @@ def _chunked(
         if s == t and s is not None:
             counts["rows"] += s[0]
             continue
-        part = drill(*_bounds(c))
+        part = drill(*chunk_bounds(c))
         for k in counts:
             counts[k] += part[k]
         for k in named:
