@@ -750,10 +750,12 @@ class Target:
         return True
 
 
-def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:
-    """`Target.state` on any connection (one of its own sees what the import committed). Text
-    output is pinned (date style, time zone, float digits) so the same rows always hash the
-    same."""
+def target_state(
+    conn: psycopg.Connection[Any], tables: Iterable[str] = STATE_TABLES
+) -> dict[str, list[int]]:
+    """`Target.state` on any connection (one of its own sees what the import committed), of
+    `tables` (all by default). Text output is pinned (date style, time zone, float digits) so
+    the same rows always hash the same."""
     for setting in (
         "SET LOCAL DateStyle = 'ISO, YMD'",
         "SET LOCAL TimeZone = 'UTC'",
@@ -763,7 +765,8 @@ def target_state(conn: psycopg.Connection[Any]) -> dict[str, list[int]]:
         conn.execute(setting)
     query = " UNION ALL ".join(
         f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
-        for t in STATE_TABLES
+        for t in tables
+        if t in STATE_TABLES
     )
     rows = conn.execute(query).fetchall()
     return {r[0]: [int(r[1]), int(r[2])] for r in rows}
