@@ -4,6 +4,8 @@ gateway reached under another loopback address or name, and a rejected e-mail ec
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import psycopg
 from brokerlink_devkit.devstack.embedded import free_port
@@ -110,3 +112,54 @@ async def test_a_migrated_gateway_cannot_be_taken_under_another_name(
         headers=bob,
     )
     assert r.status_code == 409, r.text  # today: 200, Bob now owns Alice's gateway
+
+
+async def test_a_slow_name_server_holds_no_lock_on_the_account(
+    client, api, new_user, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A gateway's host is resolved before the request's transaction opens: while the name
+    server takes its time (up to 5 s), the account's row is not locked, so the refresh
+    results stored for it (and every other account in their batch) do not wait on it."""
+    headers = await new_user(client)
+    account = await _account(client, headers)
+    entered, release = threading.Event(), threading.Event()
+    system_resolver = socket.getaddrinfo
+
+    def slow_name_server(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host == "gateway.slow-dns.test":
+            entered.set()
+            release.wait(30)
+            host = "127.0.0.1"
+        return system_resolver(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_name_server)
+    put = asyncio.create_task(
+        client.put(
+            f"/api/accounts/{account}/integration",
+            json={
+                "type": "IB",
+                "config": {
+                    "host": "gateway.slow-dns.test",
+                    "port": gateway_port(),
+                    "client_id": 1,
+                },
+            },
+            headers=headers,
+        )
+    )
+    try:
+        assert await asyncio.to_thread(entered.wait, 30)
+        url = api.settings.database_url.replace(
+            "postgresql+psycopg://", "postgresql://"
+        )
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            # before: LockNotAvailable, the request held the row for the whole lookup
+            await conn.execute(
+                "SELECT id FROM accounts WHERE id = %s FOR UPDATE NOWAIT", (account,)
+            )
+            await conn.rollback()
+    finally:
+        release.set()
+    r = await put
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["host"] == "gateway.slow-dns.test"

@@ -112,6 +112,12 @@ async def update_account(
     account_id: int,
     body: AccountUpdate,
 ) -> AccountOut:
+    configuration = integrations.configuration
+    endpoints = (
+        await configuration.resolve(body.integration)
+        if body.integration is not None and not body.remove_integration
+        else None
+    )
     async with uow:
         account = await AccountRepository(uow.session).owned(
             actor.user_id, account_id, for_update=True
@@ -137,13 +143,12 @@ async def update_account(
                 changed.append(field)
         if "current_balance" in changed:
             account.last_updated = datetime.now(UTC)
-        configuration = integrations.configuration
         if body.remove_integration:
             removal = configuration.apply_removal(uow, actor, account)
             await audit(uow, actor, removal)
         elif body.integration is not None:
             await configuration.check_configuration(
-                uow, actor, account, body.integration
+                uow, actor, account, body.integration, endpoints
             )
             change = configuration.apply_configuration(
                 uow, actor, account, body.integration

@@ -5,13 +5,15 @@ A real IB Gateway cannot tell brokerlink's users apart (it trusts the connector'
 this is what keeps one user from reading another's accounts. An endpoint is recorded under its
 name and under every address the name resolves to, so `localhost` and `127.0.0.1` are one
 endpoint. Hosts are resolved the way the connector will connect (`NetworkReach`), and a host
-outside the allowed networks is refused before anything is stored.
+outside the allowed networks is refused before anything is stored. Names are resolved before
+the request's transaction opens (`GatewayEndpoints.resolve`), never while it holds a lock.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from brokerlink_shared.contracts.values import (
@@ -54,35 +56,35 @@ class HostOutsideReach(InvalidField):
         self.code = refused.code
 
 
+@dataclass(frozen=True)
+class ResolvedEndpoints:
+    """An IB config's gateway endpoints, each recorded under its name and every address it
+    resolves to (key -> the config field it came from). Resolved before the transaction
+    opens: a slow name server must not hold an account's row lock, on which stored refresh
+    results wait, or a pooled connection."""
+
+    endpoints: tuple[tuple[str, str, int], ...]  # (field, host, port) as configured
+    field_of: dict[tuple[str, int], str]
+
+
+def _endpoints(config: IBConfigIn) -> tuple[tuple[str, str, int], ...]:
+    return (
+        ("config.host", config.host, config.port),
+        *(
+            (f"config.backups.{i}.host", b.host, b.port)
+            for i, b in enumerate(config.backups or [])  # absent: the stored ones stay
+        ),
+    )
+
+
 class GatewayEndpoints:
     def __init__(self, reach: NetworkReach) -> None:
         self._reach = reach
 
-    async def claim(
-        self, endpoints_repo: EndpointOwners, user_id: int, config: IBConfigIn
-    ) -> None:
-        """Check every endpoint of `config` is reachable by policy and free or the user's own,
-        and record the user as owner of the free ones (in the caller's transaction)."""
-        await self._refuse_taken(endpoints_repo, user_id, config, record=True)
-
-    async def check(
-        self, endpoints_repo: EndpointOwners, user_id: int, config: IBConfigIn
-    ) -> None:
-        """As `claim`, recording nothing: for a dry test of settings that are not saved."""
-        await self._refuse_taken(endpoints_repo, user_id, config, record=False)
-
-    async def _refuse_taken(
-        self,
-        endpoints_repo: EndpointOwners,
-        user_id: int,
-        config: IBConfigIn,
-        *,
-        record: bool,
-    ) -> None:
-        endpoints = [("config.host", config.host, config.port)] + [
-            (f"config.backups.{i}.host", b.host, b.port)
-            for i, b in enumerate(config.backups or [])  # absent: the stored ones stay
-        ]
+    async def resolve(self, config: IBConfigIn) -> ResolvedEndpoints:
+        """Every endpoint of `config` resolved; a host outside the allowed networks (or one
+        that resolves to nothing) is refused here, before anything is read or locked."""
+        endpoints = _endpoints(config)
         field_of: dict[tuple[str, int], str] = {}
         for field, host, port in endpoints:
             try:
@@ -94,6 +96,43 @@ class GatewayEndpoints:
                 *((_address_key(a), port) for a in addresses),
             ]:
                 field_of.setdefault(key, field)
+        return ResolvedEndpoints(endpoints, field_of)
+
+    async def claim(
+        self,
+        endpoints_repo: EndpointOwners,
+        user_id: int,
+        config: IBConfigIn,
+        resolved: ResolvedEndpoints,
+    ) -> None:
+        """Check every endpoint of `config` is free or the user's own, and record the user as
+        owner of the free ones (in the caller's transaction)."""
+        await self._refuse_taken(endpoints_repo, user_id, config, resolved, record=True)
+
+    async def check(
+        self,
+        endpoints_repo: EndpointOwners,
+        user_id: int,
+        config: IBConfigIn,
+        resolved: ResolvedEndpoints,
+    ) -> None:
+        """As `claim`, recording nothing: for a dry test of settings that are not saved."""
+        await self._refuse_taken(
+            endpoints_repo, user_id, config, resolved, record=False
+        )
+
+    async def _refuse_taken(
+        self,
+        endpoints_repo: EndpointOwners,
+        user_id: int,
+        config: IBConfigIn,
+        resolved: ResolvedEndpoints,
+        *,
+        record: bool,
+    ) -> None:
+        if resolved.endpoints != _endpoints(config):
+            raise RuntimeError("gateway endpoints resolved for another configuration")
+        field_of = resolved.field_of
         taken = await endpoints_repo.used_by_others(user_id, field_of)
         owners = await (
             endpoints_repo.claim(user_id, field_of)

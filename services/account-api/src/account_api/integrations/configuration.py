@@ -23,7 +23,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
 from account_api.config import Settings
-from account_api.gateways.service import GatewayEndpoints, GatewayOwnedElsewhere
+from account_api.gateways.service import (
+    GatewayEndpoints,
+    GatewayOwnedElsewhere,
+    ResolvedEndpoints,
+)
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out, owned_account
 from account_api.integrations.refreshes import RefreshService
@@ -55,19 +59,33 @@ class IntegrationConfiguration:
         self._refreshes = refreshes
         self._gateways = GatewayEndpoints(settings.ib_reach)
 
+    async def resolve(self, body: IntegrationIn) -> ResolvedEndpoints | None:
+        """Before the transaction: an IB config's gateway hosts resolved and held to the
+        allowed networks (None for any other broker). Resolving a name can take seconds."""
+        if isinstance(body.config, IBConfigIn):
+            return await self._gateways.resolve(body.config)
+        return None
+
     async def check_configuration(
-        self, uow: UnitOfWork, actor: Actor, account: Account, body: IntegrationIn
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        account: Account,
+        body: IntegrationIn,
+        endpoints: ResolvedEndpoints | None,
     ) -> None:
         """Before `apply_configuration`: a new integration must fit the user's quota, and an
-        IB config's gateways must be allowed and free or the actor's own (the free ones
-        become the actor's)."""
+        IB config's gateways (`endpoints`: `resolve(body)`) must be free or the actor's own
+        (the free ones become the actor's)."""
         if account.integration_type is None:
             await ensure_integration_quota(
                 uow.quotas, actor.user_id, self._settings.max_integrations_per_user
             )
         if isinstance(body.config, IBConfigIn):
+            if endpoints is None:
+                raise RuntimeError("an IB config's endpoints are resolved first")
             await self._gateways.claim(
-                uow.gateway_endpoints, actor.user_id, body.config
+                uow.gateway_endpoints, actor.user_id, body.config, endpoints
             )
 
     def apply_configuration(
@@ -119,9 +137,10 @@ class IntegrationConfiguration:
     async def configure(
         self, uow: UnitOfWork, actor: Actor, account_id: int, body: IntegrationIn
     ) -> IntegrationOut:
+        endpoints = await self.resolve(body)
         async with uow:
             account = await owned_account(uow, actor, account_id, lock=True)
-            await self.check_configuration(uow, actor, account, body)
+            await self.check_configuration(uow, actor, account, body, endpoints)
             change = self.apply_configuration(uow, actor, account, body)
             refresh_id = None
             if change.fields:
@@ -156,14 +175,15 @@ class IntegrationConfiguration:
         body: IntegrationIn | None = None,
     ) -> TestResultOut:
         """Test the saved settings, or (a dry run) `body` as it would be saved; stores nothing."""
+        endpoints = await self.resolve(body) if body is not None else None
         async with uow:
             account = await owned_account(uow, actor, account_id)
             if body is not None:
                 kind = Broker(body.type)
-                if isinstance(body.config, IBConfigIn):
+                if isinstance(body.config, IBConfigIn) and endpoints is not None:
                     # the same reach and ownership rules as a save, recording nothing
                     await self._gateways.check(
-                        uow.gateway_endpoints, actor.user_id, body.config
+                        uow.gateway_endpoints, actor.user_id, body.config, endpoints
                     )
                 stored = self._merged(account, body)
             else:

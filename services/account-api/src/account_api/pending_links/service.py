@@ -74,15 +74,16 @@ def _validation_error(exc: ValidationError) -> InvalidField:
     )
 
 
-def _schwab_number(account: Account) -> str | None:
-    digits = re.sub(r"[\s-]", "", account.account_number or "")
+def _schwab_number(account: Account | None) -> str | None:
+    digits = re.sub(r"[\s-]", "", (account.account_number if account else None) or "")
     return digits if digits.isdigit() and 4 <= len(digits) <= 12 else None
 
 
 def build_integration_in(
-    item: PendingLink, account: Account, secrets: SecretBox
+    item: PendingLink, account: Account | None, secrets: SecretBox
 ) -> IntegrationRequest:
-    """The request body `PUT .../integration` would take for this item, validated the same way."""
+    """The request body `PUT .../integration` would take for this item, validated the same way
+    (an IB item's does not depend on the account)."""
     config = item.config or {}
     try:
         if item.integration_type == "IB":
@@ -127,15 +128,28 @@ class PendingLinkService:
     ) -> list[IntegrationOut]:
         """Attach the item to the account(s) in one transaction and delete it. Several accounts
         only for a Schwab login (they share it, tokens included); an IB connection is one."""
+        configuration = self._integrations.configuration
+        # An IB item's gateway is resolved before the transaction that locks the accounts
+        # (the body of an IB item does not depend on the account; items never change).
         async with uow:
-            repo = uow.pending_links
-            item = await repo.owned(actor.user_id, link_id, for_update=True)
+            item = await uow.pending_links.owned(actor.user_id, link_id)
             if item is None:
                 raise PendingLinkNotFound()
             if item.integration_type != "SCHWAB" and len(account_ids) > 1:
                 raise InvalidField(
                     "an IB connection attaches to one account", field="account_ids"
                 )
+            ib_body = (
+                build_integration_in(item, None, self._secrets)
+                if item.integration_type == "IB"
+                else None
+            )
+        endpoints = await configuration.resolve(ib_body) if ib_body else None
+        async with uow:
+            repo = uow.pending_links
+            item = await repo.owned(actor.user_id, link_id, for_update=True)
+            if item is None:
+                raise PendingLinkNotFound()
             accounts = []
             for account_id in sorted(account_ids):  # lock order: by id, as everywhere
                 account = await uow.accounts.owned(
@@ -152,12 +166,10 @@ class PendingLinkService:
             out = []
             for account in sorted(accounts, key=lambda a: account_ids.index(a.id)):
                 body = build_integration_in(item, account, self._secrets)
-                await self._integrations.configuration.check_configuration(
-                    uow, actor, account, body
+                await configuration.check_configuration(
+                    uow, actor, account, body, endpoints
                 )
-                change = self._integrations.configuration.apply_configuration(
-                    uow, actor, account, body
-                )
+                change = configuration.apply_configuration(uow, actor, account, body)
                 if item.integration_type == "SCHWAB":
                     self._keep_legacy_login(account, item.config or {})
                 await audit(uow, actor, dataclasses.replace(change, detail=detail))
