@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
 import time
 
 import httpx
@@ -283,3 +286,56 @@ async def test_schwab_item_attaches_to_several_accounts_of_its_login_in_one_acti
         x["id"]
         for x in (await client.get("/api/integrations/pending-links", headers=h)).json()
     ] == [ib]
+
+
+async def test_an_item_changed_while_its_gateway_resolves_is_a_409(
+    api, client: httpx.AsyncClient, new_user, monkeypatch
+) -> None:
+    """The item's gateway is resolved before the transaction that locks it; a migrator rerun
+    that changes the item's gateway in between makes the attach a 409 to retry, and nothing
+    is attached."""
+    h = await new_user(client)
+    aid = await _account(client, h, "U7654322")
+    item = await _insert(
+        api,
+        await _me(client, h),
+        "IB",
+        {"host": "gateway.slow-dns.test", "port": gateway_port(), "client_id": 1},
+        int(time.time() * 1000) % 10**9 + 7,
+        [aid],
+    )
+    entered, release = threading.Event(), threading.Event()
+    system_resolver = socket.getaddrinfo
+
+    def slow_name_server(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host == "gateway.slow-dns.test":
+            entered.set()
+            release.wait(30)
+            host = "127.0.0.1"
+        return system_resolver(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_name_server)
+    attach = asyncio.create_task(
+        client.post(
+            f"/api/integrations/pending-links/{item}/link",
+            headers=h,
+            json={"account_ids": [aid]},
+        )
+    )
+    try:
+        assert await asyncio.to_thread(entered.wait, 30)
+        async with await psycopg.AsyncConnection.connect(
+            _libpq(api.settings.database_url)
+        ) as conn:
+            await conn.execute(
+                "UPDATE pending_links SET config = config || '{\"port\": 4999}' WHERE id = %s",
+                (item,),
+            )
+            await conn.commit()
+    finally:
+        release.set()
+    r = await attach
+    assert r.status_code == 409, r.text
+    assert r.json()["field"] == "pending_link_id"
+    account = (await client.get(f"/api/accounts/{aid}", headers=h)).json()
+    assert account["integration_type"] is None

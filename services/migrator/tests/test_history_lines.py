@@ -5,11 +5,15 @@ and leaves every row it is not sure of to it."""
 from __future__ import annotations
 
 import random
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from migrator import plan as pl
 from migrator.digests import canon, canon_history
+from migrator.history import HistoryPiece, HistoryProcess, history_pieces
+from migrator.legacy_schema import create
+from migrator.source import Source
 
 pytestmark = pytest.mark.fast
 
@@ -121,3 +125,47 @@ def test_rows_as_the_legacy_app_writes_them_take_the_fast_path() -> None:
     for when in ("2025-02-20", "2025-02-20T04:44:20.000Z", "2025-02-20 04:44:20"):
         raw = (1, 1, 340489.0, "Initial balance", when, "2025-02-20 04:44:20")
         assert pl.history_line(raw) is not None, when
+
+
+def test_history_batches_are_as_asked_whatever_the_piece_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The history process sends pieces of at most 25,000 rows; they end on batch boundaries,
+    so every transaction holds exactly `--batch-history` rows (the last one what is left)."""
+    path = tmp_path / "history.db"
+    conn = create(path, newer=True)
+    conn.execute(
+        "INSERT INTO users (id, email, password_hash, name) VALUES (1, 'a@b.c', 'x', 'A')"
+    )
+    conn.executemany(
+        "INSERT INTO accounts (id, user_id, name, currency, original_capital, current_balance)"
+        " VALUES (?, 1, 'A', 'USD', 1, 1)",
+        ((a,) for a in range(1, 1001)),
+    )
+    start = date(2000, 1, 1)
+    conn.executemany(
+        "INSERT INTO account_balance_history (id, account_id, balance, date, created_at)"
+        " VALUES (?, ?, 1.5, ?, '2024-01-01 00:00:00')",
+        (
+            (i, i % 1000 + 1, (start + timedelta(days=i // 1000)).isoformat())
+            for i in range(1, 70_001)
+        ),
+    )
+    conn.commit()
+    conn.close()
+    source = Source(str(path))
+    for batch, sizes in ((30_000, [30_000, 30_000, 10_000]), (4, None)):
+        pieces = [
+            p
+            for p in history_pieces(source, batch, piece_rows=25_000)
+            if isinstance(p, HistoryPiece)
+        ]
+        assert all(p.rows <= 25_000 for p in pieces)
+        if sizes is not None:
+            history = HistoryProcess(source, batch)
+            try:
+                assert [b.rows for b in history.batches()] == sizes
+                assert sum(n for n, _ in history.chunks.values()) == 70_000
+            finally:
+                history.close()
+        else:
+            assert {p.rows for p in pieces} == {4}
+    source.close()

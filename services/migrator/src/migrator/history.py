@@ -41,13 +41,17 @@ class HistoryRead:
     chunks: dict[int, tuple[int, str]]
 
 
-def history_pieces(source: Source, rows: int) -> Iterator[HistoryPiece | HistoryRead]:
-    """The legacy balance history in pieces of `rows` converted rows, in legacy-id order,
+def history_pieces(
+    source: Source, batch: int, piece_rows: int = PIECE_ROWS
+) -> Iterator[HistoryPiece | HistoryRead]:
+    """The legacy balance history in legacy-id order, in pieces of at most `piece_rows`
+    converted rows that add up to batches of exactly `batch` rows (the last may be smaller),
     then its `HistoryRead`."""
     digests = ChunkDigests()
     lines: list[str] = []
     invalid: list[tuple[int | str, str]] = []
     read = 0
+    in_batch = 0  # rows sent in earlier pieces of the batch under way
 
     def piece() -> HistoryPiece:
         last = None
@@ -70,8 +74,9 @@ def history_pieces(source: Source, rows: int) -> Iterator[HistoryPiece | History
                 )
                 continue
             lines.append(pl.history_text(row))
-        if len(lines) >= rows:
+        if len(lines) >= min(piece_rows, batch - in_batch):
             yield piece()
+            in_batch = (in_batch + len(lines)) % batch
             lines, invalid = [], []
     if lines or invalid:
         yield piece()
@@ -84,14 +89,13 @@ class HistoryProcess:
 
     def __init__(self, source: Source, batch: int) -> None:
         self._batch = batch
-        self._process = SpawnedProcess(
-            _serve, (source.handle(), min(batch, PIECE_ROWS)), "history"
-        )
+        self._process = SpawnedProcess(_serve, (source.handle(), batch), "history")
         self.chunks: dict[int, tuple[int, str]] = {}
 
     def batches(self) -> Iterator[HistoryPiece]:
         """The pieces joined into batches of `batch` converted rows (the last may be
-        smaller); once they are all taken, `chunks` holds the `HistoryRead`'s."""
+        smaller: pieces end on batch boundaries); once they are all taken, `chunks` holds the
+        `HistoryRead`'s."""
         joined: list[HistoryPiece] = []
         while not isinstance(message := self._process.receive(), HistoryRead):
             joined.append(message)
@@ -123,10 +127,10 @@ def _join(pieces: list[HistoryPiece]) -> HistoryPiece:
     )
 
 
-def _serve(conn: Connection, handle: tuple[str, str], rows: int) -> None:
+def _serve(conn: Connection, handle: tuple[str, str], batch: int) -> None:
     def body() -> None:
         source = Source.reopen(*handle)
-        for message in history_pieces(source, rows):
+        for message in history_pieces(source, batch):
             conn.send(message)
         source.close()
 

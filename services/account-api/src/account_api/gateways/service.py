@@ -66,6 +66,10 @@ class ResolvedEndpoints:
     endpoints: tuple[tuple[str, str, int], ...]  # (field, host, port) as configured
     field_of: dict[tuple[str, int], str]
 
+    def covers(self, config: IBConfigIn) -> bool:
+        """Resolved for exactly these endpoints."""
+        return self.endpoints == _endpoints(config)
+
 
 def _endpoints(config: IBConfigIn) -> tuple[tuple[str, str, int], ...]:
     return (
@@ -130,7 +134,7 @@ class GatewayEndpoints:
         *,
         record: bool,
     ) -> None:
-        if resolved.endpoints != _endpoints(config):
+        if not resolved.covers(config):
             raise RuntimeError("gateway endpoints resolved for another configuration")
         field_of = resolved.field_of
         taken = await endpoints_repo.used_by_others(user_id, field_of)

@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from account_api.actor import Actor
 from account_api.audit.service import Change, audit
-from account_api.errors import AccountNotFound, InvalidField, NotFound
+from account_api.errors import AccountNotFound, Conflict, InvalidField, NotFound
 from account_api.integrations import lifecycle, rules
 from account_api.integrations.reads import integration_out
 from account_api.integrations.repository import integration_state, store_state
 from account_api.integrations.schemas import (
+    IBConfigIn,
     IBIntegrationIn,
     IntegrationOut,
     IntegrationRequest,
@@ -36,6 +37,16 @@ REFRESH_TTL = timedelta(days=7)
 class PendingLinkNotFound(NotFound):
     def __init__(self) -> None:
         super().__init__("pending link not found")
+
+
+class PendingLinkChanged(Conflict):
+    """A migrator rerun changed the item's gateway while it was being attached."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the pending link changed while it was being attached; try again",
+            field="pending_link_id",
+        )
 
 
 def summary(item: PendingLink) -> str:
@@ -130,7 +141,7 @@ class PendingLinkService:
         only for a Schwab login (they share it, tokens included); an IB connection is one."""
         configuration = self._integrations.configuration
         # An IB item's gateway is resolved before the transaction that locks the accounts
-        # (the body of an IB item does not depend on the account; items never change).
+        # (the body of an IB item does not depend on the account).
         async with uow:
             item = await uow.pending_links.owned(actor.user_id, link_id)
             if item is None:
@@ -166,6 +177,12 @@ class PendingLinkService:
             out = []
             for account in sorted(accounts, key=lambda a: account_ids.index(a.id)):
                 body = build_integration_in(item, account, self._secrets)
+                if (
+                    endpoints is not None
+                    and isinstance(body.config, IBConfigIn)
+                    and not endpoints.covers(body.config)
+                ):
+                    raise PendingLinkChanged()
                 await configuration.check_configuration(
                     uow, actor, account, body, endpoints
                 )
