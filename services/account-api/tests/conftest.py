@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -137,3 +141,34 @@ class ApiFactory:
 @pytest.fixture(scope="session")
 def api_factory(infra) -> ApiFactory:  # type: ignore[no-untyped-def]
     return ApiFactory(infra)
+
+
+@dataclass
+class SlowNameServer:
+    """The system resolver, except that `host` answers (127.0.0.1) only once `release` is
+    set: a name server taking its time, as seen by whatever resolves it in this process."""
+
+    host: str = "gateway.slow-dns.test"
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    async def asked(self) -> None:
+        """Until someone is waiting on `host`."""
+        assert await asyncio.to_thread(self.entered.wait, 30)
+
+
+@pytest.fixture
+def slow_name_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowNameServer]:
+    server = SlowNameServer()
+    system_resolver = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == server.host:
+            server.entered.set()
+            server.release.wait(30)
+            host = "127.0.0.1"
+        return system_resolver(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield server
+    server.release.set()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
@@ -289,7 +287,7 @@ async def test_schwab_item_attaches_to_several_accounts_of_its_login_in_one_acti
 
 
 async def test_an_item_changed_while_its_gateway_resolves_is_a_409(
-    api, client: httpx.AsyncClient, new_user, monkeypatch
+    api, client: httpx.AsyncClient, new_user, slow_name_server
 ) -> None:
     """The item's gateway is resolved before the transaction that locks it; a migrator rerun
     that changes the item's gateway in between makes the attach a 409 to retry, and nothing
@@ -300,21 +298,10 @@ async def test_an_item_changed_while_its_gateway_resolves_is_a_409(
         api,
         await _me(client, h),
         "IB",
-        {"host": "gateway.slow-dns.test", "port": gateway_port(), "client_id": 1},
+        {"host": slow_name_server.host, "port": gateway_port(), "client_id": 1},
         int(time.time() * 1000) % 10**9 + 7,
         [aid],
     )
-    entered, release = threading.Event(), threading.Event()
-    system_resolver = socket.getaddrinfo
-
-    def slow_name_server(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if host == "gateway.slow-dns.test":
-            entered.set()
-            release.wait(30)
-            host = "127.0.0.1"
-        return system_resolver(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", slow_name_server)
     attach = asyncio.create_task(
         client.post(
             f"/api/integrations/pending-links/{item}/link",
@@ -323,7 +310,7 @@ async def test_an_item_changed_while_its_gateway_resolves_is_a_409(
         )
     )
     try:
-        assert await asyncio.to_thread(entered.wait, 30)
+        await slow_name_server.asked()
         async with await psycopg.AsyncConnection.connect(
             _libpq(api.settings.database_url)
         ) as conn:
@@ -333,7 +320,7 @@ async def test_an_item_changed_while_its_gateway_resolves_is_a_409(
             )
             await conn.commit()
     finally:
-        release.set()
+        slow_name_server.release.set()
     r = await attach
     assert r.status_code == 409, r.text
     assert r.json()["field"] == "pending_link_id"

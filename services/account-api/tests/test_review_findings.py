@@ -4,8 +4,6 @@ gateway reached under another loopback address or name, and a rejected e-mail ec
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 
 import psycopg
 from brokerlink_devkit.devstack.embedded import free_port
@@ -115,31 +113,20 @@ async def test_a_migrated_gateway_cannot_be_taken_under_another_name(
 
 
 async def test_a_slow_name_server_holds_no_lock_on_the_account(
-    client, api, new_user, monkeypatch
+    client, api, new_user, slow_name_server
 ) -> None:  # type: ignore[no-untyped-def]
     """A gateway's host is resolved before the request's transaction opens: while the name
     server takes its time (up to 5 s), the account's row is not locked, so the refresh
     results stored for it (and every other account in their batch) do not wait on it."""
     headers = await new_user(client)
     account = await _account(client, headers)
-    entered, release = threading.Event(), threading.Event()
-    system_resolver = socket.getaddrinfo
-
-    def slow_name_server(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if host == "gateway.slow-dns.test":
-            entered.set()
-            release.wait(30)
-            host = "127.0.0.1"
-        return system_resolver(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", slow_name_server)
     put = asyncio.create_task(
         client.put(
             f"/api/accounts/{account}/integration",
             json={
                 "type": "IB",
                 "config": {
-                    "host": "gateway.slow-dns.test",
+                    "host": slow_name_server.host,
                     "port": gateway_port(),
                     "client_id": 1,
                 },
@@ -148,7 +135,7 @@ async def test_a_slow_name_server_holds_no_lock_on_the_account(
         )
     )
     try:
-        assert await asyncio.to_thread(entered.wait, 30)
+        await slow_name_server.asked()
         url = api.settings.database_url.replace(
             "postgresql+psycopg://", "postgresql://"
         )
@@ -159,7 +146,7 @@ async def test_a_slow_name_server_holds_no_lock_on_the_account(
             )
             await conn.rollback()
     finally:
-        release.set()
+        slow_name_server.release.set()
     r = await put
     assert r.status_code == 200, r.text
-    assert r.json()["config"]["host"] == "gateway.slow-dns.test"
+    assert r.json()["config"]["host"] == slow_name_server.host

@@ -25,7 +25,7 @@ import psycopg
 from brokerlink_shared.crypto import EncryptionKeyError, SecretBox
 from brokerlink_shared.heap import collect_less_often
 
-from migrator.report import Progress, Report
+from migrator.report import JSON_OPTIONS, Progress, Report
 from migrator.source import Source, SourceError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -637,16 +637,9 @@ def _write_report(path: Path | None, data: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     # orjson: a full-size report (50,000 pending links: ~22 MB) took the stdlib's streaming
     # encoder 0.8 s at the end of the run; as bytes it is written in ~0.1 s, and the run's
-    # peak memory is elsewhere (while the history imports). What the stdlib wrote with
-    # `default=str` (dates, decimals, sets) is written the same way.
+    # peak memory is elsewhere (while the history imports).
     path.write_bytes(
-        orjson.dumps(
-            data,
-            default=str,
-            option=orjson.OPT_INDENT_2
-            | orjson.OPT_NON_STR_KEYS
-            | orjson.OPT_PASSTHROUGH_DATETIME,
-        )
+        orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2 | JSON_OPTIONS)
     )
 
 
