@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from account_api.config import Settings
+from account_api.consumers.worker_claim import ConsumerClaim
 from account_api.main import create_app
 from account_api.migrate import upgrade
 from brokerlink_devkit.devstack.embedded import free_port
@@ -30,9 +31,11 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[RunningApi]:
+async def running_api(
+    settings: Settings, consumers: ConsumerClaim | None = None
+) -> AsyncIterator[RunningApi]:
     """Serve account-api in this event loop on `settings.port` until the block ends."""
-    app = create_app(settings)
+    app = create_app(settings, consumers)
     async with serving(app, settings.port) as base_url:
         yield RunningApi(base_url, settings, app)
 

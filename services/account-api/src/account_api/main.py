@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 
@@ -37,6 +38,7 @@ from account_api.bodylimit import BodySizeLimit
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
+from account_api.consumers.worker_claim import ConsumerClaim
 from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
 from account_api.exception_handlers import add_exception_handlers
@@ -76,8 +78,11 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
             await asyncio.sleep(backoff_delay(attempt, cap=5.0))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the FastAPI app; everything long-lived is created in its lifespan."""
+def create_app(
+    settings: Settings | None = None, consumers: ConsumerClaim | None = None
+) -> FastAPI:
+    """Build the FastAPI app; everything long-lived is created in its lifespan. With a
+    `consumers` claim, the bus consumers run only while this process holds it."""
     settings = settings or Settings()
     if not settings.jwt_secret.get_secret_value():
         raise SystemExit(
@@ -113,7 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def new_uow() -> UnitOfWork:
         return UnitOfWork(sessionmaker, publisher)
 
-    balances = register_consumers(broker, topology, new_uow)
     scheduler = RefreshScheduler(
         new_uow, integrations_service.refreshes, settings.scheduled_refresh_interval_s
     )
@@ -145,6 +149,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        balances = (
+            register_consumers(broker, topology, new_uow)
+            if consumers is None or consumers.take()
+            else None
+        )
         await read_pool.open()
         revocations.start()
         bus = asyncio.create_task(
@@ -168,7 +177,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
             await broker.stop()
-            await balances.aclose()
+            if balances is not None:
+                await balances.aclose()
+            if consumers is not None:
+                consumers.release()
             await read_pool.close()
             await engine.dispose()
 
@@ -201,7 +213,13 @@ def app_factory() -> FastAPI:
     """Factory used by uvicorn's workers (each builds its own app from the environment)."""
     settings = Settings()
     configure_logging("account-api", settings.log_level)
-    app = create_app(settings)
+    # With several workers, uvicorn's supervisor is this process's parent.
+    consumers = (
+        ConsumerClaim.of_supervisor(os.getppid(), settings.namespace)
+        if settings.workers > 1
+        else None
+    )
+    app = create_app(settings, consumers)
     prepare_server_heap()
     return app
 
