@@ -1,27 +1,31 @@
-"""One worker of a replica runs the bus consumers (`ConsumerClaim`); when it dies, the worker
-uvicorn starts in its place takes over, and balances are stored again."""
+"""One worker of a replica runs the bus consumers (`ConsumerClaim`); whichever worker outlives
+the holder takes over (a replacement for a killed worker, a SIGHUP's new generation), and
+balances are stored again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from account_api.consumers.worker_claim import ConsumerClaim
+from account_api.consumers.worker_claim import CLAIM_ENV, ConsumerClaim
 from account_api.migrate import upgrade
 from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
+from faststream.nats import NatsBroker
 
 from .conftest import ib_integration, register_user
 
@@ -31,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_one_holder_per_claim_until_it_lets_go() -> None:
-    name = f"brokerlink-test-{uuid.uuid4().hex}"
+    name = ConsumerClaim.new_name()
     first, second = ConsumerClaim(name), ConsumerClaim(name)
     assert first.take()
     assert not second.take()
@@ -41,7 +45,7 @@ def test_one_holder_per_claim_until_it_lets_go() -> None:
 
 
 def test_a_killed_holder_leaves_the_claim_free() -> None:
-    name = f"brokerlink-test-{uuid.uuid4().hex}"
+    name = ConsumerClaim.new_name()
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -67,20 +71,107 @@ def test_a_killed_holder_leaves_the_claim_free() -> None:
     claim.release()
 
 
-async def test_a_worker_without_the_claim_runs_no_consumers(
+class Balances:
+    """A user's IB account, its refreshes asked through the API and answered on the bus as a
+    connector would: `stored(amount)` returns once account-api has committed the balance."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, broker: NatsBroker, topology: Topology
+    ) -> None:
+        self.client, self.broker, self.topology = client, broker, topology
+
+    async def open(self) -> None:
+        self.h = await register_user(self.client)
+        self.user_id = (await self.client.get("/api/auth/me", headers=self.h)).json()[
+            "id"
+        ]
+        created = await self.client.post(
+            "/api/accounts", headers=self.h, json={"name": "A", "currency": "USD"}
+        )
+        self.aid = created.json()["id"]
+        put = await self.client.put(
+            f"/api/accounts/{self.aid}/integration",
+            headers=self.h,
+            json=ib_integration(),
+        )
+        assert put.status_code == 200, put.text
+
+    async def stored(self, amount: str) -> None:
+        asked = await self.client.post(
+            f"/api/accounts/{self.aid}/integration/refresh?wait=0", headers=self.h
+        )
+        refresh_id = asked.json()["refresh_id"]
+        await EventPublisher(self.broker, self.topology).publish(
+            BalanceUpdated(
+                user_id=self.user_id,
+                account_id=self.aid,
+                payload={
+                    "broker": "IB",
+                    "refresh_id": refresh_id,
+                    "as_of": datetime.now(UTC),
+                    "currency": "USD",
+                    "balance": amount,
+                },
+            )
+        )
+
+        async def settled() -> bool:
+            r = await self.client.get(
+                f"/api/accounts/{self.aid}/integration/refresh/{refresh_id}",
+                headers=self.h,
+            )
+            return r.status_code == 200 and r.json()["status"] == "succeeded"
+
+        await wait_until(settled, timeout_s=60, message="the balance stored")
+        account = (
+            await self.client.get(f"/api/accounts/{self.aid}", headers=self.h)
+        ).json()
+        assert Decimal(account["current_balance"]) == Decimal(amount)
+
+
+@contextlib.asynccontextmanager
+async def fake_connector(
+    nats_url: str, topology: Topology
+) -> AsyncIterator[NatsBroker]:
+    broker = make_broker(nats_url, topology, "fake-connector")
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
     api_factory,  # type: ignore[no-untyped-def]
     api_database: str,
 ) -> None:
-    name = f"brokerlink-test-{uuid.uuid4().hex}"
+    name = ConsumerClaim.new_name()
     other_worker = ConsumerClaim(name)
     assert other_worker.take()
-    settings = api_factory.settings(api_database, f"{api_factory.infra.namespace}nc")
-    async with api_factory.run(settings, ConsumerClaim(name)) as api:
-        assert api.app.state.container.broker.subscribers == []
-    other_worker.release()
-    settings = api_factory.settings(api_database, f"{api_factory.infra.namespace}nc")
-    async with api_factory.run(settings, ConsumerClaim(name)) as api:
-        assert len(api.app.state.container.broker.subscribers) == 4
+    settings = api_factory.settings(api_database, f"{api_factory.infra.namespace}to")
+    topology = Topology(settings.namespace)
+    try:
+        async with (
+            api_factory.run(settings, ConsumerClaim(name)) as api,
+            httpx.AsyncClient(base_url=api.base_url, timeout=30) as client,
+            fake_connector(api_factory.infra.nats_url, topology) as broker,
+        ):
+            bus = api.app.state.container.broker
+            await wait_until(
+                lambda: bus.running, timeout_s=60, message="the bus connected"
+            )
+            assert bus.subscribers == []
+            balances = Balances(client, broker, topology)
+            await balances.open()
+            other_worker.release()
+            await wait_until(
+                lambda: len(bus.subscribers) == 4,
+                timeout_s=30,
+                message="the consumers taken over",
+            )
+            await balances.stored("300.00")
+    finally:
+        other_worker.release()
 
 
 def _workers(supervisor: int) -> set[int]:
@@ -100,6 +191,15 @@ def _workers(supervisor: int) -> set[int]:
         ):
             found.add(int(entry))
     return found
+
+
+def _claim_of(worker: int) -> ConsumerClaim:
+    """The claim `account-api serve` named for its workers, as a worker inherited it."""
+    variables = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    prefix = f"{CLAIM_ENV}=".encode()
+    return ConsumerClaim(
+        next(v for v in variables if v.startswith(prefix))[len(prefix) :].decode()
+    )
 
 
 def _holders(claim: ConsumerClaim, pids: set[int]) -> set[int]:
@@ -125,8 +225,9 @@ def _holders(claim: ConsumerClaim, pids: set[int]) -> set[int]:
     return holders
 
 
-async def test_the_worker_that_replaces_a_killed_consumer_stores_balances(
+async def test_consumers_survive_a_killed_holder_and_graceful_restarts(
     infra,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     database = infra.new_database("workerclaim")
     upgrade(database)
@@ -138,28 +239,31 @@ async def test_the_worker_that_replaces_a_killed_consumer_stores_balances(
         "NATS_URL": infra.nats_url,
         "BROKERLINK_NAMESPACE": namespace,
         "BROKERLINK_ENCRYPTION_KEYS": infra.encryption_keys,
-        "BROKERLINK_LOG_LEVEL": "WARNING",
+        "BROKERLINK_LOG_LEVEL": "INFO",
         "ACCOUNT_API_JWT_SECRET": secrets.token_urlsafe(32),
         "API_PORT": str(port),
         "ACCOUNT_API_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "ACCOUNT_API_WORKERS": "2",
+        # uvicorn may be waiting this long on a ping the killed worker never answers before it
+        # replaces it (the survivor takes the consumers over meanwhile)
+        "ACCOUNT_API_WORKER_HEALTHCHECK_TIMEOUT_S": "30",
         "ACCOUNT_API_SCHEDULED_REFRESH_INTERVAL_S": "0",
         "ACCOUNT_API_IB_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
+    topology = Topology(namespace)
     server = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("account-api")),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    claim = ConsumerClaim.of_supervisor(server.pid, namespace)
-    topology = Topology(namespace)
-    broker = make_broker(infra.nats_url, topology, "fake-connector")
-    await broker.connect()
     try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=30
-        ) as client:
+        async with (
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=30
+            ) as client,
+            fake_connector(infra.nats_url, topology) as broker,
+        ):
 
             async def serving() -> bool:
                 try:
@@ -167,73 +271,66 @@ async def test_the_worker_that_replaces_a_killed_consumer_stores_balances(
                 except httpx.TransportError:
                     return False
 
-            async def one_holder_of_two() -> int | None:
+            async def one_holder_of_two(not_among: set[int]) -> int | None:
+                """The one worker holding the claim once there are two and neither is in
+                `not_among`; at no time more than one."""
                 workers = _workers(server.pid)
-                holders = _holders(claim, workers)
+                if len(workers) != 2 or workers & not_among:
+                    return None
+                holders = _holders(_claim_of(min(workers)), workers)
                 assert len(holders) <= 1, holders
-                return next(iter(holders)) if len(workers) == 2 and holders else None
+                return next(iter(holders), None)
 
             await wait_until(serving, timeout_s=120, message="account-api serving")
             first = await wait_until(
-                one_holder_of_two, timeout_s=60, message="one consuming worker"
+                lambda: one_holder_of_two(set()),
+                timeout_s=60,
+                message="one consuming worker",
             )
-            h = await register_user(client)
-            user_id = (await client.get("/api/auth/me", headers=h)).json()["id"]
-            aid = (
-                await client.post(
-                    "/api/accounts", headers=h, json={"name": "A", "currency": "USD"}
-                )
-            ).json()["id"]
-            put = await client.put(
-                f"/api/accounts/{aid}/integration", headers=h, json=ib_integration()
-            )
-            assert put.status_code == 200, put.text
+            balances = Balances(client, broker, topology)
+            await balances.open()
+            await balances.stored("100.00")
 
-            async def balance_stored(amount: str) -> None:
-                refresh_id = (
-                    await client.post(
-                        f"/api/accounts/{aid}/integration/refresh?wait=0", headers=h
-                    )
-                ).json()["refresh_id"]
-                await EventPublisher(broker, topology).publish(
-                    BalanceUpdated(
-                        user_id=user_id,
-                        account_id=aid,
-                        payload={
-                            "broker": "IB",
-                            "refresh_id": refresh_id,
-                            "as_of": datetime.now(UTC),
-                            "currency": "USD",
-                            "balance": amount,
-                        },
-                    )
-                )
-
-                async def stored() -> bool:
-                    r = await client.get(
-                        f"/api/accounts/{aid}/integration/refresh/{refresh_id}",
-                        headers=h,
-                    )
-                    return r.status_code == 200 and r.json()["status"] == "succeeded"
-
-                await wait_until(stored, timeout_s=60, message="the balance stored")
-
-            await balance_stored("100.00")
             os.kill(first, signal.SIGKILL)
 
-            async def replaced() -> int | None:
-                holder = await one_holder_of_two()
-                return holder if holder not in (None, first) else None
+            async def another_holder() -> int | None:
+                workers = _workers(server.pid) - {first}
+                holders = (
+                    _holders(_claim_of(min(workers)), workers) if workers else set()
+                )
+                return next(iter(holders), None)
 
-            await wait_until(replaced, timeout_s=120, message="a new consuming worker")
-            await balance_stored("200.00")
-            account = (await client.get(f"/api/accounts/{aid}", headers=h)).json()
-            assert float(account["current_balance"]) == 200.0
+            await wait_until(
+                another_holder, timeout_s=60, message="another worker consuming"
+            )
+            await balances.stored("200.00")
+            await wait_until(
+                lambda: one_holder_of_two({first}),
+                timeout_s=120,
+                message="the killed worker replaced",
+            )
+
+            # A SIGHUP starts each new worker before it stops the old one: the new ones find
+            # the claim held, and one of them must take it once its holder has stopped.
+            for amount in ("300.00", "400.00"):
+                before = _workers(server.pid)
+                server.send_signal(signal.SIGHUP)
+                await wait_until(
+                    lambda before=before: one_holder_of_two(before),  # type: ignore[misc]
+                    timeout_s=120,
+                    message="a worker of the new generation consuming",
+                )
+                await balances.stored(amount)
+    except BaseException:
+        sys.stderr.write((tmp_path / "account-api.log").read_text()[-6000:])
+        raise
     finally:
-        await broker.stop()
+        workers = _workers(server.pid)
         server.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(server.wait(), timeout=30)
         except TimeoutError:
-            server.kill()
+            for pid in workers | {server.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             await server.wait()

@@ -38,7 +38,11 @@ from account_api.bodylimit import BodySizeLimit
 from account_api.compat.routes import router as compat_router
 from account_api.config import Settings
 from account_api.consumers.handlers import SERVICE, register_consumers
-from account_api.consumers.worker_claim import ConsumerClaim
+from account_api.consumers.worker_claim import (
+    CLAIM_ENV,
+    ClaimedConsumers,
+    ConsumerClaim,
+)
 from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
 from account_api.exception_handlers import add_exception_handlers
@@ -149,16 +153,19 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        balances = (
-            register_consumers(broker, topology, new_uow)
-            if consumers is None or consumers.take()
-            else None
+        bus_consumers = ClaimedConsumers(
+            broker,
+            lambda: register_consumers(broker, topology, new_uow),
+            consumers,
+            prepare=await_consumers,
         )
         await read_pool.open()
         revocations.start()
+        bus_consumers.before_start()
         bus = asyncio.create_task(
             _connect_bus(broker, topology, settings.stream_replicas)
         )
+        bus_consumers.start(bus)
         waiter.start()
         relay.start()
         scheduler.start()
@@ -173,14 +180,12 @@ def create_app(
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()
+            await bus_consumers.stop()
             bus.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
             await broker.stop()
-            if balances is not None:
-                await balances.aclose()
-            if consumers is not None:
-                consumers.release()
+            await bus_consumers.aclose()
             await read_pool.close()
             await engine.dispose()
 
@@ -213,13 +218,7 @@ def app_factory() -> FastAPI:
     """Factory used by uvicorn's workers (each builds its own app from the environment)."""
     settings = Settings()
     configure_logging("account-api", settings.log_level)
-    # With several workers, uvicorn's supervisor is this process's parent.
-    consumers = (
-        ConsumerClaim.of_supervisor(os.getppid(), settings.namespace)
-        if settings.workers > 1
-        else None
-    )
-    app = create_app(settings, consumers)
+    app = create_app(settings, ConsumerClaim.from_environment())
     prepare_server_heap()
     return app
 
@@ -240,6 +239,10 @@ def run() -> None:
         rekey_main()
     elif command == "serve":
         import uvicorn
+
+        if settings.workers > 1:
+            # inherited by the workers uvicorn spawns: one of them runs the bus consumers
+            os.environ[CLAIM_ENV] = ConsumerClaim.new_name()
 
         uvicorn.run(
             "account_api.main:app_factory",
