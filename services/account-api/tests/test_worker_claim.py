@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from account_api.consumers.worker_claim import CLAIM_ENV, ConsumerClaim
 from account_api.migrate import upgrade
 from brokerlink_devkit.devstack.embedded import free_port
 from brokerlink_devkit.testing import wait_until
+from brokerlink_devkit.testing.proxy import TcpProxy
 from brokerlink_shared.contracts.events import BalanceUpdated
 from brokerlink_shared.messaging import EventPublisher, make_broker
 from brokerlink_shared.subjects import Topology
@@ -172,6 +175,53 @@ async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
             await balances.stored("300.00")
     finally:
         other_worker.release()
+
+
+async def test_a_take_over_while_the_bus_is_away_consumes_once_it_is_back(
+    api_factory,  # type: ignore[no-untyped-def]
+    api_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host, port = (
+        urlsplit(api_factory.infra.nats_url).hostname,
+        urlsplit(api_factory.infra.nats_url).port,
+    )
+    assert host is not None and port is not None
+    link = await TcpProxy(host, port).start()
+    name = ConsumerClaim.new_name()
+    other_worker = ConsumerClaim(name)
+    assert other_worker.take()
+    settings = api_factory.settings(
+        api_database,
+        f"{api_factory.infra.namespace}ba",
+        nats_url=f"nats://127.0.0.1:{link.port}",
+    )
+    topology = Topology(settings.namespace)
+    caplog.set_level(logging.WARNING, logger="account_api.consumers.worker_claim")
+    try:
+        async with (
+            api_factory.run(settings, ConsumerClaim(name)) as api,
+            httpx.AsyncClient(base_url=api.base_url, timeout=30) as client,
+            fake_connector(api_factory.infra.nats_url, topology) as broker,
+        ):
+            bus = api.app.state.container.broker
+            await wait_until(
+                lambda: bus.running, timeout_s=60, message="the bus connected"
+            )
+            balances = Balances(client, broker, topology)
+            await balances.open()
+            link.cut()
+            other_worker.release()
+            await wait_until(
+                lambda: "bus consumers not started yet" in caplog.text,
+                timeout_s=120,
+                message="a take-over that failed while the bus was away",
+            )
+            link.restore()
+            await balances.stored("500.00")
+    finally:
+        other_worker.release()
+        await link.stop()
 
 
 def _workers(supervisor: int) -> set[int]:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from brokerlink_shared.backoff import backoff_delay
 from faststream.nats import NatsBroker
 
 from account_api.consumers.group_commit import GroupCommit
@@ -117,10 +118,23 @@ class ClaimedConsumers:
         await asyncio.shield(connected)
         before = set(self._broker.subscribers)
         self.registered = self._register()
-        await self._prepare(self._broker)
-        for subscriber in self._broker.subscribers:
-            if subscriber not in before:
-                await subscriber.start()
+        added = [s for s in self._broker.subscribers if s not in before]
+        attempt = 0
+        # Holding the claim, this worker must consume: the bus may be away for a while.
+        while True:
+            try:
+                await self._prepare(self._broker)
+                for subscriber in added:
+                    if not subscriber.running:
+                        await subscriber.start()
+                break
+            except Exception as exc:
+                attempt += 1
+                log.warning(
+                    "bus consumers not started yet; retrying",
+                    extra={"error": repr(exc), "attempt": attempt},
+                )
+                await asyncio.sleep(backoff_delay(attempt, cap=5.0))
         log.info("bus consumers taken over by this worker")
 
     async def stop(self) -> None:
