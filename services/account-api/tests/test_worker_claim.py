@@ -173,6 +173,7 @@ async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
                 message="the consumers taken over",
             )
             await balances.stored("300.00")
+            assert all(s.running for s in bus.subscribers)
     finally:
         other_worker.release()
 
@@ -219,6 +220,8 @@ async def test_a_take_over_while_the_bus_is_away_consumes_once_it_is_back(
             )
             link.restore()
             await balances.stored("500.00")
+            assert len(bus.subscribers) == 4
+            assert all(s.running for s in bus.subscribers)
     finally:
         other_worker.release()
         await link.stop()
@@ -301,11 +304,12 @@ async def test_consumers_survive_a_killed_holder_and_graceful_restarts(
         "ACCOUNT_API_IB_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     topology = Topology(namespace)
+    log = (tmp_path / "account-api.log").open("wb")
     server = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("account-api")),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     try:
         async with (

@@ -42,6 +42,7 @@ from account_api.consumers.worker_claim import (
     CLAIM_ENV,
     ClaimedConsumers,
     ConsumerClaim,
+    stop_started,
 )
 from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
 from account_api.deps import Container
@@ -75,6 +76,9 @@ async def _connect_bus(broker: NatsBroker, topology: Topology, replicas: int) ->
             raise
         except Exception as exc:
             attempt += 1
+            # broker.start() starts every subscriber again, and one started twice stops
+            # handling messages (FastStream 0.7.8): stop those a failed attempt started.
+            await stop_started(broker)
             log.warning(
                 "NATS not reachable yet; retrying",
                 extra={"error": repr(exc), "attempt": attempt},
@@ -174,13 +178,15 @@ def create_app(
         try:
             yield
         finally:
+            await (
+                bus_consumers.stop()
+            )  # first: a worker shutting down takes nothing over
             await sweeper.stop()
             await revocations.stop()
             await retention.stop()
             await scheduler.stop()
             await relay.stop()
             await waiter.stop()
-            await bus_consumers.stop()
             bus.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bus
@@ -240,9 +246,11 @@ def run() -> None:
     elif command == "serve":
         import uvicorn
 
+        # inherited by the workers uvicorn spawns: one of them runs the bus consumers
         if settings.workers > 1:
-            # inherited by the workers uvicorn spawns: one of them runs the bus consumers
             os.environ[CLAIM_ENV] = ConsumerClaim.new_name()
+        else:
+            os.environ.pop(CLAIM_ENV, None)
 
         uvicorn.run(
             "account_api.main:app_factory",

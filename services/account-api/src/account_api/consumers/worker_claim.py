@@ -16,7 +16,6 @@ variable (another launcher, or one worker) and off Linux, every worker consumes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -61,7 +60,11 @@ class ConsumerClaim:
             return True
         if self._socket is not None:
             return True
-        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors, say: try again later
+            log.warning("consumer claim not tried", extra={"error": repr(exc)})
+            return False
         try:
             claim.bind("\0" + self._name)
         except OSError:
@@ -130,6 +133,7 @@ class ClaimedConsumers:
                 break
             except Exception as exc:
                 attempt += 1
+                await stop_started(self._broker, [s for s in added if not s.running])
                 log.warning(
                     "bus consumers not started yet; retrying",
                     extra={"error": repr(exc), "attempt": attempt},
@@ -140,8 +144,12 @@ class ClaimedConsumers:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # the rest of the shutdown must still run
+                log.error("consumer take-over failed", extra={"error": repr(exc)})
 
     async def aclose(self) -> None:
         """After the broker stopped: settle the group commit's waiters, let the claim go."""
@@ -149,3 +157,19 @@ class ClaimedConsumers:
             await self.registered.aclose()
         if self._claim is not None:
             self._claim.release()
+
+
+async def stop_started(
+    broker: NatsBroker, subscribers: list[Any] | None = None
+) -> None:
+    """Stop `subscribers` (the broker's running ones by default), leaving them ready to start
+    once more, with none of their tasks left behind; errors are logged, not raised."""
+    for subscriber in (
+        subscribers
+        if subscribers is not None
+        else [s for s in broker.subscribers if s.running]
+    ):
+        try:
+            await subscriber.stop()
+        except Exception as exc:
+            log.warning("stopping a bus consumer failed", extra={"error": repr(exc)})
