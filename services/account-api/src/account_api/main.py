@@ -45,7 +45,7 @@ from account_api.consumers.worker_claim import (
     stop_started,
 )
 from account_api.db import UnitOfWork, is_transient, make_engine, make_read_pool
-from account_api.deps import Container
+from account_api.deps import Container, document_bearer_auth
 from account_api.exception_handlers import add_exception_handlers
 from account_api.history.routes import router as history_router
 from account_api.integrations.routes import router as integrations_router
@@ -203,6 +203,7 @@ def create_app(
     app.state.container = container
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     add_exception_handlers(app)
+    document_bearer_auth(app)
     # A request is matched against the routers in this order, so the hot reads' router comes
     # first (no two routers share a path, so the order changes nothing else): a detail read
     # spent ~50 us of CPU walking the routers before it.
