@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -144,14 +146,25 @@ async def fake_connector(
         await broker.stop()
 
 
-async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
-    api_factory,  # type: ignore[no-untyped-def]
-    api_database: str,
-) -> None:
+@dataclass
+class SecondWorker:
+    """An app serving while another worker (`holder`) holds the consumer claim."""
+
+    holder: ConsumerClaim
+    bus: NatsBroker
+    balances: Balances
+
+
+@contextlib.asynccontextmanager
+async def second_worker(
+    api_factory: Any, api_database: str, suffix: str, **overrides: object
+) -> AsyncIterator[SecondWorker]:
     name = ConsumerClaim.new_name()
-    other_worker = ConsumerClaim(name)
-    assert other_worker.take()
-    settings = api_factory.settings(api_database, f"{api_factory.infra.namespace}to")
+    holder = ConsumerClaim(name)
+    assert holder.take()
+    settings = api_factory.settings(
+        api_database, f"{api_factory.infra.namespace}{suffix}", **overrides
+    )
     topology = Topology(settings.namespace)
     try:
         async with (
@@ -163,19 +176,27 @@ async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
             await wait_until(
                 lambda: bus.running, timeout_s=60, message="the bus connected"
             )
-            assert bus.subscribers == []
             balances = Balances(client, broker, topology)
             await balances.open()
-            other_worker.release()
-            await wait_until(
-                lambda: len(bus.subscribers) == 4,
-                timeout_s=30,
-                message="the consumers taken over",
-            )
-            await balances.stored("300.00")
-            assert all(s.running for s in bus.subscribers)
+            yield SecondWorker(holder, bus, balances)
     finally:
-        other_worker.release()
+        holder.release()
+
+
+async def test_a_worker_takes_the_consumers_over_once_the_claim_is_free(
+    api_factory,  # type: ignore[no-untyped-def]
+    api_database: str,
+) -> None:
+    async with second_worker(api_factory, api_database, "to") as worker:
+        assert worker.bus.subscribers == []
+        worker.holder.release()
+        await wait_until(
+            lambda: len(worker.bus.subscribers) == 4,
+            timeout_s=30,
+            message="the consumers taken over",
+        )
+        await worker.balances.stored("300.00")
+        assert all(s.running for s in worker.bus.subscribers)
 
 
 async def test_a_take_over_while_the_bus_is_away_consumes_once_it_is_back(
@@ -183,47 +204,26 @@ async def test_a_take_over_while_the_bus_is_away_consumes_once_it_is_back(
     api_database: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    host, port = (
-        urlsplit(api_factory.infra.nats_url).hostname,
-        urlsplit(api_factory.infra.nats_url).port,
-    )
-    assert host is not None and port is not None
-    link = await TcpProxy(host, port).start()
-    name = ConsumerClaim.new_name()
-    other_worker = ConsumerClaim(name)
-    assert other_worker.take()
-    settings = api_factory.settings(
-        api_database,
-        f"{api_factory.infra.namespace}ba",
-        nats_url=f"nats://127.0.0.1:{link.port}",
-    )
-    topology = Topology(settings.namespace)
+    nats = urlsplit(api_factory.infra.nats_url)
+    assert nats.hostname is not None and nats.port is not None
+    link = await TcpProxy(nats.hostname, nats.port).start()
     caplog.set_level(logging.WARNING, logger="account_api.consumers.worker_claim")
     try:
-        async with (
-            api_factory.run(settings, ConsumerClaim(name)) as api,
-            httpx.AsyncClient(base_url=api.base_url, timeout=30) as client,
-            fake_connector(api_factory.infra.nats_url, topology) as broker,
-        ):
-            bus = api.app.state.container.broker
-            await wait_until(
-                lambda: bus.running, timeout_s=60, message="the bus connected"
-            )
-            balances = Balances(client, broker, topology)
-            await balances.open()
+        async with second_worker(
+            api_factory, api_database, "ba", nats_url=f"nats://127.0.0.1:{link.port}"
+        ) as worker:
             link.cut()
-            other_worker.release()
+            worker.holder.release()
             await wait_until(
                 lambda: "bus consumers not started yet" in caplog.text,
                 timeout_s=120,
                 message="a take-over that failed while the bus was away",
             )
             link.restore()
-            await balances.stored("500.00")
-            assert len(bus.subscribers) == 4
-            assert all(s.running for s in bus.subscribers)
+            await worker.balances.stored("500.00")
+            assert len(worker.bus.subscribers) == 4
+            assert all(s.running for s in worker.bus.subscribers)
     finally:
-        other_worker.release()
         await link.stop()
 
 
