@@ -66,7 +66,8 @@ async def current_actor(request: Request) -> Actor:
     One dependency that reads the header and the container itself: with them as
     sub-dependencies (`HTTPBearer`, the container), FastAPI's solving took ~17 % of a detail
     read's samples, and `bench/api_bench.py` (alternating pairs, 2026-12-03, 2 cores) served
-    2,552 and 2,790 detail reads/s against 2,718 and 3,181 without them. `document_bearer_auth` keeps the OpenAPI document's security scheme."""
+    2,552 and 2,790 detail reads/s against 2,718 and 3,181 without them.
+    `document_bearer_auth` keeps the OpenAPI document's security scheme."""
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if not token or scheme.lower() != "bearer":
         raise NotAuthenticated("missing bearer token")

@@ -178,9 +178,8 @@ def create_app(
         try:
             yield
         finally:
-            await (
-                bus_consumers.stop()
-            )  # first: a worker shutting down takes nothing over
+            # first: a worker shutting down takes nothing over
+            await bus_consumers.stop()
             await sweeper.stop()
             await revocations.stop()
             await retention.stop()
