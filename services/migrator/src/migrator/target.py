@@ -278,8 +278,9 @@ class Target:
         return bool(row and row[0])
 
     def state(self) -> dict[str, list[int]]:
-        """Per `STATE_TABLES` table: [row count, XOR of a 64-bit hash of each row's text]. Any
-        row added, removed or changed (by anyone, in any column) changes it."""
+        """Per `STATE_TABLES` table: [row count, XOR of a 64-bit hash of each row version's
+        `xmin` and `ctid`]. Any row added, removed or written (by anyone, in any column)
+        changes it (see `target_state`)."""
         return target_state(self.conn)
 
     def verified_unchanged(self, fingerprint: str) -> tuple[int, dict[str, Any]] | None:
@@ -754,17 +755,19 @@ def target_state(
     conn: psycopg.Connection[Any], tables: Iterable[str] = STATE_TABLES
 ) -> dict[str, list[int]]:
     """`Target.state` on any connection (one of its own sees what the import committed), of
-    `tables` (all by default). Text output is pinned (date style, time zone, float digits) so
-    the same rows always hash the same."""
-    for setting in (
-        "SET LOCAL DateStyle = 'ISO, YMD'",
-        "SET LOCAL TimeZone = 'UTC'",
-        "SET LOCAL extra_float_digits = 1",
-        "SET LOCAL enable_seqscan = on",
-    ):
-        conn.execute(setting)
+    `tables` (all by default).
+
+    Each row version is named by the transaction that wrote it and its place (`xmin`, `ctid`):
+    PostgreSQL never rewrites a row of a user table in place, so any write to a row (even of
+    the same values) gives it a new pair, and row locks, VACUUM and freezing (which keeps the
+    raw `xmin`) keep it. What moves rows wholesale (VACUUM FULL, CLUSTER, a dump and restore)
+    changes the state too: the next rerun then takes the full path, only slower. Hashing the
+    pair instead of each row's text costs PostgreSQL about a sixth of the time (full size: 0.4
+    against 2.2 s for the seven tables)."""
+    conn.execute("SET LOCAL enable_seqscan = on")
     query = " UNION ALL ".join(
-        f"SELECT '{t}', count(*), coalesce(bit_xor(hashtextextended(t::text, 0)), 0) FROM {t} t"
+        f"SELECT '{t}', count(*),"
+        f" coalesce(bit_xor(hashtextextended(t.xmin::text || ':' || t.ctid::text, 0)), 0) FROM {t} t"
         for t in tables
         if t in STATE_TABLES
     )
