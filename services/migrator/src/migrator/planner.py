@@ -21,7 +21,7 @@ from migrator import plan as pl
 from migrator.sealed import SealedUser, seal
 from migrator.source import Source
 from migrator.spawned import SpawnedProcess, run_child
-from migrator.verify import ROW_DIGESTS, RowDigests, account_line
+from migrator.verify import ROW_DIGESTS, RowDigests, account_line, user_digest
 
 Group = tuple[int, tuple[Any, ...] | None, list[Any], list[Any], list[Any]]
 """(user id, user row or None, account rows, ib rows, schwab rows) of one legacy user."""
@@ -224,6 +224,8 @@ def _serve(
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
             for group, (plan, _lower) in zip(batch, plans, strict=True):
+                if group[1] is not None:
+                    taken["users"].add(user_digest(group[1], plan.user))
                 planned = {
                     a.legacy_id: a.integration.type
                     for a in plan.accounts
@@ -244,7 +246,8 @@ def _serve(
             taken = _taken()
 
         def read(table: str, row: tuple[Any, ...]) -> None:
-            digest = ROW_DIGESTS.get(table)
+            # users' source side is taken with their plans (`send`): each converted once
+            digest = ROW_DIGESTS.get(table) if table != "users" else None
             if digest is not None:
                 taken[table].add(digest(row))
 

@@ -126,10 +126,13 @@ def history_chunks(
     return digests.result()
 
 
-def user_digest(raw: tuple[Any, ...]) -> tuple[int, str] | None:
+def user_digest(
+    raw: tuple[Any, ...], converted: pl.UserRow | None = None
+) -> tuple[int, str] | None:
     """The source side of users' row-by-row comparison, for one legacy row (None: not a
-    readable user, never compared)."""
-    u, _ = pl.user_row(raw)
+    readable user, never compared). `converted`: what `pl.user_row` made of this very row
+    already, when the caller has it (the planner does)."""
+    u = converted if converted is not None else pl.user_row(raw)[0]
     return None if u is None else (u.legacy_id, cv.digest(*u.content()))
 
 
