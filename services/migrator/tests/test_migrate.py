@@ -57,6 +57,9 @@ def test_apply_converts_everything(
         )
     }
     assert set(users) == {1, 2, 3, 4, 6, 8}
+    # ...and each was compared with its source row (the source side the planner takes)
+    checked = report["verification"]["tables"]["users"]
+    assert checked["rows"] == len(users) and checked["extra"] == 0
     assert users[1][1] == HASH and verify_password(users[1][1], PASSWORD)[0]
     assert (
         users[1][2] != "JBSWY3DPEHPK3PXP"

@@ -215,6 +215,7 @@ def _serve(
         bad: list[BadRow] = []
         batch: list[Group] = []
         taken = _taken()
+        users_read: list[tuple[Any, ...]] = []  # since the last send, placeable or not
 
         def send() -> None:
             nonlocal taken
@@ -223,9 +224,17 @@ def _serve(
                 seal(g[0], lower, plan, box)
                 for g, (plan, lower) in zip(batch, plans, strict=True)
             ]
+            # Each user row read gets its digest, from the plan's conversion of that very row
+            # where there is one (a row read ahead, or one no group holds, is converted here).
+            converted_users = {
+                id(g[1]): plan.user
+                for g, (plan, _lower) in zip(batch, plans, strict=True)
+                if g[1] is not None
+            }
+            for row in users_read:
+                taken["users"].add(user_digest(row, converted_users.get(id(row))))
+            users_read.clear()
             for group, (plan, _lower) in zip(batch, plans, strict=True):
-                if group[1] is not None:
-                    taken["users"].add(user_digest(group[1], plan.user))
                 planned = {
                     a.legacy_id: a.integration.type
                     for a in plan.accounts
@@ -246,8 +255,10 @@ def _serve(
             taken = _taken()
 
         def read(table: str, row: tuple[Any, ...]) -> None:
-            # users' source side is taken with their plans (`send`): each converted once
-            digest = ROW_DIGESTS.get(table) if table != "users" else None
+            if table == "users":  # digested with their plans (`send`): converted once
+                users_read.append(row)
+                return
+            digest = ROW_DIGESTS.get(table)
             if digest is not None:
                 taken[table].add(digest(row))
 
@@ -259,7 +270,7 @@ def _serve(
             if len(batch) >= piece:
                 send()
                 batch = []
-        if batch or bad:
+        if batch or bad or users_read:
             send()
         conn.send(None)
         source.close()
