@@ -21,7 +21,8 @@ refreshes are due together), whatever is still in flight; its latency runs from 
 the transaction storing the balance (delivered on commit), so a slow system cannot hide its
 queue (no coordinated omission). At the end every refresh must have ended: the bench counts
 the refreshes table by status. Prints the core count and every process's CPU seconds and peak
-RSS, the bench's own included. `--lazy-fsync` shows the lighter NATS setting, labelled.
+RSS, the bench's own included, and where a refresh's time goes from the API transaction's start
+(the relay's ack, the connector's read, the consumer's transaction). `--lazy-fsync` shows the lighter NATS setting, labelled.
 
     uv run python bench/ib_refresh.py --accounts 1000 --gateways 50 --rate 500 --duration 20
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -256,6 +258,37 @@ def _start_profilers(
     ]
 
 
+# Where a refresh's time goes, from the API transaction's start (`requested_at`, the outbox
+# row's `created_at`): the relay's JetStream ack (`published_at`), the connector's read of the
+# account (`balance_as_of`, kept for each account's last refresh only) and the consumer's
+# transaction (`completed_at`). Percentiles in ms over the paced phase's refreshes.
+_STAGES_SQL = """
+WITH paced AS (SELECT * FROM refreshes WHERE requested_at >= %(since)s),
+last AS (
+    SELECT DISTINCT ON (account_id) account_id, requested_at, completed_at
+    FROM paced WHERE status = 'succeeded' ORDER BY account_id, requested_at DESC
+)
+SELECT 'relay acked (outbox row published)', p50, p99 FROM (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) p99
+    FROM (SELECT 1000 * extract(epoch FROM published_at - created_at) ms FROM outbox
+          WHERE family = 'refresh.requested' AND created_at >= %(since)s
+          AND published_at IS NOT NULL) o) a
+UNION ALL
+SELECT 'connector read the account (each account''s last refresh)', p50, p99 FROM (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) p99
+    FROM (SELECT 1000 * extract(epoch FROM a.balance_as_of - l.requested_at) ms
+          FROM last l JOIN accounts a ON a.id = l.account_id) r) b
+UNION ALL
+SELECT 'consumer''s transaction began (completed_at)', p50, p99 FROM (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) p99
+    FROM (SELECT 1000 * extract(epoch FROM completed_at - requested_at) ms
+          FROM paced WHERE completed_at IS NOT NULL) c) d
+"""
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -462,6 +495,7 @@ async def main() -> None:
             for tree in tree_list.values():
                 tree.mark()
             t0 = time.perf_counter() + 0.1
+            paced_since = dt.datetime.now(dt.UTC)
 
             by_user: dict[int, list[int]] = {}
             for uid, aid in owners:
@@ -563,6 +597,12 @@ async def main() -> None:
                     )
                 ).fetchall()
             )
+            stages = [
+                (label, round(p50 or 0, 1), round(p99 or 0, 1))
+                for label, p50, p99 in await (
+                    await conn.execute(_STAGES_SQL, {"since": paced_since})
+                ).fetchall()
+            ]
         sampler.cancel()
         for tree in tree_list.values():
             tree.sample()
@@ -595,6 +635,9 @@ async def main() -> None:
                 k: round(t.peak_rss / 2**20) for k, t in tree_list.items()
             },
             "connector_rss_sessions_open_mib": round(rss_open / 2**20),
+            "stages_from_api_transaction_ms": {
+                label: {"p50": p50, "p99": p99} for label, p50, p99 in stages
+            },
         }
         print(
             f"machine: {os.cpu_count()} cores ({psutil.cpu_count(logical=False)} physical)"
@@ -617,6 +660,12 @@ async def main() -> None:
             f"paced @ {args.rate:.0f}/s for {args.duration:.0f} s (offered in {offered_s:.1f} s): "
             f"{answered} of {total} ended, {achieved:.0f}/s; latency from due time "
             f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms"
+        )
+        print(
+            "from the API transaction's start: "
+            + "; ".join(
+                f"{label} p50 {p50} ms, p99 {p99} ms" for label, p50, p99 in stages
+            )
         )
         print(
             f"unanswered: {total - answered} (request errors {len(request_errors)}); "
