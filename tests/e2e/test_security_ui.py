@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from urllib.parse import quote
 
 import pyotp
 from playwright.async_api import Page, expect
@@ -57,4 +58,32 @@ async def test_enrol_and_sign_in_with_a_code(page: Page) -> None:
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
     await expect(page.locator("#user-name")).to_have_text("Grace Hopper")
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_sign_in_goes_back_to_a_page_of_this_site_only(page: Page) -> None:
+    """`/login?next=` after a sign-in: a page of ours is where it goes; another site never is
+    (the link would otherwise hand a fresh sign-in to a look-alike page)."""
+    email = f"ada{secrets.token_hex(4)}@example.com"
+    await page.goto("/register")
+    await page.get_by_label("Name").fill("Ada Lovelace")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    origin = re.escape(page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2])
+    for target, lands in (
+        ("https://evil.example/phish", "/"),
+        ("//evil.example/phish", "/"),
+        ("/\\evil.example/phish", "/"),
+        ("/security", "/security"),
+    ):
+        await page.get_by_role("button", name="Sign out", exact=True).click()
+        await expect(page).to_have_url(re.compile(r"/login"))
+        await page.goto("/login?next=" + quote(target, safe=""))
+        await page.get_by_label("Email").fill(email)
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page).to_have_url(re.compile(f"^{origin}{re.escape(lands)}$"))
+        await expect(page.locator("#user-name")).to_have_text("Ada Lovelace")
     assert not page.errors  # type: ignore[attr-defined]

@@ -314,6 +314,15 @@ function loginError(err) {
   return err.status === 401 ? "Wrong email or password." : err.message;
 }
 
+// Where `?next=` asks to go after signing in: a page of this site only. The URL parser reads
+// `//host`, `/\host` and absolute URLs as the browser would, so another site never qualifies.
+function pageAfterSignIn() {
+  const next = new URLSearchParams(location.search).get("next");
+  if (!next) return "/";
+  const url = new URL(next, location.origin);
+  return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+}
+
 function initLogin() {
   const form = $("#login-form");
   form.addEventListener("submit", async (e) => {
@@ -321,7 +330,7 @@ function initLogin() {
     clearErrors(form);
     try {
       await login(form.email.value, form.password.value, form.code.value.trim());
-      location.assign(new URLSearchParams(location.search).get("next") || "/");
+      location.assign(pageAfterSignIn());
     } catch (err) {
       if (String(err.body?.code).startsWith("two_factor")) {
         $("#login-code-field").hidden = false;
