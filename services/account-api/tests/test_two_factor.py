@@ -117,6 +117,29 @@ async def test_enrol_sign_in_and_disable(client: httpx.AsyncClient, api) -> None
     assert (await _login(client, email)).status_code == 200
 
 
+async def test_turning_it_on_signs_out_every_other_session(
+    client: httpx.AsyncClient,
+) -> None:
+    email, headers = await _register(client)
+    other = (await _login(client, email)).json()
+    other_headers = {"Authorization": f"Bearer {other['access_token']}"}
+    assert (await client.get("/api/auth/me", headers=other_headers)).status_code == 200
+    setup = (await client.post("/api/auth/2fa/setup", headers=headers)).json()
+    r = await client.post(
+        "/api/auth/2fa/confirm",
+        headers=headers,
+        json={"code": pyotp.TOTP(setup["secret"]).now()},
+    )
+    assert r.status_code == 200, r.text
+    # the session signed in with the password alone ends; the one that turned it on stays
+    assert (await client.get("/api/auth/me", headers=other_headers)).status_code == 401
+    r = await client.post(
+        "/api/auth/refresh", json={"refresh_token": other["refresh_token"]}
+    )
+    assert r.status_code == 401
+    assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
+
+
 async def test_wrong_codes_are_throttled(client: httpx.AsyncClient, api) -> None:  # type: ignore[no-untyped-def]
     email, headers = await _register(client)
     secret = (await client.post("/api/auth/2fa/setup", headers=headers)).json()[

@@ -83,8 +83,11 @@ async def two_factor_setup(
 async def two_factor_confirm(
     body: TwoFactorCodeIn, actor: CurrentActor, uow: UowDep, c: ContainerDep
 ) -> RecoveryCodesOut:
+    """Turn two-factor sign-in on with a code from the app; other sessions are signed out."""
+    if actor.session_id is None:
+        raise RuntimeError("a signed-in actor has a session")
     return await c.auth.two_factor_confirm(
-        uow, actor.user_id, body.code.get_secret_value()
+        uow, actor.user_id, actor.session_id, body.code.get_secret_value()
     )
 
 

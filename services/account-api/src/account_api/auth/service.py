@@ -343,8 +343,10 @@ class AuthService:
         )
 
     async def two_factor_confirm(
-        self, uow: UnitOfWork, user_id: int, code: str
+        self, uow: UnitOfWork, user_id: int, session_id: uuid.UUID, code: str
     ) -> RecoveryCodesOut:
+        """Turn two-factor sign-in on; every other session is signed out (one signed in with
+        the password alone would otherwise keep going), this one stays."""
         async with uow:
             throttle = ThrottleRepository(uow.session)
             limit = self._code_limit(user_id)
@@ -370,7 +372,12 @@ class AuthService:
             )
             user.two_factor_enabled = True
             user.two_factor_last_step = step
+            await SessionRepository(uow.session).revoke_all(
+                user_id, "two_factor_on", keep=session_id
+            )
             await uow.commit()
+        if self._revocations is not None:
+            await self._revocations.poll_once()
         return RecoveryCodesOut(recovery_codes=codes)
 
     async def two_factor_disable(
