@@ -19,12 +19,16 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import nats
+import orjson
 import pytest
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.values import (
     GATEWAY_OWNED_ELSEWHERE,
     GATEWAY_OWNED_ELSEWHERE_MESSAGE,
 )
+from brokerlink_shared.kv import bucket_keys
+from nats.js.errors import KeyNotFoundError
 
 from .conftest import serve_account_api
 
@@ -57,6 +61,28 @@ class TwoAddressStack:
     base_url: str
     lan: str
     port: int
+    nats_url: str
+    claims_bucket: str
+
+
+async def _kept_without_integrations(stack: TwoAddressStack, user_id: int) -> bool:
+    """ib-connector has taken every integration of `user_id` off their gateway hold and kept
+    the hold (as the claims bucket has it: held, listing none)."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(stack.claims_bucket)
+        holds = []
+        for key in await bucket_keys(nc, stack.claims_bucket):
+            if key.startswith("s"):
+                with contextlib.suppress(KeyNotFoundError):
+                    holds.append(orjson.loads((await kv.get(key)).value or b"{}"))
+        return any(
+            (h.get("user_id"), h.get("state"), h.get("integrations"))
+            == (user_id, "held", [])
+            for h in holds
+        )
+    finally:
+        await nc.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +138,9 @@ async def two_addresses(infra: Any) -> AsyncIterator[TwoAddressStack]:
             infra.new_database("gwacct"),
             ib_allowed_networks=allowed,
         )
-        yield TwoAddressStack(base_url, lan, gateway.port)
+        yield TwoAddressStack(
+            base_url, lan, gateway.port, infra.nats_url, f"{namespace}_ib_accounts"
+        )
 
 
 async def _user(client: httpx.AsyncClient) -> tuple[dict[str, str], str]:
@@ -228,20 +256,39 @@ async def test_the_same_gateway_under_a_lan_address_stays_its_owners(
             r.json()["status"] == "succeeded" and Decimal(r.json()["balance"]) == 32001
         )
 
-        # once the owner removes the integration, the accounts are free for the other user
+        # once the owner removes the integration, the gateway stays theirs (as account-api
+        # keeps the endpoint): the other user, under the LAN address, is still refused
         r = await client.delete(f"/api/accounts/{mine}/integration", headers=owner)
         assert r.status_code == 204
-
-        async def connected() -> bool:
-            got = await client.get(f"/api/accounts/{theirs}/integration", headers=other)
-            return bool(got.json()["status"] == "connected")
-
+        owner_id = (await client.get("/api/auth/me", headers=owner)).json()["id"]
         await wait_until(
-            connected, timeout_s=20, message="the other user's session connects"
+            lambda: _kept_without_integrations(stack, owner_id),
+            timeout_s=20,
+            message="the connector applied the removal and kept the gateway the owner's",
         )
+        r = await client.post(f"/api/accounts/{theirs}/integration/test", headers=other)
+        assert (r.status_code, r.json()["code"]) == (409, GATEWAY_OWNED_ELSEWHERE)
         r = await client.post(
             f"/api/accounts/{theirs}/integration/refresh?wait=10", headers=other
         )
-        assert (
-            r.json()["status"] == "succeeded" and Decimal(r.json()["balance"]) == 32002
+        assert (r.status_code, r.json()["detail"]) == (
+            502,
+            GATEWAY_OWNED_ELSEWHERE_MESSAGE,
+        ), r.text
+        # and the owner, configuring it again, reads as before
+        mine = await _ib_account(
+            client,
+            owner,
+            {
+                "host": "127.0.0.1",
+                "port": stack.port,
+                "client_id": 33,
+                "account_code": OWNER_CODES[0],
+            },
         )
+        r = await client.post(
+            f"/api/accounts/{mine}/integration/refresh?wait=10", headers=owner
+        )
+        assert (
+            r.json()["status"] == "succeeded" and Decimal(r.json()["balance"]) == 32001
+        ), r.text

@@ -136,26 +136,26 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     reply = await bus.test(theirs.model_copy(update={"client_id": 4}), user_id=other)
     assert (reply.success, reply.code) == (False, GATEWAY_OWNED_ELSEWHERE)
 
-    # Once the owner removes the last integration, the accounts are free: the other user's
-    # session (retrying with backoff) claims them and reads.
+    # Removing the last one releases nothing either: the gateway stays the owner's (as
+    # account-api keeps the endpoint its owner's), so the other user is still refused, by the
+    # session that keeps retrying and by a one-shot test ...
     await bus.remove(64, second, user_id=owner)
     await wait_until(
-        lambda: (
-            (last := bus.last_status(62)) is not None
-            and last.payload.status is IntegrationStatus.CONNECTED
-        ),
-        timeout_s=15,
-        message="the other user's session connects once the accounts are free",
+        lambda: _held_by(bus, owner, set()), message="the last integration let go"
     )
-    assert (await bus.refreshed(62, theirs, user_id=other)).payload.balance == Decimal(
-        "5502.91"
+    reply = await bus.test(theirs.model_copy(update={"client_id": 5}), user_id=other)
+    assert (reply.success, reply.code) == (False, GATEWAY_OWNED_ELSEWHERE)
+    refresh_id = await bus.refresh(62, theirs, user_id=other)
+    failed = await wait_until(
+        lambda: bus.failure_for(refresh_id), message="the other user is refused again"
     )
-    # ... and now the first user is the one refused
-    refresh_id = await bus.refresh(63, mine, user_id=owner)
-    refused = await wait_until(
-        lambda: bus.failure_for(refresh_id), message="the former owner is refused"
+    assert failed.payload.code == GATEWAY_OWNED_ELSEWHERE
+    assert not bus.balances(62)
+    # ... and the owner's next integration behind that gateway reads through the same hold
+    assert (await bus.refreshed(63, mine, user_id=owner)).payload.balance == Decimal(
+        "5501.37"
     )
-    assert refused.payload.code == GATEWAY_OWNED_ELSEWHERE
+    assert await _held_by(bus, owner, {"acct:63"})
 
 
 async def _entries(bus: Bus, user_id: int) -> dict[str, Any]:
@@ -172,15 +172,15 @@ async def _entries(bus: Bus, user_id: int) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v["user_id"] == user_id}
 
 
-async def test_an_integration_removed_while_its_claim_is_written_holds_nothing(
+async def test_an_integration_removed_while_its_claim_is_written_is_not_left_in_the_hold(
     all_addresses_sim: IBGatewaySimulator,
     bus: Bus,
     connector: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The second integration's first refresh writes it into the owner's gateway hold; the
-    owner removes it before the write lands. Once the owner removes the first one too, nothing
-    may keep the gateway's accounts claimed."""
+    owner removes it before the write lands. Once the owner removes the first one too, the hold
+    lists no integration (its accounts stay the owner's, held by the hold alone)."""
     owner = 553
     gateway = await all_addresses_sim.add_gateway(
         GatewaySpec(
@@ -197,7 +197,7 @@ async def test_an_integration_removed_while_its_claim_is_written_holds_nothing(
     second = first.model_copy(update={"account_code": "U5530002"})
 
     writing, resume, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    hold, release = AccountClaims.hold, AccountClaims.release
+    hold, leave = AccountClaims.hold, AccountClaims.leave
 
     async def paused_hold(
         self: AccountClaims, user_id: int, codes: Any, integrations: Any
@@ -208,16 +208,14 @@ async def test_an_integration_removed_while_its_claim_is_written_holds_nothing(
             await resume.wait()
         return await hold(self, user_id, codes, integrations)
 
-    async def observed_release(
-        self: AccountClaims, holder: str, codes: Any = None
-    ) -> int:
-        deleted = await release(self, holder, codes)
-        if holder == "acct:72":
+    async def observed_leave(self: AccountClaims, integration: str) -> int:
+        deleted = await leave(self, integration)
+        if integration == "acct:72":
             let_go.set()
         return deleted
 
     monkeypatch.setattr(AccountClaims, "hold", paused_hold)
-    monkeypatch.setattr(AccountClaims, "release", observed_release)
+    monkeypatch.setattr(AccountClaims, "leave", observed_leave)
     await bus.configure(72, second, user_id=owner)
     await bus.refresh(72, second, user_id=owner)
     await wait_until(writing.is_set, message="the second integration's claim underway")
@@ -227,12 +225,9 @@ async def test_an_integration_removed_while_its_claim_is_written_holds_nothing(
 
     await bus.remove(71, first, user_id=owner)
     await wait_until(
-        lambda: _nothing_held(bus, owner), message="nothing holds the accounts"
+        lambda: _held_by(bus, owner, set()),
+        message="the hold lists no integration and alone holds the accounts",
     )
-
-
-async def _nothing_held(bus: Bus, user_id: int) -> bool:
-    return not await _entries(bus, user_id)
 
 
 async def _owned(bus: Bus, user_id: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,11 +11,15 @@ from brokerlink_shared.contracts.values import IntegrationStatus
 from ib_connector.domain.account_claims import (
     TRANSIENT_HOLD_S,
     AccountClaim,
+    GatewayHold,
+    HoldState,
     claim_key,
     claimed,
     hold_key,
     integration_holder,
     is_claim_key,
+    left,
+    refused,
     released,
     transient_holder,
 )
@@ -48,6 +52,22 @@ class TestAccountClaims:
         assert is_claim_key(key) and "1234567" not in key
         assert claim_key(b"k" * 32, " u1234567 ") == key
         assert claim_key(b"j" * 32, "U1234567") != key  # without the key, no dictionary
+
+    def test_the_last_integration_leaving_keeps_the_hold_a_refused_round_releases_it(
+        self,
+    ) -> None:
+        hold = GatewayHold(7, "g1", HoldState.HELD, ("a1",), frozenset({self.A1}))
+        assert left(hold, self.A1) == GatewayHold(
+            7, "g1", HoldState.HELD, ("a1",), frozenset()
+        )
+        claiming = GatewayHold(
+            7, "g1", HoldState.CLAIMING, ("a1",), frozenset({self.A1})
+        )
+        assert refused(claiming, frozenset({self.A1})).state is HoldState.RELEASING
+        both = GatewayHold(
+            7, "g1", HoldState.CLAIMING, ("a1",), frozenset({self.A1, self.A2})
+        )
+        assert refused(both, frozenset({self.A1})).state is HoldState.CLAIMING
 
     def test_a_gateway_hold_is_per_user_and_account_set_and_never_shows_a_code(
         self,

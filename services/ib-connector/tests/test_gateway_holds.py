@@ -131,17 +131,29 @@ async def test_another_user_is_refused_and_leaves_nothing(nc: Bucket) -> None:
     assert await _entries(nc) == before
 
 
-async def test_the_last_integration_going_frees_the_accounts(nc: Bucket) -> None:
+async def test_the_last_integration_going_keeps_the_accounts_their_users(
+    nc: Bucket,
+) -> None:
     claims = await _claims(nc)
     assert await claims.hold(OWNER, CODES, _acct(1, 2))
-    assert await claims.release(integration_holder(1)) == 0
+    held = await _entries(nc)
+    assert await claims.leave(integration_holder(1)) == 0
     found, holds = await _entries(nc)
-    assert len(found) == len(CODES)
+    assert found == held[0]
     assert [set(h["integrations"]) for h in holds.values()] == [set(_acct(2))]
 
-    assert await claims.release(integration_holder(2)) == len(CODES)
-    assert await _entries(nc) == ({}, {})
-    assert await claims.hold(OTHER, CODES, _acct(3))
+    # the last one going releases nothing: another user is still refused, and writes nothing
+    assert await claims.leave(integration_holder(2)) == 0
+    found, holds = await _entries(nc)
+    assert found == held[0]
+    assert [(h["state"], h["integrations"]) for h in holds.values()] == [("held", [])]
+    assert await claims.hold(OTHER, CODES, _acct(3)) is False
+    assert await _entries(nc) == (found, holds)
+    # the owner's next integration joins the same hold: one write, the claims as they were
+    assert await claims.hold(OWNER, CODES, _acct(4))
+    found, holds = await _entries(nc)
+    assert found == held[0]
+    assert [set(h["integrations"]) for h in holds.values()] == [set(_acct(4))]
 
 
 async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
@@ -167,9 +179,9 @@ async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
     assert new != old and holds[key]["retired"] == []
     assert all(c["holders"] == [f"g:{key}:{new}"] for c in found.values())
 
-    # nobody comes back: the next release of anything finishes it
+    # nobody comes back: the next integration leaving anything finishes it
     await cut_short()
-    assert await claims.release(integration_holder(99)) == len(CODES)
+    assert await claims.leave(integration_holder(99)) == len(CODES)
     assert await _entries(nc) == ({}, {})
     assert await claims.hold(OTHER, CODES, _acct(3))
 
@@ -215,7 +227,7 @@ async def test_a_session_refused_while_another_claims_takes_nothing_from_it(
     assert await other.hold(OTHER, [shared], _acct(9)) is False
 
 
-async def test_a_removal_while_a_session_claims_leaves_no_holder_behind(
+async def test_a_removal_while_a_session_claims_leaves_one_holder_behind(
     nc: Bucket,
 ) -> None:
     connecting, remover, other = [await _claims(nc) for _ in range(3)]
@@ -231,15 +243,22 @@ async def test_a_removal_while_a_session_claims_leaves_no_holder_behind(
     connecting.claim = paused_claim  # type: ignore[method-assign]
     holding = asyncio.create_task(connecting.hold(OWNER, CODES, _acct(1)))
     await asyncio.wait_for(started.wait(), 30)
-    await remover.release(
+    await remover.leave(
         integration_holder(1)
     )  # the user removes the integration meanwhile
     resume.set()
     await holding
-    # the removal's redelivery (or the integration's own later removal) frees everything
-    await remover.release(integration_holder(1))
-    assert await _entries(nc) == ({}, {})
-    assert await other.hold(OTHER, CODES, _acct(9))
+    # the removal's redelivery (or the integration's own later removal) takes it off again:
+    # the hold lists nothing, and its generation alone holds the accounts, for their user
+    await remover.leave(integration_holder(1))
+    found, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    assert (hold["state"], hold["integrations"], hold["retired"]) == ("held", [], [])
+    assert len(found) == len(CODES) and all(
+        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
+        for c in found.values()
+    )
+    assert await other.hold(OTHER, CODES, _acct(9)) is False
 
 
 async def test_a_release_cut_short_is_finished_when_a_replica_starts(

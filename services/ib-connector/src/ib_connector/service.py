@@ -290,10 +290,10 @@ class IBConnectorService:
     ) -> None:
         if not self.order.admits(account_id, version, "removed"):
             return
-        # Stop serving it first: a claim written for it meanwhile then finds it gone and lets
-        # go again (`claim_accounts`). Then the integration lets go of the gateway accounts it
-        # held (the last holder's going frees them for anyone), and only then is the removal
-        # applied, so a failure leaves it to be redelivered.
+        # Stop serving it first: a claim written for it meanwhile then finds it gone and takes
+        # it off again (`claim_accounts`). Then the integration leaves its gateway hold (the
+        # accounts stay the user's), and only then is the removal applied, so a failure leaves
+        # it to be redelivered.
         closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(
@@ -301,7 +301,7 @@ class IBConnectorService:
                 account_id,
                 session_closed=closed is not None,
             )
-        await self._claims().release(integration_holder(account_id))
+        await self._claims().leave(integration_holder(account_id))
         self.order.applied(account_id, version)
 
     async def claim_accounts(
@@ -312,9 +312,9 @@ class IBConnectorService:
             held = await self._claims().hold(
                 key.user_id, codes, [integration_holder(a) for a in account_ids]
             )
-            # an integration removed while this was written is in the hold again: let go
+            # an integration removed while this was written is in the hold again: take it off
             for removed in (a for a in account_ids if not self.pool.serves(a)):
-                await self._claims().release(integration_holder(removed))
+                await self._claims().leave(integration_holder(removed))
             return held
         transient = transient_holder(time.time(), session_kv_key(key))
         return await self._claims().claim(key.user_id, codes, [transient])

@@ -43,10 +43,10 @@ from ib_connector.domain.account_claims import (
     claimed,
     hold_holder,
     hold_key,
-    is_claim_key,
     is_hold_key,
     joined,
     left,
+    refused,
     released,
     settled,
 )
@@ -112,8 +112,8 @@ class AccountClaims:
 
         Once the hold is held, adding integrations is one write. Otherwise this round claims every
         account for the hold's generation (`claim`), marks it held and clears the claims of the
-        generations it retired. A refused round takes its integrations off the hold again (the
-        last one leaving lets go of the hold's claims)."""
+        generations it retired. A refused round takes its integrations off the hold again (with
+        none left, the hold lets go of its claims: `domain.account_claims.refused`)."""
         codes = list(codes)
         holding = frozenset(integrations)
         if not holding:
@@ -142,7 +142,7 @@ class AccountClaims:
                 wrote.append(after.generation)
                 holder = hold_holder(key, after.generation)
                 if not await self.claim(user_id, codes, [holder], undo=False):
-                    await self._leave(key, holding)
+                    await self._leave(key, holding, after_refusal=True)
                     return False
             for generation in after.retired:
                 await self._release_keys(after.claims, hold_holder(key, generation))
@@ -169,7 +169,7 @@ class AccountClaims:
         replicated write at a time made a connect cost seconds). A refused call lets go of
         what it took, unless `undo` is False: a gateway hold's holder is shared by every session
         of its user claiming at once, so what one of them took is not its own to let go (the
-        hold lets go of all of it when its last integration leaves)."""
+        hold lets go of all of it if its round is refused)."""
         holding = frozenset(holders)
         if not holding:
             raise ValueError("a claim needs a holder")
@@ -196,21 +196,21 @@ class AccountClaims:
         return not refused
 
     async def release(self, holder: str, codes: Iterable[str] | None = None) -> int:
-        """Let go of `holder`'s claims (those of `codes`, or all of them); returns how many
-        claims were deleted because nothing holds them any more (releasing all of them also
-        finishes any gateway hold release found cut short, and counts its claims)."""
-        if codes is not None:
-            return await self._release_keys(
-                sorted({claim_key(self._secret, code) for code in codes}), holder
-            )
-        listed = await bucket_keys(self._nc, self._name)
-        # holds first, then any claim naming the holder itself (a transient one, or one
-        # written before gateway holds existed)
-        deleted = await self._leave_all(
-            [k for k in listed if is_hold_key(k)], frozenset({holder})
+        """Let go of a short-lived `holder`'s claims on `codes`; returns how many claims that
+        deleted because nothing holds them any more."""
+        return await self._release_keys(
+            sorted({claim_key(self._secret, code) for code in codes or ()}), holder
         )
-        return deleted + await self._release_keys(
-            [k for k in listed if is_claim_key(k)], holder
+
+    async def leave(self, integration: str) -> int:
+        """Take an integration off every gateway hold it reads through. Its accounts stay
+        claimed for their user (`domain.account_claims.left`); a claim that names the
+        integration itself (written before gateway holds existed) keeps it for the same reason.
+        Also finishes any gateway hold release found cut short; returns how many claims that
+        deleted."""
+        listed = await bucket_keys(self._nc, self._name)
+        return await self._leave_all(
+            [k for k in listed if is_hold_key(k)], frozenset({integration})
         )
 
     async def finish_releases(self) -> int:
@@ -238,17 +238,23 @@ class AccountClaims:
     ) -> int:
         return await _in_batches(keys, lambda k: self._leave(k, integrations))
 
-    async def _leave(self, key: str, integrations: frozenset[str]) -> int:
-        """Take `integrations` off a gateway hold; the last going (or a release found unfinished)
-        releases its claims. Returns how many claims that deleted."""
+    async def _leave(
+        self, key: str, integrations: frozenset[str], *, after_refusal: bool = False
+    ) -> int:
+        """Take `integrations` off a gateway hold; after a refused round the last going releases
+        its claims, as does finding a release unfinished. Returns how many claims that
+        deleted."""
         for attempt in range(1, _ATTEMPTS + 1):
             known = await self._read_hold(key)
             if known is None:
                 return 0
             current, revision = known
             after = current
-            for integration in integrations & current.integrations:
-                after = left(after, integration)
+            if after_refusal:
+                after = refused(current, integrations)
+            else:
+                for integration in integrations & current.integrations:
+                    after = left(after, integration)
             if after != current:
                 written = await self._write_hold(key, after, known)
                 if written is None:

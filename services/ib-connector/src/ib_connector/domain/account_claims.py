@@ -8,18 +8,22 @@ claimed account is closed before anything is read through it.
 
 A claim lists its holders: the user's integrations (account ids) that read through a session
 seeing the account, and short-lived holders for a connection that serves no integration yet (a
-one-shot test, a session opened before its first account). It is released when its last holder
-goes: when the owner removes the last integration that used it — never when a session merely
-idles or a connector restarts, so a quiet owner keeps their accounts.
+one-shot test, a session opened before its first account). Once an integration has held it, it
+stays its user's: removing the integrations, a session idling or a connector restarting releases
+nothing, so another user never reaches the owner's accounts in a gap. Only a claim no integration
+ever held goes, when its short-lived holders expire or let go.
 
 A user's integrations reading through one gateway hold its accounts together, through a gateway
 hold: one record per (user, set of accounts the gateway manages) listing those integrations, and
 one holder on each account's claim for the whole hold. A gateway managing a hundred accounts then
 costs a hundred claim writes once, not for every integration added behind it; adding one is a
-single write to the hold. A hold is claimed, then marked held; it is released when its last
-integration goes. Each claiming round has a fresh generation, the claims' holder names it, so a
-round that starts while an earlier one is still releasing never has its holder removed by that
-release; the newer round retires the older generation's leftovers itself.
+single write to the hold. A hold is claimed, then marked held; when its last integration goes it
+stays, holding the accounts for its user, and the user's next integration behind that gateway
+joins it again. It is released only when a round of its user is refused for another user's
+account (what it claimed was never that user's gateway). Each claiming round has a fresh
+generation, the claims' holder names it, so a round that starts while an earlier one is still
+releasing never has its holder removed by that release; the newer round retires the older
+generation's leftovers itself.
 """
 
 from __future__ import annotations
@@ -133,8 +137,16 @@ def settled(current: GatewayHold) -> GatewayHold:
 
 
 def left(current: GatewayHold, integration: str) -> GatewayHold:
-    """The hold once `integration` stops reading through it; the last one going releases it."""
-    remaining = current.integrations - {integration}
+    """The hold once `integration` stops reading through it. The last one going leaves the hold
+    in place with its accounts claimed: the gateway stays its user's, as account-api keeps an
+    endpoint its owner's, so nobody reaches those accounts under another address in the gap."""
+    return replace(current, integrations=current.integrations - {integration})
+
+
+def refused(current: GatewayHold, integrations: frozenset[str]) -> GatewayHold:
+    """The hold once a round refused for another user's account takes `integrations` off again:
+    with none left it is released (what that round claimed was never the user's gateway)."""
+    remaining = current.integrations - integrations
     state = HoldState.RELEASING if not remaining else current.state
     return replace(current, integrations=remaining, state=state)
 
