@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
+import pytest
 from brokerlink_devkit.testing import wait_until
 from brokerlink_shared.contracts.values import GatewayAddress, IntegrationStatus
 from brokerlink_simulators.ib_gateway import FaultPatch, IBGatewaySimulator
 from ib_async import IB
+from ib_connector.adapters.ib_gateway import GatewayError, IBGatewayClient
 
 from .conftest import Bus, account, add_gateway
 
@@ -122,6 +125,31 @@ async def test_slow_gateway_does_not_delay_others(
         lambda: bus.balance_for(slow_refresh), timeout_s=8, message="slow refresh"
     )
     await sim.gateway("slow").apply_faults(FaultPatch(delay_ms=0))
+
+
+async def test_a_late_answer_for_another_account_does_not_end_this_read(
+    sim: IBGatewaySimulator,
+) -> None:
+    """IB ends an account download without naming whose it is (ib_async keys the request by
+    name): the end of a read that timed out, arriving during the next read of another account on
+    the same session, must not end that read before its own values are in."""
+    config = await add_gateway(
+        sim, "late", account("U2100001", "2101"), account("U2100002", "2102")
+    )
+    client = IBGatewayClient(on_notice=lambda _c, _m: None, on_closed=lambda _r: None)
+    await client.connect(config.host, config.port, 21, timeout_s=5)
+    try:
+        await sim.gateway("late").apply_faults(FaultPatch(delay_ms=800))
+        with pytest.raises(GatewayError) as timed_out:
+            await client.read_account("U2100001", timeout_s=0.3, max_age_s=0)
+        assert timed_out.value.code == "timeout"
+        # the first read's answer (and its end) arrives while this one waits for its own
+        rows, _ = await client.read_account("U2100002", timeout_s=5, max_age_s=0)
+        net = {r.currency: r.value for r in rows if r.tag == "NetLiquidation"}
+        assert net and Decimal(net["USD"]) == Decimal("2102")
+    finally:
+        await sim.gateway("late").apply_faults(FaultPatch(delay_ms=0))
+        await client.close()
 
 
 async def test_failover_to_backup_and_back(

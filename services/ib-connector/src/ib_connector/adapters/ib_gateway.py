@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -165,8 +165,18 @@ class IBGatewayClient:
         wrapper.portfolio.pop(code, None)
         for key in [k for k in wrapper.accountValues if k[0] == code]:
             del wrapper.accountValues[key]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         try:
-            await asyncio.wait_for(self._ib.reqAccountUpdatesAsync(code), timeout_s)
+            done: Awaitable[Any] = self._ib.reqAccountUpdatesAsync(code)
+            # IB ends a download without naming the account, and ib_async keys the request by
+            # name: the late end of an earlier read that timed out (another account's) ends this
+            # one too. Until this account's values are in, wait for the next end.
+            while True:
+                await asyncio.wait_for(done, deadline - loop.time())
+                if any(key[0] == code for key in wrapper.accountValues):
+                    break
+                done = wrapper.startReq("accountValues")  # type: ignore[no-untyped-call]
         except TimeoutError:
             raise GatewayError(
                 "timeout", f"gateway did not answer within {timeout_s:g}s"
@@ -176,7 +186,7 @@ class IBGatewayClient:
                 "disconnected", f"gateway connection closed during the request: {exc}"
             ) from None
         self._subscribed = code
-        self._downloaded_at = asyncio.get_running_loop().time()
+        self._downloaded_at = loop.time()
 
     async def close(self) -> None:
         """Disconnect on purpose (no closed callback)."""
