@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import port_for
 import pytest
 from brokerlink_devkit.devstack.errors import StartupError
 from brokerlink_devkit.devstack.ports import PortBook
-from brokerlink_devkit.devstack.supervisor import _console_line
+from brokerlink_devkit.devstack.supervisor import DevStack, _console_line
 
 
 def test_a_port_from_a_setting_must_be_free(tmp_path: Path) -> None:
@@ -91,3 +93,18 @@ def test_the_console_shows_warnings_and_hides_routine_lines() -> None:
         _console_line("2026 WARNING gateway slow", threshold=30)
         == "2026 WARNING gateway slow"
     )
+
+
+def test_a_child_killed_from_outside_is_named_as_such(tmp_path: Path) -> None:
+    stack = DevStack(tmp_path, tmp_path, {"PATH": os.environ["PATH"]})
+    child = stack.spawn("sleeper", ["sleep", "600"])
+    try:
+        assert child.process is not None
+        os.killpg(child.process.pid, signal.SIGKILL)
+        child.process.wait(10)
+        with pytest.raises(StartupError) as stopped:
+            stack.check_children("while running")
+        assert stopped.value.what == "sleeper was stopped by SIGKILL while running"
+        assert "fix what they name" not in stopped.value.advice
+    finally:
+        stack.stop()

@@ -175,6 +175,13 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _truthy(value: str) -> bool:
     return value.lower() in ("1", "true", "yes", "on")
 
@@ -217,9 +224,17 @@ class DevStack:
     def check_children(self, phase: str) -> None:
         for child in self.children:
             if not child.alive():
-                code = child.process.returncode if child.process else "?"
+                code = child.process.returncode if child.process else None
+                if code is not None and code < 0:
+                    # its own lines cannot name the cause: something outside stopped it
+                    raise child.failure(
+                        f"{child.name} was stopped by {_signal_name(-code)} {phase}",
+                        "something outside it ended it (a kill, or the kernel's out-of-memory "
+                        "killer: see `dmesg`); its last lines above show what it was doing, not "
+                        "why; run `make run` again",
+                    )
                 raise child.failure(
-                    f"{child.name} exited with code {code} {phase}",
+                    f"{child.name} exited with code {'?' if code is None else code} {phase}",
                     "its last lines are above; fix what they name and run `make run` again "
                     "(BROKERLINK_LOG_LEVEL=INFO make run shows every line)",
                 )
