@@ -158,3 +158,27 @@ async def test_a_nul_character_is_a_422_naming_the_field_and_changes_nothing(
     )
     assert r.status_code == 422 and r.json()["field"] == "name", r.text
     assert (await client.get("/api/accounts", headers=headers)).json() == []
+
+
+async def test_a_422_tells_neither_a_character_nor_the_length_of_the_input(
+    client: httpx.AsyncClient, new_user: Any
+) -> None:
+    headers = await new_user(client)
+    r = await client.get("/api/integrations/refresh/Zeb1c0de-0000", headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "job_id"
+    assert "`Z`" not in r.text and "Zeb1c0de" not in r.text
+    assert r.json()["detail"][0]["msg"] == "Input should be a valid UUID"
+    r = await client.post(
+        "/api/accounts", headers=headers, json={"name": "S", "currency": "USD"}
+    )
+    account = r.json()["id"]
+    r = await client.put(
+        f"/api/accounts/{account}/integration",
+        headers=headers,
+        json={
+            "type": "SCHWAB",
+            "config": {"app_key": "k" * 32, "app_secret": "s" * 390},
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert "390" not in r.text and "s" * 20 not in r.text

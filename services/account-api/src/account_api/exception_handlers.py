@@ -59,10 +59,19 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+# Messages that tell something of the input by construction: a UUID's first bad character and
+# the lengths it found, and a too long or too short value's actual length (`, not 390`).
+_TELLS_INPUT = {"uuid_parsing": "Input should be a valid UUID"}
+_ACTUAL_LENGTH = re.compile(r", not \d+$")
+
+
 def _rule(error: dict[str, Any]) -> str:
     """The error's message, unless it quotes any part of the input (email validation, for
     one, names the offending part): then only the rule's name."""
-    message = str(error.get("msg", "invalid value"))
+    kind = str(error.get("type", ""))
+    if kind in _TELLS_INPUT:
+        return _TELLS_INPUT[kind]
+    message = _ACTUAL_LENGTH.sub("", str(error.get("msg", "invalid value")))
     if message.startswith("value is not a valid email address"):
         return "value is not a valid email address"  # the validator quotes and decodes parts
     for text in _strings(error.get("input")):
