@@ -180,16 +180,17 @@ async def test_the_same_gateway_under_a_lan_address_stays_its_owners(
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
         owner, owner_email = await _user(client)
         other, _ = await _user(client)
-        mine = await _ib_account(
-            client,
-            owner,
-            {
+
+        async def owners_account(client_id: int) -> int:
+            config = {
                 "host": "127.0.0.1",
                 "port": stack.port,
-                "client_id": 31,
+                "client_id": client_id,
                 "account_code": OWNER_CODES[0],
-            },
-        )
+            }
+            return await _ib_account(client, owner, config)
+
+        mine = await owners_account(31)
         r = await client.post(
             f"/api/accounts/{mine}/integration/refresh?wait=10", headers=owner
         )
@@ -276,16 +277,7 @@ async def test_the_same_gateway_under_a_lan_address_stays_its_owners(
             GATEWAY_OWNED_ELSEWHERE_MESSAGE,
         ), r.text
         # and the owner, configuring it again, reads as before
-        mine = await _ib_account(
-            client,
-            owner,
-            {
-                "host": "127.0.0.1",
-                "port": stack.port,
-                "client_id": 33,
-                "account_code": OWNER_CODES[0],
-            },
-        )
+        mine = await owners_account(33)
         r = await client.post(
             f"/api/accounts/{mine}/integration/refresh?wait=10", headers=owner
         )
