@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -58,6 +58,9 @@ class IBGatewayClient:
             None  # account of the live reqAccountUpdates subscription
         )
         self._downloaded_at = 0.0
+        # the read waiting for each account's download to end (see `_download_end`)
+        self._downloads: dict[str, asyncio.Future[None]] = {}
+        self._ib.wrapper.accountDownloadEnd = self._download_end  # type: ignore[method-assign, assignment]
         self._ib.errorEvent += self._error
         self._ib.disconnectedEvent += self._disconnected
 
@@ -145,7 +148,7 @@ class IBGatewayClient:
         account, so while the subscription is on `code` and its download is younger than
         `max_age_s`, ib_async's cache is as fresh as asking again (TWS answers from the same
         cache). Otherwise one round trip (re)subscribes. A session has one such subscription,
-        so callers serialise reads per session; ib_async also keys this request by name.
+        so callers serialise reads per session.
         """
         loop = asyncio.get_running_loop()
         if self._subscribed != code or loop.time() - self._downloaded_at > max_age_s:
@@ -166,17 +169,11 @@ class IBGatewayClient:
         for key in [k for k in wrapper.accountValues if k[0] == code]:
             del wrapper.accountValues[key]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        done: asyncio.Future[None] = loop.create_future()
+        self._downloads[code] = done
         try:
-            done: Awaitable[Any] = self._ib.reqAccountUpdatesAsync(code)
-            # IB ends a download without naming the account, and ib_async keys the request by
-            # name: the late end of an earlier read that timed out (another account's) ends this
-            # one too. Until this account's values are in, wait for the next end.
-            while True:
-                await asyncio.wait_for(done, deadline - loop.time())
-                if any(key[0] == code for key in wrapper.accountValues):
-                    break
-                done = wrapper.startReq("accountValues")  # type: ignore[no-untyped-call]
+            self._ib.client.reqAccountUpdates(True, code)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(done, timeout_s)
         except TimeoutError:
             raise GatewayError(
                 "timeout", f"gateway did not answer within {timeout_s:g}s"
@@ -185,8 +182,19 @@ class IBGatewayClient:
             raise GatewayError(
                 "disconnected", f"gateway connection closed during the request: {exc}"
             ) from None
+        finally:
+            if self._downloads.get(code) is done:
+                del self._downloads[code]
         self._subscribed = code
         self._downloaded_at = loop.time()
+
+    def _download_end(self, account: str) -> None:
+        """IB ends each account's download naming the account. ib_async's own handler ignores
+        the name and ends whichever read waits, so the late end of an earlier read that timed
+        out (another account's) ended the next read before its values were in."""
+        waiter = self._downloads.pop(account, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def close(self) -> None:
         """Disconnect on purpose (no closed callback)."""
@@ -207,6 +215,12 @@ class IBGatewayClient:
 
     def _disconnected(self) -> None:
         self._subscribed = None
+        for waiter in self._downloads.values():
+            if not waiter.done():
+                waiter.set_exception(
+                    ConnectionError("the gateway closed the connection")
+                )
+        self._downloads.clear()
         if not self._closing and self._connect_failure is None:
             self._on_closed("connection to the gateway closed")
 
