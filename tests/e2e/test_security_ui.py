@@ -76,8 +76,14 @@ async def test_sign_in_goes_back_to_a_page_of_this_site_only(page: Page) -> None
         ("https://evil.example/phish", "/"),
         ("//evil.example/phish", "/"),
         ("/\\evil.example/phish", "/"),
+        # dot segments make a path of this site that reads `//host`: followed whole, it
+        # stays here (a page that does not exist), where its path alone went to the host
+        ("/.//evil.example/phish", "//evil.example/phish"),
+        ("/..//evil.example/phish", "//evil.example/phish"),
+        ("http://[", "/"),
         ("/security", "/security"),
     ):
+        await page.goto("/")
         await page.get_by_role("button", name="Sign out", exact=True).click()
         await expect(page).to_have_url(re.compile(r"/login"))
         await page.goto("/login?next=" + quote(target, safe=""))
@@ -85,5 +91,6 @@ async def test_sign_in_goes_back_to_a_page_of_this_site_only(page: Page) -> None
         await page.get_by_label("Password").fill(PASSWORD)
         await page.get_by_role("button", name="Sign in").click()
         await expect(page).to_have_url(re.compile(f"^{origin}{re.escape(lands)}$"))
-        await expect(page.locator("#user-name")).to_have_text("Ada Lovelace")
+        if not lands.startswith("//"):
+            await expect(page.locator("#user-name")).to_have_text("Ada Lovelace")
     assert not page.errors  # type: ignore[attr-defined]

@@ -315,12 +315,18 @@ function loginError(err) {
 }
 
 // Where `?next=` asks to go after signing in: a page of this site only. The URL parser reads
-// `//host`, `/\host` and absolute URLs as the browser would, so another site never qualifies.
+// `//host`, `/\host`, `/.//host` and absolute URLs as the browser would, and the whole parsed
+// URL is what is followed (its path alone can read `//host` again), so another site never
+// qualifies; what does not parse goes home.
 function pageAfterSignIn() {
   const next = new URLSearchParams(location.search).get("next");
   if (!next) return "/";
-  const url = new URL(next, location.origin);
-  return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+  try {
+    const url = new URL(next, location.origin);
+    return url.origin === location.origin ? url.href : "/";
+  } catch {
+    return "/";
+  }
 }
 
 function initLogin() {
