@@ -121,13 +121,22 @@ class Bus:
         )
 
     async def remove(
-        self, account_id: int, config: IBConnection, user_id: int = 1
+        self,
+        account_id: int,
+        config: IBConnection,
+        user_id: int = 1,
+        *,
+        owner_deleted: bool = False,
     ) -> None:
         await self.publisher.publish(
             IntegrationRemoved(
                 user_id=user_id,
                 account_id=account_id,
-                payload={"broker": Broker.IB, "config": config},
+                payload={
+                    "broker": Broker.IB,
+                    "config": config,
+                    "owner_deleted": owner_deleted,
+                },
             )
         )
 

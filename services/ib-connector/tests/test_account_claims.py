@@ -157,6 +157,21 @@ async def test_a_gateway_under_another_address_stays_its_owners(
     )
     assert await _held_by(bus, owner, {"acct:63"})
 
+    # Only when the owner is deleted with their last integration (a migration rolled back)
+    # are the accounts free: the other user's session, retrying with backoff, reads them.
+    await bus.remove(63, mine, user_id=owner, owner_deleted=True)
+    await wait_until(
+        lambda: (
+            (last := bus.last_status(62)) is not None
+            and last.payload.status is IntegrationStatus.CONNECTED
+        ),
+        timeout_s=15,
+        message="the other user's session connects once the owner is gone",
+    )
+    assert (await bus.refreshed(62, theirs, user_id=other)).payload.balance == Decimal(
+        "5502.91"
+    )
+
 
 async def _entries(bus: Bus, user_id: int) -> dict[str, Any]:
     """The user's account claims and gateway holds as the bucket holds them."""
@@ -208,8 +223,10 @@ async def test_an_integration_removed_while_its_claim_is_written_is_not_left_in_
             await resume.wait()
         return await hold(self, user_id, codes, integrations)
 
-    async def observed_leave(self: AccountClaims, integration: str) -> int:
-        deleted = await leave(self, integration)
+    async def observed_leave(
+        self: AccountClaims, integration: str, **kwargs: Any
+    ) -> int:
+        deleted = await leave(self, integration, **kwargs)
         if integration == "acct:72":
             let_go.set()
         return deleted

@@ -17,7 +17,6 @@ from ib_connector.domain.account_claims import (
     claimed,
     hold_key,
     integration_holder,
-    is_claim_key,
     left,
     refused,
     released,
@@ -49,25 +48,38 @@ class TestAccountClaims:
 
     def test_keys_are_keyed_hashes_that_never_show_the_code(self) -> None:
         key = claim_key(b"k" * 32, "U1234567")
-        assert is_claim_key(key) and "1234567" not in key
+        assert key.startswith("a") and len(key) == 41 and "1234567" not in key
         assert claim_key(b"k" * 32, " u1234567 ") == key
         assert claim_key(b"j" * 32, "U1234567") != key  # without the key, no dictionary
 
-    def test_the_last_integration_leaving_keeps_the_hold_a_refused_round_releases_it(
+    def test_the_last_integration_leaving_keeps_the_hold_unless_its_user_goes(
         self,
     ) -> None:
         hold = GatewayHold(7, "g1", HoldState.HELD, ("a1",), frozenset({self.A1}))
         assert left(hold, self.A1) == GatewayHold(
             7, "g1", HoldState.HELD, ("a1",), frozenset()
         )
+        assert left(hold, self.A1, owner_deleted=True).state is HoldState.RELEASING
+        both = GatewayHold(
+            7, "g1", HoldState.HELD, ("a1",), frozenset({self.A1, self.A2})
+        )
+        assert left(both, self.A1, owner_deleted=True).state is HoldState.HELD
+
+    def test_a_refused_round_releases_only_the_hold_it_was_claiming(self) -> None:
         claiming = GatewayHold(
             7, "g1", HoldState.CLAIMING, ("a1",), frozenset({self.A1})
         )
-        assert refused(claiming, frozenset({self.A1})).state is HoldState.RELEASING
+        assert (
+            refused(claiming, frozenset({self.A1}), "g1").state is HoldState.RELEASING
+        )
         both = GatewayHold(
             7, "g1", HoldState.CLAIMING, ("a1",), frozenset({self.A1, self.A2})
         )
-        assert refused(both, frozenset({self.A1})).state is HoldState.CLAIMING
+        assert refused(both, frozenset({self.A1}), "g1").state is HoldState.CLAIMING
+        # proven by another round since, or claimed again by a newer one: left as it is
+        held = GatewayHold(7, "g1", HoldState.HELD, ("a1",), frozenset({self.A1}))
+        assert refused(held, frozenset({self.A1}), "g1") == held
+        assert refused(claiming, frozenset({self.A1}), "g2") == claiming
 
     def test_a_gateway_hold_is_per_user_and_account_set_and_never_shows_a_code(
         self,

@@ -156,6 +156,55 @@ async def test_the_last_integration_going_keeps_the_accounts_their_users(
     assert [set(h["integrations"]) for h in holds.values()] == [set(_acct(4))]
 
 
+async def test_the_last_integration_of_a_deleted_user_frees_the_accounts(
+    nc: Bucket,
+) -> None:
+    claims = await _claims(nc)
+    assert await claims.hold(OWNER, CODES, _acct(1, 2))
+    assert await claims.leave(integration_holder(1), owner_deleted=True) == 0
+    assert await claims.leave(integration_holder(2), owner_deleted=True) == len(CODES)
+    assert await _entries(nc) == ({}, {})
+    assert await claims.hold(OTHER, CODES, _acct(3))
+
+
+async def test_a_refused_round_leaves_a_hold_another_round_proved_meanwhile(
+    nc: Bucket,
+) -> None:
+    """One round of the owner is refused (another user's one-shot test holds an account) and
+    pauses before taking its integrations off; meanwhile the test ends and another round of
+    the owner proves the hold. The refused round must not release what that round proved."""
+    first, second, other = [await _claims(nc) for _ in range(3)]
+    keys = sorted(claim_key(first._secret, c) for c in CODES)
+    shared = next(c for c in CODES if claim_key(first._secret, c) == keys[10])
+    test_holder = transient_holder(time.time(), "other-test")
+    assert await other.claim(OTHER, [shared], [test_holder])
+
+    refused, resume = asyncio.Event(), asyncio.Event()
+    leave = second._leave
+
+    async def paused_leave(*args: Any, **kwargs: Any) -> int:
+        refused.set()
+        await resume.wait()
+        return await leave(*args, **kwargs)
+
+    second._leave = paused_leave  # type: ignore[method-assign]
+    holding = asyncio.create_task(second.hold(OWNER, CODES, _acct(1, 2)))
+    await asyncio.wait_for(refused.wait(), 30)
+    await other.release(test_holder, [shared])
+    assert await first.hold(OWNER, CODES, _acct(1))
+    resume.set()
+    assert await holding is False
+
+    found, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    assert hold["state"] == "held"
+    assert len(found) == len(CODES) and all(
+        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
+        for c in found.values()
+    )
+    assert await other.hold(OTHER, CODES, _acct(9)) is False
+
+
 async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
     nc: Bucket,
 ) -> None:
@@ -163,7 +212,8 @@ async def test_a_release_cut_short_is_finished_and_its_leftovers_retired(
     kv = await nc.nc.jetstream().key_value(nc.name)
 
     async def cut_short() -> tuple[str, str]:
-        """The hold's last integration left, and the process died before any claim was let go."""
+        """A release began (a refused round's, or a deleted user's), and the process died
+        before any claim was let go."""
         _, holds = await _entries(nc)
         [(key, hold)] = holds.items()
         hold.update(state="releasing", integrations=[])

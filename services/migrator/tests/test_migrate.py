@@ -497,11 +497,23 @@ def test_rollback_restores_the_state_before_the_last_apply(
     assert "kept" not in out, out
     assert q(target_url, "SELECT email FROM users") == [("native@example.com",)]
     assert q(target_url, "SELECT count(*) FROM accounts") == [(0,)]
-    # its own unpublished events withdrawn; the removals of what it had configured go out
+    # its own unpublished events withdrawn; the removals of what it had configured go out,
+    # saying the users go too (connectors let go of what they kept for them)
     assert q(target_url, "SELECT DISTINCT correlation_id FROM outbox ORDER BY 1") == [
         ("migration-1-rollback",),
         ("migration-2-rollback",),
     ]
+    first = [
+        json.loads(b)
+        for (b,) in q(
+            target_url,
+            "SELECT body FROM outbox WHERE correlation_id = 'migration-1-rollback'",
+        )
+    ]
+    assert first and all(
+        e["type"] == "integration.removed" and e["payload"]["owner_deleted"]
+        for e in first
+    )
     assert migrate(target_url, "--rollback")[1].startswith("nothing to roll back")
 
 
@@ -567,6 +579,15 @@ def test_rollback_after_use_keeps_what_people_changed(
     ]
     assert ids[10] in {e["account_id"] for e in removed}
     assert all(e["type"] == "integration.removed" for e in removed)
+    # a removal says whether the account's user went too: account 10's owner stays
+    kept_users = {r[0] for r in q(target_url, "SELECT id FROM users")}
+    assert all(
+        e["payload"]["owner_deleted"] == (e["user_id"] not in kept_users)
+        for e in removed
+    )
+    assert not next(e for e in removed if e["account_id"] == ids[10])["payload"][
+        "owner_deleted"
+    ]
     # a new import does not overwrite what was kept
     assert migrate(target_url, "--source", str(src))[0] == 0
     assert accounts_by_legacy(target_url)[12][0] is None

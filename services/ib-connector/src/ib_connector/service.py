@@ -151,7 +151,11 @@ class IBConnectorService:
                     await self._forward(owner, ForwardedRemoved(data=event))
                     return
         await self.remove_local(
-            event.account_id, config, event.user_id, event.payload.version
+            event.account_id,
+            config,
+            event.user_id,
+            event.payload.version,
+            owner_deleted=event.payload.owner_deleted,
         )
 
     async def test_integration(
@@ -203,6 +207,7 @@ class IBConnectorService:
                         _ib_config(cfg) if cfg is not None else None,
                         removed.user_id,
                         removed.payload.version,
+                        owner_deleted=removed.payload.owner_deleted,
                     )
             else:
                 request = command.data
@@ -287,13 +292,15 @@ class IBConnectorService:
         config: IBConnection | None,
         user_id: int | None,
         version: int | None = None,
+        *,
+        owner_deleted: bool = False,
     ) -> None:
         if not self.order.admits(account_id, version, "removed"):
             return
         # Stop serving it first: a claim written for it meanwhile then finds it gone and takes
         # it off again (`claim_accounts`). Then the integration leaves its gateway hold (the
-        # accounts stay the user's), and only then is the removal applied, so a failure leaves
-        # it to be redelivered.
+        # accounts stay the user's unless the user is deleted with it), and only then is the
+        # removal applied, so a failure leaves it to be redelivered.
         closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(
@@ -301,7 +308,9 @@ class IBConnectorService:
                 account_id,
                 session_closed=closed is not None,
             )
-        await self._claims().leave(integration_holder(account_id))
+        await self._claims().leave(
+            integration_holder(account_id), owner_deleted=owner_deleted
+        )
         self.order.applied(account_id, version)
 
     async def claim_accounts(

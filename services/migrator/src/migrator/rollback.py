@@ -82,12 +82,16 @@ def rollback(target: Target, publisher: EventPublisher) -> dict[str, Any]:
     deleted: dict[str, int] = {}
     # accounts: updated ones get their before-image back (with the next version), inserted
     # ones go (their history with them), unless changed since.
-    for acc_id, user_id, itype, iconfig in conn.execute(
-        """SELECT a.id, a.user_id, a.integration_type, a.integration_config FROM accounts a
+    # (and when the account's user goes too, connectors let go of what they kept for the user)
+    for acc_id, user_id, itype, iconfig, owner_deleted in conn.execute(
+        """SELECT a.id, a.user_id, a.integration_type, a.integration_config,
+                  EXISTS (SELECT 1 FROM rb_rows u WHERE u.table_name = 'users' AND u.id = a.user_id
+                                                    AND u.op = 'insert' AND u.unchanged)
+             FROM accounts a
              JOIN rb_rows r ON r.table_name = 'accounts' AND r.id = a.id AND r.op = 'insert' AND r.unchanged"""
     ).fetchall():
         if itype:
-            events.removed(user_id, acc_id, itype, iconfig)
+            events.removed(user_id, acc_id, itype, iconfig, owner_deleted=owner_deleted)
     before_cols = [c for c in _columns(conn, "accounts") if c not in ACCOUNT_LIVE]
     changed_integrations = conn.execute(
         f"""WITH b AS (SELECT r.* FROM rb_rows x JOIN migration_journal j ON j.id = x.journal_id,
@@ -329,7 +333,13 @@ class _Events:
         self._configured.add(kind, stored, user_id, account_id, version)
 
     def removed(
-        self, user_id: int, account_id: int, kind: str, stored: dict[str, Any] | None
+        self,
+        user_id: int,
+        account_id: int,
+        kind: str,
+        stored: dict[str, Any] | None,
+        *,
+        owner_deleted: bool = False,
     ) -> None:
         config = None
         if stored:
@@ -345,7 +355,11 @@ class _Events:
                 user_id=user_id,
                 account_id=account_id,
                 correlation_id=self.correlation_id,
-                payload={"broker": kind, "config": config},
+                payload={
+                    "broker": kind,
+                    "config": config,
+                    "owner_deleted": owner_deleted,
+                },
             ),
         )
         self._removed.append(row)

@@ -111,6 +111,11 @@ class IntegrationRemovedPayload(Strict):
         description="the account's integration version after the removal; a connector "
         "drops commands with an older one",
     )
+    owner_deleted: bool = Field(
+        default=False,
+        description="the account's user is deleted with it (a migration rolled back): a "
+        "connector lets go of what it kept for that user, such as an IB gateway's accounts",
+    )
 
 
 class IntegrationRemoved(Event):

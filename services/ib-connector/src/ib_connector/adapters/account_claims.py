@@ -142,7 +142,7 @@ class AccountClaims:
                 wrote.append(after.generation)
                 holder = hold_holder(key, after.generation)
                 if not await self.claim(user_id, codes, [holder], undo=False):
-                    await self._leave(key, holding, after_refusal=True)
+                    await self._leave(key, holding, refused_round=after.generation)
                     return False
             for generation in after.retired:
                 await self._release_keys(after.claims, hold_holder(key, generation))
@@ -195,27 +195,29 @@ class AccountClaims:
                     await self._release_key(key_taken, holder)
         return not refused
 
-    async def release(self, holder: str, codes: Iterable[str] | None = None) -> int:
+    async def release(self, holder: str, codes: Iterable[str]) -> int:
         """Let go of a short-lived `holder`'s claims on `codes`; returns how many claims that
         deleted because nothing holds them any more."""
         return await self._release_keys(
-            sorted({claim_key(self._secret, code) for code in codes or ()}), holder
+            sorted({claim_key(self._secret, code) for code in codes}), holder
         )
 
-    async def leave(self, integration: str) -> int:
+    async def leave(self, integration: str, *, owner_deleted: bool = False) -> int:
         """Take an integration off every gateway hold it reads through. Its accounts stay
-        claimed for their user (`domain.account_claims.left`); a claim that names the
-        integration itself (written before gateway holds existed) keeps it for the same reason.
-        Also finishes any gateway hold release found cut short; returns how many claims that
-        deleted."""
+        claimed for their user unless the user is deleted with it
+        (`domain.account_claims.left`); a claim that names the integration itself (written
+        before gateway holds existed) keeps it. Also finishes any gateway hold release found
+        cut short; returns how many claims that deleted."""
         listed = await bucket_keys(self._nc, self._name)
         return await self._leave_all(
-            [k for k in listed if is_hold_key(k)], frozenset({integration})
+            [k for k in listed if is_hold_key(k)],
+            frozenset({integration}),
+            owner_deleted=owner_deleted,
         )
 
     async def finish_releases(self) -> int:
         """Finish every gateway hold release cut short (a process killed, the bus gone midway):
-        until then its accounts stay claimed for a user who holds nothing behind them."""
+        until then a refused round's, or a deleted user's, accounts stay claimed."""
         listed = await bucket_keys(self._nc, self._name)
         return await self._leave_all([k for k in listed if is_hold_key(k)], frozenset())
 
@@ -234,27 +236,38 @@ class AccountClaims:
         return await _in_batches(keys, lambda k: self._release_key(k, holder))
 
     async def _leave_all(
-        self, keys: Sequence[str], integrations: frozenset[str]
+        self,
+        keys: Sequence[str],
+        integrations: frozenset[str],
+        *,
+        owner_deleted: bool = False,
     ) -> int:
-        return await _in_batches(keys, lambda k: self._leave(k, integrations))
+        return await _in_batches(
+            keys, lambda k: self._leave(k, integrations, owner_deleted=owner_deleted)
+        )
 
     async def _leave(
-        self, key: str, integrations: frozenset[str], *, after_refusal: bool = False
+        self,
+        key: str,
+        integrations: frozenset[str],
+        *,
+        owner_deleted: bool = False,
+        refused_round: str | None = None,
     ) -> int:
-        """Take `integrations` off a gateway hold; after a refused round the last going releases
-        its claims, as does finding a release unfinished. Returns how many claims that
-        deleted."""
+        """Take `integrations` off a gateway hold; the last going releases its claims when
+        their user is deleted, or after a refused round (`domain.account_claims`), as does
+        finding a release unfinished. Returns how many claims that deleted."""
         for attempt in range(1, _ATTEMPTS + 1):
             known = await self._read_hold(key)
             if known is None:
                 return 0
             current, revision = known
             after = current
-            if after_refusal:
-                after = refused(current, integrations)
+            if refused_round is not None:
+                after = refused(current, integrations, refused_round)
             else:
                 for integration in integrations & current.integrations:
-                    after = left(after, integration)
+                    after = left(after, integration, owner_deleted=owner_deleted)
             if after != current:
                 written = await self._write_hold(key, after, known)
                 if written is None:

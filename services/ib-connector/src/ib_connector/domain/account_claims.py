@@ -64,10 +64,6 @@ def claim_key(secret: bytes, account_code: str) -> str:
     return f"a{digest[:40]}"
 
 
-def is_claim_key(key: str) -> bool:
-    return key.startswith("a") and len(key) == 41
-
-
 def hold_key(secret: bytes, user_id: int, account_codes: Iterable[str]) -> str:
     """The KV key of a user's hold on the accounts one gateway manages (a keyed hash again)."""
     codes = ",".join(sorted({c.strip().upper() for c in account_codes}))
@@ -87,7 +83,9 @@ def hold_holder(key: str, generation: str) -> str:
 class HoldState(StrEnum):
     CLAIMING = "claiming"  # its accounts' claims are being written; not yet proven
     HELD = "held"  # every account's claim names this generation's holder
-    RELEASING = "releasing"  # no integration left; its holders are being removed
+    RELEASING = (
+        "releasing"  # refused, or its user deleted; its holders are being removed
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,16 +134,27 @@ def settled(current: GatewayHold) -> GatewayHold:
     return replace(current, state=HoldState.HELD, retired=())
 
 
-def left(current: GatewayHold, integration: str) -> GatewayHold:
+def left(
+    current: GatewayHold, integration: str, *, owner_deleted: bool = False
+) -> GatewayHold:
     """The hold once `integration` stops reading through it. The last one going leaves the hold
     in place with its accounts claimed: the gateway stays its user's, as account-api keeps an
-    endpoint its owner's, so nobody reaches those accounts under another address in the gap."""
-    return replace(current, integrations=current.integrations - {integration})
+    endpoint its owner's, so nobody reaches those accounts under another address in the gap.
+    Only when the user is deleted with it does the last one going release the hold."""
+    remaining = current.integrations - {integration}
+    state = HoldState.RELEASING if owner_deleted and not remaining else current.state
+    return replace(current, integrations=remaining, state=state)
 
 
-def refused(current: GatewayHold, integrations: frozenset[str]) -> GatewayHold:
-    """The hold once a round refused for another user's account takes `integrations` off again:
-    with none left it is released (what that round claimed was never the user's gateway)."""
+def refused(
+    current: GatewayHold, integrations: frozenset[str], generation: str
+) -> GatewayHold:
+    """The hold once a round of `generation`, refused for another user's account, takes
+    `integrations` off again. A hold still claiming for that round is released when none is
+    left (what it claimed was never proven the user's); one another round has proven or
+    started again since stays as it is."""
+    if current.state is not HoldState.CLAIMING or current.generation != generation:
+        return current
     remaining = current.integrations - integrations
     state = HoldState.RELEASING if not remaining else current.state
     return replace(current, integrations=remaining, state=state)
