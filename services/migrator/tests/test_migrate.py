@@ -582,12 +582,12 @@ def test_rollback_after_use_keeps_what_people_changed(
     # a removal says whether the account's user went too: account 10's owner stays
     kept_users = {r[0] for r in q(target_url, "SELECT id FROM users")}
     assert all(
-        e["payload"]["owner_deleted"] == (e["user_id"] not in kept_users)
+        e["payload"].get("owner_deleted", False) == (e["user_id"] not in kept_users)
         for e in removed
     )
-    assert not next(e for e in removed if e["account_id"] == ids[10])["payload"][
-        "owner_deleted"
-    ]
+    # (left out when false, so a connector of the release before still takes it)
+    account_10 = next(e for e in removed if e["account_id"] == ids[10])
+    assert "owner_deleted" not in account_10["payload"]
     # a new import does not overwrite what was kept
     assert migrate(target_url, "--source", str(src))[0] == 0
     assert accounts_by_legacy(target_url)[12][0] is None

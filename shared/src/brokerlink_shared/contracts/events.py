@@ -113,6 +113,9 @@ class IntegrationRemovedPayload(Strict):
     )
     owner_deleted: bool = Field(
         default=False,
+        # left out when false: a connector of the release before, whose contract rejects
+        # unknown fields, keeps taking every other removal during a rolling upgrade
+        exclude_if=lambda deleted: not deleted,
         description="the account's user is deleted with it (a migration rolled back): a "
         "connector lets go of what it kept for that user, such as an IB gateway's accounts",
     )
