@@ -97,6 +97,7 @@ def test_the_console_shows_warnings_and_hides_routine_lines() -> None:
 
 def test_a_child_killed_from_outside_is_named_as_such(tmp_path: Path) -> None:
     stack = DevStack(tmp_path, tmp_path, {"PATH": os.environ["PATH"]})
+    stack.logs.mkdir()
     child = stack.spawn("sleeper", ["sleep", "600"])
     try:
         assert child.process is not None
