@@ -259,10 +259,12 @@ def _start_profilers(
 
 
 # Where a refresh's time goes, from the API transaction's start (`requested_at`, also the
-# outbox row's `created_at`): the relay's JetStream ack (the outbox row's `published_at`), the
-# connector's read of the account (`balance_as_of`, which an account keeps for its last refresh
-# only) and the consumer's transaction (`completed_at`). Percentiles in ms over the same
-# refreshes: each account's last one of the paced phase (under overload, the slowest).
+# outbox row's `created_at`): the relay recording JetStream's ack (the outbox row's
+# `published_at`, committed after the batch's acks, so under load it can follow the connector's
+# read of the message it published), the connector's read of the account (`balance_as_of`, which
+# an account keeps for its last refresh only) and the consumer's transaction (`completed_at`).
+# Percentiles in ms over the same refreshes: each account's last one of the paced phase (under
+# overload, the slowest).
 _STAGES_SQL = """
 WITH last AS (
     SELECT DISTINCT ON (account_id) id, account_id, requested_at, completed_at
@@ -277,7 +279,7 @@ WITH last AS (
 SELECT stage, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
        percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
 FROM staged, LATERAL (VALUES
-    (1, 'relay acked', 1000 * extract(epoch FROM published_at - requested_at)),
+    (1, 'relay recorded its ack', 1000 * extract(epoch FROM published_at - requested_at)),
     (2, 'connector read the account', 1000 * extract(epoch FROM balance_as_of - requested_at)),
     (3, 'consumer''s transaction began', 1000 * extract(epoch FROM completed_at - requested_at))
 ) AS s(n, stage, ms)
