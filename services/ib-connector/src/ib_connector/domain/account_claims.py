@@ -10,8 +10,9 @@ A claim lists its holders: the user's integrations (account ids) that read throu
 seeing the account, and short-lived holders for a connection that serves no integration yet (a
 one-shot test, a session opened before its first account). Once an integration has held it, it
 stays its user's: removing the integrations, a session idling or a connector restarting releases
-nothing, so another user never reaches the owner's accounts in a gap. Only a claim no integration
-ever held goes, when its short-lived holders expire or let go.
+nothing, so another user never reaches the owner's accounts in a gap. It goes with its user (the
+last integration's removal says the user is deleted with it); a claim no integration ever held
+goes when its short-lived holders expire or let go.
 
 A user's integrations reading through one gateway hold its accounts together, through a gateway
 hold: one record per (user, set of accounts the gateway manages) listing those integrations, and
@@ -19,8 +20,9 @@ one holder on each account's claim for the whole hold. A gateway managing a hund
 costs a hundred claim writes once, not for every integration added behind it; adding one is a
 single write to the hold. A hold is claimed, then marked held; when its last integration goes it
 stays, holding the accounts for its user, and the user's next integration behind that gateway
-joins it again. It is released only when a round of its user is refused for another user's
-account (what it claimed was never that user's gateway). Each claiming round has a fresh
+joins it again. It is released when its user is deleted with the last one, or when the round
+claiming it is refused for another user's account (what it claimed was never that user's
+gateway). Each claiming round has a fresh
 generation, the claims' holder names it, so a round that starts while an earlier one is still
 releasing never has its holder removed by that release; the newer round retires the older
 generation's leftovers itself.
@@ -83,9 +85,7 @@ def hold_holder(key: str, generation: str) -> str:
 class HoldState(StrEnum):
     CLAIMING = "claiming"  # its accounts' claims are being written; not yet proven
     HELD = "held"  # every account's claim names this generation's holder
-    RELEASING = (
-        "releasing"  # refused, or its user deleted; its holders are being removed
-    )
+    RELEASING = "releasing"  # refused, or its user gone; holders being removed
 
 
 @dataclass(frozen=True, slots=True)
