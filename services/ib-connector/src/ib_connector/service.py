@@ -92,6 +92,9 @@ class IBConnectorService:
         self.ownership: SessionOwnership | None = None
         self.claims: AccountClaims | None = None
         self.order = CommandOrder()
+        # accounts whose removal said their user is deleted: a claim round still writing for
+        # one when it went takes it off the hold again the same way (`claim_accounts`)
+        self.owner_deleted: set[int] = set()
         self.admission = RefreshAdmission(
             settings.max_in_flight_refreshes, settings.max_queued_s
         )
@@ -301,6 +304,8 @@ class IBConnectorService:
         # it off again (`claim_accounts`). Then the integration leaves its gateway hold (the
         # accounts stay the user's unless the user is deleted with it), and only then is the
         # removal applied, so a failure leaves it to be redelivered.
+        if owner_deleted:
+            self.owner_deleted.add(account_id)
         closed = await self.pool.detach(config, account_id, user_id)
         if self.ownership is not None and config is not None:
             await self.ownership.forget_account(
@@ -323,7 +328,10 @@ class IBConnectorService:
             )
             # an integration removed while this was written is in the hold again: take it off
             for removed in (a for a in account_ids if not self.pool.serves(a)):
-                await self._claims().leave(integration_holder(removed))
+                await self._claims().leave(
+                    integration_holder(removed),
+                    owner_deleted=removed in self.owner_deleted,
+                )
             return held
         transient = transient_holder(time.time(), session_kv_key(key))
         return await self._claims().claim(key.user_id, codes, [transient])
