@@ -121,6 +121,30 @@ async def test_sessions_holding_at_once_all_land_in_one_hold(nc: Bucket) -> None
     assert {len(c["holders"]) for c in found.values()} == {1}
 
 
+async def _another_users_test_on_one_account(
+    owner: AccountClaims, other: AccountClaims
+) -> tuple[str, str]:
+    """Another user's one-shot test holds one account of the gateway (the eleventh in the
+    claims' order); returns that account and the test's holder."""
+    keys = sorted(claim_key(owner._secret, c) for c in CODES)
+    shared = next(c for c in CODES if claim_key(owner._secret, c) == keys[10])
+    test_holder = transient_holder(time.time(), "other-test")
+    assert await other.claim(OTHER, [shared], [test_holder])
+    return shared, test_holder
+
+
+async def _held_by_one_generation(nc: Bucket) -> dict[str, Any]:
+    """The one gateway hold, every account's claim the owner's and held by its generation
+    alone."""
+    found, holds = await _entries(nc)
+    [(key, hold)] = holds.items()
+    assert len(found) == len(CODES) and all(
+        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
+        for c in found.values()
+    )
+    return dict(hold)
+
+
 async def test_another_user_is_refused_and_leaves_nothing(nc: Bucket) -> None:
     claims = await _claims(nc)
     assert await claims.hold(OWNER, CODES, _acct(1))
@@ -174,10 +198,7 @@ async def test_a_refused_round_leaves_a_hold_another_round_proved_meanwhile(
     pauses before taking its integrations off; meanwhile the test ends and another round of
     the owner proves the hold. The refused round must not release what that round proved."""
     first, second, other = [await _claims(nc) for _ in range(3)]
-    keys = sorted(claim_key(first._secret, c) for c in CODES)
-    shared = next(c for c in CODES if claim_key(first._secret, c) == keys[10])
-    test_holder = transient_holder(time.time(), "other-test")
-    assert await other.claim(OTHER, [shared], [test_holder])
+    shared, test_holder = await _another_users_test_on_one_account(first, other)
 
     refused, resume = asyncio.Event(), asyncio.Event()
     leave = second._leave
@@ -195,13 +216,7 @@ async def test_a_refused_round_leaves_a_hold_another_round_proved_meanwhile(
     resume.set()
     assert await holding is False
 
-    found, holds = await _entries(nc)
-    [(key, hold)] = holds.items()
-    assert hold["state"] == "held"
-    assert len(found) == len(CODES) and all(
-        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
-        for c in found.values()
-    )
+    assert (await _held_by_one_generation(nc))["state"] == "held"
     assert await other.hold(OTHER, CODES, _acct(9)) is False
 
 
@@ -243,10 +258,7 @@ async def test_a_session_refused_while_another_claims_takes_nothing_from_it(
     test on an account and is refused, the test ends, the other session claims everything. The
     refused one must not let go of the claims they share."""
     first, second, other = [await _claims(nc) for _ in range(3)]
-    keys = sorted(claim_key(first._secret, c) for c in CODES)
-    shared = next(c for c in CODES if claim_key(first._secret, c) == keys[10])
-    test_holder = transient_holder(time.time(), "other-test")
-    assert await other.claim(OTHER, [shared], [test_holder])
+    shared, test_holder = await _another_users_test_on_one_account(first, other)
 
     refused, resume = asyncio.Event(), asyncio.Event()
     release_key = second._release_key
@@ -267,13 +279,8 @@ async def test_a_session_refused_while_another_claims_takes_nothing_from_it(
     resume.set()
     assert await holding is False
 
-    found, holds = await _entries(nc)
-    [(key, hold)] = holds.items()
+    hold = await _held_by_one_generation(nc)
     assert (hold["state"], hold["integrations"]) == ("held", _acct(1))
-    assert len(found) == len(CODES) and all(
-        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
-        for c in found.values()
-    )
     assert await other.hold(OTHER, [shared], _acct(9)) is False
 
 
@@ -301,13 +308,8 @@ async def test_a_removal_while_a_session_claims_leaves_one_holder_behind(
     # the removal's redelivery (or the integration's own later removal) takes it off again:
     # the hold lists nothing, and its generation alone holds the accounts, for their user
     await remover.leave(integration_holder(1))
-    found, holds = await _entries(nc)
-    [(key, hold)] = holds.items()
+    hold = await _held_by_one_generation(nc)
     assert (hold["state"], hold["integrations"], hold["retired"]) == ("held", [], [])
-    assert len(found) == len(CODES) and all(
-        c == {"user_id": OWNER, "holders": [f"g:{key}:{hold['generation']}"]}
-        for c in found.values()
-    )
     assert await other.hold(OTHER, CODES, _acct(9)) is False
 
 
